@@ -1,0 +1,17 @@
+"""fyp_core: the serving hot path and data backbone of a For You feed.
+
+Heavy work is compiled Rust (``fyp_core._core``); this package re-exports it and adds the parts
+that are really Python: configuration, pipeline glue, analytics, the CLI and the HTTP host.
+"""
+
+from fyp_core._core import (
+    CorruptFileError,
+    TrafficSplit,
+    __version__,
+)
+
+__all__ = [
+    "CorruptFileError",
+    "TrafficSplit",
+    "__version__",
+]
