@@ -39,3 +39,23 @@ class TrafficSplit:
     def bucket(self, layer: str, user_token: str) -> int: ...
     def variant(self, layer: str, user_token: str) -> str | None: ...
     def variants(self, user_token: str) -> dict[str, str | None]: ...
+
+# ---- candidate index (rust/core/src/ann) ----
+
+# (end of section)
+
+# ---- ranker (rust/core/src/rank) ----
+
+# (end of section)
+
+# ---- re-ranker (rust/core/src/rerank) ----
+
+# (end of section)
+
+# ---- event log (rust/core/src/eventlog) ----
+
+# (end of section)
+
+# ---- pipeline (rust/core/src/serve) ----
+
+# (end of section)

@@ -5,6 +5,10 @@ use pyo3::prelude::*;
 
 mod convert;
 mod errors;
+mod eventlog;
+mod hnsw;
+mod ranker;
+mod rerank;
 mod split;
 
 #[pymodule]
@@ -12,5 +16,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     split::register(m)?;
+    hnsw::register(m)?;
+
+    ranker::register(m)?;
+
+    rerank::register(m)?;
+
+    eventlog::register(m)?;
     Ok(())
 }
