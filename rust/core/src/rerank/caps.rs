@@ -172,9 +172,6 @@ pub(crate) fn level(m: u8) -> Option<usize> {
     }
 }
 
-/// Number of relaxation levels (0 = every rule holds, 4 = every relaxable rule relaxed).
-pub(crate) const LEVELS: usize = Rule::ORDER.len() + 1;
-
 #[cfg(test)]
 mod tests {
     use super::*;

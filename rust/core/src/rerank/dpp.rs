@@ -1,43 +1,75 @@
 //! Greedy DPP MAP inference of Chen, Zhang, Zhou (NeurIPS 2018, Algorithm 1): incremental
-//! Cholesky rows, O(k^2 n) after the kernel rows. Used on its own (`dpp_greedy`) and, one step at
-//! a time, inside the re-ranker where each step picks the best item the policy admits.
+//! Cholesky vectors `c_i` and marginal gains `d_i^2 = det(L_{Y+i}) / det(L_Y)`, O(k^2 n) at
+//! worst. Used on its own (`dpp_greedy`) and, one step at a time, inside the re-ranker where each
+//! step picks the best item the policy admits.
 //!
 //! Kernel: `L = Diag(q) S Diag(q)`, `S = E Eᵀ` of the L2-normalised embeddings,
 //! `q_i = exp(alpha * s_i - m)` with `m = max_j alpha * s_j`. Subtracting `m` scales `L` by
 //! `exp(-2m)`: every determinant of the same size scales alike, so the greedy order is unchanged,
 //! and nothing overflows. The stopping rule compares the marginal gain `d_i^2` of this scaled
 //! kernel (in which the best-scoring item's quality is 1) with `eps`: eps is relative to
-//! `max_i q_i^2`, and equals the textbook absolute rule whenever `max alpha * s = 0`.
+//! `max_i L_ii`, and equals the textbook absolute rule whenever `max alpha * s = 0`.
+//!
+//! Algorithm 1 updates every item after every pick. Gains only ever decrease, so we update an
+//! item only when its stale gain could still be the largest (lazy greedy, `lazy.rs`): the update
+//! formulas are Chen et al.'s, an item's value does not depend on when it is brought up to date,
+//! and the picks are those of the eager loop, while only the items near the top are touched.
 
-use super::kernel::{kernel_row, normalise_rows};
-use super::mmr::Incumbent;
+use super::kernel::{all_finite, dispatch_simd, normalise_into, Simd};
+use super::lazy::Gain;
 use super::scratch::with_scratch;
 use crate::{invalid, Result};
 
-/// Reusable state of one greedy DPP run (buffers are kept per thread between calls).
+/// An item whose embedding has not been touched yet.
+const UNSEEN: u32 = u32::MAX;
+
+/// Reusable state of one greedy DPP run (buffers are kept per thread between calls). Items are
+/// brought up to date lazily (see `lazy.rs`): `stamp[i]` is how many selections item i has
+/// absorbed, and its embedding is normalised on first use.
 #[derive(Default)]
 pub(crate) struct DppState {
-    n: usize,
     dim: usize,
-    /// Normalised embeddings, `n x dim`.
-    e: Vec<f32>,
+    /// Cholesky rows are stored item-major: `c[i * kcap + t]`, entry t of item i's vector.
+    kcap: usize,
+    /// Normalised embeddings, `n x dim` (row i valid once item i is seen).
+    e: Vec<f64>,
     q: Vec<f64>,
-    /// Marginal gain of each item given the selected set; `-inf` once selected.
+    /// Marginal gain of each item given the selections it has absorbed.
     d2: Vec<f64>,
-    /// Cholesky rows: `c[t * n + i]` is entry t of item i's vector.
     c: Vec<f64>,
-    row: Vec<f64>,
-    steps: usize,
+    stamp: Vec<u32>,
+    /// Selected items and `1 / d_j` (`d_j = sqrt(d2_j)` at selection), by step.
+    sel: Vec<usize>,
+    inv_d: Vec<f64>,
+    /// The selected items' Cholesky vectors, step-major: `csel[tau * kcap + t]` is entry tau of
+    /// the vector of the item selected at step t (tau < t), so that one entry of an item's
+    /// vector updates all later steps with one contiguous pass.
+    csel: Vec<f64>,
+    /// Per-refresh scratch: the pending numerators of the steps being absorbed.
+    b: Vec<f64>,
 }
 
+/// Initial upper bound of `S_ii` for an unseen item: a normalised row has a squared norm within
+/// a few ulps of 1 (0 for a zero row).
+const UNIT_BOUND: f64 = 1.0 + 1e-9;
+
 impl DppState {
-    /// Starts a run over `n = scores.len()` items (`emb` is `n x dim`, validated by the caller).
-    pub fn reset(&mut self, scores: &[f32], emb: &[f32], dim: usize, alpha: f64) -> Result<()> {
+    /// Starts a run over `n = scores.len()` items (`emb` is `n x dim`, lengths validated by the
+    /// caller) with room for `kcap` selections. Returns the initial upper bounds.
+    pub fn reset(
+        &mut self,
+        scores: &[f32],
+        emb: &[f32],
+        dim: usize,
+        alpha: f64,
+        kcap: usize,
+    ) -> Result<()> {
+        if !all_finite(emb) {
+            return Err(invalid!("embeddings has a NaN or infinite value"));
+        }
         let n = scores.len();
-        self.n = n;
         self.dim = dim;
-        self.steps = 0;
-        normalise_rows(emb, dim, &mut self.e)?;
+        self.kcap = kcap;
         let m = scores
             .iter()
             .map(|&s| alpha * s as f64)
@@ -46,67 +78,116 @@ impl DppState {
         self.q
             .extend(scores.iter().map(|&s| (alpha * s as f64 - m).exp()));
         self.d2.clear();
-        self.d2.resize(n, 0.0);
-        self.row.clear();
-        self.row.resize(n, 0.0);
-        for i in 0..n {
-            let ei = &self.e[i * dim..(i + 1) * dim];
-            self.d2[i] = self.q[i] * self.q[i] * super::kernel::dot(ei, ei);
+        self.d2.extend(self.q.iter().map(|q| q * q * UNIT_BOUND));
+        self.stamp.clear();
+        self.stamp.resize(n, UNSEEN);
+        // Written before read: grow without clearing.
+        if self.e.len() < n * dim {
+            self.e.resize(n * dim, 0.0);
         }
+        if self.c.len() < n * kcap {
+            self.c.resize(n * kcap, 0.0);
+        }
+        self.sel.clear();
+        self.inv_d.clear();
+        if self.csel.len() < kcap * kcap {
+            self.csel.resize(kcap * kcap, 0.0);
+        }
+        self.b.clear();
+        self.b.resize(kcap, 0.0);
         Ok(())
     }
 
-    /// The marginal gain `d_i^2 = det(L_{Y+i}) / det(L_Y)` of item `i` (`-inf` if selected).
-    #[inline]
-    pub fn gain(&self, i: usize) -> f64 {
+    /// Upper bound (exact once fresh) of every item's gain, for building the queue.
+    pub fn bound(&self, i: usize) -> f64 {
         self.d2[i]
     }
+}
 
-    /// The first item with the largest gain (ties go to the lower index), if any is unselected.
-    pub fn argmax(&self) -> Option<(usize, f64)> {
-        let mut best: Option<(usize, f64)> = None;
-        for (i, &g) in self.d2.iter().enumerate() {
-            if g != f64::NEG_INFINITY && best.is_none_or_lower(g) {
-                best = Some((i, g));
-            }
+/// Normalises item i's embedding and sets its gain before any selection: `L_ii`.
+#[inline(always)]
+fn see<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) {
+    let dim = st.dim;
+    let row = &mut st.e[i * dim..(i + 1) * dim];
+    normalise_into(&emb[i * dim..(i + 1) * dim], row);
+    st.d2[i] = st.q[i] * st.q[i] * S::dot(row, row);
+    st.stamp[i] = 0;
+}
+
+/// Chen et al.'s update of item i for every selection t it has not absorbed yet:
+/// `e_i = (L_{s_t,i} - <c_{s_t}, c_i>) / d_{s_t}`, `c_i <- [c_i, e_i]`, `d_i^2 -= e_i^2`.
+/// Each inner product is accumulated entry by entry in index order (one fused multiply-add per
+/// entry), so the value does not depend on when the item is refreshed; entries are pushed into
+/// all pending numerators as soon as they are known (a forward substitution), which keeps the
+/// serial dependency to one multiply-add and one multiply per step.
+#[inline(always)]
+fn refresh_with<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) -> f64 {
+    if st.stamp[i] == UNSEEN {
+        see::<S>(st, i, emb);
+    }
+    let (dim, kc) = (st.dim, st.kcap);
+    let (t0, tn) = (st.stamp[i] as usize, st.sel.len());
+    if t0 == tn {
+        return st.d2[i];
+    }
+    let ei = &st.e[i * dim..(i + 1) * dim];
+    let qi = st.q[i];
+    for t in t0..tn {
+        let s = st.sel[t];
+        st.b[t] = st.q[s] * qi * S::dot(&st.e[s * dim..(s + 1) * dim], ei);
+    }
+    let ci = &mut st.c[i * kc..(i + 1) * kc];
+    let b = &mut st.b[..tn];
+    let mut d2 = st.d2[i];
+    for tau in 0..tn {
+        let x = if tau < t0 {
+            ci[tau]
+        } else {
+            let x = b[tau] * st.inv_d[tau];
+            ci[tau] = x;
+            d2 -= x * x;
+            x
+        };
+        // b[t] -= c_{s_t}[tau] * x for the steps still pending after tau.
+        let from = (tau + 1).max(t0);
+        let row = &st.csel[tau * kc + from..tau * kc + tn];
+        for (bt, &cs) in b[from..].iter_mut().zip(row) {
+            *bt = (-cs).mul_add(x, *bt);
         }
-        best
+    }
+    st.d2[i] = d2;
+    st.stamp[i] = tn as u32;
+    d2
+}
+
+dispatch_simd!(refresh, refresh_with, (st: &mut DppState, i: usize, emb: &[f32]) -> f64);
+
+/// The DPP gain as a lazily updated objective over the embeddings `emb`.
+pub(crate) struct DppGain<'a> {
+    pub state: &'a mut DppState,
+    pub emb: &'a [f32],
+}
+
+impl Gain for DppGain<'_> {
+    fn is_fresh(&self, i: usize) -> bool {
+        self.state.stamp[i] as usize == self.state.sel.len()
     }
 
-    /// Adds item `s` to the selected set. With `update == false` only marks it (the last pick
-    /// needs no Cholesky row).
-    pub fn select(&mut self, s: usize, update: bool) {
-        let (n, dim) = (self.n, self.dim);
-        if update {
-            let ds = self.d2[s].max(0.0).sqrt();
-            let t = self.steps;
-            if self.c.len() < (t + 1) * n {
-                self.c.resize((t + 1) * n, 0.0);
-            }
-            let es = &self.e[s * dim..(s + 1) * dim];
-            kernel_row(&self.e, dim, es, &mut self.row);
-            let qs = self.q[s];
-            for (r, &qi) in self.row.iter_mut().zip(&self.q) {
-                *r *= qs * qi;
-            }
-            // row_i <- L_si - <c_s, c_i>, as axpys over the stored Cholesky rows.
-            let (prev, cur) = self.c.split_at_mut(t * n);
-            for ct in prev.chunks_exact(n) {
-                let coef = ct[s];
-                for (r, &ci) in self.row.iter_mut().zip(ct) {
-                    *r -= coef * ci;
-                }
-            }
-            let inv = if ds > 0.0 { 1.0 / ds } else { 0.0 };
-            let cur = &mut cur[..n];
-            for ((c, d), &r) in cur.iter_mut().zip(self.d2.iter_mut()).zip(&self.row) {
-                let e = r * inv;
-                *c = e;
-                *d -= e * e;
-            }
-            self.steps += 1;
+    fn refresh(&mut self, i: usize) -> f64 {
+        refresh(self.state, i, self.emb)
+    }
+
+    fn select(&mut self, i: usize) -> f64 {
+        let st = &mut *self.state;
+        let d = st.d2[i].max(0.0).sqrt();
+        st.inv_d.push(if d > 0.0 { 1.0 / d } else { 0.0 });
+        let (t, kc) = (st.sel.len(), st.kcap);
+        for tau in 0..t {
+            st.csel[tau * kc + t] = st.c[i * kc + tau];
         }
-        self.d2[s] = f64::NEG_INFINITY;
+        st.sel.push(i);
+        st.d2[i] = f64::NEG_INFINITY;
+        0.0
     }
 }
 
@@ -152,18 +233,25 @@ pub fn dpp_greedy(
     if eps.is_nan() {
         return Err(invalid!("eps must be a number, got NaN"));
     }
-    let k = k.min(scores.len());
+    let n = scores.len();
+    let k = k.min(n);
     with_scratch(|sc| {
-        let dpp = &mut sc.dpp;
-        dpp.reset(scores, emb, dim, alpha)?;
+        sc.dpp.reset(scores, emb, dim, alpha, k)?;
+        let dpp = &sc.dpp;
+        sc.queue.build((0..n).map(|i| (dpp.bound(i), i)), k);
+        let mut g = DppGain {
+            state: &mut sc.dpp,
+            emb,
+        };
         let mut out = Vec::with_capacity(k);
         while out.len() < k {
-            let Some((j, g)) = dpp.argmax() else { break };
-            if g < eps {
+            let Some(p) = sc.queue.pick(&mut g, |_| Some(0)) else {
+                break;
+            };
+            if p.value < eps {
                 break;
             }
-            out.push(j);
-            dpp.select(j, out.len() < k);
+            out.push(p.i);
         }
         Ok(out)
     })
@@ -199,8 +287,10 @@ mod tests {
 
     fn brute(scores: &[f32], emb: &[f32], dim: usize, k: usize, alpha: f64) -> Vec<usize> {
         let n = scores.len();
-        let mut e = Vec::new();
-        normalise_rows(emb, dim, &mut e).unwrap();
+        let mut e = vec![0.0f64; emb.len()];
+        for (r, o) in emb.chunks(dim).zip(e.chunks_mut(dim)) {
+            normalise_into(r, o);
+        }
         let q: Vec<f64> = scores.iter().map(|&s| (alpha * s as f64).exp()).collect();
         let lk = |a: usize, b: usize| {
             let d: f64 = (0..dim)
@@ -223,7 +313,7 @@ mod tests {
                     .map(|(a, b)| lk(a, b))
                     .collect();
                 if let Some(v) = logdet(&m, y.len()) {
-                    if best.is_none_or_lower(v) {
+                    if best.map_or(true, |(_, b)| v > b) {
                         best = Some((i, v));
                     }
                 }

@@ -1,78 +1,161 @@
-//! Cosine kernel rows for MMR and DPP: L2-normalised float32 embeddings, dot products accumulated
-//! in float64. A float32 x float32 product is exact in float64, so the FMA (AVX2) path and the
-//! portable path give bit-identical results: the output never depends on the CPU's features.
+//! Cosine similarities for MMR and DPP: embeddings are L2-normalised into float64 on first use,
+//! and every dot product sums in one fixed order with fused multiply-adds, so the AVX2 path and
+//! the portable path round identically and the output never depends on the CPU.
 
-use crate::{invalid, Result};
-
-/// Writes the L2-normalised rows of `emb` (`n x dim`, row-major) into `out`. A zero row stays
-/// zero (its similarity to everything, itself included, is 0). Non-finite values are an error.
-pub fn normalise_rows(emb: &[f32], dim: usize, out: &mut Vec<f32>) -> Result<()> {
-    out.clear();
-    out.reserve(emb.len());
-    for (r, row) in emb.chunks_exact(dim).enumerate() {
-        let mut ss = 0.0f64;
-        for &x in row {
-            ss += x as f64 * x as f64;
-        }
-        if !ss.is_finite() {
-            return Err(invalid!("embeddings row {r} has a NaN or infinite value"));
-        }
-        let inv = if ss > 0.0 { 1.0 / ss.sqrt() } else { 0.0 };
-        out.extend(row.iter().map(|&x| (x as f64 * inv) as f32));
-    }
-    Ok(())
+/// Whether every value is finite (vectorises: one pass, no early exit).
+pub fn all_finite(x: &[f32]) -> bool {
+    x.iter().fold(0u32, |acc, v| {
+        acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
+    }) == 0
 }
 
+/// Writes the L2-normalised `row` into `out` (same length). A zero row stays zero (its
+/// similarity to everything, itself included, is 0).
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f64 {
-    // Eight independent accumulators: no loop-carried latency chain, and LLVM packs them into
-    // vector registers. The order of additions is fixed, so results are reproducible.
-    let mut acc = [0.0f64; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
+pub fn normalise_into(row: &[f32], out: &mut [f64]) {
+    let mut ss = 0.0f64;
+    for &x in row {
+        ss += x as f64 * x as f64;
+    }
+    let norm = if ss > 0.0 { ss.sqrt() } else { 1.0 };
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = x as f64 / norm;
+    }
+}
+
+/// `<a, b>` in the one summation order every path uses: 16 lane accumulators (element t goes to
+/// lane t % 16) over whole chunks of 16, fused multiply-adds, reduced as below, then the tail in
+/// order. Fused multiply-add rounds once on every CPU, so the AVX2 path and the portable path
+/// give bit-identical results. (The hot loops call [`Simd::dot`] instead, compiled per set.)
+#[cfg(test)]
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+fn dot_portable(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] as f64 * y[j] as f64;
+        for j in 0..16 {
+            acc[j] = x[j].mul_add(y[j], acc[j]);
         }
+    }
+    let mut w = [0.0f64; 4];
+    for l in 0..4 {
+        w[l] = (acc[l] + acc[4 + l]) + (acc[8 + l] + acc[12 + l]);
     }
     let mut tail = 0.0f64;
     for (x, y) in ra.iter().zip(rb) {
-        tail += *x as f64 * *y as f64;
+        tail = x.mul_add(*y, tail);
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-#[inline(always)]
-fn row_body(rows: &[f32], dim: usize, x: &[f32], out: &mut [f64]) {
-    for (o, r) in out.iter_mut().zip(rows.chunks_exact(dim)) {
-        *o = dot_body(r, x);
-    }
+    ((w[0] + w[1]) + (w[2] + w[3])) + tail
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_avx2(rows: &[f32], dim: usize, x: &[f32], out: &mut [f64]) {
-    row_body(rows, dim, x, out)
-}
-
-/// `out[i] = <rows[i], x>` for every row of `rows` (`out.len()` rows of `dim`).
-pub fn kernel_row(rows: &[f32], dim: usize, x: &[f32], out: &mut [f64]) {
-    debug_assert_eq!(rows.len(), out.len() * dim);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { row_avx2(rows, dim, x, out) };
-            return;
+#[inline]
+unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let chunks = n / 16;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_pd(); 4];
+    for c in 0..chunks {
+        for (v, acc) in acc.iter_mut().enumerate() {
+            let off = c * 16 + v * 4;
+            *acc = _mm256_fmadd_pd(
+                _mm256_loadu_pd(pa.add(off)),
+                _mm256_loadu_pd(pb.add(off)),
+                *acc,
+            );
         }
     }
-    row_body(rows, dim, x, out)
+    let w = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+    let mut lanes = [0.0f64; 4];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), w);
+    let mut tail = 0.0f64;
+    for t in chunks * 16..n {
+        tail = _mm_cvtsd_f64(_mm_fmadd_sd(
+            _mm_set_sd(a[t]),
+            _mm_set_sd(b[t]),
+            _mm_set_sd(tail),
+        ));
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + tail
 }
 
-/// One dot product (same arithmetic as [`kernel_row`]).
-pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    dot_body(a, b)
+/// The dot products of one instruction set, so that a hot loop can be compiled once per set
+/// (`Portable`, and `Avx2` inside a `#[target_feature(enable = "avx2,fma")]` function) with its
+/// dot products inlined.
+pub(crate) trait Simd {
+    fn dot(a: &[f64], b: &[f64]) -> f64;
+}
+
+pub(crate) struct Portable;
+
+impl Simd for Portable {
+    #[inline(always)]
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        dot_portable(a, b)
+    }
+}
+
+/// Only use inside code that runs after [`has_avx2`] returned true.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    #[inline(always)]
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        // SAFETY: `Avx2` is only used after `has_avx2()` (see the dispatching callers).
+        unsafe { dot_avx2(a, b) }
+    }
+}
+
+/// Defines `fn $name(args) -> ret` that runs `$generic::<Avx2>` compiled with AVX2 + FMA when
+/// the CPU has them, and `$generic::<Portable>` otherwise.
+macro_rules! dispatch_simd {
+    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) -> $ret {
+                    $generic::<$crate::rerank::kernel::Avx2>($($arg),*)
+                }
+                if $crate::rerank::kernel::has_avx2() {
+                    // SAFETY: the CPU supports the features `fast` is compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $generic::<$crate::rerank::kernel::Portable>($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch_simd;
+
+/// Whether the AVX2 + FMA kernels may run on this CPU (cached by std).
+#[inline]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -80,26 +163,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kernel_row_matches_dot_and_f64_reference() {
-        let dim = 13;
-        let n = 7;
-        let rows: Vec<f32> = (0..n * dim).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
-        let x: Vec<f32> = (0..dim).map(|i| (i as f32) * 0.25 - 1.0).collect();
-        let mut out = vec![0.0; n];
-        kernel_row(&rows, dim, &x, &mut out);
-        for i in 0..n {
-            let r = &rows[i * dim..(i + 1) * dim];
-            let exact: f64 = r.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-            assert_eq!(out[i], dot(r, &x));
-            assert!((out[i] - exact).abs() < 1e-12);
+    fn dot_paths_agree_bitwise_and_match_a_plain_sum() {
+        for dim in [1, 13, 16, 64, 70, 300] {
+            let a: Vec<f64> = (0..dim).map(|i| ((i * 37 % 11) as f64) - 5.3).collect();
+            let b: Vec<f64> = (0..dim).map(|i| (i as f64) * 0.25 - 1.1).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert_eq!(dot_portable(&a, &b), dot(&a, &b), "dim {dim}");
+            assert!((dot(&a, &b) - plain).abs() < 1e-9);
         }
     }
 
     #[test]
-    fn normalise_keeps_zero_rows_and_rejects_nan() {
-        let mut out = Vec::new();
-        normalise_rows(&[3.0, 4.0, 0.0, 0.0], 2, &mut out).unwrap();
-        assert_eq!(out, vec![0.6, 0.8, 0.0, 0.0]);
-        assert!(normalise_rows(&[f32::NAN, 1.0], 2, &mut out).is_err());
+    fn normalise_keeps_zero_rows() {
+        let mut out = [1.0f64; 2];
+        normalise_into(&[3.0, 4.0], &mut out);
+        assert_eq!(out, [0.6, 0.8]);
+        normalise_into(&[0.0, 0.0], &mut out);
+        assert_eq!(out, [0.0, 0.0]);
+        assert!(all_finite(&[1.0, -2.0]));
+        assert!(!all_finite(&[1.0, f32::NAN]));
+        assert!(!all_finite(&[f32::INFINITY]));
     }
 }

@@ -4,60 +4,116 @@
 //! inside the re-ranker.
 
 use super::dpp::check_inputs;
-use super::kernel::{kernel_row, normalise_rows};
+use super::kernel::{all_finite, dispatch_simd, normalise_into, Simd};
+use super::lazy::Gain;
 use super::scratch::with_scratch;
 use crate::{invalid, Result};
 
-/// Reusable MMR state (buffers kept per thread between calls).
+const UNSEEN: u32 = u32::MAX;
+
+/// Reusable MMR state (buffers kept per thread between calls). Items are brought up to date
+/// lazily: `stamp[i]` is how many placed items `max_sim[i]` covers.
 #[derive(Default)]
 pub(crate) struct MmrState {
     dim: usize,
-    e: Vec<f32>,
-    /// Largest cosine to any placed item (`-inf` before the first placement).
+    e: Vec<f64>,
+    /// Largest cosine to the placed items absorbed so far (`-inf` before any).
     max_sim: Vec<f64>,
-    row: Vec<f64>,
-    placed: usize,
+    stamp: Vec<u32>,
+    placed: Vec<usize>,
     lambda: f64,
 }
 
 impl MmrState {
     pub fn reset(&mut self, n: usize, emb: &[f32], dim: usize, lambda: f64) -> Result<()> {
+        if !all_finite(emb) {
+            return Err(invalid!("embeddings has a NaN or infinite value"));
+        }
         self.dim = dim;
-        self.placed = 0;
         self.lambda = lambda;
-        normalise_rows(emb, dim, &mut self.e)?;
+        self.placed.clear();
+        if self.e.len() < n * dim {
+            self.e.resize(n * dim, 0.0);
+        }
         self.max_sim.clear();
         self.max_sim.resize(n, f64::NEG_INFINITY);
-        self.row.clear();
-        self.row.resize(n, 0.0);
+        self.stamp.clear();
+        self.stamp.resize(n, UNSEEN);
         Ok(())
     }
 
-    /// The MMR objective of item `i` with score `score`.
-    #[inline]
-    pub fn objective(&self, i: usize, score: f32) -> f64 {
-        let rel = self.lambda * score as f64;
-        if self.placed == 0 {
-            rel
-        } else {
-            rel - (1.0 - self.lambda) * self.max_sim[i]
-        }
+    /// The exact objective before anything is placed (the queue's initial values).
+    pub fn initial(&self, score: f32) -> f64 {
+        self.lambda * score as f64
+    }
+}
+
+/// MMR as a lazily updated objective.
+pub(crate) struct MmrGain<'a> {
+    pub state: &'a mut MmrState,
+    pub emb: &'a [f32],
+    pub scores: &'a [f32],
+}
+
+impl Gain for MmrGain<'_> {
+    fn is_fresh(&self, i: usize) -> bool {
+        let st = &self.state;
+        st.placed.is_empty() || st.stamp[i] as usize == st.placed.len()
     }
 
-    /// Records item `s` as placed; `update == false` skips the similarity row (last pick).
-    pub fn select(&mut self, s: usize, update: bool) {
-        self.placed += 1;
-        if update {
-            let dim = self.dim;
-            kernel_row(&self.e, dim, &self.e[s * dim..(s + 1) * dim], &mut self.row);
-            for (m, &r) in self.max_sim.iter_mut().zip(&self.row) {
-                if r > *m {
-                    *m = r;
-                }
-            }
+    fn refresh(&mut self, i: usize) -> f64 {
+        refresh(self.state, i, self.emb, self.scores)
+    }
+
+    fn select(&mut self, i: usize) -> f64 {
+        let st = &mut *self.state;
+        if st.stamp[i] == UNSEEN {
+            let dim = st.dim;
+            normalise_into(
+                &self.emb[i * dim..(i + 1) * dim],
+                &mut st.e[i * dim..(i + 1) * dim],
+            );
+            st.stamp[i] = 0;
+        }
+        st.placed.push(i);
+        if st.placed.len() == 1 {
+            // Until now the penalty was 0; from now on it is -(1 - lambda) * max cosine, which
+            // can be as large as (1 - lambda) (cosine >= -1, plus float slack).
+            (1.0 - st.lambda) * (1.0 + 1e-6)
+        } else {
+            0.0
         }
     }
 }
+
+/// Brings item i's largest similarity up to date and returns its objective.
+#[inline(always)]
+fn refresh_with<S: Simd>(st: &mut MmrState, i: usize, emb: &[f32], scores: &[f32]) -> f64 {
+    let dim = st.dim;
+    if st.stamp[i] == UNSEEN {
+        normalise_into(
+            &emb[i * dim..(i + 1) * dim],
+            &mut st.e[i * dim..(i + 1) * dim],
+        );
+        st.stamp[i] = 0;
+    }
+    for t in st.stamp[i] as usize..st.placed.len() {
+        let s = st.placed[t];
+        let sim = S::dot(&st.e[s * dim..(s + 1) * dim], &st.e[i * dim..(i + 1) * dim]);
+        if sim > st.max_sim[i] {
+            st.max_sim[i] = sim;
+        }
+    }
+    st.stamp[i] = st.placed.len() as u32;
+    let rel = st.lambda * scores[i] as f64;
+    if st.placed.is_empty() {
+        rel
+    } else {
+        rel - (1.0 - st.lambda) * st.max_sim[i]
+    }
+}
+
+dispatch_simd!(refresh, refresh_with, (st: &mut MmrState, i: usize, emb: &[f32], scores: &[f32]) -> f64);
 
 /// MMR selection of at most `k` items (all of them when `k >= n`), in pick order; ties go to the
 /// lower index. `emb` is `n x dim` row-major, `lambda` in [0, 1].
@@ -75,46 +131,24 @@ pub fn mmr_greedy(
     let n = scores.len();
     let k = k.min(n);
     with_scratch(|sc| {
-        let mmr = &mut sc.mmr;
-        mmr.reset(n, emb, dim, lambda)?;
-        let used = &mut sc.used;
-        used.clear();
-        used.resize(n, false);
+        sc.mmr.reset(n, emb, dim, lambda)?;
+        let mmr = &sc.mmr;
+        sc.queue
+            .build((0..n).map(|i| (mmr.initial(scores[i]), i)), k);
+        let mut g = MmrGain {
+            state: &mut sc.mmr,
+            emb,
+            scores,
+        };
         let mut out = Vec::with_capacity(k);
         while out.len() < k {
-            let mut best: Option<(usize, f64)> = None;
-            for i in 0..n {
-                if used[i] {
-                    continue;
-                }
-                let v = mmr.objective(i, scores[i]);
-                if best.is_none_or_lower(v) {
-                    best = Some((i, v));
-                }
-            }
-            let Some((j, _)) = best else { break };
-            used[j] = true;
-            out.push(j);
-            mmr.select(j, out.len() < k);
+            let Some(p) = sc.queue.pick(&mut g, |_| Some(0)) else {
+                break;
+            };
+            out.push(p.i);
         }
         Ok(out)
     })
-}
-
-/// "Is `v` strictly better than the incumbent?" for argmax scans in ascending index order, so
-/// the first of equal values wins.
-pub(crate) trait Incumbent {
-    fn is_none_or_lower(&self, v: f64) -> bool;
-}
-
-impl Incumbent for Option<(usize, f64)> {
-    #[inline]
-    fn is_none_or_lower(&self, v: f64) -> bool {
-        match self {
-            None => true,
-            Some((_, b)) => v > *b,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod caps;
 mod dpp;
 mod kernel;
+mod lazy;
 mod mmr;
 mod policy;
 mod reranker;

@@ -3,7 +3,10 @@
 //! the fixed order of [`Rule::ORDER`] only when no candidate satisfies them, and never relaxing
 //! safety rules (the feed gets shorter instead). Deterministic: ties go to the lower index.
 
-use super::caps::{level, Item, Window, LEVELS, NO_CAP};
+use super::caps::{level, Item, NO_CAP};
+use super::dpp::DppGain;
+use super::lazy::ScoreGain;
+use super::mmr::MmrGain;
 use super::policy::{cap_count, Diversity, Policy, Rule};
 use super::scratch::{with_scratch, Scratch};
 use crate::{invalid, Result};
@@ -211,23 +214,12 @@ fn check(p: &Policy, c: &Candidates<'_>, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// Sort key: descending score, then ascending index (-0.0 and 0.0 tie).
-#[inline]
-fn score_key(s: f32, i: usize) -> u64 {
-    let b = (s + 0.0).to_bits();
-    let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
-    ((!asc as u64) << 32) | i as u64
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Score,
     Mmr,
     Dpp,
 }
-
-/// One slot's choice: the candidate and the rules it breaks.
-type Pick = Option<(usize, u8)>;
 
 fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result<RerankOutcome> {
     let p = &pol.policy;
@@ -236,14 +228,12 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
     let Scratch {
         dpp,
         mmr,
-        used,
         topics,
         creators,
         items,
         window,
-        order,
+        queue,
         eligible,
-        slots,
     } = sc;
 
     topics.reset(n);
@@ -252,16 +242,17 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
     eligible.clear();
     for i in 0..n {
         let mut cap = NO_CAP;
+        let mut blocked = false;
         if let Some(cats) = c.categories {
             let cat = cats[i];
-            if pol.blocked.binary_search(&cat).is_ok() {
-                continue;
-            }
+            blocked = pol.blocked.binary_search(&cat).is_ok();
             if let Ok(j) = pol.cap_keys.binary_search(&cat) {
                 cap = j as u32;
             }
         }
-        eligible.push(i as u32);
+        if !blocked {
+            eligible.push(i as u32);
+        }
         items.push(Item {
             topic: topics.intern(c.topics[i]),
             creator: creators.intern(c.creators[i]),
@@ -269,7 +260,6 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
             fresh: c.is_fresh.is_some_and(|f| f[i]),
         });
     }
-    // `items` is indexed by position in `eligible`; `used` likewise.
     window.reset(
         w,
         pol.topic_cap,
@@ -278,97 +268,114 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
         creators.len(),
         pol.cap_keys.len(),
     );
-    used.clear();
-    used.resize(eligible.len(), false);
 
+    let kcap = k.min(eligible.len());
     let mut mode = match p.diversity {
         Diversity::None => Mode::Score,
         Diversity::Mmr => Mode::Mmr,
         Diversity::Dpp => Mode::Dpp,
     };
-    let mut diversity_fallback = None;
-    if let Some((e, dim)) = c.embeddings {
-        match mode {
-            Mode::Dpp => dpp.reset(c.scores, e, dim, p.dpp_alpha)?,
-            Mode::Mmr => mmr.reset(n, e, dim, p.mmr_lambda)?,
-            Mode::Score => {}
+    let emb = c.embeddings.map_or((&[][..], 0), |e| e);
+    match mode {
+        Mode::Dpp => {
+            dpp.reset(c.scores, emb.0, emb.1, p.dpp_alpha, kcap)?;
+            let st = &*dpp;
+            queue.build(
+                eligible.iter().map(|&i| (st.bound(i as usize), i as usize)),
+                kcap,
+            );
+        }
+        Mode::Mmr => {
+            mmr.reset(n, emb.0, emb.1, p.mmr_lambda)?;
+            let st = &*mmr;
+            queue.build(
+                eligible
+                    .iter()
+                    .map(|&i| (st.initial(c.scores[i as usize]), i as usize)),
+                kcap,
+            );
+        }
+        Mode::Score => {
+            queue.build(
+                eligible
+                    .iter()
+                    .map(|&i| (c.scores[i as usize] as f64, i as usize)),
+                kcap,
+            );
         }
     }
-    let mut sorted = false;
-    if mode == Mode::Score {
-        sort_by_score(order, eligible, c.scores);
-        sorted = true;
-    }
 
-    let first_len = w.min(k).min(eligible.len());
+    let first_len = w.min(kcap);
     let fresh_target = p.fresh_floor.min(first_len);
     let mut fresh_in_first = 0usize;
-    let mut placed: Vec<usize> = Vec::with_capacity(k.min(eligible.len()));
-    // The same picks as positions in `eligible` (what `items` and `used` are indexed by).
-    slots.clear();
+    let mut placed: Vec<usize> = Vec::with_capacity(kcap);
     let mut relaxed = [0u32; 4];
-    let mut head = 0usize;
+    let mut diversity_fallback = None;
 
     for pos in 0..k {
-        window.slide(slots, items, pos);
+        window.slide(&placed, items, pos);
         // The fresh floor is met as late as possible in the first window, so that it displaces
         // as little relevance as it can: slot `pos` is forced once the slots left equal the need.
         let forced = pos < first_len
             && fresh_in_first < fresh_target
             && fresh_target - fresh_in_first >= first_len - pos;
-        let ctx = Ctx {
-            window,
-            items,
-            used,
-            limits: &pol.cap_limits,
-            forced,
+        let win = &*window;
+        let mask = |i: usize| {
+            let it = items[i];
+            let mut m = win.violations(it, &pol.cap_limits);
+            if forced && !it.fresh {
+                m |= Rule::FreshFloor.bit();
+            }
+            m
         };
+        let lvl = |i: usize| level(mask(i));
         let mut pick = match mode {
-            Mode::Score => ctx.by_score(order, &mut head),
-            Mode::Mmr => ctx.by_objective(|j| {
-                mmr.objective(eligible[j] as usize, c.scores[eligible[j] as usize])
-            }),
-            Mode::Dpp => ctx.by_objective(|j| dpp.gain(eligible[j] as usize)),
+            Mode::Score => queue.pick(&mut ScoreGain(c.scores), lvl),
+            Mode::Mmr => queue.pick(
+                &mut MmrGain {
+                    state: mmr,
+                    emb: emb.0,
+                    scores: c.scores,
+                },
+                lvl,
+            ),
+            Mode::Dpp => queue.pick(
+                &mut DppGain {
+                    state: dpp,
+                    emb: emb.0,
+                },
+                lvl,
+            ),
         };
-        if mode == Mode::Dpp {
-            if let Some((j, _)) = pick {
-                if dpp.gain(eligible[j] as usize) < RERANK_DPP_EPS {
-                    mode = Mode::Score;
-                    diversity_fallback = Some(pos);
-                    if !sorted {
-                        sort_by_score(order, eligible, c.scores);
-                        sorted = true;
-                    }
-                    pick = ctx.by_score(order, &mut head);
-                }
+        if let (Mode::Dpp, Some(pk)) = (mode, pick) {
+            if pk.value < RERANK_DPP_EPS {
+                // No admissible candidate adds diversity any more: the rest goes by score.
+                mode = Mode::Score;
+                diversity_fallback = Some(pos);
+                let rest: Vec<usize> = queue.indices().chain([pk.i]).collect();
+                queue.build(rest.into_iter().map(|i| (c.scores[i] as f64, i)), k - pos);
+                pick = queue.pick(&mut ScoreGain(c.scores), lvl);
             }
         }
-        let Some((j, mask)) = pick else { break };
-        used[j] = true;
-        let it = items[j];
-        window.add(it);
-        slots.push(j);
-        let idx = eligible[j] as usize;
-        placed.push(idx);
+        let Some(pk) = pick else { break };
+        let j = pk.i;
+        let m = mask(j);
         for r in [Rule::MaxTopicShare, Rule::CategoryCaps, Rule::MaxPerCreator] {
-            if mask & r.bit() != 0 {
+            if m & r.bit() != 0 {
                 relaxed[r as usize] += 1;
             }
         }
+        let it = items[j];
+        window.add(it);
+        placed.push(j);
         if pos < first_len && it.fresh {
             fresh_in_first += 1;
-        }
-        let more = pos + 1 < k;
-        match mode {
-            Mode::Dpp => dpp.select(idx, more),
-            Mode::Mmr => mmr.select(idx, more),
-            Mode::Score => {}
         }
     }
 
     let first = w.min(placed.len());
     let target = p.fresh_floor.min(first);
-    let fresh_shown = slots[..first].iter().filter(|&&j| items[j].fresh).count();
+    let fresh_shown = placed[..first].iter().filter(|&&j| items[j].fresh).count();
     relaxed[Rule::FreshFloor as usize] = target.saturating_sub(fresh_shown) as u32;
     Ok(RerankOutcome {
         shortfall: k - placed.len(),
@@ -376,97 +383,4 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
         relaxed: Relaxed(relaxed),
         diversity_fallback,
     })
-}
-
-fn sort_by_score(order: &mut Vec<u64>, eligible: &[u32], scores: &[f32]) {
-    order.clear();
-    order.extend(
-        eligible
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| score_key(scores[i as usize], j)),
-    );
-    order.sort_unstable();
-}
-
-/// What a slot's scan needs.
-struct Ctx<'a> {
-    window: &'a Window,
-    items: &'a [Item],
-    used: &'a [bool],
-    limits: &'a [(u32, bool)],
-    forced: bool,
-}
-
-impl Ctx<'_> {
-    #[inline]
-    fn mask(&self, j: usize) -> u8 {
-        let it = self.items[j];
-        let mut m = self.window.violations(it, self.limits);
-        if self.forced && !it.fresh {
-            m |= Rule::FreshFloor.bit();
-        }
-        m
-    }
-
-    /// The best candidate at the lowest relaxation level that has one, by objective (ties:
-    /// the lower index, since the scan ascends).
-    fn by_objective(&self, objective: impl Fn(usize) -> f64) -> Pick {
-        let mut best: [Option<(usize, f64, u8)>; LEVELS] = [None; LEVELS];
-        let mut top = LEVELS; // lowest level seen; higher levels are irrelevant from then on
-        for j in 0..self.items.len() {
-            if self.used[j] {
-                continue;
-            }
-            let m = self.mask(j);
-            let Some(l) = level(m) else { continue };
-            if l > top {
-                continue;
-            }
-            let v = objective(j);
-            if best[l].is_none_or_lower(v) {
-                best[l] = Some((j, v, m));
-                top = l;
-            }
-        }
-        best.iter().flatten().next().map(|&(j, _, m)| (j, m))
-    }
-
-    /// The same with score order: the first admissible candidate in the sorted order wins its
-    /// level, so the scan stops at the first one that breaks nothing.
-    fn by_score(&self, order: &[u64], head: &mut usize) -> Pick {
-        while *head < order.len() && self.used[(order[*head] & 0xffff_ffff) as usize] {
-            *head += 1;
-        }
-        let mut best: [Pick; LEVELS] = [None; LEVELS];
-        for &key in &order[*head..] {
-            let j = (key & 0xffff_ffff) as usize;
-            if self.used[j] {
-                continue;
-            }
-            let m = self.mask(j);
-            let Some(l) = level(m) else { continue };
-            if best[l].is_none() {
-                best[l] = Some((j, m));
-                if l == 0 {
-                    break;
-                }
-            }
-        }
-        best.iter().flatten().next().copied()
-    }
-}
-
-trait Incumbent3 {
-    fn is_none_or_lower(&self, v: f64) -> bool;
-}
-
-impl Incumbent3 for Option<(usize, f64, u8)> {
-    #[inline]
-    fn is_none_or_lower(&self, v: f64) -> bool {
-        match self {
-            None => true,
-            Some((_, b, _)) => v > *b,
-        }
-    }
 }

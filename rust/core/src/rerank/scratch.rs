@@ -3,6 +3,7 @@
 
 use super::caps::{Interner, Item, Window};
 use super::dpp::DppState;
+use super::lazy::Queue;
 use super::mmr::MmrState;
 use std::cell::RefCell;
 
@@ -10,15 +11,14 @@ use std::cell::RefCell;
 pub(crate) struct Scratch {
     pub dpp: DppState,
     pub mmr: MmrState,
-    pub used: Vec<bool>,
     pub topics: Interner,
     pub creators: Interner,
+    /// Per candidate: dense topic/creator ids, category cap, freshness.
     pub items: Vec<Item>,
     pub window: Window,
-    /// Eligible (not blocked) candidates, by index or sorted by score.
-    pub order: Vec<u64>,
+    pub queue: Queue,
+    /// Candidates not in a blocked category.
     pub eligible: Vec<u32>,
-    pub slots: Vec<usize>,
 }
 
 thread_local! {

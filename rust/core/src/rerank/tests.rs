@@ -436,3 +436,63 @@ fn set_policy_swaps_and_rejects_bad_policies() {
     .unwrap();
     assert_eq!(rr.policy().window, 7);
 }
+
+/// `cargo test --profile dev-opt -p fyp-core rerank_timing -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn rerank_timing() {
+    let mut r = Lcg(9);
+    let (n, k, dim) = (1000, 50, 64);
+    // Box-Muller normal scores, uniform-ish embeddings.
+    let scores: Vec<f32> = (0..n)
+        .map(|_| {
+            let (u, v) = (r.unit().max(1e-7) as f64, r.unit() as f64);
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        })
+        .collect();
+    let emb: Vec<f32> = (0..n * dim).map(|_| r.unit() - 0.5).collect();
+    let topics: Vec<u64> = (0..n).map(|_| r.skewed(10)).collect();
+    let creators: Vec<u64> = (0..n).map(|_| r.next() % 100).collect();
+    let c = Candidates {
+        scores: &scores,
+        topics: &topics,
+        creators: &creators,
+        embeddings: Some((&emb, dim)),
+        categories: None,
+        is_fresh: None,
+    };
+    let time = |name: &str, f: &dyn Fn()| {
+        let mut best = f64::INFINITY;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            best = best.min(t.elapsed().as_secs_f64() / 10.0);
+        }
+        eprintln!("{name}: {:.1} us", best * 1e6);
+    };
+    time("dpp_greedy", &|| {
+        dpp_greedy(&scores, &emb, dim, k, 1.0, 1e-10).unwrap();
+    });
+    for kk in [1, 2, 10, 25] {
+        time(&format!("dpp_greedy k={kk}"), &|| {
+            dpp_greedy(&scores, &emb, dim, kk, 1.0, 1e-10).unwrap();
+        });
+    }
+    time("mmr_greedy", &|| {
+        mmr_greedy(&scores, &emb, dim, k, 0.5).unwrap();
+    });
+    for div in [Diversity::None, Diversity::Dpp] {
+        let rr = Reranker::new(Policy {
+            max_topic_share: Some(0.4),
+            max_per_creator: Some(2),
+            diversity: div,
+            ..Default::default()
+        })
+        .unwrap();
+        time(&format!("rerank {div:?}"), &|| {
+            rr.rerank(&c, k).unwrap();
+        });
+    }
+}
