@@ -6,12 +6,22 @@ that are really Python: configuration, pipeline glue, analytics, the CLI and the
 
 from fyp_core._core import (
     CorruptFileError,
+    Reranker,
+    RerankPolicy,
+    RerankResult,
     TrafficSplit,
     __version__,
+    dpp_greedy,
+    mmr_greedy,
 )
 
 __all__ = [
     "CorruptFileError",
+    "RerankPolicy",
+    "RerankResult",
+    "Reranker",
     "TrafficSplit",
     "__version__",
+    "dpp_greedy",
+    "mmr_greedy",
 ]

@@ -1,7 +1,8 @@
 # Hand-written stubs for the fyp_core._core extension. Checked against the extension by
 # `python -m mypy.stubtest fyp_core._core` in .ci/run: keep every export here.
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Union, final
 
 import numpy as np
@@ -49,6 +50,69 @@ class TrafficSplit:
 # (end of section)
 
 # ---- re-ranker (rust/core/src/rerank) ----
+
+_F32Arg = Union[Sequence[float], npt.NDArray[np.floating], npt.NDArray[np.integer]]
+_IdArg = Union[Sequence[int], npt.NDArray[np.integer]]
+_BoolArg = Union[Sequence[bool], npt.NDArray[np.bool_], npt.NDArray[np.integer]]
+_MatrixArg = Union[Sequence[Sequence[float]], npt.NDArray[np.floating]]
+_PolicyArg = Union[Mapping[str, object], RerankPolicy]
+
+@final
+class RerankPolicy:
+    def __new__(
+        cls, policy: Mapping[str, object] | None = None, /, **keys: object
+    ) -> RerankPolicy: ...
+    @staticmethod
+    def from_toml(text: str, table: str | None = None) -> RerankPolicy: ...
+    @staticmethod
+    def load(path: str | os.PathLike[str], table: str | None = None) -> RerankPolicy: ...
+    def to_dict(self) -> dict[str, object]: ...
+
+@final
+class RerankResult:
+    @property
+    def indices(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def relaxed(self) -> dict[str, int]: ...
+    @property
+    def shortfall(self) -> int: ...
+    @property
+    def diversity_fallback(self) -> int | None: ...
+    def __len__(self) -> int: ...
+
+@final
+class Reranker:
+    def __new__(cls, policy: _PolicyArg) -> Reranker: ...
+    @property
+    def policy(self) -> RerankPolicy: ...
+    def set_policy(self, policy: _PolicyArg) -> None: ...
+    def rerank(
+        self,
+        scores: _F32Arg,
+        topics: _IdArg,
+        creators: _IdArg,
+        k: int,
+        embeddings: _MatrixArg | None = None,
+        categories: _IdArg | None = None,
+        is_fresh: _BoolArg | None = None,
+    ) -> npt.NDArray[np.int64]: ...
+    def rerank_detailed(
+        self,
+        scores: _F32Arg,
+        topics: _IdArg,
+        creators: _IdArg,
+        k: int,
+        embeddings: _MatrixArg | None = None,
+        categories: _IdArg | None = None,
+        is_fresh: _BoolArg | None = None,
+    ) -> RerankResult: ...
+
+def dpp_greedy(
+    scores: _F32Arg, embeddings: _MatrixArg, k: int, alpha: float = 1.0, eps: float = 1e-10
+) -> npt.NDArray[np.int64]: ...
+def mmr_greedy(
+    scores: _F32Arg, embeddings: _MatrixArg, k: int, mmr_lambda: float = 0.5
+) -> npt.NDArray[np.int64]: ...
 
 # (end of section)
 

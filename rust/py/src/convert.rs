@@ -197,3 +197,36 @@ pub fn str_list(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {
     }
     Ok(out)
 }
+
+/// A contiguous 1-D bool vector (borrowed when it already is one); an integer array is taken
+/// as `value != 0`.
+pub fn bool_vector<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray1<'py, bool>> {
+    if let Ok(a) = obj.cast::<PyArray1<bool>>() {
+        if a.is_c_contiguous() {
+            return Ok(a.readonly());
+        }
+    }
+    let np = obj.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (obj,))?;
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a 1-D array, got {ndim} dimensions"
+        )));
+    }
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    let arr = match kind.as_str() {
+        "b" => arr,
+        "i" | "u" => arr.call_method1("__ne__", (0,))?,
+        _ => {
+            return Err(PyTypeError::new_err(format!(
+                "{name} must hold bools, got an array of dtype kind {kind:?}"
+            )))
+        }
+    };
+    let conv = np.call_method1("ascontiguousarray", (arr,))?;
+    Ok(conv.cast_into::<PyArray1<bool>>()?.readonly())
+}

@@ -49,9 +49,8 @@ pub(crate) struct DppState {
     b: Vec<f64>,
 }
 
-/// Initial upper bound of `S_ii` for an unseen item: a normalised row has a squared norm within
-/// a few ulps of 1 (0 for a zero row).
-const UNIT_BOUND: f64 = 1.0 + 1e-9;
+/// `S_ii` of an unseen item, an upper bound: 1 (0 for a zero row, found when it is seen).
+const UNIT_BOUND: f64 = 1.0;
 
 impl DppState {
     /// Starts a run over `n = scores.len()` items (`emb` is `n x dim`, lengths validated by the
@@ -106,11 +105,12 @@ impl DppState {
 
 /// Normalises item i's embedding and sets its gain before any selection: `L_ii`.
 #[inline(always)]
-fn see<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) {
+fn see(st: &mut DppState, i: usize, emb: &[f32]) {
     let dim = st.dim;
     let row = &mut st.e[i * dim..(i + 1) * dim];
-    normalise_into(&emb[i * dim..(i + 1) * dim], row);
-    st.d2[i] = st.q[i] * st.q[i] * S::dot(row, row);
+    // S_ii is 1 by definition (0 for a zero row): rounding must not break ties between items.
+    let s_ii = normalise_into(&emb[i * dim..(i + 1) * dim], row);
+    st.d2[i] = st.q[i] * st.q[i] * s_ii;
     st.stamp[i] = 0;
 }
 
@@ -123,7 +123,7 @@ fn see<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) {
 #[inline(always)]
 fn refresh_with<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) -> f64 {
     if st.stamp[i] == UNSEEN {
-        see::<S>(st, i, emb);
+        see(st, i, emb);
     }
     let (dim, kc) = (st.dim, st.kcap);
     let (t0, tn) = (st.stamp[i] as usize, st.sel.len());

@@ -9,10 +9,10 @@ pub fn all_finite(x: &[f32]) -> bool {
     }) == 0
 }
 
-/// Writes the L2-normalised `row` into `out` (same length). A zero row stays zero (its
-/// similarity to everything, itself included, is 0).
+/// Writes the L2-normalised `row` into `out` (same length) and returns its self-similarity:
+/// exactly 1, or 0 for a zero row (which stays zero: its similarity to everything is 0).
 #[inline(always)]
-pub fn normalise_into(row: &[f32], out: &mut [f64]) {
+pub fn normalise_into(row: &[f32], out: &mut [f64]) -> f64 {
     let mut ss = 0.0f64;
     for &x in row {
         ss += x as f64 * x as f64;
@@ -20,6 +20,11 @@ pub fn normalise_into(row: &[f32], out: &mut [f64]) {
     let norm = if ss > 0.0 { ss.sqrt() } else { 1.0 };
     for (o, &x) in out.iter_mut().zip(row) {
         *o = x as f64 / norm;
+    }
+    if ss > 0.0 {
+        1.0
+    } else {
+        0.0
     }
 }
 
