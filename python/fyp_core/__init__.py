@@ -6,12 +6,14 @@ that are really Python: configuration, pipeline glue, analytics, the CLI and the
 
 from fyp_core._core import (
     CorruptFileError,
+    HnswIndex,
     TrafficSplit,
     __version__,
 )
 
 __all__ = [
     "CorruptFileError",
+    "HnswIndex",
     "TrafficSplit",
     "__version__",
 ]
