@@ -3,6 +3,7 @@
 
 import os
 from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Union, final
 
 import numpy as np
@@ -42,6 +43,62 @@ class TrafficSplit:
     def variants(self, user_token: str) -> dict[str, str | None]: ...
 
 # ---- candidate index (rust/core/src/ann) ----
+
+_IdsArg = Union[int, Sequence[int], npt.NDArray[np.integer]]
+_Matrix = Union[npt.NDArray[np.floating], Sequence[Sequence[float]]]
+
+@final
+class HnswIndex:
+    """HNSW candidate index (ip / cosine / l2); safe to share between threads."""
+
+    def __new__(
+        cls,
+        dim: int,
+        metric: str = "ip",
+        m: int = 16,
+        ef_construction: int = 200,
+        capacity: int = 1024,
+        seed: int = 0,
+    ) -> HnswIndex: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def m(self) -> int: ...
+    @property
+    def ef_construction(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def simd(self) -> str: ...
+    @property
+    def rebuilding(self) -> bool: ...
+    def stats(self) -> dict[str, int]: ...
+    def add(self, ids: _IdsArg, vectors: _Matrix, threads: int | None = None) -> None: ...
+    def search(
+        self,
+        queries: _Matrix,
+        k: int,
+        ef: int | None = None,
+        threads: int | None = None,
+        exclude: _IdsArg | Sequence[_IdsArg | None] | None = None,
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]: ...
+    def remove(self, ids: _IdsArg) -> int: ...
+    def recall_probe(
+        self,
+        sample: int | _Matrix | None = None,
+        k: int = 10,
+        ef: int | None = None,
+        threads: int | None = None,
+    ) -> float: ...
+    def rebuild(self, wait: bool = True, threads: int | None = None) -> None: ...
+    def get_vector(self, id: int) -> npt.NDArray[np.float32]: ...
+    def save(self, path: str | os.PathLike[str]) -> None: ...
+    @staticmethod
+    def load(path: str | os.PathLike[str]) -> HnswIndex: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object, /) -> bool: ...
 
 # (end of section)
 

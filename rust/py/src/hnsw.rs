@@ -1,7 +1,355 @@
-//! Binding for fyp_core.HnswIndex (core: fyp_core::ann).
+//! Binding for `fyp_core.HnswIndex` (core: `fyp_core::ann`): converts numpy arguments, releases
+//! the GIL around every call that does real work, and maps errors.
 
+use crate::convert::{f32_matrix, u64_vector};
+use crate::errors::{run_detached, to_py};
+use fyp_core::ann::{Exclude, HnswIndex, HnswParams, IdSet, Metric};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// `(ids uint64[nq, k], distances float32[nq, k])`.
+type SearchOut<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>);
+
+#[pyclass(name = "HnswIndex", module = "fyp_core", frozen)]
+pub struct PyHnswIndex {
+    pub inner: Arc<HnswIndex>,
+}
+
+fn nonneg(v: i64, name: &str) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {v}")))
+}
+
+fn threads_arg(t: Option<i64>) -> PyResult<Option<usize>> {
+    match t {
+        None => Ok(None),
+        Some(t) if t >= 1 => Ok(Some(t as usize)),
+        Some(t) => Err(PyValueError::new_err(format!(
+            "threads must be >= 1 (or None for all cores), got {t}"
+        ))),
+    }
+}
+
+fn ef_arg(ef: Option<i64>) -> PyResult<Option<usize>> {
+    match ef {
+        None => Ok(None),
+        Some(e) if e >= 1 => Ok(Some(e as usize)),
+        Some(e) => Err(PyValueError::new_err(format!(
+            "ef must be >= 1 (or None), got {e}"
+        ))),
+    }
+}
+
+fn k_arg(k: i64) -> PyResult<usize> {
+    if k < 1 {
+        return Err(PyValueError::new_err(format!("k must be >= 1, got {k}")));
+    }
+    Ok(k as usize)
+}
+
+fn id_set(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<IdSet> {
+    let v = u64_vector(obj, name)?;
+    Ok(v.as_slice()?.iter().copied().collect())
+}
+
+/// `exclude`: None, one 1-D array/sequence of ids for every query, or a list/tuple with one
+/// such sequence per query.
+enum ExcludeArg {
+    None,
+    All(IdSet),
+    PerQuery(Vec<IdSet>),
+}
+
+fn exclude_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<ExcludeArg> {
+    let Some(obj) = obj else {
+        return Ok(ExcludeArg::None);
+    };
+    if obj.is_none() {
+        return Ok(ExcludeArg::None);
+    }
+    let nested = if obj.cast::<PyList>().is_ok() || obj.cast::<PyTuple>().is_ok() {
+        obj.try_iter()?.next().transpose()?.is_some_and(|first| {
+            !first.is_instance_of::<pyo3::types::PyInt>()
+                && first.hasattr("__len__").unwrap_or(false)
+        })
+    } else {
+        false
+    };
+    if nested {
+        let mut sets = Vec::new();
+        for (i, e) in obj.try_iter()?.enumerate() {
+            let e = e?;
+            if e.is_none() {
+                sets.push(IdSet::default());
+            } else {
+                sets.push(id_set(&e, &format!("exclude[{i}]"))?);
+            }
+        }
+        return Ok(ExcludeArg::PerQuery(sets));
+    }
+    Ok(ExcludeArg::All(id_set(obj, "exclude")?))
+}
+
+fn check_cols(cols: usize, dim: usize, name: &str) -> PyResult<()> {
+    if cols != dim {
+        return Err(PyValueError::new_err(format!(
+            "{name} has {cols} columns, index dim is {dim}"
+        )));
+    }
     Ok(())
+}
+
+#[pymethods]
+impl PyHnswIndex {
+    #[new]
+    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0))]
+    fn new(
+        dim: i64,
+        metric: &str,
+        m: i64,
+        ef_construction: i64,
+        capacity: i64,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let metric = Metric::parse(metric).map_err(to_py)?;
+        let params = HnswParams {
+            m: nonneg(m, "m")?,
+            ef_construction: nonneg(ef_construction, "ef_construction")?,
+            capacity: nonneg(capacity, "capacity")?,
+            seed,
+        };
+        let inner = HnswIndex::new(nonneg(dim, "dim")?, metric, params).map_err(to_py)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    #[getter]
+    fn metric(&self) -> &'static str {
+        self.inner.metric().name()
+    }
+    #[getter]
+    fn m(&self) -> usize {
+        self.inner.params().m
+    }
+    #[getter]
+    fn ef_construction(&self) -> usize {
+        self.inner.params().ef_construction
+    }
+    #[getter]
+    fn seed(&self) -> u64 {
+        self.inner.params().seed
+    }
+    /// Instruction set of the distance kernels on this machine.
+    #[getter]
+    fn simd(&self) -> &'static str {
+        fyp_core::ann::simd_level()
+    }
+    #[getter]
+    fn rebuilding(&self) -> bool {
+        self.inner.is_rebuilding()
+    }
+
+    /// `{"live", "slots", "tombstones", "memory_bytes"}`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("live", s.live)?;
+        d.set_item("slots", s.slots)?;
+        d.set_item("tombstones", s.tombstones)?;
+        d.set_item("memory_bytes", s.memory_bytes)?;
+        Ok(d)
+    }
+
+    #[pyo3(signature = (ids, vectors, threads=None))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        vectors: &Bound<'_, PyAny>,
+        threads: Option<i64>,
+    ) -> PyResult<()> {
+        let threads = threads_arg(threads)?;
+        let ids = u64_vector(ids, "ids")?;
+        let v = f32_matrix(vectors, "vectors")?;
+        let (rows, cols) = (v.shape()[0], v.shape()[1]);
+        if rows > 0 {
+            check_cols(cols, self.inner.dim(), "vectors")?;
+        }
+        if rows != ids.len() {
+            return Err(PyValueError::new_err(format!(
+                "ids has {} entries but vectors has {rows} rows",
+                ids.len()
+            )));
+        }
+        let (ids, v) = (ids.as_slice()?, v.as_slice()?);
+        let inner = &self.inner;
+        run_detached(py, || inner.add_with_threads(ids, v, threads))
+    }
+
+    #[pyo3(signature = (queries, k, ef=None, threads=None, exclude=None))]
+    fn search<'py>(
+        &self,
+        py: Python<'py>,
+        queries: &Bound<'py, PyAny>,
+        k: i64,
+        ef: Option<i64>,
+        threads: Option<i64>,
+        exclude: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<SearchOut<'py>> {
+        let k = k_arg(k)?;
+        let ef = ef_arg(ef)?;
+        let threads = threads_arg(threads)?;
+        let q = f32_matrix(queries, "queries")?;
+        let (rows, cols) = (q.shape()[0], q.shape()[1]);
+        if rows > 0 {
+            check_cols(cols, self.inner.dim(), "queries")?;
+        }
+        let ex = exclude_arg(exclude)?;
+        let qs = q.as_slice()?;
+        let inner = &self.inner;
+        let r = run_detached(py, || {
+            let e = match &ex {
+                ExcludeArg::None => Exclude::None,
+                ExcludeArg::All(s) => Exclude::All(s),
+                ExcludeArg::PerQuery(v) => Exclude::PerQuery(v),
+            };
+            inner.search(qs, k, ef, threads, &e)
+        })?;
+        let ids = PyArray1::from_vec(py, r.ids).reshape([rows, k])?;
+        let d = PyArray1::from_vec(py, r.distances).reshape([rows, k])?;
+        Ok((ids, d))
+    }
+
+    /// Remove ids (missing ones are ignored); returns how many were removed.
+    fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let ids = u64_vector(ids, "ids")?;
+        let ids = ids.as_slice()?;
+        let inner = &self.inner;
+        run_detached(py, || inner.remove(ids))
+    }
+
+    /// Recall@k of the index at `ef` against brute force. `sample` is a number of stored items to
+    /// use as queries (drawn deterministically) or a 2-D array of query vectors.
+    #[pyo3(signature = (sample=None, k=10, ef=None, threads=None))]
+    fn recall_probe(
+        &self,
+        py: Python<'_>,
+        sample: Option<&Bound<'_, PyAny>>,
+        k: i64,
+        ef: Option<i64>,
+        threads: Option<i64>,
+    ) -> PyResult<f64> {
+        let k = k_arg(k)?;
+        let ef = ef_arg(ef)?;
+        let threads = threads_arg(threads)?;
+        let inner = &self.inner;
+        let n = match sample {
+            None => Some(100),
+            Some(s) if s.is_instance_of::<pyo3::types::PyInt>() => Some(s.extract::<i64>()?),
+            Some(_) => None,
+        };
+        if let Some(n) = n {
+            let n = nonneg(n, "sample")?;
+            return run_detached(py, || {
+                let qs = inner.sample_vectors(n, 0x5eed);
+                if qs.is_empty() {
+                    return Err(fyp_core::invalid!(
+                        "recall_probe needs a non-empty index and sample >= 1"
+                    ));
+                }
+                inner.recall_probe(&qs, k, ef, threads)
+            });
+        }
+        let Some(sample) = sample else { return Ok(1.0) };
+        let q = f32_matrix(sample, "sample")?;
+        if q.shape()[0] > 0 {
+            check_cols(q.shape()[1], inner.dim(), "sample")?;
+        }
+        let qs = q.as_slice()?;
+        run_detached(py, || inner.recall_probe(qs, k, ef, threads))
+    }
+
+    /// Rebuild the graph from the live items and swap it in atomically. With `wait=False` the
+    /// rebuild runs on a background thread and this returns at once (see `rebuilding`).
+    #[pyo3(signature = (wait=true, threads=None))]
+    fn rebuild(&self, py: Python<'_>, wait: bool, threads: Option<i64>) -> PyResult<()> {
+        let threads = threads_arg(threads)?;
+        if self.inner.is_rebuilding() {
+            return Err(PyValueError::new_err(
+                "a rebuild is already running on this index",
+            ));
+        }
+        let inner = self.inner.clone();
+        if wait {
+            return run_detached(py, || inner.rebuild(threads));
+        }
+        std::thread::Builder::new()
+            .name("fyp-hnsw-rebuild".into())
+            .spawn(move || {
+                // A failed background rebuild leaves the old graph in place (nothing to report to).
+                let _ = inner.rebuild(threads);
+            })
+            .map_err(|e| PyValueError::new_err(format!("cannot start the rebuild thread: {e}")))?;
+        Ok(())
+    }
+
+    /// The stored vector of `id` (normalised for "cosine"); KeyError when absent.
+    fn get_vector<'py>(&self, py: Python<'py>, id: u64) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        match self.inner.get_vector(id) {
+            Some(v) => Ok(PyArray1::from_vec(py, v)),
+            None => Err(pyo3::exceptions::PyKeyError::new_err(format!(
+                "id {id} is not in the index"
+            ))),
+        }
+    }
+
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let inner = &self.inner;
+        run_detached(py, || inner.save(&path))
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = run_detached(py, || HnswIndex::load(&path))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __contains__(&self, id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match id.extract::<u64>() {
+            Ok(i) => Ok(self.inner.contains(i)),
+            Err(_) if id.extract::<i64>().is_ok() => Ok(false),
+            Err(_) => Err(PyTypeError::new_err(
+                "index membership is tested with an int id",
+            )),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "HnswIndex(dim={}, metric={:?}, m={}, ef_construction={}, len={})",
+            self.inner.dim(),
+            self.inner.metric().name(),
+            self.inner.params().m,
+            self.inner.params().ef_construction,
+            self.inner.len()
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyHnswIndex>()
 }

@@ -1,1 +1,18 @@
 //! Candidate generation: the HNSW index (DESIGN.md §3, `fyp_core.HnswIndex`).
+//!
+//! `index` is the public API; `graph` the algorithm; `store` the never-moving node storage;
+//! `distance` the SIMD kernels; `scratch` per-thread visited sets; `persist` the file format.
+
+pub mod distance;
+mod graph;
+mod ids;
+mod index;
+mod persist;
+mod pool;
+mod scratch;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use distance::{simd_level, Metric};
+pub use index::{Exclude, HnswIndex, HnswParams, HnswStats, IdSet, SearchResult, PAD_ID};

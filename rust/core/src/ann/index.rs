@@ -1,0 +1,595 @@
+//! `HnswIndex`: the public face of candidate generation (DESIGN.md §3). Validates input, maps
+//! external ids, runs batches on a rayon pool, and owns the live graph behind an atomically
+//! swappable `Arc` so `rebuild()` can build a fresh graph while searches and inserts continue.
+
+use super::distance::Metric;
+use super::graph::{Graph, MAX_M};
+use super::ids::IdHasher;
+use super::pool;
+use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Id used to pad result rows that have fewer than k reachable items (`2**64 - 1`).
+pub const PAD_ID: u64 = u64::MAX;
+
+/// A set of external ids with the index's fast fixed hasher (for `exclude`).
+pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+/// Construction parameters (names follow the paper and DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node on upper levels; level 0 keeps `2 m`.
+    pub m: usize,
+    pub ef_construction: usize,
+    /// Initial capacity hint (the index grows by itself; this sizes the first segment).
+    pub capacity: usize,
+    /// Seed of the level generator: same seed + same single-threaded inserts = same graph.
+    pub seed: u64,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams {
+            m: 16,
+            ef_construction: 200,
+            capacity: 1024,
+            seed: 0,
+        }
+    }
+}
+
+/// Ids of excluded items: none, one set for every query, or one set per query.
+pub enum Exclude<'a> {
+    None,
+    All(&'a IdSet),
+    PerQuery(&'a [IdSet]),
+}
+
+/// Row-major search results: `ids[q * k + j]`, padded with `PAD_ID` / `inf`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResult {
+    pub ids: Vec<u64>,
+    pub distances: Vec<f32>,
+    pub k: usize,
+}
+
+/// Counters for monitoring (tombstones decide when a `rebuild()` pays off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswStats {
+    pub live: usize,
+    pub slots: usize,
+    pub tombstones: usize,
+    pub memory_bytes: usize,
+}
+
+enum Op {
+    Add(u64, Vec<f32>),
+    Remove(u64),
+}
+
+pub struct HnswIndex {
+    dim: usize,
+    metric: Metric,
+    params: HnswParams,
+    graph: RwLock<Arc<Graph>>,
+    /// Writes made while a rebuild runs, replayed into the new graph before the swap.
+    log: Mutex<Option<Vec<Op>>>,
+    rebuilding: AtomicBool,
+    /// Writers share it; `save` takes it exclusively for a consistent snapshot.
+    gate: RwLock<()>,
+}
+
+impl HnswIndex {
+    pub fn new(dim: usize, metric: Metric, params: HnswParams) -> crate::Result<Self> {
+        if dim == 0 || dim > 65_536 {
+            return Err(crate::invalid!("dim must be in 1..=65536, got {dim}"));
+        }
+        if params.m < 2 || params.m > MAX_M {
+            return Err(crate::invalid!(
+                "m must be in 2..={MAX_M}, got {}",
+                params.m
+            ));
+        }
+        if params.ef_construction == 0 || params.ef_construction > 100_000 {
+            return Err(crate::invalid!(
+                "ef_construction must be in 1..=100000, got {}",
+                params.ef_construction
+            ));
+        }
+        let g = Graph::new(
+            dim,
+            metric,
+            params.m,
+            params.ef_construction,
+            params.capacity,
+            params.seed,
+        );
+        Ok(Self::from_graph(g, params.capacity))
+    }
+
+    pub(crate) fn from_graph(g: Graph, capacity: usize) -> Self {
+        let params = HnswParams {
+            m: g.m,
+            ef_construction: g.ef_construction,
+            capacity,
+            seed: g.seed,
+        };
+        HnswIndex {
+            dim: g.dim,
+            metric: g.metric,
+            params,
+            graph: RwLock::new(Arc::new(g)),
+            log: Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
+            gate: RwLock::new(()),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+    pub fn params(&self) -> HnswParams {
+        self.params
+    }
+
+    fn current(&self) -> Arc<Graph> {
+        self.graph.read().clone()
+    }
+
+    /// Number of live items.
+    pub fn len(&self) -> usize {
+        self.current().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.current().contains(id)
+    }
+
+    /// The stored vector of `id` (L2-normalised for "cosine").
+    pub fn get_vector(&self, id: u64) -> Option<Vec<f32>> {
+        self.current().vector_of(id)
+    }
+
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> HnswStats {
+        let g = self.current();
+        let live = g.len();
+        let slots = g.slots();
+        HnswStats {
+            live,
+            slots,
+            tombstones: slots.saturating_sub(live),
+            memory_bytes: g.store.allocated_bytes() + g.ids.heap_bytes(),
+        }
+    }
+
+    /// Validate one row (finite; non-zero for cosine) and write its prepared form into `out`
+    /// (normalised for cosine, zero-padded to the storage stride).
+    fn prepare(&self, row: &[f32], what: &str, i: usize, out: &mut Vec<f32>) -> crate::Result<()> {
+        let mut norm = 0f64;
+        for (j, &x) in row.iter().enumerate() {
+            if !x.is_finite() {
+                return Err(crate::invalid!(
+                    "{what} row {i} has a non-finite value ({x}) at column {j}; NaN and Inf are not allowed"
+                ));
+            }
+            norm += x as f64 * x as f64;
+        }
+        out.clear();
+        if self.metric == Metric::Cosine {
+            let n = norm.sqrt();
+            if n == 0.0 || !n.is_finite() {
+                return Err(crate::invalid!(
+                    "{what} row {i} has zero norm; metric \"cosine\" needs non-zero vectors"
+                ));
+            }
+            out.extend(row.iter().map(|&x| (x as f64 / n) as f32));
+        } else {
+            out.extend_from_slice(row);
+        }
+        let stride = self.dim.div_ceil(16) * 16;
+        out.resize(stride, 0.0);
+        Ok(())
+    }
+
+    fn check_rows(&self, data: &[f32], what: &str) -> crate::Result<usize> {
+        if data.len() % self.dim != 0 {
+            return Err(crate::invalid!(
+                "{what} has {} values, not a multiple of the index dim {}",
+                data.len(),
+                self.dim
+            ));
+        }
+        Ok(data.len() / self.dim)
+    }
+
+    /// Insert or replace `ids[i]` with row `i` of `vectors` (row-major, `dim` columns), on all
+    /// cores. Input is validated in full first: a bad row adds nothing.
+    pub fn add(&self, ids: &[u64], vectors: &[f32]) -> crate::Result<()> {
+        self.add_with_threads(ids, vectors, None)
+    }
+
+    pub fn add_with_threads(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        threads: Option<usize>,
+    ) -> crate::Result<()> {
+        let threads = pool::resolve(threads)?;
+        let n = self.check_rows(vectors, "vectors")?;
+        if n != ids.len() {
+            return Err(crate::invalid!(
+                "ids has {} entries but vectors has {n} rows",
+                ids.len()
+            ));
+        }
+        if let Some(p) = ids.iter().position(|&x| x == PAD_ID) {
+            return Err(crate::invalid!(
+                "ids[{p}] is 2**64-1, which is reserved for padding in search results"
+            ));
+        }
+        let mut scratch = Vec::new();
+        for (i, row) in vectors.chunks_exact(self.dim).enumerate() {
+            self.prepare(row, "vectors", i, &mut scratch)?;
+        }
+        // Duplicate ids in one batch: the last row wins, as if added one after another.
+        let mut keep = vec![true; n];
+        {
+            let mut seen = IdSet::default();
+            for i in (0..n).rev() {
+                if !seen.insert(ids[i]) {
+                    keep[i] = false;
+                }
+            }
+        }
+        let _w = self.gate.read();
+        let one = |i: usize| -> crate::Result<()> {
+            if !keep[i] {
+                return Ok(());
+            }
+            let mut v = Vec::with_capacity(self.dim + 16);
+            self.prepare(
+                &vectors[i * self.dim..(i + 1) * self.dim],
+                "vectors",
+                i,
+                &mut v,
+            )?;
+            self.add_prepared(ids[i], v)
+        };
+        if threads <= 1 || n <= 1 {
+            (0..n).try_for_each(one)
+        } else {
+            pool::install(threads, || {
+                (0..n).into_par_iter().with_min_len(4).try_for_each(one)
+            })?
+        }
+    }
+
+    fn add_prepared(&self, id: u64, v: Vec<f32>) -> crate::Result<()> {
+        let g = self.current();
+        g.insert(id, &v)?;
+        self.after_write(&g, Op::Add(id, v))
+    }
+
+    /// Called after a write reached graph `g`: log it for a running rebuild, or re-apply it if
+    /// a rebuild swapped graphs in between (so no write is ever lost).
+    fn after_write(&self, g: &Arc<Graph>, op: Op) -> crate::Result<()> {
+        let mut log = self.log.lock();
+        if let Some(l) = log.as_mut() {
+            l.push(op);
+            return Ok(());
+        }
+        let cur = self.current();
+        if !Arc::ptr_eq(&cur, g) {
+            apply(&cur, &op)?;
+        }
+        Ok(())
+    }
+
+    /// Remove ids (tombstone + link repair). They stop appearing in results at once. Ids not in
+    /// the index are ignored; returns how many were removed.
+    pub fn remove(&self, ids: &[u64]) -> crate::Result<usize> {
+        let _w = self.gate.read();
+        let mut removed = 0;
+        for &id in ids {
+            let g = self.current();
+            if g.remove(id) {
+                removed += 1;
+            }
+            self.after_write(&g, Op::Remove(id))?;
+        }
+        Ok(removed)
+    }
+
+    fn resolve_ef(&self, k: usize, ef: Option<usize>) -> usize {
+        ef.unwrap_or(64).max(k)
+    }
+
+    /// Up to `k` nearest live items to one query, ascending distance (not padded).
+    pub fn search_one(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        exclude: Option<&(dyn Fn(u64) -> bool + Sync)>,
+    ) -> crate::Result<Vec<(u64, f32)>> {
+        if query.len() != self.dim {
+            return Err(crate::invalid!(
+                "query has {} values, index dim is {}",
+                query.len(),
+                self.dim
+            ));
+        }
+        if k == 0 {
+            return Err(crate::invalid!("k must be >= 1, got 0"));
+        }
+        let mut q = Vec::with_capacity(self.dim + 16);
+        self.prepare(query, "query", 0, &mut q)?;
+        let g = self.current();
+        Ok(search_graph(&g, &q, k, self.resolve_ef(k, ef), exclude))
+    }
+
+    /// Batch search: `queries` is row-major with `dim` columns; rows run in parallel.
+    pub fn search(
+        &self,
+        queries: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        threads: Option<usize>,
+        exclude: &Exclude<'_>,
+    ) -> crate::Result<SearchResult> {
+        let threads = pool::resolve(threads)?;
+        let nq = self.check_rows(queries, "queries")?;
+        if k == 0 {
+            return Err(crate::invalid!("k must be >= 1, got 0"));
+        }
+        if nq.saturating_mul(k) > 1 << 30 {
+            return Err(crate::invalid!(
+                "{nq} queries x k={k} results is too large (limit 2**30)"
+            ));
+        }
+        if let Exclude::PerQuery(s) = exclude {
+            if s.len() != nq {
+                return Err(crate::invalid!(
+                    "exclude has {} per-query sets but there are {nq} queries",
+                    s.len()
+                ));
+            }
+        }
+        let mut scratch = Vec::new();
+        for (i, row) in queries.chunks_exact(self.dim).enumerate() {
+            self.prepare(row, "queries", i, &mut scratch)?;
+        }
+        let ef = self.resolve_ef(k, ef);
+        let g = self.current();
+        let mut ids = vec![PAD_ID; nq * k];
+        let mut distances = vec![f32::INFINITY; nq * k];
+        let one = |(i, (ri, rd)): (usize, (&mut [u64], &mut [f32]))| {
+            let mut q = Vec::with_capacity(self.dim + 16);
+            // Validated above; prepare cannot fail here.
+            if self
+                .prepare(
+                    &queries[i * self.dim..(i + 1) * self.dim],
+                    "queries",
+                    i,
+                    &mut q,
+                )
+                .is_err()
+            {
+                return;
+            }
+            let set = match exclude {
+                Exclude::None => None,
+                Exclude::All(s) => Some(*s),
+                Exclude::PerQuery(s) => Some(&s[i]),
+            };
+            let hits = match set {
+                Some(s) if !s.is_empty() => {
+                    let f = |id: u64| s.contains(&id);
+                    search_graph(&g, &q, k, ef, Some(&f))
+                }
+                _ => search_graph(&g, &q, k, ef, None),
+            };
+            for (j, (id, d)) in hits.into_iter().enumerate() {
+                ri[j] = id;
+                rd[j] = d;
+            }
+        };
+        if threads <= 1 || nq <= 1 {
+            ids.chunks_mut(k)
+                .zip(distances.chunks_mut(k))
+                .enumerate()
+                .for_each(one);
+        } else {
+            pool::install(threads, || {
+                ids.par_chunks_mut(k)
+                    .zip(distances.par_chunks_mut(k))
+                    .enumerate()
+                    .for_each(one)
+            })?;
+        }
+        Ok(SearchResult { ids, distances, k })
+    }
+
+    /// Recall@k of the graph search at `ef` against exact brute force over the live items, for
+    /// the given queries (row-major). Alert on a drop to catch drift in production.
+    pub fn recall_probe(
+        &self,
+        queries: &[f32],
+        k: usize,
+        ef: Option<usize>,
+        threads: Option<usize>,
+    ) -> crate::Result<f64> {
+        let threads = pool::resolve(threads)?;
+        let nq = self.check_rows(queries, "sample")?;
+        if k == 0 {
+            return Err(crate::invalid!("k must be >= 1, got 0"));
+        }
+        if nq == 0 {
+            return Err(crate::invalid!("recall_probe needs at least one query"));
+        }
+        let g = self.current();
+        let ef = self.resolve_ef(k, ef);
+        let mut preps = Vec::with_capacity(nq);
+        for (i, row) in queries.chunks_exact(self.dim).enumerate() {
+            let mut q = Vec::new();
+            self.prepare(row, "sample", i, &mut q)?;
+            preps.push(q);
+        }
+        let one = |q: &Vec<f32>| -> (usize, usize) {
+            let exact = g.brute_force(q, k);
+            let approx = search_graph(&g, q, k, ef, None);
+            let truth: HashSet<u32> = exact.iter().map(|c| c.id).collect();
+            let hit = approx
+                .iter()
+                .filter(|(id, _)| g.ids.get(*id).is_some_and(|s| truth.contains(&s)))
+                .count();
+            (hit, exact.len())
+        };
+        let (hit, tot) = pool::install(threads, || {
+            preps
+                .par_iter()
+                .map(one)
+                .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        })?;
+        Ok(if tot == 0 {
+            1.0
+        } else {
+            hit as f64 / tot as f64
+        })
+    }
+
+    /// `n` stored live vectors picked deterministically (for `recall_probe` on the index's own data).
+    pub fn sample_vectors(&self, n: usize, seed: u64) -> Vec<f32> {
+        let g = self.current();
+        let items = g.ids.items();
+        if items.is_empty() || n == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(n.min(items.len()) * self.dim);
+        let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..n.min(items.len()) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (_, s) = items[(x % items.len() as u64) as usize];
+            out.extend_from_slice(&g.store.vector(s)[..self.dim]);
+        }
+        out
+    }
+
+    /// Build a fresh graph from the live items and swap it in atomically. Searches keep using
+    /// the old graph until the swap; inserts and removes made meanwhile are logged and replayed
+    /// into the new graph, so none is lost. Tombstones are dropped (memory is reclaimed).
+    pub fn rebuild(&self, threads: Option<usize>) -> crate::Result<()> {
+        let threads = pool::resolve(threads)?;
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return Err(crate::invalid!(
+                "a rebuild is already running on this index"
+            ));
+        }
+        let r = self.rebuild_inner(threads);
+        self.rebuilding.store(false, Ordering::Release);
+        r
+    }
+
+    fn rebuild_inner(&self, threads: usize) -> crate::Result<()> {
+        *self.log.lock() = Some(Vec::new());
+        let old = self.current();
+        let items = old.ids.items();
+        let g = Graph::new(
+            self.dim,
+            self.metric,
+            old.m,
+            old.ef_construction,
+            items.len().max(self.params.capacity),
+            old.seed,
+        );
+        let built = pool::install(threads, || {
+            items
+                .par_iter()
+                .with_min_len(4)
+                .try_for_each(|&(id, slot)| g.insert(id, old.store.vector(slot)))
+        });
+        if let Err(e) = built.and_then(|r| r) {
+            *self.log.lock() = None;
+            return Err(e);
+        }
+        // Catch up outside the lock until the backlog is small, then finish under it and swap.
+        loop {
+            let batch = self
+                .log
+                .lock()
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if batch.len() < 64 {
+                let mut log = self.log.lock();
+                let rest = log.as_mut().map(std::mem::take).unwrap_or_default();
+                for op in batch.iter().chain(&rest) {
+                    apply(&g, op)?;
+                }
+                *self.graph.write() = Arc::new(g);
+                *log = None;
+                return Ok(());
+            }
+            for op in &batch {
+                apply(&g, op)?;
+            }
+        }
+    }
+
+    /// Write the index to `path` atomically (temp file, fsync, rename). Writers wait; searches
+    /// continue.
+    pub fn save(&self, path: &Path) -> crate::Result<()> {
+        let _x = self.gate.write();
+        let g = self.current();
+        super::persist::save(&g, path)
+    }
+
+    pub fn load(path: &Path) -> crate::Result<Self> {
+        let g = super::persist::load(path)?;
+        let cap = g.slots().max(1024);
+        Ok(Self::from_graph(g, cap))
+    }
+}
+
+fn apply(g: &Graph, op: &Op) -> crate::Result<()> {
+    match op {
+        Op::Add(id, v) => g.insert(*id, v),
+        Op::Remove(id) => {
+            g.remove(*id);
+            Ok(())
+        }
+    }
+}
+
+fn search_graph(
+    g: &Graph,
+    q: &[f32],
+    k: usize,
+    ef: usize,
+    exclude: Option<&(dyn Fn(u64) -> bool + Sync)>,
+) -> Vec<(u64, f32)> {
+    let st = &g.store;
+    let hits = match exclude {
+        None => g.knn(q, k, ef, |n| !st.is_deleted(n)),
+        Some(f) => g.knn(q, k, ef, |n| !st.is_deleted(n) && !f(st.label(n))),
+    };
+    hits.into_iter().map(|c| (st.label(c.id), c.d)).collect()
+}

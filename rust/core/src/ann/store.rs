@@ -1,0 +1,360 @@
+//! Node storage for the HNSW graph: vectors, level-0 links, labels and flags in segments that are
+//! allocated once and never moved, so growth never invalidates a concurrent reader. Segment `s`
+//! holds `base << s` nodes (geometric growth, like a vector that never reallocates); finding a
+//! node is two shifts and one pointer load.
+//!
+//! Publication rule: a node's vector, label, level and upper-level link storage are written by
+//! the one thread that allocated the slot, before any link to the node is stored (links are
+//! stored with `Release` and loaded with `Acquire`), so every node a reader can reach is complete.
+
+use parking_lot::Mutex;
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+pub const MAX_SEGMENTS: usize = 40;
+pub const MAX_LEVEL: usize = 15;
+pub const FLAG_DELETED: u8 = 1;
+
+/// A zeroed, 64-byte aligned float buffer written through raw pointers (see the publication rule).
+struct FloatBuf {
+    ptr: *mut f32,
+    layout: Layout,
+}
+
+impl FloatBuf {
+    fn new(len: usize) -> Self {
+        let layout = Layout::from_size_align(len.max(1) * 4, 64).expect("vector segment too large");
+        // SAFETY: layout has non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) } as *mut f32;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        FloatBuf { ptr, layout }
+    }
+}
+
+impl Drop for FloatBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr as *mut u8, self.layout) }
+    }
+}
+
+pub struct Segment {
+    vectors: FloatBuf,
+    links0: Box<[AtomicU32]>,
+    labels: Box<[AtomicU64]>,
+    flags: Box<[AtomicU8]>,
+    levels: Box<[AtomicU8]>,
+    upper: Box<[AtomicPtr<AtomicU32>]>,
+    locks: Box<[Mutex<()>]>,
+}
+
+// SAFETY: the raw vector buffer is written only by the slot owner before publication and is
+// read-only afterwards; every other field is atomic or a lock.
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+fn boxed<T>(n: usize, f: impl Fn() -> T) -> Box<[T]> {
+    (0..n).map(|_| f()).collect()
+}
+
+/// Marker for types whose all-zero bit pattern is a valid initial value.
+///
+/// # Safety
+/// Implement only for types where zeroed memory is a valid, meaningful value.
+unsafe trait Zeroable {}
+unsafe impl Zeroable for AtomicU32 {}
+unsafe impl Zeroable for AtomicU64 {}
+unsafe impl Zeroable for AtomicU8 {}
+unsafe impl<T> Zeroable for AtomicPtr<T> {}
+// parking_lot's raw mutex is one byte, 0 = unlocked.
+unsafe impl Zeroable for Mutex<()> {}
+
+/// A zeroed boxed slice straight from the allocator: large segments come from fresh pages, so
+/// slots not used yet cost address space, not resident memory.
+fn zeroed<T: Zeroable>(n: usize) -> Box<[T]> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return boxed(n, || unreachable_zero());
+    }
+    let layout = Layout::array::<T>(n).expect("segment too large");
+    // SAFETY: non-zero size; T is Zeroable, so zeroed memory is a valid [T; n]; the pointer and
+    // layout match what Box<[T]> frees with.
+    unsafe {
+        let p = alloc_zeroed(layout) as *mut T;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+    }
+}
+
+fn unreachable_zero<T>() -> T {
+    unreachable!("zero-length segments are never allocated")
+}
+
+/// Everything a reader needs to address one node.
+pub struct Store {
+    pub stride: usize,
+    /// `M0 + 1` u32 per node: count, then the links.
+    pub l0_width: usize,
+    /// `M + 1` u32 per upper level.
+    pub up_width: usize,
+    base_shift: u32,
+    segments: [AtomicPtr<Segment>; MAX_SEGMENTS],
+    grow: Mutex<()>,
+    upper_bytes: AtomicUsize,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        for (s, p) in self.segments.iter().enumerate() {
+            let p = p.load(Ordering::Acquire);
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: created by Box::into_raw in `ensure`; we are the last owner.
+            let seg = unsafe { Box::from_raw(p) };
+            let n = self.seg_len(s);
+            for i in 0..n {
+                let up = seg.upper[i].load(Ordering::Acquire);
+                if !up.is_null() {
+                    let len = seg.levels[i].load(Ordering::Acquire) as usize * self.up_width;
+                    // SAFETY: allocated in `set_level` as a boxed slice of exactly this length.
+                    unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(up, len))) };
+                }
+            }
+        }
+    }
+}
+
+impl Store {
+    pub fn new(dim: usize, m: usize, capacity: usize) -> Self {
+        let base = capacity.clamp(64, 1 << 24).next_power_of_two();
+        Store {
+            stride: dim.div_ceil(16) * 16,
+            l0_width: 2 * m + 1,
+            up_width: m + 1,
+            base_shift: base.trailing_zeros(),
+            segments: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
+            grow: Mutex::new(()),
+            upper_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    fn seg_len(&self, s: usize) -> usize {
+        1usize << (self.base_shift as usize + s)
+    }
+
+    /// Largest number of slots this store can ever hold.
+    pub fn max_slots(&self) -> usize {
+        ((1usize << (self.base_shift as usize + MAX_SEGMENTS)) - (1usize << self.base_shift))
+            .min(u32::MAX as usize - 1)
+    }
+
+    #[inline(always)]
+    fn locate(&self, i: u32) -> (usize, usize) {
+        let j = i as usize + (1usize << self.base_shift);
+        let top = usize::BITS - 1 - j.leading_zeros();
+        ((top - self.base_shift) as usize, j - (1usize << top))
+    }
+
+    /// Make sure the segment holding slot `i` exists (allocates at most once per segment).
+    pub fn ensure(&self, i: u32) {
+        let (s, _) = self.locate(i);
+        if !self.segments[s].load(Ordering::Acquire).is_null() {
+            return;
+        }
+        let _g = self.grow.lock();
+        if !self.segments[s].load(Ordering::Acquire).is_null() {
+            return;
+        }
+        let n = self.seg_len(s);
+        let seg = Box::new(Segment {
+            vectors: FloatBuf::new(n * self.stride),
+            links0: zeroed(n * self.l0_width),
+            labels: zeroed(n),
+            flags: zeroed(n),
+            levels: zeroed(n),
+            upper: zeroed(n),
+            locks: zeroed(n),
+        });
+        self.segments[s].store(Box::into_raw(seg), Ordering::Release);
+    }
+
+    #[inline(always)]
+    fn seg(&self, i: u32) -> (&Segment, usize) {
+        let (s, o) = self.locate(i);
+        let p = self.segments[s].load(Ordering::Acquire);
+        debug_assert!(!p.is_null());
+        // SAFETY: slots are only addressed after `ensure`; segments live as long as the store.
+        (unsafe { &*p }, o)
+    }
+
+    #[inline(always)]
+    pub fn vector(&self, i: u32) -> &[f32] {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds of the segment; content is immutable once the node is published.
+        unsafe { std::slice::from_raw_parts(seg.vectors.ptr.add(o * self.stride), self.stride) }
+    }
+
+    #[inline(always)]
+    pub fn vector_ptr(&self, i: u32) -> *const f32 {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds of the segment.
+        unsafe { seg.vectors.ptr.add(o * self.stride) }
+    }
+
+    /// Write the vector of a slot the caller owns and has not published yet.
+    pub fn write_vector(&self, i: u32, v: &[f32]) {
+        let (seg, o) = self.seg(i);
+        let n = v.len().min(self.stride);
+        // SAFETY: the caller owns slot `i` exclusively until it links it (publication rule).
+        unsafe {
+            let dst = seg.vectors.ptr.add(o * self.stride);
+            std::ptr::copy_nonoverlapping(v.as_ptr(), dst, n);
+            std::ptr::write_bytes(dst.add(n), 0, self.stride - n);
+        }
+    }
+
+    #[inline(always)]
+    pub fn links(&self, i: u32, level: usize) -> &[AtomicU32] {
+        let (seg, o) = self.seg(i);
+        if level == 0 {
+            &seg.links0[o * self.l0_width..(o + 1) * self.l0_width]
+        } else {
+            let p = seg.upper[o].load(Ordering::Acquire);
+            let lv = seg.levels[o].load(Ordering::Acquire) as usize;
+            if p.is_null() || level > lv {
+                return &[];
+            }
+            // SAFETY: allocated in `set_level` with `lv * up_width` entries, never freed before the store.
+            unsafe { std::slice::from_raw_parts(p.add((level - 1) * self.up_width), self.up_width) }
+        }
+    }
+
+    pub fn set_level(&self, i: u32, level: usize) {
+        let (seg, o) = self.seg(i);
+        seg.levels[o].store(level as u8, Ordering::Release);
+        if level > 0 {
+            let b: Box<[AtomicU32]> = boxed(level * self.up_width, || AtomicU32::new(0));
+            self.upper_bytes
+                .fetch_add(level * self.up_width * 4, Ordering::Relaxed);
+            let p = Box::into_raw(b) as *mut AtomicU32;
+            seg.upper[o].store(p, Ordering::Release);
+        }
+    }
+
+    #[inline(always)]
+    pub fn level(&self, i: u32) -> usize {
+        let (seg, o) = self.seg(i);
+        seg.levels[o].load(Ordering::Acquire) as usize
+    }
+
+    #[inline(always)]
+    pub fn label(&self, i: u32) -> u64 {
+        let (seg, o) = self.seg(i);
+        seg.labels[o].load(Ordering::Acquire)
+    }
+
+    pub fn set_label(&self, i: u32, l: u64) {
+        let (seg, o) = self.seg(i);
+        seg.labels[o].store(l, Ordering::Release);
+    }
+
+    #[inline(always)]
+    pub fn is_deleted(&self, i: u32) -> bool {
+        let (seg, o) = self.seg(i);
+        seg.flags[o].load(Ordering::Acquire) & FLAG_DELETED != 0
+    }
+
+    pub fn flags(&self, i: u32) -> u8 {
+        let (seg, o) = self.seg(i);
+        seg.flags[o].load(Ordering::Acquire)
+    }
+
+    /// Returns true when this call marked the node (it was live before).
+    pub fn mark_deleted(&self, i: u32) -> bool {
+        let (seg, o) = self.seg(i);
+        seg.flags[o].fetch_or(FLAG_DELETED, Ordering::AcqRel) & FLAG_DELETED == 0
+    }
+
+    pub fn lock(&self, i: u32) -> parking_lot::MutexGuard<'_, ()> {
+        let (seg, o) = self.seg(i);
+        seg.locks[o].lock()
+    }
+
+    /// Bytes allocated: segments (vectors, level-0 links, labels, flags, locks) + upper links.
+    pub fn allocated_bytes(&self) -> usize {
+        let mut total = self.upper_bytes.load(Ordering::Relaxed);
+        for (s, p) in self.segments.iter().enumerate() {
+            if !p.load(Ordering::Acquire).is_null() {
+                total +=
+                    self.seg_len(s) * (self.stride * 4 + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
+            }
+        }
+        total
+    }
+}
+
+/// Read a link list: `(count, links)` where every returned id was stored by a writer.
+#[inline(always)]
+pub fn read_links(list: &[AtomicU32], out: &mut [u32]) -> usize {
+    if list.is_empty() {
+        return 0;
+    }
+    let n = (list[0].load(Ordering::Acquire) as usize)
+        .min(list.len() - 1)
+        .min(out.len());
+    for j in 0..n {
+        out[j] = list[j + 1].load(Ordering::Acquire);
+    }
+    n
+}
+
+/// Replace a link list; the caller holds the node's lock.
+pub fn write_links(list: &[AtomicU32], ids: &[u32]) {
+    let n = ids.len().min(list.len() - 1);
+    for j in 0..n {
+        list[j + 1].store(ids[j], Ordering::Release);
+    }
+    list[0].store(n as u32, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_is_contiguous_across_segments() {
+        let st = Store::new(3, 4, 64);
+        let mut prev = (0usize, 0usize);
+        for i in 0..10_000u32 {
+            let (s, o) = st.locate(i);
+            if i > 0 {
+                assert!(
+                    (s == prev.0 && o == prev.1 + 1) || (s == prev.0 + 1 && o == 0),
+                    "{i}: {prev:?} -> {:?}",
+                    (s, o)
+                );
+            }
+            assert!(o < st.seg_len(s));
+            prev = (s, o);
+        }
+    }
+
+    #[test]
+    fn vectors_survive_growth() {
+        let st = Store::new(5, 4, 64);
+        for i in 0..1000u32 {
+            st.ensure(i);
+            st.write_vector(i, &[i as f32; 5]);
+            st.set_level(i, (i % 3) as usize);
+        }
+        for i in 0..1000u32 {
+            assert_eq!(st.vector(i)[..5], [i as f32; 5]);
+            assert_eq!(st.vector(i).len(), 16);
+            assert_eq!(st.links(i, 2).len(), if i % 3 == 2 { 5 } else { 0 });
+        }
+    }
+}
