@@ -230,36 +230,35 @@ mod tests {
         assert!(matches!(set.promote("zz"), Err(Error::NotFound(_))));
         assert!(set.rollback().is_err());
         let value = |v: &str| if v == "a" { 1.0 } else { 2.0 };
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let readers: Vec<_> = (0..3)
             .map(|_| {
-                let (set, stop, reads) = (set.clone(), stop.clone(), reads.clone());
+                let (set, done) = (set.clone(), done.clone());
                 std::thread::spawn(move || {
-                    let mut seen = 0;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut gens = std::collections::BTreeSet::new();
+                    for _ in 0..2000 {
                         let s = set.score(&[0.5; 30], 10).unwrap();
                         assert!(s.live.iter().all(|&p| p == value(&s.live_version)));
                         assert_eq!(s.shadows.len(), 1);
                         assert_ne!(s.shadows[0].0, s.live_version);
                         assert!(s.shadows[0].1.iter().all(|&p| p == value(&s.shadows[0].0)));
-                        seen += 1;
-                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        gens.insert(s.generation);
                     }
-                    seen
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    gens.len()
                 })
             })
             .collect();
-        let mut switches = 0;
-        while switches < 500 || reads.load(std::sync::atomic::Ordering::Relaxed) < 3000 {
-            switches += 1;
+        // Switch until every reader has finished (bounded by the readers' fixed work).
+        while done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
             set.promote("b").unwrap();
             assert_eq!(set.snapshot().live_version(), "b");
             assert_eq!(set.rollback().unwrap(), "a");
+            std::thread::yield_now();
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let total: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
-        assert!(total >= 3000);
+        for r in readers {
+            r.join().unwrap();
+        }
         assert_eq!(set.snapshot().shadow_versions(), vec!["b"]);
     }
 }
