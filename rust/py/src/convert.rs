@@ -197,3 +197,34 @@ pub fn str_list(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {
     }
     Ok(out)
 }
+
+/// A contiguous 1-D bool vector from bools or integers (non-zero is true); a Python bool becomes
+/// a one-element vector.
+pub fn bool_vector<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray1<'py, bool>> {
+    if let Ok(a) = obj.cast::<PyArray1<bool>>() {
+        if a.is_c_contiguous() {
+            return Ok(a.readonly());
+        }
+    }
+    let np = obj.py().import("numpy")?;
+    let arr = np.call_method1("asarray", (obj,))?;
+    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
+    if !matches!(kind.as_str(), "i" | "u" | "b") {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must hold bools, got an array of dtype kind {kind:?}"
+        )));
+    }
+    let ndim: usize = arr.getattr("ndim")?.extract()?;
+    if ndim > 1 {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be 1-D, got {ndim} dimensions"
+        )));
+    }
+    let conv = np
+        .call_method1("ascontiguousarray", (arr, "bool"))?
+        .call_method1("reshape", (-1i64,))?;
+    Ok(conv.cast_into::<PyArray1<bool>>()?.readonly())
+}
