@@ -6,12 +6,18 @@ that are really Python: configuration, pipeline glue, analytics, the CLI and the
 
 from fyp_core._core import (
     CorruptFileError,
+    EventLog,
     TrafficSplit,
+    UserTokenizer,
     __version__,
+    user_token,
 )
 
 __all__ = [
     "CorruptFileError",
+    "EventLog",
     "TrafficSplit",
+    "UserTokenizer",
     "__version__",
+    "user_token",
 ]

@@ -270,41 +270,47 @@ impl Worker {
         self.failing = true;
     }
 
-    /// Writes one buffer as one file. On failure the buffer is kept for the next attempt.
+    /// Writes one buffer as files of at most `rotate_rows` rows. On failure what is not yet
+    /// written stays buffered for the next attempt.
     fn commit(&mut self, key: (Table, Partition)) -> Result<(), String> {
-        let Some(buf) = self.bufs.get(&key) else {
-            return Ok(());
-        };
-        if buf.rows.is_empty() {
-            self.bufs.remove(&key);
-            return Ok(());
-        }
-        let sh = &self.sh;
+        let sh = self.sh.clone();
         let (table, part) = key;
-        let batch = to_batch(table, &buf.rows, &sh.cfg.tasks).map_err(|e| e.to_string())?;
-        let dir = sh.cfg.root.join(table.name()).join(part.dir());
-        let name = format!(
-            "part-{}-{:x}-{:06}.parquet",
-            sh.cfg.writer_id, sh.session, self.file_seq
-        );
-        let meta: &[(String, String)] = if table == Table::ServedFeatures {
-            &self.extra_meta_features
-        } else {
-            &[]
-        };
-        let path = write_atomic(&dir, &name, table, &batch, meta, sh.cfg.zstd_level)
-            .map_err(|e| e.to_string())?;
-        self.file_seq += 1;
-        let n = buf.rows.len();
-        Stats::add_t(&sh.stats.written, table, n as u64);
-        Stats::add(&sh.stats.files_written, 1);
-        if let Ok(m) = fs::metadata(&path) {
-            Stats::add(&sh.stats.bytes_written, m.len());
+        let max_rows = sh.cfg.rotate_rows.max(1);
+        loop {
+            let Some(buf) = self.bufs.get_mut(&key) else {
+                return Ok(());
+            };
+            if buf.rows.is_empty() {
+                self.bufs.remove(&key);
+                return Ok(());
+            }
+            let take = buf.rows.len().min(max_rows);
+            let batch =
+                to_batch(table, &buf.rows[..take], &sh.cfg.tasks).map_err(|e| e.to_string())?;
+            let dir = sh.cfg.root.join(table.name()).join(part.dir());
+            let name = format!(
+                "part-{}-{:x}-{:06}.parquet",
+                sh.cfg.writer_id, sh.session, self.file_seq
+            );
+            let meta: &[(String, String)] = if table == Table::ServedFeatures {
+                &self.extra_meta_features
+            } else {
+                &[]
+            };
+            let path = write_atomic(&dir, &name, table, &batch, meta, sh.cfg.zstd_level)
+                .map_err(|e| e.to_string())?;
+            self.file_seq += 1;
+            let bytes: usize = buf.rows[..take].iter().map(|r| r.approx_bytes()).sum();
+            buf.rows.drain(..take);
+            buf.bytes -= bytes.min(buf.bytes);
+            Stats::add_t(&sh.stats.written, table, take as u64);
+            Stats::add(&sh.stats.files_written, 1);
+            if let Ok(m) = fs::metadata(&path) {
+                Stats::add(&sh.stats.bytes_written, m.len());
+            }
+            self.buffered_rows -= take.min(self.buffered_rows);
+            self.failing = false;
         }
-        self.buffered_rows -= n.min(self.buffered_rows);
-        self.bufs.remove(&key);
-        self.failing = false;
-        Ok(())
     }
 
     /// Seal the write-ahead segment, take everything queued or spilled before it into the
