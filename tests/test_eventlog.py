@@ -260,7 +260,7 @@ def test_user_token_spec_and_tokenizer():
     import hashlib
     import hmac
 
-    want = hmac.new(KEY, "alice".encode(), hashlib.sha256).hexdigest()[:32]
+    want = hmac.new(KEY, b"alice", hashlib.sha256).hexdigest()[:32]
     assert user_token(KEY, "alice") == want
     t = UserTokenizer(KEY)
     ids = [f"user-{i}" for i in range(100)] + ["ünïcødé", ""]
