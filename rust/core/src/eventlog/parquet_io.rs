@@ -15,6 +15,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -265,8 +266,21 @@ pub fn write_atomic(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_key_value_metadata(Some(kv))
-        .set_created_by(format!("fyp_core {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("fyp_core {}", env!("CARGO_PKG_VERSION")));
+    // unique ids gain nothing from a dictionary and cost a hash per value
+    let props = match table {
+        Table::Impressions
+        | Table::ExplorationEvents
+        | Table::RankerScores
+        | Table::Engagements => {
+            props.set_column_dictionary_enabled(ColumnPath::from("impression_id"), false)
+        }
+        Table::Requests => {
+            props.set_column_dictionary_enabled(ColumnPath::from("request_id"), false)
+        }
+        Table::ServedFeatures => props,
+    }
+    .build();
     // the same pairs also go into the embedded Arrow schema, so pyarrow's schema.metadata shows them
     let meta: std::collections::HashMap<String, String> = kv_pairs.into_iter().collect();
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));

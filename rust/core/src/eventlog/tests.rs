@@ -279,3 +279,56 @@ fn concurrent_submitters() {
     assert!(log.stats().files_written > 4);
     let _ = fs::remove_dir_all(&root);
 }
+
+/// Timing breakdown, not a pass/fail test:
+/// `cargo test --profile dev-opt -p fyp-core perf_breakdown -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn perf_breakdown() {
+    use super::parquet_io::{to_batch, write_atomic};
+    use std::time::Instant;
+    let root = tmp("perf");
+    let tasks: Vec<String> = DEFAULT_TASKS.iter().map(|s| s.to_string()).collect();
+    let rows: Vec<Record> = (0..5000)
+        .flat_map(|r| request(r, 20, 0).impressions)
+        .map(Record::Impression)
+        .collect();
+    let n = rows.len();
+    let t = Instant::now();
+    let b = to_batch(Table::Impressions, &rows, &tasks).unwrap();
+    let t_batch = t.elapsed();
+    let t = Instant::now();
+    write_atomic(&root, "x.parquet", Table::Impressions, &b, &[], 1).unwrap();
+    let t_write = t.elapsed();
+    println!(
+        "{n} impressions: to_batch {:.1} ms ({:.2} M rows/s), parquet+fsync {:.1} ms ({:.2} M rows/s)",
+        t_batch.as_secs_f64() * 1e3,
+        n as f64 / t_batch.as_secs_f64() / 1e6,
+        t_write.as_secs_f64() * 1e3,
+        n as f64 / t_write.as_secs_f64() / 1e6
+    );
+    // request-path cost of submit_request: 20 slots (1 exploration), 20 scores, 1000 candidates
+    let log = EventLog::open(EventLogConfig::new(root.join("log"))).unwrap();
+    let mut reqs: Vec<RequestRecords> = (0..20_000).map(|r| request(r, 20, 20)).collect();
+    for r in reqs.iter_mut() {
+        let q = r.request.as_mut().unwrap();
+        q.candidate_item_ids = (0..1000).collect();
+        q.candidate_scores = vec![0.5; 1000];
+    }
+    let mut lat = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let t = Instant::now();
+        log.submit_request(r).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    println!(
+        "submit_request (20 slots, 1 exploration, 1000 candidates): p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        p(0.5),
+        p(0.99),
+        lat[lat.len() - 1]
+    );
+    log.close().unwrap();
+    let _ = fs::remove_dir_all(&root);
+}

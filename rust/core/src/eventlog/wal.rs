@@ -107,9 +107,19 @@ impl WalWriter {
 
     /// Seals the current segment and starts the next; returns the sealed segment's path.
     pub fn rotate(&mut self) -> Result<PathBuf> {
-        let next = WalWriter::create(&self.dir, self.session, self.no + 1, self.sync)?;
-        let old = std::mem::replace(self, next);
-        Ok(old.path())
+        let next = self.prepare_next()?;
+        Ok(self.switch_to(next))
+    }
+
+    /// Creates the next segment without touching this one, so the file creation can happen
+    /// outside the lock callers append under.
+    pub fn prepare_next(&self) -> Result<WalWriter> {
+        WalWriter::create(&self.dir, self.session, self.no + 1, self.sync)
+    }
+
+    /// Makes `next` (from [`WalWriter::prepare_next`]) current; returns the sealed path.
+    pub fn switch_to(&mut self, next: WalWriter) -> PathBuf {
+        std::mem::replace(self, next).path()
     }
 }
 

@@ -318,19 +318,26 @@ impl Worker {
     /// hold is now in a visible file.
     fn checkpoint(&mut self) -> Result<(), String> {
         let sh = self.sh.clone();
-        {
-            let mut g = sh.wal.lock();
-            if let Some(w) = g.as_mut() {
-                if !w.is_empty() {
-                    match w.rotate() {
-                        Ok(p) => self.sealed.push(p),
-                        Err(e) => {
-                            Stats::add(&sh.stats.wal_errors, 1);
-                            sh.record_error(format!("write-ahead rotate failed: {e}"));
-                        }
-                    }
+        // only this thread rotates, so the next segment can be created before taking the lock
+        // (file creation can take milliseconds under load; durable submits wait on this lock)
+        let next = {
+            let g = sh.wal.lock();
+            match g.as_ref() {
+                Some(w) if !w.is_empty() => Some(w.prepare_next()),
+                _ => None,
+            }
+        };
+        match next {
+            Some(Ok(next)) => {
+                if let Some(w) = sh.wal.lock().as_mut() {
+                    self.sealed.push(w.switch_to(next));
                 }
             }
+            Some(Err(e)) => {
+                Stats::add(&sh.stats.wal_errors, 1);
+                sh.record_error(format!("write-ahead rotate failed: {e}"));
+            }
+            None => {}
         }
         // every queued frame of the sealed segment was pushed before the rotate (callers push
         // while holding the write-ahead lock), so draining now takes them all
