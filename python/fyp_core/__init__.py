@@ -10,10 +10,13 @@ from fyp_core._core import (
     RerankPolicy,
     RerankResult,
     HnswIndex,
+    EventLog,
     TrafficSplit,
+    UserTokenizer,
     __version__,
     dpp_greedy,
     mmr_greedy,
+    user_token,
 )
 
 __all__ = [
@@ -22,8 +25,11 @@ __all__ = [
     "RerankResult",
     "Reranker",
     "HnswIndex",
+    "EventLog",
     "TrafficSplit",
+    "UserTokenizer",
     "__version__",
     "dpp_greedy",
     "mmr_greedy",
+    "user_token",
 ]

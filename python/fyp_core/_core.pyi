@@ -3,8 +3,9 @@
 
 import os
 from collections.abc import Mapping, Sequence
+import pathlib
 from collections.abc import Sequence
-from typing import Union, final
+from typing import Any, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -174,6 +175,132 @@ def mmr_greedy(
 # (end of section)
 
 # ---- event log (rust/core/src/eventlog) ----
+
+_PathArg = Union[str, os.PathLike[str]]
+_FloatArg = Union[float, Sequence[float], npt.NDArray[np.floating]]
+_BoolArg = Union[bool, Sequence[bool], npt.NDArray[np.bool_], npt.NDArray[np.integer]]
+_TsArg = Union[int, Sequence[int], npt.NDArray[np.integer], None]
+
+@final
+class EventLog:
+    """Non-blocking counterfactual event log: zstd Parquet under ``root``, Hive-partitioned by
+    dt/hour (schema: docs/eventlog_schema.md). Every ``log_*`` takes column arrays (a scalar is
+    broadcast), returns the rows accepted and never waits for the writer. ``ts`` is microseconds
+    since the Unix epoch (default: now)."""
+
+    def __new__(
+        cls,
+        root: _PathArg,
+        *,
+        sample_pct: float = 100.0,
+        queue_capacity: int = 1000000,
+        rotate_rows: int = 500000,
+        rotate_bytes: int = 134217728,
+        rotate_seconds: float = 60.0,
+        wal_path: _PathArg | None = None,
+        writer_id: str = "w0",
+        tasks: Sequence[str] | None = None,
+        feature_names: Sequence[str] | None = None,
+        zstd_level: int = 1,
+        wal_sync: bool = False,
+        _debug_write_delay_ms: int = 0,
+    ) -> EventLog: ...
+    @property
+    def root(self) -> pathlib.Path: ...
+    @property
+    def wal_path(self) -> pathlib.Path: ...
+    @property
+    def sample_pct(self) -> float: ...
+    @property
+    def queue_capacity(self) -> int: ...
+    @property
+    def writer_id(self) -> str: ...
+    @property
+    def tasks(self) -> list[str]: ...
+    @property
+    def closed(self) -> bool: ...
+    def log_impressions(
+        self,
+        impression_ids: Sequence[str],
+        request_ids: _StrArg,
+        user_tokens: _StrArg,
+        item_ids: _IntArg,
+        positions: _IntArg,
+        sources: _StrArg,
+        propensities: _FloatArg,
+        model_versions: _StrArg,
+        topics: _IntArg,
+        creator_ids: _IntArg,
+        experiments: _StrArg | None = None,
+        ts: _TsArg = None,
+    ) -> int: ...
+    def log_engagements(
+        self,
+        impression_ids: Sequence[str],
+        user_tokens: _StrArg,
+        watched_seconds: _FloatArg | None = None,
+        completed: _BoolArg | None = None,
+        liked: _BoolArg | None = None,
+        shared: _BoolArg | None = None,
+        followed: _BoolArg | None = None,
+        ts: _TsArg = None,
+    ) -> int: ...
+    def log_exploration(
+        self,
+        impression_ids: Sequence[str],
+        user_tokens: _StrArg,
+        item_ids: _IntArg,
+        positions: _IntArg,
+        topics: _IntArg,
+        propensities: _FloatArg,
+        policy: _StrArg | None = None,
+        ts: _TsArg = None,
+    ) -> int: ...
+    def log_ranker_scores(
+        self,
+        impression_ids: Sequence[str],
+        model_versions: _StrArg,
+        value_scores: _FloatArg,
+        predictions: npt.ArrayLike,
+        is_shadow: _BoolArg | None = None,
+        exploration: _BoolArg | None = None,
+        request_ids: _StrArg | None = None,
+        ts: _TsArg = None,
+    ) -> int: ...
+    def log_request(
+        self,
+        request_id: str,
+        user_token: str,
+        candidate_item_ids: _IntArg,
+        candidate_scores: _FloatArg,
+        served_item_ids: _IntArg,
+        ts: int | None = None,
+    ) -> int: ...
+    def log_served_features(
+        self,
+        request_ids: _StrArg,
+        item_ids: _IntArg,
+        features: npt.ArrayLike,
+        feature_set_version: _StrArg | None = None,
+        ts: _TsArg = None,
+    ) -> int: ...
+    def log(self, table: str, **columns: Any) -> int: ...
+    def flush(self, timeout: float | None = None) -> None: ...
+    def close(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    def __enter__(self) -> EventLog: ...
+    def __exit__(self, *_exc: object) -> bool: ...
+
+@final
+class UserTokenizer:
+    """``hex(HMAC-SHA256(key, user_id)[:16])`` under one key (at least 16 bytes)."""
+
+    def __new__(cls, key: bytes) -> UserTokenizer: ...
+    def token(self, user_id: str) -> str: ...
+    def tokens(self, user_ids: Sequence[str]) -> list[str]: ...
+
+def user_token(key: bytes, user_id: str) -> str: ...
+def _close_all_event_logs() -> None: ...
 
 # (end of section)
 

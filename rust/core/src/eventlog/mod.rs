@@ -1,1 +1,26 @@
-//! The counterfactual event log: non-blocking append-only Parquet writer (DESIGN.md §4).
+//! The counterfactual event log (DESIGN.md §4): the serving pipeline hands each response's rows
+//! to a bounded queue and returns; a background thread writes zstd Parquet, Hive-partitioned by
+//! dt/hour, each file visible only once complete. Durable rows (the exploration arm and
+//! engagements) are journaled to a write-ahead file first, so backpressure and kill -9 lose none.
+//! On-disk contract: docs/eventlog_schema.md.
+
+mod parquet_io;
+pub mod record;
+pub mod schema;
+mod stats;
+pub mod token;
+mod wal;
+mod worker;
+mod writer;
+
+pub use record::{
+    check_token, Engagement, ExplorationEvent, Impression, RankerScore, Record, RequestRecords,
+    RequestRow, ServedFeatures, Source,
+};
+pub use schema::{Table, DEFAULT_TASKS, SCHEMA_VERSION};
+pub use stats::StatsSnapshot;
+pub use token::{user_token, UserTokenizer};
+pub use writer::{keep_request, now_us, EventLog, EventLogConfig};
+
+#[cfg(test)]
+mod tests;

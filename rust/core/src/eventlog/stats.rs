@@ -1,0 +1,89 @@
+//! Counters of the event log, readable at any time without a lock on the request path.
+
+use super::schema::Table;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Stats {
+    pub enqueued: [AtomicU64; 6],
+    pub written: [AtomicU64; 6],
+    pub dropped: [AtomicU64; 6],
+    pub sampled_out: [AtomicU64; 6],
+    pub spilled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub replay_duplicates: AtomicU64,
+    pub files_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub wal_errors: AtomicU64,
+    pub wal_bad_tails: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Relaxed);
+    }
+    pub fn add_t(arr: &[AtomicU64; 6], t: Table, n: u64) {
+        arr[t.index()].fetch_add(n, Relaxed);
+    }
+}
+
+/// A point-in-time copy of the counters. Per-table arrays are indexed by [`Table::index`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsSnapshot {
+    /// Rows accepted (queued or spilled), per table.
+    pub enqueued: [u64; 6],
+    /// Rows in visible Parquet files, per table.
+    pub written: [u64; 6],
+    /// Firehose rows dropped because the queue was full, per table.
+    pub dropped: [u64; 6],
+    /// Firehose rows not kept by sampling, per table.
+    pub sampled_out: [u64; 6],
+    /// Durable rows that found the queue full and went only to the write-ahead file.
+    pub spilled: u64,
+    /// Rows recovered from a previous session's write-ahead file.
+    pub replayed: u64,
+    /// Replayed rows skipped because a committed file already held them.
+    pub replay_duplicates: u64,
+    /// Rows waiting in the in-memory queue.
+    pub queue_depth: u64,
+    /// Spilled rows not yet read back by the writer.
+    pub spill_pending: u64,
+    pub files_written: u64,
+    pub bytes_written: u64,
+    pub write_errors: u64,
+    pub wal_errors: u64,
+    /// Write-ahead segments whose tail was torn or corrupt (a crash mid-append).
+    pub wal_bad_tails: u64,
+    /// Bytes appended to write-ahead files by this session.
+    pub wal_bytes: u64,
+    pub checkpoints: u64,
+    pub last_error: Option<String>,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let arr = |a: &[AtomicU64; 6]| std::array::from_fn(|i| a[i].load(Relaxed));
+        StatsSnapshot {
+            enqueued: arr(&self.enqueued),
+            written: arr(&self.written),
+            dropped: arr(&self.dropped),
+            sampled_out: arr(&self.sampled_out),
+            spilled: self.spilled.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
+            replay_duplicates: self.replay_duplicates.load(Relaxed),
+            queue_depth: 0,
+            spill_pending: 0,
+            files_written: self.files_written.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            write_errors: self.write_errors.load(Relaxed),
+            wal_errors: self.wal_errors.load(Relaxed),
+            wal_bad_tails: self.wal_bad_tails.load(Relaxed),
+            wal_bytes: self.wal_bytes.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
+            last_error: None,
+        }
+    }
+}

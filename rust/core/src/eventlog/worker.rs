@@ -1,0 +1,476 @@
+//! The writer thread: replays a previous session's write-ahead file, then drains the queue into
+//! per-(table, dt, hour) buffers, reads spilled rows back from the write-ahead file, writes a
+//! Parquet file when a buffer reaches its size, and checkpoints (writes every buffer, then
+//! deletes the write-ahead segments they cover) on time, on flush and on close.
+
+use super::parquet_io::{read_keys, to_batch, write_atomic};
+use super::record::Record;
+use super::schema::{Partition, Table};
+use super::stats::Stats;
+use super::wal::{self, FLAG_SPILLED};
+use super::writer::Shared;
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Buf {
+    rows: Vec<Record>,
+    bytes: usize,
+}
+
+struct Worker {
+    sh: Arc<Shared>,
+    bufs: BTreeMap<(Table, Partition), Buf>,
+    buffered_rows: usize,
+    /// Spill read position: (segment number of this session, byte offset; 0 = before header).
+    spill_seg: u64,
+    spill_off: u64,
+    /// Sealed segments (and a previous session's leftovers) to delete at the next checkpoint.
+    sealed: Vec<PathBuf>,
+    file_seq: u64,
+    failing: bool,
+    extra_meta_features: Vec<(String, String)>,
+}
+
+pub(crate) fn run(sh: Arc<Shared>, leftovers: Vec<PathBuf>) {
+    let features_meta = sh
+        .cfg
+        .feature_names
+        .as_ref()
+        .map(|names| {
+            let quoted: Vec<String> = names.iter().map(|n| json_str(n)).collect();
+            vec![(
+                "fyp.feature_names".to_string(),
+                format!("[{}]", quoted.join(",")),
+            )]
+        })
+        .unwrap_or_default();
+    let mut w = Worker {
+        sh: sh.clone(),
+        bufs: BTreeMap::new(),
+        buffered_rows: 0,
+        spill_seg: 0,
+        spill_off: 0,
+        sealed: Vec::new(),
+        file_seq: 0,
+        failing: false,
+        extra_meta_features: features_meta,
+    };
+    w.clean_stale_tmp();
+    if !leftovers.is_empty() {
+        w.replay(leftovers);
+    }
+    w.main_loop();
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+impl Worker {
+    fn main_loop(&mut self) {
+        let sh = self.sh.clone();
+        let period = Duration::from_secs_f64(sh.cfg.rotate_seconds);
+        let mut next_checkpoint = Instant::now() + period;
+        let delay = Duration::from_millis(sh.cfg.debug_write_delay_ms);
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let (items, flush_ticket, stop) = {
+                let mut q = sh.queue.lock();
+                loop {
+                    let pending = !q.items.is_empty()
+                        || q.stop
+                        || q.flush_req > q.flush_done
+                        || sh.spill_pending.load(Relaxed) > 0;
+                    if pending {
+                        break;
+                    }
+                    let mut wake = next_checkpoint;
+                    if let Some(r) = retry_at {
+                        wake = wake.min(r);
+                    }
+                    if Instant::now() >= wake {
+                        break;
+                    }
+                    sh.work.wait_until(&mut q, wake);
+                }
+                let items: Vec<Vec<Record>> = q.items.drain(..).collect();
+                let n: usize = items.iter().map(|v| v.len()).sum();
+                q.rows -= n.min(q.rows);
+                let ticket = (q.flush_req > q.flush_done).then_some(q.flush_req);
+                (items, ticket, q.stop)
+            };
+            if !delay.is_zero() && (!items.is_empty() || sh.spill_pending.load(Relaxed) > 0) {
+                std::thread::sleep(delay);
+            }
+            for chunk in items {
+                self.add_chunk(chunk);
+            }
+            if sh.spill_pending.load(Relaxed) > 0 {
+                self.read_spilled();
+            }
+            self.commit_full_buffers();
+            let now = Instant::now();
+            let retry_due = retry_at.is_some_and(|r| now >= r);
+            let wal_big = sh.stats.wal_bytes.load(Relaxed) > 0
+                && sh
+                    .wal
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|w| w.bytes() > sh.cfg.wal_segment_bytes);
+            if flush_ticket.is_some() || stop || now >= next_checkpoint || retry_due || wal_big {
+                let result = self.checkpoint();
+                next_checkpoint = Instant::now() + period;
+                retry_at = match &result {
+                    Ok(()) => None,
+                    Err(_) => Some(Instant::now() + Duration::from_millis(500)),
+                };
+                if let Some(t) = flush_ticket {
+                    let mut q = sh.queue.lock();
+                    q.flush_done = q.flush_done.max(t);
+                    if let Err(e) = &result {
+                        q.flush_error = Some(e.clone());
+                    }
+                    drop(q);
+                    sh.done.notify_all();
+                }
+                if stop {
+                    if let Err(e) = &result {
+                        sh.queue.lock().flush_error = Some(e.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        // the final checkpoint left the current segment empty: remove it (a non-empty one, from
+        // a submit that raced close, is kept and replayed by the next session)
+        let mut guard = sh.wal.lock();
+        if let Some(wr) = guard.take() {
+            if wr.is_empty() {
+                let _ = wal::remove_segment(&wr.path());
+            }
+        }
+        drop(guard);
+        let mut q = sh.queue.lock();
+        q.exited = true;
+        q.flush_done = q.flush_req;
+        drop(q);
+        sh.done.notify_all();
+    }
+
+    fn add_chunk(&mut self, chunk: Vec<Record>) {
+        let cap = self.sh.cfg.queue_capacity;
+        // while writes fail, keep memory bounded: firehose rows beyond capacity are dropped
+        if self.failing && self.buffered_rows > cap && chunk.iter().all(|r| !r.is_durable()) {
+            for r in &chunk {
+                Stats::add_t(&self.sh.stats.dropped, r.table(), 1);
+            }
+            return;
+        }
+        for r in chunk {
+            self.add_row(r);
+        }
+    }
+
+    fn add_row(&mut self, r: Record) {
+        let key = (r.table(), Partition::of_micros(r.ts_us()));
+        let b = self.bufs.entry(key).or_default();
+        b.bytes += r.approx_bytes();
+        b.rows.push(r);
+        self.buffered_rows += 1;
+    }
+
+    /// Reads spilled frames of this session's segments, from the cursor to the current end.
+    fn read_spilled(&mut self) {
+        let sh = self.sh.clone();
+        let (cur_no, cur_bytes, dir_path) = {
+            let g = sh.wal.lock();
+            let Some(w) = g.as_ref() else { return };
+            if sh.spill_pending.load(Relaxed) == 0 {
+                // callers bump spill_pending under this lock, so nothing spilled is unread
+                self.spill_seg = w.no();
+                self.spill_off = w.bytes();
+                return;
+            }
+            (w.no(), w.bytes(), w.path())
+        };
+        let dir = sh.wal_dir.clone();
+        while self.spill_seg <= cur_no {
+            let path = if self.spill_seg == cur_no {
+                dir_path.clone()
+            } else {
+                dir.join(wal::segment_name(sh.session, self.spill_seg))
+            };
+            let to = (self.spill_seg == cur_no).then_some(cur_bytes);
+            match wal::read_segment(&path, self.spill_off, to) {
+                Ok(out) => {
+                    let mut n = 0u64;
+                    for (flag, rec) in out.rows {
+                        if flag == FLAG_SPILLED {
+                            self.add_row(rec);
+                            n += 1;
+                        }
+                    }
+                    let left = sh.spill_pending.load(Relaxed);
+                    sh.spill_pending.fetch_sub(n.min(left), Relaxed);
+                    if self.spill_seg == cur_no {
+                        self.spill_off = out.end;
+                        break;
+                    }
+                    if let Some(t) = out.bad_tail {
+                        Stats::add(&sh.stats.wal_bad_tails, 1);
+                        sh.record_error(format!("{}: {t}", path.display()));
+                    }
+                    self.spill_seg += 1;
+                    self.spill_off = 0;
+                }
+                Err(e) => {
+                    Stats::add(&sh.stats.wal_errors, 1);
+                    sh.record_error(format!("reading spilled rows back: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+
+    fn commit_full_buffers(&mut self) {
+        let cfg = &self.sh.cfg;
+        let full: Vec<(Table, Partition)> = self
+            .bufs
+            .iter()
+            .filter(|(_, b)| b.rows.len() >= cfg.rotate_rows || b.bytes >= cfg.rotate_bytes)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in full {
+            if let Err(e) = self.commit(k) {
+                self.note_failure(e);
+                return;
+            }
+        }
+    }
+
+    fn note_failure(&mut self, e: String) {
+        Stats::add(&self.sh.stats.write_errors, 1);
+        self.sh.record_error(e);
+        self.failing = true;
+    }
+
+    /// Writes one buffer as files of at most `rotate_rows` rows. On failure what is not yet
+    /// written stays buffered for the next attempt.
+    fn commit(&mut self, key: (Table, Partition)) -> Result<(), String> {
+        let sh = self.sh.clone();
+        let (table, part) = key;
+        let max_rows = sh.cfg.rotate_rows.max(1);
+        loop {
+            let Some(buf) = self.bufs.get_mut(&key) else {
+                return Ok(());
+            };
+            if buf.rows.is_empty() {
+                self.bufs.remove(&key);
+                return Ok(());
+            }
+            let take = buf.rows.len().min(max_rows);
+            let batch =
+                to_batch(table, &buf.rows[..take], &sh.cfg.tasks).map_err(|e| e.to_string())?;
+            let dir = sh.cfg.root.join(table.name()).join(part.dir());
+            let name = format!(
+                "part-{}-{:x}-{:06}.parquet",
+                sh.cfg.writer_id, sh.session, self.file_seq
+            );
+            let meta: &[(String, String)] = if table == Table::ServedFeatures {
+                &self.extra_meta_features
+            } else {
+                &[]
+            };
+            let path = write_atomic(&dir, &name, table, &batch, meta, sh.cfg.zstd_level)
+                .map_err(|e| e.to_string())?;
+            self.file_seq += 1;
+            let bytes: usize = buf.rows[..take].iter().map(|r| r.approx_bytes()).sum();
+            buf.rows.drain(..take);
+            buf.bytes -= bytes.min(buf.bytes);
+            Stats::add_t(&sh.stats.written, table, take as u64);
+            Stats::add(&sh.stats.files_written, 1);
+            if let Ok(m) = fs::metadata(&path) {
+                Stats::add(&sh.stats.bytes_written, m.len());
+            }
+            self.buffered_rows -= take.min(self.buffered_rows);
+            self.failing = false;
+        }
+    }
+
+    /// Seal the write-ahead segment, take everything queued or spilled before it into the
+    /// buffers, write every buffer, then delete the sealed segments: every durable row they
+    /// hold is now in a visible file.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        let sh = self.sh.clone();
+        // only this thread rotates, so the next segment can be created before taking the lock
+        // (file creation can take milliseconds under load; durable submits wait on this lock)
+        let next = {
+            let g = sh.wal.lock();
+            match g.as_ref() {
+                Some(w) if !w.is_empty() => Some(w.prepare_next()),
+                _ => None,
+            }
+        };
+        match next {
+            Some(Ok(next)) => {
+                if let Some(w) = sh.wal.lock().as_mut() {
+                    self.sealed.push(w.switch_to(next));
+                }
+            }
+            Some(Err(e)) => {
+                Stats::add(&sh.stats.wal_errors, 1);
+                sh.record_error(format!("write-ahead rotate failed: {e}"));
+            }
+            None => {}
+        }
+        // every queued frame of the sealed segment was pushed before the rotate (callers push
+        // while holding the write-ahead lock), so draining now takes them all
+        let items: Vec<Vec<Record>> = {
+            let mut q = sh.queue.lock();
+            let items: Vec<Vec<Record>> = q.items.drain(..).collect();
+            let n: usize = items.iter().map(|v| v.len()).sum();
+            q.rows -= n.min(q.rows);
+            items
+        };
+        for chunk in items {
+            self.add_chunk(chunk);
+        }
+        self.read_spilled();
+        let keys: Vec<(Table, Partition)> = self.bufs.keys().copied().collect();
+        let mut first_err = None;
+        for k in keys {
+            if let Err(e) = self.commit(k) {
+                self.note_failure(e.clone());
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let cur_no = sh.wal.lock().as_ref().map_or(u64::MAX, |w| w.no());
+        if self.spill_seg < cur_no {
+            // a sealed segment still holds spilled rows not read back (a read error): keep it
+            return Ok(());
+        }
+        for p in self.sealed.drain(..) {
+            if let Err(e) = wal::remove_segment(&p) {
+                sh.record_error(e.to_string());
+            }
+        }
+        Stats::add(&sh.stats.checkpoints, 1);
+        Ok(())
+    }
+
+    /// Recovers a previous session's durable rows, skipping any a committed file already holds.
+    fn replay(&mut self, segments: Vec<PathBuf>) {
+        let sh = self.sh.clone();
+        let mut rows = Vec::new();
+        for seg in &segments {
+            match wal::read_segment(seg, 0, None) {
+                Ok(out) => {
+                    if let Some(t) = out.bad_tail {
+                        Stats::add(&sh.stats.wal_bad_tails, 1);
+                        sh.record_error(format!("replay {}: {t}", seg.display()));
+                    }
+                    rows.extend(out.rows.into_iter().map(|(_, r)| r));
+                }
+                Err(e) => {
+                    Stats::add(&sh.stats.wal_errors, 1);
+                    sh.record_error(format!("replay {}: {e}", seg.display()));
+                    let bad = seg.with_extension("corrupt");
+                    let _ = fs::rename(seg, bad);
+                }
+            }
+        }
+        let mut seen: BTreeMap<(Table, Partition), HashSet<String>> = BTreeMap::new();
+        let mut replayed = 0u64;
+        let mut dups = 0u64;
+        for r in rows {
+            let key = (r.table(), Partition::of_micros(r.ts_us()));
+            let set = seen.entry(key).or_insert_with(|| {
+                committed_keys(&sh.cfg.root.join(key.0.name()).join(key.1.dir()), key.0)
+            });
+            if set.insert(r.dedupe_key()) {
+                self.add_row(r);
+                replayed += 1;
+            } else {
+                dups += 1;
+            }
+        }
+        Stats::add(&sh.stats.replayed, replayed);
+        Stats::add(&sh.stats.replay_duplicates, dups);
+        self.sealed
+            .extend(segments.into_iter().filter(|p| p.exists()));
+        if let Err(e) = self.checkpoint() {
+            sh.record_error(format!("replay checkpoint: {e}"));
+        }
+    }
+
+    /// Removes this writer's `.part-*.tmp` files left by a crash (readers never see them).
+    fn clean_stale_tmp(&self) {
+        let prefix = format!(".part-{}-", self.sh.cfg.writer_id);
+        for t in Table::ALL {
+            let tdir = self.sh.cfg.root.join(t.name());
+            for day in read_dirs(&tdir) {
+                for hour in read_dirs(&day) {
+                    let Ok(rd) = fs::read_dir(&hour) else {
+                        continue;
+                    };
+                    for e in rd.flatten() {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                            let _ = fs::remove_file(e.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_dirs(p: &Path) -> Vec<PathBuf> {
+    fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn committed_keys(dir: &Path, table: Table) -> HashSet<String> {
+    let mut set = HashSet::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return set;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".parquet") {
+            continue;
+        }
+        if let Ok(keys) = read_keys(&p, table) {
+            set.extend(keys);
+        }
+    }
+    set
+}
