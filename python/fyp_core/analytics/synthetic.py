@@ -6,7 +6,7 @@ the world's ground truth (`SimTruth`). Everything is vectorised numpy; nothing l
 
 World (one request = one feed of ``slots`` slots, K candidates per request):
     rel(u, i, day) = a0 + day_logit[day] + beta * quality[i] + gamma * affinity[u, topic[i]]
-    P(engaged | shown at position k) = pos_curve[k] * sigmoid(rel),  pos_curve[k] = (1 + k) ** -alpha
+    P(engaged | shown at position k) = pos_curve[k] * sigmoid(rel), pos_curve[k] = (1+k) ** -alpha
 Slots: exploration with prob ``explore_rate`` (uniform over the K candidates, propensity 1/K),
 fresh with prob ``fresh_rate`` (uniform over items uploaded in the last ``fresh_hours``), else
 ranked (the live model's next-best candidate). An engaged impression "completes" (and may like,
