@@ -454,7 +454,8 @@ def _page(title: str, root: str, daily: List[dict], tiles: List[Tile], figs: Lis
     if shadow:
         parts += ["<h2>Shadow vs live (identical impressions)</h2>", _table(shadow, [
             ("shadow_version", "shadow", ""), ("live_version", "live", ""), ("n", "n", ","),
-            ("shadow_log_loss", "log-loss shadow", ".4f"), ("live_log_loss", "log-loss live", ".4f"),
+            ("shadow_log_loss", "log-loss shadow", ".4f"),
+            ("live_log_loss", "log-loss live", ".4f"),
             ("shadow_auc", "AUC shadow", ".3f"), ("live_auc", "AUC live", ".3f"),
             ("shadow_ece", "ECE shadow", ".3f"), ("live_ece", "ECE live", ".3f"),
             ("ll_diff", "Δ log-loss", "+.4f"), ("verdict", "verdict", "")])]
