@@ -81,6 +81,9 @@ def connect(root: str, threads: Optional[int] = None, **params: Any) -> duckdb.D
         raise ValueError(f"log directory {root!r} does not exist")
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    # results are ordered by ORDER BY where it matters; let DuckDB collect rows in parallel
+    con.execute("SET preserve_insertion_order = false")
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
     for k, v in {"root": os.path.abspath(root), **params}.items():

@@ -2,7 +2,8 @@
 -- impression scored by that shadow AND by the live model (is_shadow = false) with a logged outcome;
 -- both models are scored on exactly that set. Metrics use the frozen pred_finish against the
 -- finish label (completed within window_hours), reweighted by 100 / sampled_pct: log-loss, Brier,
--- AUC (weighted Mann-Whitney, ties count half), ECE over prediction deciles (ntile by rows), the
+-- AUC (weighted Mann-Whitney, ties count half), ECE over prediction deciles (decile = 1 +
+-- floor(10 * rows with a smaller prediction / rows), so ties share a decile), the
 -- paired log-loss difference shadow - live with a 95% interval, and a verdict:
 --   'not ready'    shadow log-loss significantly worse, or shadow ECE > live ECE + 0.02
 --   'ready'        shadow log-loss significantly better, AUC >= live - 0.005, ECE <= live + 0.01
@@ -12,14 +13,15 @@
 SET TimeZone = 'UTC';
 
 -- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1).
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition (cheaper than converting ts).
 -- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
 -- late engagements); watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (
-    SELECT impression_id, ts, dt, request_id, user_token, item_id, position, source, propensity,
+    SELECT impression_id, ts, dt, CAST(dt AS DATE) AS day, request_id, user_token, item_id, position, source, propensity,
            model_version, topic, creator_id, sampled_pct, 100.0 / sampled_pct AS w
     FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
@@ -59,55 +61,57 @@ outcomes AS (
     FROM read_parquet(getvariable('root') || '/ranker_scores/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
-pairs AS (
+pairs AS MATERIALIZED (
     SELECT sh.model_version AS shadow_version, lv.model_version AS live_version,
            o.w, o.completed::INT AS y, sh.pred AS ps, lv.pred AS pl
     FROM (SELECT * FROM scores WHERE is_shadow) sh
     JOIN (SELECT * FROM scores WHERE NOT is_shadow) lv USING (impression_id)
     JOIN outcomes o USING (impression_id)
 ),
-long AS (
-    SELECT shadow_version, 'shadow' AS role, w, y, ps AS pred FROM pairs
-    UNION ALL
-    SELECT shadow_version, 'live' AS role, w, y, pl AS pred FROM pairs
+-- per (shadow, role, distinct prediction): row count and positive / negative weight; every
+-- metric below is a function of these sums, so no step sorts the raw rows
+by_value AS (
+    SELECT shadow_version, role, pred, sum(cnt) AS cnt, sum(pos) AS pos, sum(neg) AS neg
+    FROM (SELECT shadow_version, 'shadow' AS role, ps AS pred, count(*) AS cnt,
+                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg
+          FROM pairs GROUP BY ALL
+          UNION ALL
+          SELECT shadow_version, 'live' AS role, pl AS pred, count(*) AS cnt,
+                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg
+          FROM pairs GROUP BY ALL)
+    GROUP BY ALL
+),
+cum AS (
+    SELECT *,
+           sum(cnt) OVER w_ord - cnt AS rows_before,
+           sum(neg) OVER w_ord - neg AS neg_below,
+           sum(cnt) OVER (PARTITION BY shadow_version, role) AS n_rows
+    FROM by_value
+    WINDOW w_ord AS (PARTITION BY shadow_version, role ORDER BY pred
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+),
+per_value_decile AS (
+    SELECT *, least(10, 1 + floor(10 * rows_before / n_rows))::INTEGER AS decile FROM cum
 ),
 metrics AS (
-    SELECT shadow_version, role, count(*) AS n,
-           -sum(w * (y * ln(pred) + (1 - y) * ln(1 - pred))) / sum(w) AS log_loss,
-           sum(w * (pred - y) ^ 2) / sum(w) AS brier,
-           sum(w * pred) / sum(w) AS mean_pred,
-           sum(w * y) / sum(w) AS observed
-    FROM long
-    GROUP BY ALL
-),
-by_value AS (
-    SELECT shadow_version, role, pred, sum(w * y) AS pos, sum(w * (1 - y)) AS neg
-    FROM long
-    GROUP BY ALL
-),
-auc AS (
-    SELECT shadow_version, role,
+    SELECT shadow_version, role, sum(cnt)::BIGINT AS n,
+           sum(-(pos * ln(pred) + neg * ln(1 - pred))) / sum(pos + neg) AS log_loss,
+           sum(pos * (1 - pred) ^ 2 + neg * pred ^ 2) / sum(pos + neg) AS brier,
+           sum((pos + neg) * pred) / sum(pos + neg) AS mean_pred,
+           sum(pos) / sum(pos + neg) AS observed,
            sum(pos * (neg_below + 0.5 * neg)) / (sum(pos) * sum(neg)) AS auc
-    FROM (SELECT *, coalesce(sum(neg) OVER (PARTITION BY shadow_version, role ORDER BY pred
-                                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-                             0) AS neg_below
-          FROM by_value)
-    GROUP BY ALL
-),
-deciles AS (
-    SELECT shadow_version, role, decile,
-           sum(w) AS s_w, sum(w * pred) AS s_wp, sum(w * y) AS s_wy
-    FROM (SELECT *, ntile(10) OVER (PARTITION BY shadow_version, role ORDER BY pred) AS decile
-          FROM long)
+    FROM cum
     GROUP BY ALL
 ),
 ece AS (
     SELECT shadow_version, role, sum(abs(s_wp - s_wy)) / sum(s_w) AS ece
-    FROM deciles
+    FROM (SELECT shadow_version, role, decile, sum(pos + neg) AS s_w,
+                 sum((pos + neg) * pred) AS s_wp, sum(pos) AS s_wy
+          FROM per_value_decile GROUP BY ALL)
     GROUP BY ALL
 ),
 per_role AS (
-    SELECT * FROM metrics JOIN auc USING (shadow_version, role) JOIN ece USING (shadow_version, role)
+    SELECT * FROM metrics JOIN ece USING (shadow_version, role)
 ),
 paired AS (
     SELECT shadow_version, string_agg(DISTINCT live_version, ',') AS live_version,
