@@ -1,0 +1,471 @@
+"""The static analytics report: ``fyp-core report LOGDIR --out report.html``.
+
+One self-contained HTML page (inline CSS and SVG, no script, no network) built from the analytics
+SQL: guardrail tiles (green / amber / red) for live model lift, live calibration, shadow readiness,
+exploration share, content diversity, creator concentration and fresh-item retrieval, then the
+plots behind them. Python here loops over topics, days and deciles, never over impressions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from fyp_core import analytics
+
+GREEN, AMBER, RED, GREY = "ok", "warn", "bad", "na"
+PALETTE = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#bf8700", "#0a7ea4", "#d63384",
+           "#57606a", "#116329", "#953800"]
+NEGATIVE = "#cf222e"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Guardrail levels (amber, red). Shares and rates are fractions."""
+
+    calibration_ece: Tuple[float, float] = (0.03, 0.06)
+    creator_gini: Tuple[float, float] = (0.75, 0.9)
+    diversity_drop: Tuple[float, float] = (0.10, 0.25)  # relative drop of topics/user-week
+    fresh_retrieval: Tuple[float, float] = (0.5, 0.25)  # below these
+    late_share: Tuple[float, float] = (0.05, 0.15)
+
+
+@dataclass
+class Tile:
+    title: str
+    value: str
+    detail: str
+    status: str
+
+
+def _fmt_pct(x: Optional[float], digits: int = 1) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
+
+
+def _level(x: float, amber: float, red: float, higher_is_bad: bool = True) -> str:
+    if higher_is_bad:
+        return RED if x >= red else AMBER if x >= amber else GREEN
+    return RED if x <= red else AMBER if x <= amber else GREEN
+
+
+# ------------------------------------------------------------------------------------------ svg
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> List[float]:
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step + 1e-9)
+    last = math.ceil(hi / step - 1e-9)
+    return [round(i * step, 10) for i in range(first, last + 1)]
+
+
+def _fmt_tick(v: float, pct: bool) -> str:
+    if pct:
+        return f"{100 * v:.0f}%" if abs(v) >= 0.1 or v == 0 else f"{100 * v:.1f}%"
+    return f"{v:g}"
+
+
+class _Plot:
+    """A minimal SVG x/y plot: axes, gridlines, legend; callers add series."""
+
+    def __init__(self, x_range: Tuple[float, float], y_range: Tuple[float, float],
+                 x_labels: Optional[Sequence[Tuple[float, str]]] = None, y_pct: bool = False,
+                 x_title: str = "", y_title: str = "", width: int = 460, height: int = 260):
+        self.w, self.h = width, height
+        self.ml, self.mr, self.mt, self.mb = 56, 12, 26, 44
+        self.x0, self.x1 = x_range
+        if self.x1 <= self.x0:
+            self.x1 = self.x0 + 1
+        ticks = _nice_ticks(*y_range)
+        self.y0, self.y1 = ticks[0], ticks[-1]
+        if self.y1 <= self.y0:
+            self.y1 = self.y0 + 1
+        self.parts: List[str] = []
+        self.legend: List[Tuple[str, str]] = []
+        pw, ph = self.w - self.ml - self.mr, self.h - self.mt - self.mb
+        self.pw, self.ph = pw, ph
+        a = self.parts
+        for t in ticks:
+            y = self.sy(t)
+            a.append(f'<line x1="{self.ml}" x2="{self.ml + pw}" y1="{y:.1f}" y2="{y:.1f}" '
+                     'class="grid"/>')
+            a.append(f'<text x="{self.ml - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+                     f'{_fmt_tick(t, y_pct)}</text>')
+        for x, label in x_labels or [(v, f"{v:g}") for v in _nice_ticks(self.x0, self.x1, 6)]:
+            px = self.sx(x)
+            a.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.mt + ph}" '
+                     f'y2="{self.mt + ph + 4}" class="axis"/>')
+            a.append(f'<text x="{px:.1f}" y="{self.mt + ph + 16}" text-anchor="middle" '
+                     f'class="tick">{html.escape(label)}</text>')
+        a.append(f'<line x1="{self.ml}" x2="{self.ml + pw}" y1="{self.mt + ph}" '
+                 f'y2="{self.mt + ph}" class="axis"/>')
+        a.append(f'<line x1="{self.ml}" x2="{self.ml}" y1="{self.mt}" y2="{self.mt + ph}" '
+                 'class="axis"/>')
+        if x_title:
+            a.append(f'<text x="{self.ml + pw / 2}" y="{self.h - 6}" text-anchor="middle" '
+                     f'class="atitle">{html.escape(x_title)}</text>')
+        if y_title:
+            a.append(f'<text transform="translate(13 {self.mt + ph / 2}) rotate(-90)" '
+                     f'text-anchor="middle" class="atitle">{html.escape(y_title)}</text>')
+
+    def sx(self, x: float) -> float:
+        return self.ml + (x - self.x0) / (self.x1 - self.x0) * self.pw
+
+    def sy(self, y: float) -> float:
+        return self.mt + self.ph - (y - self.y0) / (self.y1 - self.y0) * self.ph
+
+    def line(self, xs: Sequence[float], ys: Sequence[Optional[float]], color: str, label: str,
+             dashed: bool = False, points: bool = True) -> None:
+        pts = [(self.sx(x), self.sy(y)) for x, y in zip(xs, ys)
+               if y is not None and math.isfinite(y)]
+        if not pts:
+            return
+        d = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        dash = ' stroke-dasharray="5 4"' if dashed else ""
+        self.parts.append(f'<polyline points="{d}" fill="none" stroke="{color}" '
+                          f'stroke-width="2"{dash}/>')
+        if points and len(pts) <= 40:
+            self.parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.8" fill="{color}"/>'
+                              for x, y in pts)
+        if label:
+            self.legend.append((label, color))
+
+    def band(self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float],
+             color: str) -> None:
+        up = [f"{self.sx(x):.1f},{self.sy(y):.1f}" for x, y in zip(xs, hi)]
+        down = [f"{self.sx(x):.1f},{self.sy(y):.1f}" for x, y in zip(reversed(xs), reversed(lo))]
+        self.parts.append(f'<polygon points="{" ".join(up + down)}" fill="{color}" '
+                          'fill-opacity="0.15" stroke="none"/>')
+
+    def hline(self, y: float, color: str, label: str = "") -> None:
+        py = self.sy(y)
+        self.parts.append(f'<line x1="{self.ml}" x2="{self.ml + self.pw}" y1="{py:.1f}" '
+                          f'y2="{py:.1f}" stroke="{color}" stroke-dasharray="4 3"/>')
+        if label:
+            self.legend.append((label, color))
+
+    def whisker(self, x: float, y: float, lo: float, hi: float, color: str) -> None:
+        px = self.sx(x)
+        self.parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.sy(lo):.1f}" '
+                          f'y2="{self.sy(hi):.1f}" stroke="{color}" stroke-width="2"/>')
+        self.parts.append(f'<circle cx="{px:.1f}" cy="{self.sy(y):.1f}" r="4" fill="{color}"/>')
+
+    def svg(self, title: str) -> str:
+        leg = []
+        x = self.ml + 8
+        for label, color in self.legend:
+            leg.append(f'<rect x="{x}" y="4" width="10" height="10" '
+                       f'fill="{color}"/><text x="{x + 14}" y="13" class="leg">'
+                       f'{html.escape(label)}</text>')
+            x += 22 + 6.5 * len(label)
+        body = "".join(self.parts + leg)
+        return (f'<figure><figcaption>{html.escape(title)}</figcaption>'
+                f'<svg viewBox="0 0 {self.w} {self.h}" width="{self.w}" height="{self.h}" '
+                f'role="img" aria-label="{html.escape(title)}">{body}</svg></figure>')
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
+def _days_axis(days: Sequence[_dt.date]) -> Tuple[List[float], List[Tuple[float, str]]]:
+    xs = [float(i) for i in range(len(days))]
+    step = max(1, len(days) // 7)
+    return xs, [(float(i), d.strftime("%m-%d")) for i, d in enumerate(days) if i % step == 0]
+
+
+def _safe(name: str, root: str, **kw: object) -> Optional[List[dict]]:
+    if name not in analytics.available_queries(root):
+        return None
+    return analytics.run(name, root, **kw).to_pylist()
+
+
+def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
+                 fresh_hours: float = 24.0, explore_setpoint: float = 0.05,
+                 thresholds: Thresholds = Thresholds(), title: str = "fyp_core feed report"
+                 ) -> str:
+    """Run the analytics over ``root`` and return the report as one HTML string."""
+    if not analytics.available_queries(root):
+        raise ValueError(f"no impressions/engagements found under {root!r}")
+    th = thresholds
+    wh = dict(window_hours=window_hours)
+    daily = _safe("daily_summary", root, **wh) or []
+    lift = _safe("lift_by_topic", root, **wh) or []
+    posb = _safe("position_bias", root, **wh) or []
+    cohorts = _safe("cohort_diversity", root) or []
+    gini = _safe("creator_gini", root, young_days=int(young_days)) or []
+    shadow = _safe("shadow_vs_live", root, **wh)
+    calib = _safe("shadow_calibration", root, **wh)
+    fresh = _safe("fresh_items", root, fresh_hours=float(fresh_hours))
+
+    tiles: List[Tile] = []
+    figs: List[str] = []
+
+    # live model lift
+    total = next((r for r in lift if r["topic"] is None), None)
+    if total and total["lift"] is not None:
+        lo, hi = total["lift_lo"], total["lift_hi"]
+        st = RED if hi < 0 else AMBER if lo <= 0 else GREEN
+        bad_topics = [r["topic"] for r in lift if r["topic"] is not None
+                      and r["lift_hi"] is not None and r["lift_hi"] < 0]
+        if st == GREEN and bad_topics:
+            st = AMBER
+        tiles.append(Tile("Live model lift", f"{total['lift']:+.1%}",
+                          f"95% CI [{lo:+.1%}, {hi:+.1%}] vs uniform exploration; "
+                          f"ranked {_fmt_pct(total['ranked_rate'])} vs exploration "
+                          f"{_fmt_pct(total['exploration_rate'])}"
+                          + (f"; negative in topic(s) {bad_topics}" if bad_topics else ""), st))
+        per = [r for r in lift if r["topic"] is not None and r["lift"] is not None]
+        if per:
+            vals = [v for r in per for v in (r["lift_lo"], r["lift_hi"]) if v is not None]
+            p = _Plot((-0.7, len(per) - 0.3), (min(0.0, *vals), max(0.0, *vals)),
+                      x_labels=[(i, str(r["topic"])) for i, r in enumerate(per)], y_pct=True,
+                      x_title="topic cluster", y_title="lift over exploration")
+            p.hline(0.0, "#57606a")
+            p.hline(total["lift"], PALETTE[0], "all topics")
+            for i, r in enumerate(per):
+                c = NEGATIVE if r["lift_hi"] < 0 else PALETTE[0]
+                p.whisker(i, r["lift"], r["lift_lo"], r["lift_hi"], c)
+            figs.append(p.svg("Causal lift per topic (ranked vs exploration, 95% CI)"))
+    else:
+        tiles.append(Tile("Live model lift", "n/a", "no ranked and exploration slots", GREY))
+
+    # live calibration and shadow readiness
+    if shadow:
+        ece = shadow[0]["live_ece"]
+        tiles.append(Tile("Live calibration", f"ECE {ece:.3f}",
+                          f"{shadow[0]['live_version']}: log-loss {shadow[0]['live_log_loss']:.4f},"
+                          f" AUC {shadow[0]['live_auc']:.3f}",
+                          _level(ece, *th.calibration_ece)))
+        verdicts = {r["shadow_version"]: r["verdict"] for r in shadow}
+        ready = [v for v, x in verdicts.items() if x == "ready"]
+        st = GREEN if ready else AMBER if "inconclusive" in verdicts.values() else GREY
+        tiles.append(Tile("Shadow readiness", f"{len(ready)}/{len(verdicts)} ready",
+                          "; ".join(f"{k}: {v}" for k, v in verdicts.items()), st))
+    else:
+        tiles.append(Tile("Shadow readiness", "n/a", "no ranker_scores logged", GREY))
+
+    # exploration share
+    if daily:
+        slots = sum(r["slots"] for r in daily)
+        share = sum(r["slots"] * (r["exploration_share"] or 0) for r in daily) / slots
+        sig = math.sqrt(explore_setpoint * (1 - explore_setpoint) / slots)
+        off = [r["day"] for r in daily
+               if abs((r["exploration_share"] or 0) - explore_setpoint)
+               > 3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])]
+        st = RED if abs(share - explore_setpoint) > 3 * sig else AMBER if off else GREEN
+        tiles.append(Tile("Exploration share", _fmt_pct(share, 2),
+                          f"setpoint {_fmt_pct(explore_setpoint, 1)} ± {_fmt_pct(3 * sig, 2)} "
+                          f"(3σ); {len(off)} day(s) outside their own 3σ band", st))
+        days = [r["day"] for r in daily]
+        xs, xl = _days_axis(days)
+        band = [3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])
+                for r in daily]
+        ys = [r["exploration_share"] for r in daily]
+        hi = max([explore_setpoint + b for b in band] + [y or 0 for y in ys])
+        lo = min([explore_setpoint - b for b in band] + [y or 0 for y in ys])
+        p = _Plot((0, max(xs[-1], 1)), (max(0.0, lo), hi), x_labels=xl, y_pct=True,
+                  x_title="day (UTC)", y_title="share of slots")
+        p.band(xs, [explore_setpoint - b for b in band], [explore_setpoint + b for b in band],
+               PALETTE[2])
+        p.hline(explore_setpoint, PALETTE[2], "setpoint ± 3σ")
+        p.line(xs, ys, PALETTE[0], "exploration")
+        figs.append(p.svg("Exploration share per day"))
+        late = [r["late_share"] for r in daily if r["late_share"] is not None]
+        if late:
+            lv = sum(late) / len(late)
+            tiles.append(Tile("Late engagements", _fmt_pct(lv),
+                              f"engaged impressions reporting after the {window_hours:g} h window",
+                              _level(lv, *th.late_share)))
+
+    # position bias
+    if posb:
+        p = _Plot((0, max(r["position"] for r in posb)),
+                  (0.0, max(r["rel_to_top"] or 0 for r in posb)),
+                  x_title="position (0 = top)", y_title="rate / rate at position 0")
+        for i, arm in enumerate(("exploration", "ranked", "all")):
+            rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
+            if rs:
+                p.line([r["position"] for r in rs], [r["rel_to_top"] for r in rs],
+                       PALETTE[i], arm, dashed=arm == "all")
+        figs.append(p.svg("Position bias: engagement by position (exploration = causal)"))
+        ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
+        if ex:
+            tiles.append(Tile("Position bias", f"{ex[-1]['rel_to_top']:.2f}×",
+                              f"exploration engagement at position {ex[-1]['position']} "
+                              "relative to the top slot", GREY))
+
+    # cohort diversity
+    if cohorts:
+        by: Dict[_dt.date, List[dict]] = {}
+        for r in cohorts:
+            by.setdefault(r["cohort_week"], []).append(r)
+        drops = []
+        for rs in by.values():
+            rs.sort(key=lambda r: r["age_weeks"])
+            if len(rs) > 1 and rs[0]["mean_topics"] > 0:
+                drops.append(1 - rs[-1]["mean_topics"] / rs[0]["mean_topics"])
+        worst = max(drops) if drops else 0.0
+        tiles.append(Tile("Content diversity", f"{cohorts[-1]['mean_topics']:.2f} topics",
+                          f"per user-week (newest cohort); largest drop as a cohort ages: "
+                          f"{_fmt_pct(worst)}", _level(worst, *th.diversity_drop)))
+        maxage = max(r["age_weeks"] for r in cohorts)
+        p = _Plot((0, max(maxage, 1)), (0.0, max(r["mean_topics"] for r in cohorts)),
+                  x_labels=[(a, str(a)) for a in range(maxage + 1)],
+                  x_title="weeks since the cohort's first week", y_title="topics / user-week")
+        for i, (c, rs) in enumerate(sorted(by.items())):
+            p.line([r["age_weeks"] for r in rs], [r["mean_topics"] for r in rs],
+                   PALETTE[i % len(PALETTE)], f"cohort {c:%m-%d}")
+        figs.append(p.svg("Content diversity by cohort"))
+
+    # creator gini
+    if gini:
+        valid = [r for r in gini if not r["censored"]] or gini
+        g = valid[-1]["gini"]
+        tiles.append(Tile("Creator Gini", f"{g:.3f}",
+                          f"latest day; young (<{young_days} d) creators got "
+                          f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions",
+                          _level(g, *th.creator_gini)))
+        days = [r["day"] for r in gini]
+        xs, xl = _days_axis(days)
+        p = _Plot((0, max(xs[-1], 1)), (0.0, 1.0), x_labels=xl, x_title="day (UTC)",
+                  y_title="Gini / share")
+        p.line(xs, [r["gini"] for r in gini], PALETTE[3], "Gini of impressions")
+        p.line(xs, [None if r["censored"] else r["young_creator_share"] for r in gini],
+               PALETTE[4], f"share to creators < {young_days} d")
+        figs.append(p.svg("Creator concentration over time"))
+
+    # fresh items
+    if fresh:
+        valid = [r for r in fresh if not r["censored"] and r["retrieval_rate"] is not None]
+        if valid:
+            rate = sum(r["retrieval_rate"] * r["new_items"] for r in valid) / sum(
+                r["new_items"] for r in valid)
+            lag = sorted(r["lag_p50_hours"] for r in valid if r["lag_p50_hours"] is not None)
+            tiles.append(Tile("Fresh-item retrieval", _fmt_pct(rate),
+                              f"new items shown within {fresh_hours:g} h of first appearance; "
+                              f"median lag {lag[len(lag) // 2]:.1f} h" if lag else "",
+                              _level(rate, *th.fresh_retrieval, higher_is_bad=False)))
+            days = [r["day"] for r in fresh]
+            xs, xl = _days_axis(days)
+            p = _Plot((0, max(xs[-1], 1)), (0.0, 1.0), x_labels=xl, y_pct=True,
+                      x_title="day of first appearance (UTC)", y_title="share")
+            p.line(xs, [None if r["censored"] else r["retrieval_rate"] for r in fresh],
+                   PALETTE[0], "new items retrieved")
+            p.line(xs, [r["fresh_slot_share"] for r in fresh], PALETTE[2], "fresh slot share")
+            figs.append(p.svg("Fresh-item retrieval rate"))
+
+    # calibration diagrams
+    if calib:
+        models = sorted({r["model_version"] for r in calib})
+        top = max(max(r["mean_pred"], r["observed"]) for r in calib)
+        p = _Plot((0, top), (0, top), x_title="mean predicted finish rate (decile)",
+                  y_title="observed finish rate")
+        p.line([0, top], [0, top], "#8c959f", "perfect", dashed=True, points=False)
+        for i, m in enumerate(models):
+            rs = [r for r in calib if r["model_version"] == m]
+            p.line([r["mean_pred"] for r in rs], [r["observed"] for r in rs],
+                   PALETTE[i % len(PALETTE)], m)
+        figs.append(p.svg("Calibration by decile (reliability diagram)"))
+
+    return _page(title, root, daily, tiles, figs, lift, shadow)
+
+
+def _table(rows: List[dict], cols: List[Tuple[str, str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for k, _, f in cols:
+            v = r.get(k)
+            if v is None:
+                s = "all" if k == "topic" else "–"
+            elif f == "pct":
+                s = _fmt_pct(v, 2)
+            elif f == "spct":
+                s = f"{v:+.1%}"
+            elif f:
+                s = format(v, f)
+            else:
+                s = str(v)
+            cells.append(f"<td>{html.escape(s)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;
+color:#1f2328;background:#f6f8fa}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 10px}
+.meta{color:#57606a;margin-bottom:18px}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
+.tile{border-radius:8px;padding:12px 14px;background:#fff;border:1px solid #d0d7de;
+border-left:8px solid #8c959f}
+.tile .t{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#57606a}
+.tile .v{font-size:24px;font-weight:600;margin:2px 0}.tile .d{font-size:12px;color:#57606a}
+.tile.ok{border-left-color:#1a7f37}.tile.warn{border-left-color:#bf8700;background:#fff8c5}
+.tile.bad{border-left-color:#cf222e;background:#ffebe9}
+.tile .s{float:right;font-size:11px;font-weight:600;padding:1px 6px;border-radius:9px;
+background:#eaeef2}.ok .s{background:#dafbe1;color:#1a7f37}.warn .s{background:#ffe08a;
+color:#7d4e00}.bad .s{background:#ffcecb;color:#a40e26}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:12px}
+figure{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:8px}
+figcaption{font-weight:600;margin:0 0 4px 4px}
+svg{max-width:100%;height:auto}.grid{stroke:#eaeef2}.axis{stroke:#8c959f}
+.tick{font-size:10px;fill:#57606a}.atitle{font-size:11px;fill:#57606a}.leg{font-size:10px;
+fill:#1f2328}
+table{border-collapse:collapse;background:#fff;font-size:13px}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}th{background:#eaeef2}
+"""
+
+LABELS = {GREEN: "OK", AMBER: "WATCH", RED: "ALERT", GREY: "INFO"}
+
+
+def _page(title: str, root: str, daily: List[dict], tiles: List[Tile], figs: List[str],
+          lift: List[dict], shadow: Optional[List[dict]]) -> str:
+    span = f"{daily[0]['day']} to {daily[-1]['day']}" if daily else "no days"
+    slots = sum(r["slots"] for r in daily)
+    rows = sum(r["rows_logged"] for r in daily)
+    tile_html = "".join(
+        f'<div class="tile {t.status}"><span class="s">{LABELS[t.status]}</span>'
+        f'<div class="t">{html.escape(t.title)}</div><div class="v">{html.escape(t.value)}</div>'
+        f'<div class="d">{html.escape(t.detail)}</div></div>' for t in tiles)
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<div class="meta">{html.escape(root)} · {span} · {rows:,} impressions logged '
+        f"({slots:,.0f} slots after sampling reweight) · generated "
+        f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</div>",
+        f'<div class="tiles">{tile_html}</div>',
+        "<h2>Plots</h2>", f'<div class="figs">{"".join(figs)}</div>',
+    ]
+    if lift:
+        parts += ["<h2>Lift by topic</h2>", _table(lift, [
+            ("topic", "topic", ""), ("ranked_rows", "ranked rows", ","),
+            ("ranked_rate", "ranked rate", "pct"), ("exploration_rows", "exploration rows", ","),
+            ("exploration_rate", "exploration rate", "pct"), ("lift", "lift", "spct"),
+            ("lift_lo", "95% lo", "spct"), ("lift_hi", "95% hi", "spct")])]
+    if shadow:
+        parts += ["<h2>Shadow vs live (identical impressions)</h2>", _table(shadow, [
+            ("shadow_version", "shadow", ""), ("live_version", "live", ""), ("n", "n", ","),
+            ("shadow_log_loss", "log-loss shadow", ".4f"),
+            ("live_log_loss", "log-loss live", ".4f"),
+            ("shadow_auc", "AUC shadow", ".3f"), ("live_auc", "AUC live", ".3f"),
+            ("shadow_ece", "ECE shadow", ".3f"), ("live_ece", "ECE live", ".3f"),
+            ("ll_diff", "Δ log-loss", "+.4f"), ("verdict", "verdict", "")])]
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(root: str, out: str, **kw: object) -> str:
+    """Build the report over ``root`` and write it to ``out``; returns the path."""
+    text = build_report(root, **kw)  # type: ignore[arg-type]
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text)
+    return out
