@@ -2,6 +2,7 @@
 //! scorer (user embedding + explore/exploit setpoint), the fresh pool and the mixer. The
 //! pipeline that strings them together with the index, ranker and re-ranker lives here too.
 
+pub mod features;
 pub mod fresh;
 pub mod idhash;
 pub mod mixer;
