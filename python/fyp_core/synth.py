@@ -132,3 +132,45 @@ def make_world(n_items: int = 1_000_000, n_users: int = 100_000, dim: int = 64, 
         user_has_long_term=rng.random(n_users) >= 0.1,
         seed=seed,
     )
+
+
+def demo_ranker_weights(dim: int, hidden: tuple[int, ...] = (512, 256, 128), seed: int = 0
+                        ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Weights of a multi-task MLP over the pipeline's features (see ``serve/features.rs``) that
+    ranks the synthetic world sensibly without a training run.
+
+    The first hidden layer carries the two-tower cross (sum of the ``user ⊙ item`` block, i.e. the
+    dot product) in two units, relu(+dot) and relu(-dot), and the items' smoothed completion and
+    like rates in two more; the next layers pass those four units through; every other weight is
+    small random noise (so the network costs what a real one costs). Output tasks follow
+    ``TASKS``: sigmoids for the probabilities, softplus for watch seconds.
+    """
+    rng = np.random.default_rng(seed)
+    user_w, item_w = 2 * dim + 4, 2 * dim + 8
+    d_in = user_w + item_w
+    sizes = (d_in, *hidden, len(TASKS))
+    weights = [(rng.standard_normal((a, b)) * (0.02 / np.sqrt(a))).astype(np.float32)
+               for a, b in zip(sizes[:-1], sizes[1:])]
+    biases = [np.zeros(b, dtype=np.float32) for b in sizes[1:]]
+    cross = slice(user_w + dim, user_w + 2 * dim)
+    stats = user_w + 2 * dim  # item stats block
+    w0 = weights[0]
+    w0[:, :4] = 0.0
+    w0[cross, 0] = 1.0  # relu(dot)
+    w0[cross, 1] = -1.0  # relu(-dot)
+    w0[stats + 3, 2] = 1.0  # long-window completion rate (>= 0)
+    w0[stats + 5, 3] = 1.0  # long-window like rate (>= 0)
+    for w in weights[1:-1]:
+        w[:4, :] = 0.0
+        w[:, :4] = 0.0
+        w[np.arange(4), np.arange(4)] = 1.0
+    out = weights[-1]
+    out[:4, :] = 0.0
+    dot_gain = np.array([5.0, 5.0, 4.0, 3.0, 4.0, 2.0], dtype=np.float32)
+    out[0, :] = dot_gain
+    out[1, :] = -dot_gain
+    out[2, 0] = 2.0
+    out[3, 1] = 2.0
+    biases[-1][:] = np.array([-1.5, -3.0, -5.0, -4.5, -4.0, 2.5], dtype=np.float32)
+    outputs = ["sigmoid"] * (len(TASKS) - 1) + ["softplus"]
+    return weights, biases, outputs
