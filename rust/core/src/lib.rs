@@ -8,6 +8,7 @@ pub mod error;
 pub mod eventlog;
 pub mod rank;
 pub mod rerank;
+pub mod serve;
 pub mod split;
 
 pub use error::{Error, Result};

@@ -177,6 +177,24 @@ impl TrafficSplit {
             .collect())
     }
 
+    /// A 64-bit seed for choosing *which* item an exploration slot shows: xxh3 of
+    /// `salt \x1f "explore-item" \x1f user_token \x1f request_id \x1f slot`. Like `unit`, a
+    /// pure function of the key, so replaying a request reproduces its exploration items.
+    pub fn exploration_seed(&self, user_token: &str, request_id: &str, slot: i64) -> u64 {
+        let mut buf =
+            Vec::with_capacity(self.salt.len() + user_token.len() + request_id.len() + 40);
+        buf.extend_from_slice(self.salt.as_bytes());
+        buf.push(SEP);
+        buf.extend_from_slice(b"explore-item");
+        buf.push(SEP);
+        buf.extend_from_slice(user_token.as_bytes());
+        buf.push(SEP);
+        buf.extend_from_slice(request_id.as_bytes());
+        buf.push(SEP);
+        buf.extend_from_slice(itoa::Buffer::new().format(slot).as_bytes());
+        xxh3_64(&buf)
+    }
+
     /// The user's experiment bucket in `layer`, in `[0, 10000)`: sticky per user, independent of
     /// any slot or request. The layer need not be configured.
     pub fn bucket(&self, layer: &str, user_token: &str) -> u32 {

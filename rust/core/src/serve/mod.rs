@@ -1,0 +1,10 @@
+//! The serving path of DESIGN.md §1 that is not a model: the online feature store, the request
+//! scorer (user embedding + explore/exploit setpoint), the fresh pool and the mixer. The
+//! pipeline that strings them together with the index, ranker and re-ranker lives here too.
+
+pub mod features;
+pub mod fresh;
+pub mod idhash;
+pub mod mixer;
+pub mod scorer;
+pub mod store;
