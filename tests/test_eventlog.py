@@ -249,6 +249,11 @@ def test_bad_input_raises_clearly(tmp_path):
         log.log_served_features("a", [1, 2], np.zeros((1, 4)))
     with pytest.raises(ValueError, match="watched_seconds"):
         log.log_engagements(["a:0"], TOK, watched_seconds=float("nan"))
+    small = EventLog(tmp_path / "c", queue_capacity=5)
+    with pytest.raises(ValueError, match="more than queue_capacity=5"):
+        small.log_impressions([f"a:{i}" for i in range(6)], "a", TOK, 1, 0, "ranked", 1.0, "m",
+                              0, 0)
+    small.close()
     with pytest.raises(ValueError, match="timeout"):
         log.flush(timeout=-1)
     # a rejected batch logs nothing

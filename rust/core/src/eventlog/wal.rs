@@ -106,6 +106,7 @@ impl WalWriter {
     }
 
     /// Seals the current segment and starts the next; returns the sealed segment's path.
+    #[cfg(test)]
     pub fn rotate(&mut self) -> Result<PathBuf> {
         let next = self.prepare_next()?;
         Ok(self.switch_to(next))

@@ -33,6 +33,7 @@ struct Worker {
     sealed: Vec<PathBuf>,
     file_seq: u64,
     failing: bool,
+    spill_retry_at: Option<Instant>,
     extra_meta_features: Vec<(String, String)>,
 }
 
@@ -58,6 +59,7 @@ pub(crate) fn run(sh: Arc<Shared>, leftovers: Vec<PathBuf>) {
         sealed: Vec::new(),
         file_seq: 0,
         failing: false,
+        spill_retry_at: None,
         extra_meta_features: features_meta,
     };
     w.clean_stale_tmp();
@@ -96,12 +98,13 @@ impl Worker {
                     let pending = !q.items.is_empty()
                         || q.stop
                         || q.flush_req > q.flush_done
-                        || sh.spill_pending.load(Relaxed) > 0;
+                        || (sh.spill_pending.load(Relaxed) > 0
+                            && self.spill_retry_at.is_none_or(|t| Instant::now() >= t));
                     if pending {
                         break;
                     }
                     let mut wake = next_checkpoint;
-                    if let Some(r) = retry_at {
+                    for r in [retry_at, self.spill_retry_at].into_iter().flatten() {
                         wake = wake.min(r);
                     }
                     if Instant::now() >= wake {
@@ -226,6 +229,7 @@ impl Worker {
                             n += 1;
                         }
                     }
+                    self.spill_retry_at = None;
                     let left = sh.spill_pending.load(Relaxed);
                     sh.spill_pending.fetch_sub(n.min(left), Relaxed);
                     if self.spill_seg == cur_no {
@@ -242,7 +246,9 @@ impl Worker {
                 Err(e) => {
                     Stats::add(&sh.stats.wal_errors, 1);
                     sh.record_error(format!("reading spilled rows back: {e}"));
-                    break;
+                    // do not spin on a failing read: retry later
+                    self.spill_retry_at = Some(Instant::now() + Duration::from_millis(500));
+                    return;
                 }
             }
         }

@@ -305,6 +305,13 @@ impl EventLog {
             r.validate(n_tasks)
                 .map_err(|e| invalid!("{} row {i}: {e}", r.table().name()))?;
         }
+        let n_firehose = rows.iter().filter(|r| !r.is_durable()).count();
+        if n_firehose > cfg.queue_capacity {
+            return Err(invalid!(
+                "one call carries {n_firehose} firehose rows, more than queue_capacity={}; split the batch or raise queue_capacity",
+                cfg.queue_capacity
+            ));
+        }
         let stats = &self.shared.stats;
         let pct = cfg.sample_pct;
         let mut durable = Vec::new();
