@@ -2,9 +2,8 @@
 # `python -m mypy.stubtest fyp_core._core` in .ci/run: keep every export here.
 
 import os
-from collections.abc import Mapping, Sequence
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Union, final
 
 import numpy as np

@@ -1,45 +1,204 @@
-"""``fyp-core demo``: exercises the library on synthetic traffic and prints what it measured."""
+"""``fyp-core demo``: a feed served over a synthetic catalogue, with figures printed.
+
+Builds the synthetic world (``fyp_core.synth``), indexes it, serves requests through the full
+pipeline (retrieval, ranking, policy re-ranking, exploration mixing, frozen predictions, event
+log), feeds simulated engagement back through ``engage``, uploads new items while serving, and
+prints latency percentiles per stage and end to end, the exploration share, the worst topic share
+in any top-20, the fresh-item retrieval rate and how often a policy rule had to relax.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+import tempfile
 import time
+from collections import Counter
+from typing import Any
 
 import numpy as np
 
 from fyp_core import TrafficSplit
 
 
-def _assignment_section(args: argparse.Namespace) -> None:
-    n = args.slots
-    rng = np.random.default_rng(args.seed)
-    n_users = max(1, n // 200)
-    users = [f"user-{u}" for u in rng.integers(0, 10 * n_users, size=n_users)]
-    per_req = 20
-    n_req = math.ceil(n / per_req)
-    user_of_req = rng.integers(0, n_users, size=n_req)
-    user_tokens = [users[user_of_req[i // per_req]] for i in range(n)]
-    request_ids = [f"req-{i // per_req}" for i in range(n)]
-    slots = np.arange(n, dtype=np.int64) % per_req
-    split = TrafficSplit(
-        explore_rate=args.explore_rate,
-        layers=[{"name": "ranker", "variants": {"control": (0, 5000), "treatment": (5000, 10000)}}],
-    )
-    t0 = time.perf_counter()
-    explore = split.assign_batch(user_tokens, request_ids, slots)
-    dt = time.perf_counter() - t0
-    share = float(explore.mean())
-    sigma = math.sqrt(args.explore_rate * (1 - args.explore_rate) / n)
-    treat = sum(split.variant("ranker", u) == "treatment" for u in users) / len(users)
-    print("== traffic assignment (xxh3, DESIGN §3) ==")
-    print(f"slots assigned            {n:,} ({n_req:,} requests x {per_req} slots)")
-    print(f"exploration share         {share:.5f}  (setpoint {args.explore_rate}, "
-          f"{(share - args.explore_rate) / sigma:+.2f} sigma)")
-    print(f"assign_batch throughput   {n / dt / 1e6:.1f} M slots/s (incl. str conversion)")
-    print(f"'ranker' treatment share  {treat:.3f} of {len(users):,} users")
+class _Progress:
+    """A minimal terminal progress bar (stderr), so the demo needs no extra dependency."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.t0, self.last = label, max(total, 1), time.perf_counter(), -1.0
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.2 and done < self.total:
+            return
+        self.last = now
+        frac = min(done / self.total, 1.0)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r{self.label:<28} [{bar:<30}] {100 * frac:5.1f}%  {now - self.t0:6.1f}s")
+        if done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _pct(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q)) if len(a) else float("nan")
+
+
+def build_pipeline(world: Any, args: argparse.Namespace, log_dir: str | None) -> Any:
+    """Index the world and assemble a FeedPipeline over it (shared with the benchmarks)."""
+    from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker
+    from fyp_core.synth import TASKS, demo_ranker_weights
+
+    index = HnswIndex(world.dim, metric="ip", m=16, ef_construction=args.ef_construction,
+                      capacity=world.n_items + 10_000, seed=args.seed)
+    bar = _Progress("indexing items (HNSW)", world.n_items)
+    step = 50_000
+    for s in range(0, world.n_items, step):
+        e = min(s + step, world.n_items)
+        index.add(world.item_ids[s:e], world.item_emb[s:e])
+        bar.update(e)
+    weights, biases, outputs = demo_ranker_weights(world.dim, seed=args.seed)
+    ranker = MlpRanker(weights, biases, activation="relu", outputs=outputs, version="demo-v1",
+                       task_names=list(TASKS))
+    reranker = Reranker({"window": 20, "max_topic_share": 0.4, "max_per_creator": 2,
+                         "blocked_categories": [], "category_caps": {"1": 0.1},
+                         "fresh_floor": 1, "diversity": "dpp", "dpp_alpha": 2.0})
+    split = TrafficSplit(explore_rate=args.explore_rate, salt="fyp-demo")
+    log = EventLog(log_dir, tasks=list(TASKS)) if log_dir else None
+    pipe = FeedPipeline(index, ranker, reranker, split, event_log=log,
+                        config={"candidates": args.candidates, "ef": args.ef,
+                                "fresh_budget": 0.1, "fresh_max_age_s": 3600.0,
+                                "task_weights": [1.0, 0.5, 1.0, 1.0, 0.3, 0.02]},
+                        user_token_key=b"demo-token-key")
+    bar = _Progress("loading feature store", world.n_items)
+    for s in range(0, world.n_items, 200_000):
+        e = min(s + 200_000, world.n_items)
+        pipe.load_items(world.item_ids[s:e], world.item_emb[s:e], world.item_topic[s:e],
+                        world.item_creator[s:e], world.item_category[s:e], world.item_upload_ts[s:e],
+                        index=False)
+        bar.update(e)
+    users = np.flatnonzero(world.user_has_long_term)
+    pipe.set_user_embeddings([world.user_ids[u] for u in users], world.user_long_term[users])
+    return pipe
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    _assignment_section(args)
+    from fyp_core.synth import make_world
+
+    t0 = time.perf_counter()
+    print(f"building a synthetic world: {args.items:,} items, {args.users:,} users (seed {args.seed})",
+          file=sys.stderr)
+    world = make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
+    with tempfile.TemporaryDirectory(prefix="fyp-demo-log-") as tmp:
+        log_dir = args.log_dir or (None if args.no_log else tmp)
+        pipe = build_pipeline(world, args, log_dir)
+        setup_s = time.perf_counter() - t0
+        figures = _serve(world, pipe, args)
+        pipe.close()
+    _print(figures, args, setup_s, log_dir if args.log_dir else None)
     return 0
+
+
+def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    rng = np.random.default_rng(args.seed + 1)
+    activity = 1.0 / np.arange(1, len(world.user_ids) + 1) ** 0.6
+    activity /= activity.sum()
+    n_req = args.requests
+    user_rows = rng.choice(len(world.user_ids), size=n_req, p=activity)
+    total_ms, stage_ms = [], {}
+    explore = slots = 0
+    worst_topic_share = 0.0
+    relaxed: Counter[str] = Counter()
+    responses_relaxed = 0
+    uploads: list[tuple[int, float]] = []
+    engaged = {"ranked": [0, 0], "exploration": [0, 0], "fresh": [0, 0]}
+    upload_every = max(1, int(round(1.0 / max(args.upload_rate, 1e-9) / 0.004)))
+    bar = _Progress("serving requests", n_req)
+    for i in range(n_req):
+        if args.upload_rate > 0 and i % upload_every == 0:
+            new = world.new_items(1, time.time(), rng)
+            pipe.upload(int(new["ids"][0]), new["emb"][0], int(new["topic"][0]), int(new["creator"][0]),
+                        category=int(new["category"][0]))
+            uploads.append((int(new["ids"][0]), time.time()))
+        u = int(user_rows[i])
+        t = time.perf_counter()
+        resp = pipe.feed(world.user_ids[u], f"req-{i}", n=args.n)
+        total_ms.append((time.perf_counter() - t) * 1e3)
+        for k, v in resp.timings.items():
+            stage_ms.setdefault(k, []).append(v)
+        src = resp.sources
+        slots += len(src)
+        explore += src.count("exploration")
+        if len(resp.topics):
+            worst_topic_share = max(worst_topic_share,
+                                    np.bincount(resp.topics[:20]).max() / min(20, len(resp.topics)))
+        if resp.relaxed:
+            responses_relaxed += 1
+            relaxed.update(resp.relaxed)
+        rows = np.searchsorted(world.item_ids, resp.item_ids)
+        rows = np.minimum(rows, world.n_items - 1)
+        outcome = world.engagement(np.full(len(rows), u), rows, np.arange(len(rows)), rng)
+        for j, imp in enumerate(resp.impression_ids):
+            c = bool(outcome["completed"][j])
+            engaged[src[j]][0] += 1
+            engaged[src[j]][1] += c
+            pipe.engage(imp, watched_seconds=float(outcome["watched_seconds"][j]), completed=c,
+                        liked=bool(outcome["liked"][j]), shared=bool(outcome["shared"][j]),
+                        followed=bool(outcome["followed"][j]))
+        bar.update(i + 1)
+    retrieved = pipe.first_candidate_times([i for i, _ in uploads])
+    fresh_ok = sum(1 for (_, ts), r in zip(uploads, retrieved) if r is not None and r - ts <= 60.0)
+    return {"total_ms": np.array(total_ms), "stage_ms": {k: np.array(v) for k, v in stage_ms.items()},
+            "explore": explore, "slots": slots, "worst_topic_share": worst_topic_share,
+            "responses_relaxed": responses_relaxed, "relaxed": relaxed, "uploads": len(uploads),
+            "fresh_ok": fresh_ok, "engaged": engaged, "stats": pipe.stats()}
+
+
+def _print(f: dict[str, Any], args: argparse.Namespace, setup_s: float, log_dir: str | None) -> None:
+    n = len(f["total_ms"])
+    print(f"\n== fyp-core demo: {args.items:,} items, {args.users:,} users, {n:,} requests of n={args.n}, "
+          f"K={args.candidates} ==")
+    print(f"setup (world + index + store)  {setup_s:6.1f} s")
+    print(f"{'latency ms':<22}{'p50':>8}{'p95':>8}{'p99':>8}{'p99.9':>8}")
+    rows = [("end to end (python)", f["total_ms"])] + sorted(f["stage_ms"].items(), key=lambda kv: kv[0])
+    for name, a in rows:
+        print(f"{name:<22}" + "".join(f"{_pct(a, q):8.2f}" for q in (50, 95, 99, 99.9)))
+    share = f["explore"] / max(f["slots"], 1)
+    sigma = math.sqrt(args.explore_rate * (1 - args.explore_rate) / max(f["slots"], 1))
+    print(f"exploration share              {share:.4f} (setpoint {args.explore_rate}, "
+          f"{(share - args.explore_rate) / sigma:+.1f} sigma)")
+    print(f"max topic share in any top-20  {f['worst_topic_share']:.2f} (policy cap 0.40)")
+    if f["uploads"]:
+        print(f"fresh-item retrieval rate      {f['fresh_ok'] / f['uploads']:.3f} "
+              f"({f['fresh_ok']}/{f['uploads']} uploads reached a candidate set within 60 s)")
+    print(f"responses that relaxed a rule  {f['responses_relaxed']} of {n} {dict(f['relaxed'])}")
+    for src, (shown, done) in f["engaged"].items():
+        if shown:
+            print(f"completion rate, {src:<12}  {done / shown:.3f} over {shown:,} impressions")
+    if log_dir:
+        print(f"event log written to {log_dir}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
+    p.add_argument("--users", type=int, default=100_000, help="users (default 100k)")
+    p.add_argument("--requests", type=int, default=3_000, help="feed requests to serve")
+    p.add_argument("--n", type=int, default=20, help="slots per response")
+    p.add_argument("--candidates", type=int, default=1000, help="ANN candidates per request (K)")
+    p.add_argument("--ef", type=int, default=1000, help="HNSW search breadth")
+    p.add_argument("--ef-construction", type=int, default=100, help="HNSW build breadth")
+    p.add_argument("--explore-rate", type=float, default=0.05)
+    p.add_argument("--upload-rate", type=float, default=5.0, help="new uploads per second of serving")
+    p.add_argument("--log-dir", default=None, help="keep the event log here (default: temp dir)")
+    p.add_argument("--no-log", action="store_true", help="serve without the event log")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def assignment_demo(slots: int, explore_rate: float) -> None:
+    """A quick look at the traffic split alone (``fyp-core demo --split-only``)."""
+    split = TrafficSplit(explore_rate=explore_rate)
+    t = time.perf_counter()
+    got = split.assign_batch("user", "request", np.arange(slots))
+    dt = time.perf_counter() - t
+    print(f"{slots:,} slots: exploration share {got.mean():.5f}, {slots / dt / 1e6:.1f} M slots/s")

@@ -198,10 +198,8 @@ pub fn str_list(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<String>> {
     Ok(out)
 }
 
-/// A contiguous 1-D bool vector (borrowed when it already is one); an integer array is taken
-/// as `value != 0`.
-/// A contiguous 1-D bool vector from bools or integers (non-zero is true); a Python bool becomes
-/// a one-element vector.
+/// A contiguous 1-D bool vector (borrowed when it already is one) from bools or integers
+/// (non-zero is true); a Python bool becomes a one-element vector.
 pub fn bool_vector<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
@@ -214,7 +212,7 @@ pub fn bool_vector<'py>(
     let np = obj.py().import("numpy")?;
     let arr = np.call_method1("asarray", (obj,))?;
     let ndim: usize = arr.getattr("ndim")?.extract()?;
-    if ndim != 1 {
+    if ndim > 1 {
         return Err(PyValueError::new_err(format!(
             "{name} must be a 1-D array, got {ndim} dimensions"
         )));
@@ -229,19 +227,6 @@ pub fn bool_vector<'py>(
             )))
         }
     };
-    let conv = np.call_method1("ascontiguousarray", (arr,))?;
-    let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
-    if !matches!(kind.as_str(), "i" | "u" | "b") {
-        return Err(PyTypeError::new_err(format!(
-            "{name} must hold bools, got an array of dtype kind {kind:?}"
-        )));
-    }
-    let ndim: usize = arr.getattr("ndim")?.extract()?;
-    if ndim > 1 {
-        return Err(PyValueError::new_err(format!(
-            "{name} must be 1-D, got {ndim} dimensions"
-        )));
-    }
     let conv = np
         .call_method1("ascontiguousarray", (arr, "bool"))?
         .call_method1("reshape", (-1i64,))?;

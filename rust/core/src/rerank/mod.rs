@@ -16,7 +16,7 @@ pub use mmr::mmr_greedy;
 pub use policy::{
     cap_count, unknown_key, CategoryCap, Diversity, Policy, Rule, MAX_WINDOW, POLICY_KEYS,
 };
-pub use reranker::{Candidates, Relaxed, RerankOutcome, Reranker, RERANK_DPP_EPS};
+pub use reranker::{Candidates, Pinned, Relaxed, RerankOutcome, Reranker, RERANK_DPP_EPS};
 
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,17 @@ pub struct Candidates<'a> {
     pub is_fresh: Option<&'a [bool]>,
 }
 
+/// An item the caller placed itself at `position` (e.g. an exploration slot): not a candidate,
+/// but it counts in the windows it falls in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pinned {
+    pub position: usize,
+    pub topic: u64,
+    pub creator: u64,
+    pub category: u64,
+    pub fresh: bool,
+}
+
 /// How many times each relaxable rule gave way. For the caps: the number of slots whose item
 /// makes the window ending there exceed the cap. For the fresh floor: how many fresh items the
 /// first window is short of `min(fresh_floor, min(window, len))`.
@@ -144,9 +155,36 @@ impl Reranker {
 
     /// Re-ranks `c` into at most `k` slots under the current policy.
     pub fn rerank(&self, c: &Candidates<'_>, k: usize) -> Result<RerankOutcome> {
+        self.rerank_pinned(c, k, &[], None)
+    }
+
+    /// Re-ranks around items the caller has already placed (the mixer's exploration slots):
+    /// each [`Pinned`] item occupies its position and counts in every window it falls in, so
+    /// the feed as served meets the caps; the candidates fill the other slots. Candidates with
+    /// `exclude[i]` set are never picked. `indices` lists only candidates (feed order, pinned
+    /// positions skipped); `shortfall` counts every unfilled slot up to `k`.
+    pub fn rerank_pinned(
+        &self,
+        c: &Candidates<'_>,
+        k: usize,
+        pinned: &[Pinned],
+        exclude: Option<&[bool]>,
+    ) -> Result<RerankOutcome> {
         let pol = self.current.read().clone();
         check(&pol.policy, c, k)?;
-        with_scratch(|sc| run(&pol, c, k, sc))
+        if let Some(e) = exclude {
+            if e.len() != c.scores.len() {
+                return Err(invalid!(
+                    "exclude has {} entries, scores has {}",
+                    e.len(),
+                    c.scores.len()
+                ));
+            }
+        }
+        if pinned.windows(2).any(|w| w[0].position >= w[1].position) {
+            return Err(invalid!("pinned items must have strictly increasing positions"));
+        }
+        with_scratch(|sc| run(&pol, c, k, pinned, exclude, sc))
     }
 }
 
@@ -221,7 +259,14 @@ enum Mode {
     Dpp,
 }
 
-fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result<RerankOutcome> {
+fn run(
+    pol: &Compiled,
+    c: &Candidates<'_>,
+    k: usize,
+    pinned: &[Pinned],
+    exclude: Option<&[bool]>,
+    sc: &mut Scratch,
+) -> Result<RerankOutcome> {
     let p = &pol.policy;
     let n = c.scores.len();
     let w = p.window;
@@ -236,8 +281,8 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
         eligible,
     } = sc;
 
-    topics.reset(n);
-    creators.reset(n);
+    topics.reset(n + pinned.len());
+    creators.reset(n + pinned.len());
     items.clear();
     eligible.clear();
     for i in 0..n {
@@ -250,7 +295,7 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
                 cap = j as u32;
             }
         }
-        if !blocked {
+        if !blocked && !exclude.is_some_and(|e| e[i]) {
             eligible.push(i as u32);
         }
         items.push(Item {
@@ -269,7 +314,18 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
         pol.cap_keys.len(),
     );
 
-    let kcap = k.min(eligible.len());
+    // pinned items become items n.. so that the windows count them like placed candidates
+    for p in pinned {
+        let cap = pol.cap_keys.binary_search(&p.category).map_or(NO_CAP, |j| j as u32);
+        items.push(Item {
+            topic: topics.intern(p.topic),
+            creator: creators.intern(p.creator),
+            cap,
+            fresh: p.fresh,
+        });
+    }
+    let n_pinned = pinned.iter().filter(|p| p.position < k).count();
+    let kcap = k.min(eligible.len() + n_pinned);
     let mut mode = match p.diversity {
         Diversity::None => Mode::Score,
         Diversity::Mmr => Mode::Mmr,
@@ -312,8 +368,18 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
     let mut relaxed = [0u32; 4];
     let mut diversity_fallback = None;
 
+    let mut next_pin = pinned.iter().enumerate().peekable();
     for pos in 0..k {
         window.slide(&placed, items, pos);
+        if let Some((pi, _)) = next_pin.next_if(|(_, p)| p.position == pos) {
+            let it = items[n + pi];
+            window.add(it);
+            placed.push(n + pi);
+            if pos < first_len && it.fresh {
+                fresh_in_first += 1;
+            }
+            continue;
+        }
         // The fresh floor is met as late as possible in the first window, so that it displaces
         // as little relevance as it can: slot `pos` is forced once the slots left equal the need.
         let forced = pos < first_len
@@ -377,8 +443,10 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
     let target = p.fresh_floor.min(first);
     let fresh_shown = placed[..first].iter().filter(|&&j| items[j].fresh).count();
     relaxed[Rule::FreshFloor as usize] = target.saturating_sub(fresh_shown) as u32;
+    let shortfall = k - placed.len();
+    placed.retain(|&j| j < n);
     Ok(RerankOutcome {
-        shortfall: k - placed.len(),
+        shortfall,
         indices: placed,
         relaxed: Relaxed(relaxed),
         diversity_fallback,

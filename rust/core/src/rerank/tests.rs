@@ -496,3 +496,41 @@ fn rerank_timing() {
         });
     }
 }
+
+#[test]
+fn pinned_items_count_in_the_windows() {
+    use super::{Candidates, Pinned, Policy, Reranker};
+    let policy = Policy { window: 5, max_topic_share: Some(0.4), ..Policy::default() };
+    let r = Reranker::new(policy).unwrap();
+    // candidates alternate topics 0 and 1, best scores first
+    let n = 12;
+    let scores: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
+    let topics: Vec<u64> = (0..n).map(|i| (i % 2) as u64).collect();
+    let creators: Vec<u64> = (0..n as u64).collect();
+    let c = Candidates { scores: &scores, topics: &topics, creators: &creators, embeddings: None, categories: None, is_fresh: None };
+    let pinned = [
+        Pinned { position: 0, topic: 7, creator: 100, category: 0, fresh: false },
+        Pinned { position: 3, topic: 0, creator: 101, category: 0, fresh: false },
+    ];
+    let mut exclude = vec![false; n];
+    exclude[0] = true;
+    let out = r.rerank_pinned(&c, 8, &pinned, Some(&exclude)).unwrap();
+    assert_eq!(out.indices.len(), 6);
+    assert!(!out.indices.contains(&0));
+    // rebuild the served feed and check every window of 5 holds at most 2 of a topic
+    let mut feed = vec![];
+    let mut it = out.indices.iter();
+    for pos in 0..8 {
+        match pinned.iter().find(|p| p.position == pos) {
+            Some(p) => feed.push(p.topic),
+            None => feed.push(topics[*it.next().unwrap()]),
+        }
+    }
+    for w in feed.windows(5) {
+        for t in [0u64, 1, 7] {
+            assert!(w.iter().filter(|&&x| x == t).count() <= 2, "{feed:?}");
+        }
+    }
+    assert!(out.relaxed.is_empty());
+    assert!(r.rerank_pinned(&c, 8, &[pinned[1], pinned[0]], None).is_err());
+}

@@ -6,5 +6,6 @@ pub mod features;
 pub mod fresh;
 pub mod idhash;
 pub mod mixer;
+pub mod pipeline;
 pub mod scorer;
 pub mod store;

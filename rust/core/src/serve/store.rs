@@ -7,6 +7,7 @@ use super::idhash::{IdMap, IdSet};
 use crate::{invalid, Error, Result};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Static facts about one item, given at upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +64,9 @@ pub struct Items {
     n_live: usize,
     live_per_category: IdMap<usize>,
     counters: Vec<Mutex<Counters>>,
+    /// f64 bits of the first time the item entered a candidate set (0 = never): the fresh-item
+    /// retrieval rate is measured from it.
+    first_candidate: Vec<AtomicU64>,
 }
 
 impl Items {
@@ -129,6 +133,19 @@ impl Items {
     pub fn upload_ts(&self, slot: usize) -> f64 {
         self.upload_ts[slot]
     }
+    /// Records that the item reached a candidate set at `now` (only the first time counts).
+    pub fn mark_candidate(&self, slot: usize, now: f64) {
+        let _ = self.first_candidate[slot].compare_exchange(0, now.to_bits().max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// When the item first reached a candidate set, if it has.
+    pub fn first_candidate_ts(&self, slot: usize) -> Option<f64> {
+        match self.first_candidate[slot].load(Ordering::Relaxed) {
+            0 => None,
+            b => Some(f64::from_bits(b)),
+        }
+    }
+
     /// The item's counters decayed to `now`.
     pub fn counters(&self, slot: usize, now: f64) -> Counters {
         self.counters[slot].lock().decayed(now, self.half_lives)
@@ -166,6 +183,7 @@ impl ItemStore {
                 n_live: 0,
                 live_per_category: IdMap::default(),
                 counters: Vec::new(),
+                first_candidate: Vec::new(),
             }),
         })
     }

@@ -1,0 +1,731 @@
+//! The feed, end to end (DESIGN.md §1): request scorer -> candidates (HNSW + fresh pool, or a
+//! popularity + fresh fallback for cold users) -> features -> live and shadow ranking -> policy
+//! re-ranking around the exploration slots -> mixer -> frozen response + counterfactual records.
+//! One call does the whole request; the Python binding releases the GIL once around it.
+
+use super::features::{item_block, item_width, user_block, user_width};
+use super::fresh::FreshPool;
+use super::idhash::{IdMap, IdSet};
+use super::mixer::{draw_exploration, Source};
+use super::scorer::{user_embedding, ServingConfig};
+use super::store::{Interaction, ItemInfo, ItemStore, UserStore};
+use crate::ann::HnswIndex;
+use crate::eventlog::{self as elog, EventLog, RequestRecords, UserTokenizer};
+use crate::rank::{value_with, RankerSet};
+use crate::rerank::{Candidates, Pinned, Reranker};
+use crate::split::{Keys, TrafficSplit};
+use crate::{invalid, Error, Result};
+use parking_lot::{Mutex, RwLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Stage names, in request order, as reported in `FeedResponse::timings`.
+pub const STAGES: [&str; 7] = ["scorer", "candidates", "features", "ranker", "rerank", "mixer", "log"];
+
+/// Construction-time settings (product config that changes at run time is `ServingConfig`).
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub history_len: usize,
+    pub seen_len: usize,
+    pub counter_half_lives: [f64; 2],
+    /// Impressions remembered for `engage` (FIFO).
+    pub impression_capacity: usize,
+    /// Newest fresh items scanned per request.
+    pub fresh_scan: usize,
+    /// Items sampled to refresh the popularity fallback.
+    pub popular_sample: usize,
+    pub popular_refresh_s: f64,
+    /// Log served feature vectors (sampled with the firehose).
+    pub log_features: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            history_len: 50,
+            seen_len: 500,
+            counter_half_lives: [3600.0, 86400.0],
+            impression_capacity: 1_000_000,
+            fresh_scan: 5000,
+            popular_sample: 20_000,
+            popular_refresh_s: 10.0,
+            log_features: false,
+        }
+    }
+}
+
+/// One served slot, frozen: what was shown, why, with which predictions and model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot {
+    pub item_id: u64,
+    pub position: usize,
+    pub source: Source,
+    pub propensity: f64,
+    pub impression_id: String,
+    pub topic: u32,
+    pub creator: u64,
+    pub value: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FeedResponse {
+    pub request_id: String,
+    pub user_token: String,
+    pub model_version: String,
+    pub task_names: Vec<String>,
+    pub slots: Vec<Slot>,
+    /// `slots.len() x tasks` live predictions, frozen before the response leaves.
+    pub predictions: Vec<f32>,
+    /// Shadow versions and their `slots.len() x tasks` predictions (logged, never served).
+    pub shadows: Vec<(String, Vec<f32>)>,
+    /// Rules the re-ranker relaxed, with counts.
+    pub relaxed: Vec<(&'static str, u32)>,
+    pub n_candidates: usize,
+    pub n_fresh_candidates: usize,
+    pub cold_start: bool,
+    /// Milliseconds per stage, in `STAGES` order.
+    pub timings: [f64; 7],
+}
+
+#[derive(Debug, Clone)]
+struct ImpressionRef {
+    user_key: u64,
+    user_token: String,
+    item_id: u64,
+}
+
+#[derive(Default)]
+struct ImpressionCache {
+    map: IdMap<ImpressionRef>,
+    order: VecDeque<u64>,
+}
+
+#[derive(Default)]
+struct Popular {
+    at: f64,
+    items: Vec<u64>,
+}
+
+/// Counters for /metrics.
+#[derive(Default)]
+pub struct PipelineStats {
+    pub requests: AtomicU64,
+    pub slots: AtomicU64,
+    pub exploration_slots: AtomicU64,
+    pub fresh_slots: AtomicU64,
+    pub cold_starts: AtomicU64,
+    pub requests_with_fresh_candidates: AtomicU64,
+    pub relaxed_responses: AtomicU64,
+}
+
+pub struct Pipeline {
+    pub items: ItemStore,
+    pub users: UserStore,
+    pub fresh: FreshPool,
+    pub index: Arc<HnswIndex>,
+    pub rankers: Arc<RankerSet>,
+    pub reranker: Arc<Reranker>,
+    split: RwLock<Arc<TrafficSplit>>,
+    config: RwLock<Arc<ServingConfig>>,
+    log: Option<Arc<EventLog>>,
+    tokens: UserTokenizer,
+    opts: PipelineOptions,
+    impressions: Mutex<ImpressionCache>,
+    popular: RwLock<Popular>,
+    pub stats: PipelineStats,
+}
+
+fn key_of(impression_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(impression_id.as_bytes())
+}
+
+fn micros(ts: f64) -> i64 {
+    (ts * 1e6) as i64
+}
+
+impl Pipeline {
+    pub fn new(
+        index: Arc<HnswIndex>,
+        rankers: Arc<RankerSet>,
+        reranker: Arc<Reranker>,
+        split: TrafficSplit,
+        log: Option<Arc<EventLog>>,
+        config: ServingConfig,
+        token_key: &[u8],
+        opts: PipelineOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        let dim = index.dim();
+        let snap = rankers.snapshot();
+        let want = user_width(dim) + item_width(dim);
+        if snap.live.input_dim() != want {
+            return Err(invalid!(
+                "the live ranker takes {} inputs, the pipeline's features are {want} wide \
+                 (user block {} + item block {} for embedding dim {dim})",
+                snap.live.input_dim(),
+                user_width(dim),
+                item_width(dim)
+            ));
+        }
+        if !config.task_weights.is_empty() && config.task_weights.len() != snap.live.n_tasks() {
+            return Err(invalid!(
+                "task_weights has {} entries, the live ranker has {} tasks",
+                config.task_weights.len(),
+                snap.live.n_tasks()
+            ));
+        }
+        let split = TrafficSplit::new(config.explore_rate, split.salt(), split.layers().to_vec())?;
+        Ok(Self {
+            items: ItemStore::new(dim, opts.counter_half_lives)?,
+            users: UserStore::new(dim, opts.history_len, opts.seen_len)?,
+            fresh: FreshPool::new(config.fresh_max_age_s.max(86400.0)),
+            index,
+            rankers,
+            reranker,
+            split: RwLock::new(Arc::new(split)),
+            config: RwLock::new(Arc::new(config)),
+            log,
+            tokens: UserTokenizer::new(token_key)?,
+            opts,
+            impressions: Mutex::new(ImpressionCache::default()),
+            popular: RwLock::new(Popular { at: f64::NEG_INFINITY, items: vec![] }),
+            stats: PipelineStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<ServingConfig> {
+        self.config.read().clone()
+    }
+
+    /// Swaps the product config atomically; the exploration setpoint moves with it.
+    pub fn set_config(&self, cfg: ServingConfig) -> Result<()> {
+        cfg.validate()?;
+        let n_tasks = self.rankers.snapshot().live.n_tasks();
+        if !cfg.task_weights.is_empty() && cfg.task_weights.len() != n_tasks {
+            return Err(invalid!("task_weights has {} entries, the live ranker has {n_tasks} tasks", cfg.task_weights.len()));
+        }
+        let old = self.split.read().clone();
+        let split = TrafficSplit::new(cfg.explore_rate, old.salt(), old.layers().to_vec())?;
+        *self.split.write() = Arc::new(split);
+        *self.config.write() = Arc::new(cfg);
+        Ok(())
+    }
+
+    pub fn split(&self) -> Arc<TrafficSplit> {
+        self.split.read().clone()
+    }
+
+    pub fn event_log(&self) -> Option<&Arc<EventLog>> {
+        self.log.as_ref()
+    }
+
+    pub fn user_token(&self, user_id: &str) -> String {
+        self.tokens.token(user_id)
+    }
+
+    /// Adds items to the feature store and fresh pool, and (when `index` is true) to the ANN
+    /// index. `embeddings` is `infos.len() x dim`.
+    pub fn upsert_items(&self, infos: &[ItemInfo], embeddings: &[f32], index: bool) -> Result<()> {
+        if index {
+            let ids: Vec<u64> = infos.iter().map(|i| i.id).collect();
+            self.index.add(&ids, embeddings)?;
+        }
+        self.items.upsert(infos, embeddings)?;
+        for i in infos {
+            self.fresh.insert(i.upload_ts, i.id);
+        }
+        Ok(())
+    }
+
+    /// Takes items down everywhere at once; returns how many were live.
+    pub fn remove_items(&self, ids: &[u64]) -> Result<usize> {
+        self.index.remove(ids)?;
+        Ok(self.items.remove(ids))
+    }
+
+    fn popular_items(&self, now: f64) -> Vec<u64> {
+        {
+            let p = self.popular.read();
+            if now - p.at < self.opts.popular_refresh_s && !p.items.is_empty() {
+                return p.items.clone();
+            }
+        }
+        let items = self.items.read();
+        let n = items.slots();
+        let mut scored: Vec<(f32, u64)> = Vec::with_capacity(self.opts.popular_sample.min(n));
+        let stride = (n / self.opts.popular_sample.max(1)).max(1);
+        let mut s = 0;
+        while s < n {
+            if items.is_live(s) {
+                let c = items.counters(s, now);
+                scored.push((c.completions[1] + 0.1 * c.likes[1], items.id(s)));
+            }
+            s += stride;
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        scored.truncate(2000);
+        let out: Vec<u64> = scored.into_iter().map(|(_, id)| id).collect();
+        *self.popular.write() = Popular { at: now, items: out.clone() };
+        out
+    }
+
+    /// Serves one feed request. `now` is seconds since the epoch.
+    pub fn feed(&self, user_id: &str, request_id: &str, n: usize, now: f64) -> Result<FeedResponse> {
+        if n == 0 {
+            return Err(invalid!("n must be >= 1"));
+        }
+        if request_id.is_empty() {
+            return Err(invalid!("request_id must be a non-empty string"));
+        }
+        let mut timings = [0.0f64; 7];
+        let mut clock = Instant::now();
+        let mut lap = |i: usize| {
+            let t = Instant::now();
+            timings[i] = (t - clock).as_secs_f64() * 1e3;
+            clock = t;
+        };
+        let cfg = self.config();
+        let split = self.split();
+        let snap = self.rankers.snapshot();
+        let user_key = UserStore::key(user_id);
+        let token = self.tokens.token(user_id);
+        let items = self.items.read();
+        let dim = items.dim();
+
+        // -- request scorer
+        let uw = user_width(dim);
+        let mut ublock = vec![0.0f32; uw];
+        let (uemb, seen) = self.users.with_user(user_key, |u| {
+            let e = user_embedding(u, &items, &cfg);
+            user_block(u, e.as_deref().unwrap_or(&vec![0.0; dim]), self.opts.history_len, &mut ublock);
+            (e, u.map(|u| u.seen().clone()).unwrap_or_default())
+        });
+        let cold = uemb.is_none();
+        let zero = vec![0.0f32; dim];
+        let qvec: &[f32] = uemb.as_deref().unwrap_or(&zero);
+        lap(0);
+
+        // -- candidates: fresh pool first (reserved budget), then ANN (or popularity when cold)
+        let k_total = cfg.candidates;
+        let k_fresh = ((k_total as f64) * cfg.fresh_budget).round() as usize;
+        let mut cand_slots: Vec<usize> = Vec::with_capacity(k_total);
+        let mut cand_fresh: Vec<bool> = Vec::with_capacity(k_total);
+        let mut taken = IdSet::default();
+        if k_fresh > 0 {
+            let mut fresh: Vec<(f32, usize)> = Vec::new();
+            self.fresh.for_each_fresh(now, cfg.fresh_max_age_s, self.opts.fresh_scan, |id, ts| {
+                if seen.contains(&id) {
+                    return;
+                }
+                if let Some(s) = items.slot_of(id) {
+                    let score = if cold { ts as f32 } else { dot(qvec, items.embedding(s)) };
+                    fresh.push((score, s));
+                }
+            });
+            if fresh.len() > k_fresh {
+                fresh.select_nth_unstable_by(k_fresh, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                fresh.truncate(k_fresh);
+            }
+            for (_, s) in fresh {
+                if taken.insert(items.id(s)) {
+                    items.mark_candidate(s, now);
+                    cand_slots.push(s);
+                    cand_fresh.push(true);
+                }
+            }
+        }
+        let n_fresh = cand_slots.len();
+        let k_rest = k_total.saturating_sub(n_fresh);
+        if k_rest > 0 {
+            let ids: Vec<u64> = if let (Some(q), false) = (uemb.as_deref(), self.index.is_empty()) {
+                let k = k_rest.min(self.index.len());
+                let excl = |id: u64| seen.contains(&id) || taken.contains(&id);
+                let ef = if cfg.ef == 0 { None } else { Some(cfg.ef) };
+                self.index.search_one(q, k, ef, Some(&excl))?.into_iter().map(|(id, _)| id).collect()
+            } else {
+                self.popular_items(now)
+            };
+            for id in ids {
+                if cand_slots.len() >= k_total {
+                    break;
+                }
+                if seen.contains(&id) || !taken.insert(id) {
+                    continue;
+                }
+                if let Some(s) = items.slot_of(id) {
+                    cand_slots.push(s);
+                    cand_fresh.push(false);
+                }
+            }
+        }
+        let nc = cand_slots.len();
+        lap(1);
+
+        // -- features (the one code path of serve/features.rs)
+        let iw = item_width(dim);
+        let mut iblock = vec![0.0f32; nc * iw];
+        for (r, (&s, &f)) in cand_slots.iter().zip(&cand_fresh).enumerate() {
+            item_block(&items, s, qvec, now, f, &mut iblock[r * iw..(r + 1) * iw]);
+        }
+        lap(2);
+
+        // -- ranker: live + shadows on the same rows, value model
+        let tasks = snap.live.n_tasks();
+        let weights: Vec<f32> =
+            if cfg.task_weights.is_empty() { snap.live.task_weights().to_vec() } else { cfg.task_weights.clone() };
+        let mut preds = vec![0.0f32; nc * tasks];
+        let mut values = vec![0.0f32; nc];
+        if nc > 0 {
+            snap.live.predict_request_into(&ublock, &iblock, nc, &mut preds)?;
+            value_with(&preds, nc, &weights, &mut values)?;
+        }
+        lap(3);
+
+        // -- exploration slots are carved first (pure function of the key), then the re-ranker
+        //    fills the other slots around them, counting them in its windows
+        let slot_ids: Vec<i64> = (0..n as i64).collect();
+        let explore = split.assign_batch(Keys::One(&token), Keys::One(request_id), &slot_ids)?;
+        let policy = self.reranker.policy();
+        let blocked: Vec<u32> = policy.blocked_categories.iter().filter_map(|&c| u32::try_from(c).ok()).collect();
+        let mut chosen = IdSet::default();
+        let mut explore_items: Vec<(usize, usize, f64)> = Vec::new(); // (position, item slot, propensity)
+        for (pos, &e) in explore.iter().enumerate() {
+            if !e {
+                continue;
+            }
+            let seed = split.exploration_seed(&token, request_id, pos as i64);
+            if let Some((s, p)) = draw_exploration(&items, seed, &blocked, &chosen, 256) {
+                chosen.insert(items.id(s));
+                explore_items.push((pos, s, p));
+            }
+        }
+        let topics: Vec<u64> = cand_slots.iter().map(|&s| u64::from(items.topic(s))).collect();
+        let creators: Vec<u64> = cand_slots.iter().map(|&s| items.creator(s)).collect();
+        let cats: Vec<u64> = cand_slots.iter().map(|&s| u64::from(items.category(s))).collect();
+        let mut cemb = vec![0.0f32; nc * dim];
+        for (r, &s) in cand_slots.iter().enumerate() {
+            cemb[r * dim..(r + 1) * dim].copy_from_slice(items.embedding(s));
+        }
+        // exploration items never repeat a candidate
+        let pinned: Vec<Pinned> = explore_items
+            .iter()
+            .map(|&(pos, s, _)| Pinned {
+                position: pos,
+                topic: u64::from(items.topic(s)),
+                creator: items.creator(s),
+                category: u64::from(items.category(s)),
+                fresh: now - items.upload_ts(s) <= cfg.fresh_max_age_s,
+            })
+            .collect();
+        let exclude: Vec<bool> = cand_slots.iter().map(|&s| chosen.contains(&items.id(s))).collect();
+        let outcome = self.reranker.rerank_pinned(
+            &Candidates {
+                scores: &values,
+                topics: &topics,
+                creators: &creators,
+                embeddings: Some((&cemb, dim)),
+                categories: Some(&cats),
+                is_fresh: Some(&cand_fresh),
+            },
+            n,
+            &pinned,
+            Some(&exclude),
+        )?;
+        lap(4);
+
+        // -- mixer: zip exploration slots and the re-ranked order; score exploration items too,
+        //    so every slot carries frozen predictions
+        let mut slots: Vec<Slot> = Vec::with_capacity(n);
+        let mut slot_rows: Vec<Option<usize>> = Vec::with_capacity(n);
+        let mut ranked_iter = outcome.indices.iter();
+        let mut explore_iter = explore_items.iter().peekable();
+        let mut ex_rows: Vec<usize> = Vec::new();
+        for pos in 0..n {
+            if let Some(&&(p, s, prop)) = explore_iter.peek() {
+                if p == pos {
+                    explore_iter.next();
+                    ex_rows.push(slots.len());
+                    slots.push(self.slot(&items, s, slots.len(), Source::Exploration, prop, request_id, 0.0));
+                    slot_rows.push(None);
+                    continue;
+                }
+            }
+            match ranked_iter.next() {
+                Some(&c) => {
+                    let source = if cand_fresh[c] { Source::Fresh } else { Source::Ranked };
+                    slots.push(self.slot(&items, cand_slots[c], slots.len(), source, 1.0, request_id, values[c]));
+                    slot_rows.push(Some(c));
+                }
+                None => break,
+            }
+        }
+        let ns = slots.len();
+        let mut slot_preds = vec![0.0f32; ns * tasks];
+        for (i, r) in slot_rows.iter().enumerate() {
+            if let Some(c) = r {
+                slot_preds[i * tasks..(i + 1) * tasks].copy_from_slice(&preds[c * tasks..(c + 1) * tasks]);
+            }
+        }
+        // exploration items: assemble and score them with the same code path
+        let mut ex_block = vec![0.0f32; ex_rows.len() * iw];
+        if !ex_rows.is_empty() {
+            for (j, &i) in ex_rows.iter().enumerate() {
+                let s = items.slot_of(slots[i].item_id).ok_or_else(|| Error::NotFound("exploration item vanished".into()))?;
+                let fresh = now - items.upload_ts(s) <= cfg.fresh_max_age_s;
+                item_block(&items, s, qvec, now, fresh, &mut ex_block[j * iw..(j + 1) * iw]);
+            }
+            let ex_preds = snap.live.predict_request(&ublock, &ex_block, ex_rows.len())?;
+            let mut ex_vals = vec![0.0f32; ex_rows.len()];
+            value_with(&ex_preds, ex_rows.len(), &weights, &mut ex_vals)?;
+            for (j, &i) in ex_rows.iter().enumerate() {
+                slot_preds[i * tasks..(i + 1) * tasks].copy_from_slice(&ex_preds[j * tasks..(j + 1) * tasks]);
+                slots[i].value = ex_vals[j];
+            }
+        }
+        // shadows score exactly the served rows (ranked rows + exploration rows)
+        let mut shadows = Vec::with_capacity(snap.shadows.len());
+        if !snap.shadows.is_empty() && ns > 0 {
+            let mut rows = vec![0.0f32; ns * iw];
+            let mut j = 0;
+            for (i, r) in slot_rows.iter().enumerate() {
+                let src = match r {
+                    Some(c) => &iblock[c * iw..(c + 1) * iw],
+                    None => {
+                        j += 1;
+                        &ex_block[(j - 1) * iw..j * iw]
+                    }
+                };
+                rows[i * iw..(i + 1) * iw].copy_from_slice(src);
+            }
+            for m in &snap.shadows {
+                shadows.push((m.version().to_owned(), m.predict_request(&ublock, &rows, ns)?));
+            }
+        }
+        lap(5);
+
+        // -- freeze: remember impressions, update counters and the seen set, hand records to the log
+        let served: Vec<u64> = slots.iter().map(|s| s.item_id).collect();
+        {
+            let mut cache = self.impressions.lock();
+            for s in &slots {
+                let k = key_of(&s.impression_id);
+                if cache.map.insert(k, ImpressionRef { user_key, user_token: token.clone(), item_id: s.item_id }).is_none() {
+                    cache.order.push_back(k);
+                }
+                while cache.order.len() > self.opts.impression_capacity {
+                    if let Some(old) = cache.order.pop_front() {
+                        cache.map.remove(&old);
+                    }
+                }
+            }
+        }
+        let cand_ids: Vec<u64> = if self.log.is_some() { cand_slots.iter().map(|&s| items.id(s)).collect() } else { vec![] };
+        drop(items);
+        for &id in &served {
+            let _ = self.items.record(id, now, true, false, false);
+        }
+        self.users.mark_seen(user_key, &served);
+        let relaxed: Vec<(&'static str, u32)> = outcome.relaxed.iter().map(|(r, c)| (r.name(), c)).collect();
+        let resp = FeedResponse {
+            request_id: request_id.to_owned(),
+            user_token: token,
+            model_version: snap.live_version().to_owned(),
+            task_names: snap.live.task_names().to_vec(),
+            slots,
+            predictions: slot_preds,
+            shadows,
+            relaxed,
+            n_candidates: nc,
+            n_fresh_candidates: n_fresh,
+            cold_start: cold,
+            timings,
+        };
+        if let Some(log) = &self.log {
+            // never blocks; a full queue drops sampled rows and spills exploration rows (eventlog)
+            let _ = log.submit_request(self.records(&resp, &split, &cand_ids, &values, now));
+        }
+        let st = &self.stats;
+        st.requests.fetch_add(1, Ordering::Relaxed);
+        st.slots.fetch_add(resp.slots.len() as u64, Ordering::Relaxed);
+        let ex = resp.slots.iter().filter(|s| s.source == Source::Exploration).count();
+        st.exploration_slots.fetch_add(ex as u64, Ordering::Relaxed);
+        let fr = resp.slots.iter().filter(|s| s.source == Source::Fresh).count();
+        st.fresh_slots.fetch_add(fr as u64, Ordering::Relaxed);
+        st.cold_starts.fetch_add(u64::from(cold), Ordering::Relaxed);
+        st.requests_with_fresh_candidates.fetch_add(u64::from(n_fresh > 0), Ordering::Relaxed);
+        st.relaxed_responses.fetch_add(u64::from(!resp.relaxed.is_empty()), Ordering::Relaxed);
+        let mut resp = resp;
+        let t = Instant::now();
+        resp.timings[6] = (t - clock).as_secs_f64() * 1e3;
+        Ok(resp)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn slot(
+        &self,
+        items: &super::store::Items,
+        s: usize,
+        position: usize,
+        source: Source,
+        propensity: f64,
+        request_id: &str,
+        value: f32,
+    ) -> Slot {
+        Slot {
+            item_id: items.id(s),
+            position,
+            source,
+            propensity,
+            impression_id: format!("{request_id}:{position}"),
+            topic: items.topic(s),
+            creator: items.creator(s),
+            value,
+        }
+    }
+
+    fn records(&self, r: &FeedResponse, split: &TrafficSplit, cand_ids: &[u64], values: &[f32], now: f64) -> RequestRecords {
+        let ts_us = micros(now);
+        let experiments = {
+            let v = split.variants(&r.user_token);
+            let parts: Vec<String> = v
+                .iter()
+                .filter_map(|(l, v)| v.map(|v| format!("{}:{}", json_str(l), json_str(v))))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        };
+        let tasks = r.task_names.len();
+        let mut out = RequestRecords::default();
+        for (i, s) in r.slots.iter().enumerate() {
+            let source = match s.source {
+                Source::Ranked => elog::Source::Ranked,
+                Source::Exploration => elog::Source::Exploration,
+                Source::Fresh => elog::Source::Fresh,
+            };
+            let exploration = s.source == Source::Exploration;
+            out.impressions.push(elog::Impression {
+                impression_id: s.impression_id.clone(),
+                ts_us,
+                request_id: r.request_id.clone(),
+                user_token: r.user_token.clone(),
+                item_id: s.item_id,
+                position: s.position as i32,
+                source,
+                propensity: s.propensity,
+                model_version: r.model_version.clone(),
+                experiments: if exploration { "{}".to_owned() } else { experiments.clone() },
+                topic: s.topic as i32,
+                creator_id: s.creator,
+                sampled_pct: 100.0,
+            });
+            if exploration {
+                out.exploration.push(elog::ExplorationEvent {
+                    impression_id: s.impression_id.clone(),
+                    ts_us,
+                    user_token: r.user_token.clone(),
+                    item_id: s.item_id,
+                    position: s.position as i32,
+                    topic: s.topic as i32,
+                    propensity: s.propensity,
+                    policy: "uniform".to_owned(),
+                });
+            }
+            out.scores.push(elog::RankerScore {
+                impression_id: s.impression_id.clone(),
+                ts_us,
+                model_version: r.model_version.clone(),
+                is_shadow: false,
+                value_score: s.value,
+                preds: r.predictions[i * tasks..(i + 1) * tasks].to_vec(),
+                request_id: r.request_id.clone(),
+                exploration,
+                sampled_pct: 100.0,
+            });
+            for (v, p) in &r.shadows {
+                out.scores.push(elog::RankerScore {
+                    impression_id: s.impression_id.clone(),
+                    ts_us,
+                    model_version: v.clone(),
+                    is_shadow: true,
+                    value_score: f32::NAN,
+                    preds: p[i * tasks..(i + 1) * tasks].to_vec(),
+                    request_id: r.request_id.clone(),
+                    exploration,
+                    sampled_pct: 100.0,
+                });
+            }
+        }
+        out.request = Some(elog::RequestRow {
+            request_id: r.request_id.clone(),
+            ts_us,
+            user_token: r.user_token.clone(),
+            candidate_item_ids: cand_ids.to_vec(),
+            candidate_scores: values.to_vec(),
+            served_item_ids: r.slots.iter().map(|s| s.item_id).collect(),
+            sampled_pct: 100.0,
+        });
+        out
+    }
+
+    /// Feeds an engagement back: the user's history, the item's counters and the event log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn engage(
+        &self,
+        impression_id: &str,
+        watched_seconds: f32,
+        completed: bool,
+        liked: bool,
+        shared: bool,
+        followed: bool,
+        now: f64,
+    ) -> Result<()> {
+        if !(watched_seconds.is_finite() && watched_seconds >= 0.0) {
+            return Err(invalid!("watched_seconds must be finite and >= 0, got {watched_seconds}"));
+        }
+        let imp = self.impressions.lock().map.get(&key_of(impression_id)).cloned().ok_or_else(|| {
+            Error::NotFound(format!(
+                "unknown impression_id {impression_id:?}: not served by this pipeline, or older than the last {} impressions",
+                self.opts.impression_capacity
+            ))
+        })?;
+        // a fraction of a typical 30 s clip when the client did not report completion
+        let frac = if completed { 1.0 } else { (watched_seconds / 30.0).min(1.0) };
+        self.users.record_interaction(imp.user_key, Interaction { item_id: imp.item_id, watched_frac: frac, liked, ts: now });
+        // the item may have been taken down since: its counters no longer matter
+        let _ = self.items.record(imp.item_id, now, false, completed, liked);
+        if let Some(log) = &self.log {
+            let _ = log.submit(elog::Record::Engagement(elog::Engagement {
+                impression_id: impression_id.to_owned(),
+                ts_us: micros(now),
+                user_token: imp.user_token,
+                watched_seconds,
+                completed,
+                liked,
+                shared,
+                followed,
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
