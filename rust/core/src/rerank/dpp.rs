@@ -160,7 +160,7 @@ fn refresh_with<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) -> f64 {
     d2
 }
 
-dispatch_simd!(refresh, refresh_with, (st: &mut DppState, i: usize, emb: &[f32]) -> f64);
+dispatch_simd!(fn refresh, refresh_with, (st: &mut DppState, i: usize, emb: &[f32]) -> f64);
 
 /// The DPP gain as a lazily updated objective over the embeddings `emb`.
 pub(crate) struct DppGain<'a> {

@@ -2,12 +2,15 @@
 //! and every dot product sums in one fixed order with fused multiply-adds, so the AVX2 path and
 //! the portable path round identically and the output never depends on the CPU.
 
-/// Whether every value is finite (vectorises: one pass, no early exit).
-pub fn all_finite(x: &[f32]) -> bool {
+/// Whether every value is finite (one pass, no early exit, so it vectorises).
+#[inline(always)]
+fn all_finite_with<S: Simd>(x: &[f32]) -> bool {
     x.iter().fold(0u32, |acc, v| {
         acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
     }) == 0
 }
+
+dispatch_simd!(pub fn all_finite, all_finite_with, (x: &[f32]) -> bool);
 
 /// Writes the L2-normalised `row` into `out` (same length) and returns its self-similarity:
 /// exactly 1, or 0 for a zero row (which stays zero: its similarity to everything is 0).
@@ -131,8 +134,8 @@ impl Simd for Avx2 {
 /// Defines `fn $name(args) -> ret` that runs `$generic::<Avx2>` compiled with AVX2 + FMA when
 /// the CPU has them, and `$generic::<Portable>` otherwise.
 macro_rules! dispatch_simd {
-    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        fn $name($($arg: $ty),*) -> $ret {
+    ($vis:vis fn $name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $vis fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]

@@ -97,7 +97,7 @@ impl Queue {
         let m = if cfg!(test) {
             hint
         } else {
-            hint.saturating_mul(8).saturating_add(64)
+            hint.saturating_mul(4).saturating_add(32)
         };
         if m < self.order.len() {
             self.order.select_nth_unstable(m);

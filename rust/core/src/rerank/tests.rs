@@ -461,9 +461,13 @@ fn rerank_timing() {
         categories: None,
         is_fresh: None,
     };
+    let only = std::env::var("RERANK_ONLY").unwrap_or_default();
     let time = |name: &str, f: &dyn Fn()| {
+        if !name.starts_with(only.as_str()) {
+            return;
+        }
         let mut best = f64::INFINITY;
-        for _ in 0..20 {
+        for _ in 0..200 {
             let t = std::time::Instant::now();
             for _ in 0..10 {
                 f();
