@@ -133,8 +133,7 @@ pub fn mmr_greedy(
     with_scratch(|sc| {
         sc.mmr.reset(n, emb, dim, lambda)?;
         let mmr = &sc.mmr;
-        sc.queue
-            .build((0..n).map(|i| (mmr.initial(scores[i]), i)), k);
+        sc.queue.build(scores, 0..n, |i| mmr.initial(scores[i]), k);
         let mut g = MmrGain {
             state: &mut sc.mmr,
             emb,

@@ -281,7 +281,9 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
             dpp.reset(c.scores, emb.0, emb.1, p.dpp_alpha, kcap)?;
             let st = &*dpp;
             queue.build(
-                eligible.iter().map(|&i| (st.bound(i as usize), i as usize)),
+                c.scores,
+                eligible.iter().map(|&i| i as usize),
+                |i| st.bound(i),
                 kcap,
             );
         }
@@ -289,17 +291,17 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
             mmr.reset(n, emb.0, emb.1, p.mmr_lambda)?;
             let st = &*mmr;
             queue.build(
-                eligible
-                    .iter()
-                    .map(|&i| (st.initial(c.scores[i as usize]), i as usize)),
+                c.scores,
+                eligible.iter().map(|&i| i as usize),
+                |i| st.initial(c.scores[i]),
                 kcap,
             );
         }
         Mode::Score => {
             queue.build(
-                eligible
-                    .iter()
-                    .map(|&i| (c.scores[i as usize] as f64, i as usize)),
+                c.scores,
+                eligible.iter().map(|&i| i as usize),
+                |i| c.scores[i] as f64,
                 kcap,
             );
         }
@@ -353,7 +355,7 @@ fn run(pol: &Compiled, c: &Candidates<'_>, k: usize, sc: &mut Scratch) -> Result
                 mode = Mode::Score;
                 diversity_fallback = Some(pos);
                 let rest: Vec<usize> = queue.indices().chain([pk.i]).collect();
-                queue.build(rest.into_iter().map(|i| (c.scores[i] as f64, i)), k - pos);
+                queue.build(c.scores, rest.into_iter(), |i| c.scores[i] as f64, k - pos);
                 pick = queue.pick(&mut ScoreGain(c.scores), lvl);
             }
         }

@@ -467,12 +467,14 @@ fn rerank_timing() {
             return;
         }
         let mut best = f64::INFINITY;
-        for _ in 0..200 {
+        let reps: usize = std::env::var("RERANK_REPS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(200);
+        for _ in 0..reps {
             let t = std::time::Instant::now();
-            for _ in 0..10 {
-                f();
-            }
-            best = best.min(t.elapsed().as_secs_f64() / 10.0);
+            f();
+            best = best.min(t.elapsed().as_secs_f64());
         }
         eprintln!("{name}: {:.1} us", best * 1e6);
     };
@@ -484,6 +486,10 @@ fn rerank_timing() {
             dpp_greedy(&scores, &emb, dim, kk, 1.0, 1e-10).unwrap();
         });
     }
+    let flat: Vec<f32> = (0..n).map(|_| r.unit()).collect();
+    time("dpp_flat", &|| {
+        dpp_greedy(&flat, &emb, dim, k, 1.0, 1e-10).unwrap();
+    });
     time("mmr_greedy", &|| {
         mmr_greedy(&scores, &emb, dim, k, 0.5).unwrap();
     });
