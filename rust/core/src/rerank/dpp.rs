@@ -12,8 +12,8 @@
 //!
 //! Algorithm 1 updates every item after every pick. Gains only ever decrease, so we update an
 //! item only when its stale gain could still be the largest (lazy greedy, `lazy.rs`): the update
-//! formulas are Chen et al.'s, an item's value does not depend on when it is brought up to date,
-//! and the picks are those of the eager loop, while only the items near the top are touched.
+//! formulas are Chen et al.'s and the picks are those of the eager loop (up to last-bit rounding
+//! in near-ties), while only the items near the top are touched.
 
 use super::kernel::{all_finite, dispatch_simd, normalise_into, Simd};
 use super::lazy::Gain;

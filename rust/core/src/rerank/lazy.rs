@@ -2,8 +2,8 @@
 //! candidate keeps an upper bound of its objective; because the MMR objective and the DPP
 //! marginal gain never increase as items are placed, a candidate is only brought up to date when
 //! its bound could still win the slot. The picks equal those of updating every candidate at
-//! every step (the same floating-point operations per candidate, in the same order), while the
-//! work falls from every candidate to the few that compete.
+//! every step (up to last-bit rounding in near-ties), while the work falls from every candidate
+//! to the few that compete.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
