@@ -441,6 +441,7 @@ fn set_policy_swaps_and_rejects_bad_policies() {
 #[test]
 #[ignore]
 fn rerank_timing() {
+    super::lazy::FULL_SORT.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut r = Lcg(9);
     let (n, k, dim) = (1000, 50, 64);
     // Box-Muller normal scores, uniform-ish embeddings.
