@@ -275,9 +275,20 @@ impl Queue {
                 continue;
             }
             if !g.is_fresh(i) {
-                // The bound could win: compute the value and re-queue it.
-                take(self);
-                self.heap.push(Reverse(Entry::new(g.refresh(i), i)));
+                // The bound could win: compute the value and re-queue it (a heap top is
+                // replaced in place: one sift-down instead of a pop and a push).
+                let fresh = Reverse(Entry::new(g.refresh(i), i));
+                match src {
+                    From::Heap => {
+                        if let Some(mut top) = self.heap.peek_mut() {
+                            *top = fresh;
+                        }
+                    }
+                    From::Array(_) => {
+                        take(self);
+                        self.heap.push(fresh);
+                    }
+                }
                 continue;
             }
             match src {
