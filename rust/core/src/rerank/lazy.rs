@@ -184,14 +184,19 @@ impl Queue {
 
     /// Raises every bound by `delta`.
     fn raise(&mut self, delta: f64) {
-        let mut all: Vec<Entry> = self.order[self.head..]
-            .iter()
-            .filter(|e| e.i != DEAD)
-            .chain(self.heap.iter().map(|r| &r.0))
-            .map(|e| Entry::new(e.value() + delta, e.i as usize))
-            .collect();
+        // Rebuild in `side` (empty between walks), then swap: no allocation once grown.
+        let mut all = std::mem::take(&mut self.side);
+        all.extend(
+            self.order[self.head..]
+                .iter()
+                .filter(|e| e.i != DEAD)
+                .chain(self.heap.iter().map(|r| &r.0))
+                .map(|e| Entry::new(e.value() + delta, e.i as usize)),
+        );
         all.sort_unstable();
-        self.order = all;
+        std::mem::swap(&mut self.order, &mut all);
+        all.clear();
+        self.side = all;
         self.heap.clear();
         self.head = 0;
         self.sorted = self.order.len();
