@@ -110,6 +110,7 @@ def test_reranker_without_caps_is_the_plain_diversity_selection():
         (lambda: dpp_greedy([1.0], np.ones((1, 2)), 0), "k must be >= 1"),
         (lambda: dpp_greedy([np.nan], np.ones((1, 2)), 1), "finite"),
         (lambda: dpp_greedy([1.0], [[np.inf, 0.0]], 1), "NaN or infinite"),
+        (lambda: dpp_greedy([1.0], np.ones((1, 2)), 1, alpha=-1.0), "alpha must be finite"),
         (lambda: mmr_greedy([1.0], np.ones((1, 2)), 1, mmr_lambda=2.0), "mmr_lambda"),
         (lambda: mmr_greedy([1.0], np.ones((1, 2)), -3), "k must be >= 1"),
     ],

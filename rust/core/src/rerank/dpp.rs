@@ -12,8 +12,8 @@
 //!
 //! Algorithm 1 updates every item after every pick. Gains only ever decrease, so we update an
 //! item only when its stale gain could still be the largest (lazy greedy, `lazy.rs`): the update
-//! formulas are Chen et al.'s, an item's value does not depend on when it is brought up to date,
-//! and the picks are those of the eager loop, while only the items near the top are touched.
+//! formulas are Chen et al.'s and the picks are those of the eager loop (up to last-bit rounding
+//! in near-ties), while only the items near the top are touched.
 
 use super::kernel::{all_finite, dispatch_simd, normalise_into, Simd};
 use super::lazy::Gain;
@@ -41,10 +41,6 @@ pub(crate) struct DppState {
     /// Selected items and `1 / d_j` (`d_j = sqrt(d2_j)` at selection), by step.
     sel: Vec<usize>,
     inv_d: Vec<f64>,
-    /// The selected items' Cholesky vectors, step-major: `csel[tau * kcap + t]` is entry tau of
-    /// the vector of the item selected at step t (tau < t), so that one entry of an item's
-    /// vector updates all later steps with one contiguous pass.
-    csel: Vec<f64>,
     /// Per-refresh scratch: the pending numerators of the steps being absorbed.
     b: Vec<f64>,
 }
@@ -89,9 +85,6 @@ impl DppState {
         }
         self.sel.clear();
         self.inv_d.clear();
-        if self.csel.len() < kcap * kcap {
-            self.csel.resize(kcap * kcap, 0.0);
-        }
         self.b.clear();
         self.b.resize(kcap, 0.0);
         Ok(())
@@ -116,10 +109,9 @@ fn see(st: &mut DppState, i: usize, emb: &[f32]) {
 
 /// Chen et al.'s update of item i for every selection t it has not absorbed yet:
 /// `e_i = (L_{s_t,i} - <c_{s_t}, c_i>) / d_{s_t}`, `c_i <- [c_i, e_i]`, `d_i^2 -= e_i^2`.
-/// Each inner product is accumulated entry by entry in index order (one fused multiply-add per
-/// entry), so the value does not depend on when the item is refreshed; entries are pushed into
-/// all pending numerators as soon as they are known (a forward substitution), which keeps the
-/// serial dependency to one multiply-add and one multiply per step.
+/// The inner product splits into the entries item i already had (one vectorised dot per
+/// pending step, independent of each other) and the entries computed in this catch-up (a short
+/// forward substitution).
 #[inline(always)]
 fn refresh_with<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) -> f64 {
     if st.stamp[i] == UNSEEN {
@@ -132,35 +124,30 @@ fn refresh_with<S: Simd>(st: &mut DppState, i: usize, emb: &[f32]) -> f64 {
     }
     let ei = &st.e[i * dim..(i + 1) * dim];
     let qi = st.q[i];
+    let c = &mut st.c;
     for t in t0..tn {
         let s = st.sel[t];
-        st.b[t] = st.q[s] * qi * S::dot(&st.e[s * dim..(s + 1) * dim], ei);
+        let l_si = st.q[s] * qi * S::dot(&st.e[s * dim..(s + 1) * dim], ei);
+        let known = S::dot_short(&c[s * kc..s * kc + t0], &c[i * kc..i * kc + t0]);
+        st.b[t] = l_si - known;
     }
-    let ci = &mut st.c[i * kc..(i + 1) * kc];
-    let b = &mut st.b[..tn];
     let mut d2 = st.d2[i];
-    for tau in 0..tn {
-        let x = if tau < t0 {
-            ci[tau]
-        } else {
-            let x = b[tau] * st.inv_d[tau];
-            ci[tau] = x;
-            d2 -= x * x;
-            x
-        };
-        // b[t] -= c_{s_t}[tau] * x for the steps still pending after tau.
-        let from = (tau + 1).max(t0);
-        let row = &st.csel[tau * kc + from..tau * kc + tn];
-        for (bt, &cs) in b[from..].iter_mut().zip(row) {
-            *bt = (-cs).mul_add(x, *bt);
+    for t in t0..tn {
+        let s = st.sel[t];
+        let mut acc = st.b[t];
+        for tau in t0..t {
+            acc = (-c[s * kc + tau]).mul_add(c[i * kc + tau], acc);
         }
+        let x = acc * st.inv_d[t];
+        c[i * kc + t] = x;
+        d2 -= x * x;
     }
     st.d2[i] = d2;
     st.stamp[i] = tn as u32;
     d2
 }
 
-dispatch_simd!(refresh, refresh_with, (st: &mut DppState, i: usize, emb: &[f32]) -> f64);
+dispatch_simd!(fn refresh, refresh_with, (st: &mut DppState, i: usize, emb: &[f32]) -> f64);
 
 /// The DPP gain as a lazily updated objective over the embeddings `emb`.
 pub(crate) struct DppGain<'a> {
@@ -181,10 +168,6 @@ impl Gain for DppGain<'_> {
         let st = &mut *self.state;
         let d = st.d2[i].max(0.0).sqrt();
         st.inv_d.push(if d > 0.0 { 1.0 / d } else { 0.0 });
-        let (t, kc) = (st.sel.len(), st.kcap);
-        for tau in 0..t {
-            st.csel[tau * kc + t] = st.c[i * kc + tau];
-        }
         st.sel.push(i);
         st.d2[i] = f64::NEG_INFINITY;
         0.0
@@ -227,8 +210,8 @@ pub fn dpp_greedy(
     eps: f64,
 ) -> Result<Vec<usize>> {
     check_inputs(scores, emb, dim, k)?;
-    if !alpha.is_finite() {
-        return Err(invalid!("alpha must be finite, got {alpha}"));
+    if !(alpha.is_finite() && alpha >= 0.0) {
+        return Err(invalid!("alpha must be finite and >= 0, got {alpha}"));
     }
     if eps.is_nan() {
         return Err(invalid!("eps must be a number, got NaN"));
@@ -238,7 +221,7 @@ pub fn dpp_greedy(
     with_scratch(|sc| {
         sc.dpp.reset(scores, emb, dim, alpha, k)?;
         let dpp = &sc.dpp;
-        sc.queue.build((0..n).map(|i| (dpp.bound(i), i)), k);
+        sc.queue.build(scores, 0..n, |i| dpp.bound(i), k);
         let mut g = DppGain {
             state: &mut sc.dpp,
             emb,

@@ -2,12 +2,15 @@
 //! and every dot product sums in one fixed order with fused multiply-adds, so the AVX2 path and
 //! the portable path round identically and the output never depends on the CPU.
 
-/// Whether every value is finite (vectorises: one pass, no early exit).
-pub fn all_finite(x: &[f32]) -> bool {
+/// Whether every value is finite (one pass, no early exit, so it vectorises).
+#[inline(always)]
+fn all_finite_with<S: Simd>(x: &[f32]) -> bool {
     x.iter().fold(0u32, |acc, v| {
         acc | ((v.to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32)
     }) == 0
 }
+
+dispatch_simd!(pub fn all_finite, all_finite_with, (x: &[f32]) -> bool);
 
 /// Writes the L2-normalised `row` into `out` (same length) and returns its self-similarity:
 /// exactly 1, or 0 for a zero row (which stays zero: its similarity to everything is 0).
@@ -99,11 +102,74 @@ unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
     ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + tail
 }
 
+/// `<a, b>` for short vectors (Cholesky rows, length < k): 8 lane accumulators over whole chunks
+/// of 8, reduced pairwise, then the tail in order; fused multiply-adds as in [`dot_portable`].
+#[inline(always)]
+fn dot_short_portable(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] = x[j].mul_add(y[j], acc[j]);
+        }
+    }
+    let w = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let mut tail = 0.0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        tail = x.mul_add(*y, tail);
+    }
+    ((w[0] + w[1]) + (w[2] + w[3])) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_short_avx2(a: &[f64], b: &[f64]) -> f64 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let chunks = n / 8;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut a0 = _mm256_setzero_pd();
+    let mut a1 = _mm256_setzero_pd();
+    for c in 0..chunks {
+        let off = c * 8;
+        a0 = _mm256_fmadd_pd(
+            _mm256_loadu_pd(pa.add(off)),
+            _mm256_loadu_pd(pb.add(off)),
+            a0,
+        );
+        a1 = _mm256_fmadd_pd(
+            _mm256_loadu_pd(pa.add(off + 4)),
+            _mm256_loadu_pd(pb.add(off + 4)),
+            a1,
+        );
+    }
+    let mut lanes = [0.0f64; 4];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(a0, a1));
+    let mut tail = 0.0f64;
+    for t in chunks * 8..n {
+        tail = _mm_cvtsd_f64(_mm_fmadd_sd(
+            _mm_set_sd(a[t]),
+            _mm_set_sd(b[t]),
+            _mm_set_sd(tail),
+        ));
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + tail
+}
+
 /// The dot products of one instruction set, so that a hot loop can be compiled once per set
 /// (`Portable`, and `Avx2` inside a `#[target_feature(enable = "avx2,fma")]` function) with its
 /// dot products inlined.
 pub(crate) trait Simd {
     fn dot(a: &[f64], b: &[f64]) -> f64;
+    fn dot_short(a: &[f64], b: &[f64]) -> f64;
 }
 
 pub(crate) struct Portable;
@@ -112,6 +178,10 @@ impl Simd for Portable {
     #[inline(always)]
     fn dot(a: &[f64], b: &[f64]) -> f64 {
         dot_portable(a, b)
+    }
+    #[inline(always)]
+    fn dot_short(a: &[f64], b: &[f64]) -> f64 {
+        dot_short_portable(a, b)
     }
 }
 
@@ -126,13 +196,18 @@ impl Simd for Avx2 {
         // SAFETY: `Avx2` is only used after `has_avx2()` (see the dispatching callers).
         unsafe { dot_avx2(a, b) }
     }
+    #[inline(always)]
+    fn dot_short(a: &[f64], b: &[f64]) -> f64 {
+        // SAFETY: as above.
+        unsafe { dot_short_avx2(a, b) }
+    }
 }
 
 /// Defines `fn $name(args) -> ret` that runs `$generic::<Avx2>` compiled with AVX2 + FMA when
 /// the CPU has them, and `$generic::<Portable>` otherwise.
 macro_rules! dispatch_simd {
-    ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        fn $name($($arg: $ty),*) -> $ret {
+    ($vis:vis fn $name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $vis fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
@@ -174,6 +249,13 @@ mod tests {
             let b: Vec<f64> = (0..dim).map(|i| (i as f64) * 0.25 - 1.1).collect();
             let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             assert_eq!(dot_portable(&a, &b), dot(&a, &b), "dim {dim}");
+            let short = if has_avx2() {
+                unsafe { dot_short_avx2(&a, &b) }
+            } else {
+                dot_short_portable(&a, &b)
+            };
+            assert_eq!(short, dot_short_portable(&a, &b), "dim {dim}");
+            assert!((short - plain).abs() < 1e-9);
             assert!((dot(&a, &b) - plain).abs() < 1e-9);
         }
     }

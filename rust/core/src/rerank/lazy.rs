@@ -2,8 +2,11 @@
 //! candidate keeps an upper bound of its objective; because the MMR objective and the DPP
 //! marginal gain never increase as items are placed, a candidate is only brought up to date when
 //! its bound could still win the slot. The picks equal those of updating every candidate at
-//! every step (the same floating-point operations per candidate, in the same order), while the
-//! work falls from every candidate to the few that compete.
+//! every step (up to last-bit rounding in near-ties), while the work falls from every candidate
+//! to the few that compete.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// An objective whose value per candidate can only decrease as items are selected.
 pub(crate) trait Gain {
@@ -66,17 +69,41 @@ impl Entry {
     }
 }
 
-/// The unselected candidates ordered by (bound desc, index asc): `order[head..sorted]` is
-/// sorted and every entry of `order[sorted..]` sorts after all of it (the tail is sorted only
-/// if a walk reaches it; most picks look at the first few dozen entries).
+/// Unit tests sort only a prefix of `hint` entries so that the tail paths run; the timing
+/// harness turns that off to measure what production runs.
+#[cfg(test)]
+pub(crate) static FULL_SORT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+fn partition_for_tests() -> bool {
+    !FULL_SORT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(not(test))]
+fn partition_for_tests() -> bool {
+    false
+}
+
+/// A dead array slot (its candidate was picked or moved to the heap).
+const DEAD: u32 = u32::MAX;
+
+/// The unselected candidates, best first by (bound desc, index asc), in two parts:
+/// - `order`: the initial bounds, never moved. `order[head..sorted]` is sorted and every entry of
+///   `order[sorted..]` sorts after all of it (the tail is sorted only if a walk reaches it; most
+///   picks look at the first few dozen entries). Slots whose candidate left are `DEAD`.
+/// - `heap`: candidates whose value was recomputed (a refreshed value only drops, so it is
+///   re-queued in O(log n) instead of moving entries of a long array).
 #[derive(Default)]
 pub(crate) struct Queue {
     order: Vec<Entry>,
     head: usize,
     sorted: usize,
-    /// The smallest tail entry at the last partition: a refreshed entry that sorts after it
-    /// moves to the tail.
-    tail_min: Option<Entry>,
+    heap: BinaryHeap<Reverse<Entry>>,
+    /// Heap entries taken out during one walk (skipped), put back after it.
+    side: Vec<Entry>,
+    /// Packed (score, index) sort keys used by `build`.
+    keys: Vec<u64>,
 }
 
 /// One pick: the candidate and its exact objective value.
@@ -86,62 +113,110 @@ pub(crate) struct Picked {
     pub value: f64,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum From {
+    Array(usize),
+    Heap,
+}
+
 impl Queue {
-    /// Fills the queue with `(bound, index)` pairs; about `hint` of them are expected to be
-    /// looked at.
-    pub fn build(&mut self, items: impl Iterator<Item = (f64, usize)>, hint: usize) {
-        self.order.clear();
-        self.order.extend(items.map(|(v, i)| Entry::new(v, i)));
+    /// Fills the queue with `cands`, whose initial bounds `bound(i)` must be non-decreasing in
+    /// `scores[i]` (true of the score, MMR and DPP objectives), sorted by packed integer keys.
+    /// `hint` (how many candidates a caller expects to look at) sizes the sorted prefix in tests.
+    pub fn build(
+        &mut self,
+        scores: &[f32],
+        cands: impl Iterator<Item = usize>,
+        bound: impl Fn(usize) -> f64,
+        hint: usize,
+    ) {
+        self.keys.clear();
+        self.keys.extend(cands.map(|i| {
+            let b = (scores[i] + 0.0).to_bits();
+            let asc = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+            ((!asc as u64) << 32) | i as u64
+        }));
+        self.heap.clear();
         self.head = 0;
-        // Tests partition aggressively so that the tail paths run.
-        let m = if cfg!(test) {
+        // Sorting the packed u64 keys of every candidate is cheaper than sorting a partition and
+        // later the tail as 16-byte entries (lazy DPP walks past a few hundred candidates).
+        // Tests partition aggressively so that the tail paths stay covered.
+        let m = if partition_for_tests() {
             hint
         } else {
-            hint.saturating_mul(8).saturating_add(64)
+            usize::MAX
         };
-        if m < self.order.len() {
-            self.order.select_nth_unstable(m);
-            self.tail_min = Some(self.order[m]);
-            self.order[..m].sort_unstable();
+        if m < self.keys.len() {
+            self.keys.select_nth_unstable(m);
+            self.keys[..m].sort_unstable();
             self.sorted = m;
         } else {
-            self.sort_all();
+            self.keys.sort_unstable();
+            self.sorted = self.keys.len();
         }
-    }
-
-    fn sort_all(&mut self) {
-        self.order[self.head..].sort_unstable();
-        self.sorted = self.order.len();
-        self.tail_min = None;
+        self.order.clear();
+        self.order.extend(self.keys.iter().map(|&k| {
+            let i = (k & 0xffff_ffff) as usize;
+            Entry::new(bound(i), i)
+        }));
+        // Equal scores give equal bounds, already in index order. A monotone bound can still
+        // merge distinct scores (lambda = 0, exp underflow): then sort the entries themselves
+        // (also when the tail's best ties the prefix's last bound: an index could be out of order).
+        let prefix_inverted = self.order[..self.sorted].windows(2).any(|w| w[0] > w[1]);
+        // A tail entry may tie the prefix's last bound with a smaller index.
+        let boundary_tie = self.sorted > 0
+            && self.sorted < self.order.len()
+            && self.order[self.sorted - 1].key >= self.order[self.sorted].key;
+        if prefix_inverted || boundary_tie {
+            self.order.sort_unstable();
+            self.sorted = self.order.len();
+        }
     }
 
     /// The candidates still queued (any order).
     pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        self.order[self.head..].iter().map(|e| e.i as usize)
+        self.order[self.head..]
+            .iter()
+            .filter(|e| e.i != DEAD)
+            .chain(self.heap.iter().map(|r| &r.0))
+            .map(|e| e.i as usize)
     }
 
     /// Raises every bound by `delta`.
     fn raise(&mut self, delta: f64) {
-        for e in &mut self.order[self.head..] {
-            *e = Entry::new(e.value() + delta, e.i as usize);
-        }
-        // Rounding may merge values and reorder ties by index: restore the full order.
-        self.sort_all();
+        // Rebuild in `side` (empty between walks), then swap: no allocation once grown.
+        let mut all = std::mem::take(&mut self.side);
+        all.extend(
+            self.order[self.head..]
+                .iter()
+                .filter(|e| e.i != DEAD)
+                .chain(self.heap.iter().map(|r| &r.0))
+                .map(|e| Entry::new(e.value() + delta, e.i as usize)),
+        );
+        all.sort_unstable();
+        std::mem::swap(&mut self.order, &mut all);
+        all.clear();
+        self.side = all;
+        self.heap.clear();
+        self.head = 0;
+        self.sorted = self.order.len();
     }
 
-    /// Moves the entry at `p` (in the sorted part), whose value just dropped to `fresh`, to its
-    /// place.
-    fn reposition(&mut self, p: usize, fresh: Entry) {
-        if self.tail_min.is_some_and(|t| fresh > t) {
-            self.order[p..self.sorted].rotate_left(1);
-            self.sorted -= 1;
-            self.order[self.sorted] = fresh;
-            return;
+    /// The next live array position at or after `p`, sorting the tail when the walk reaches it.
+    fn next_live(&mut self, mut p: usize) -> Option<usize> {
+        loop {
+            if p == self.sorted {
+                if self.sorted == self.order.len() {
+                    return None;
+                }
+                self.order[self.sorted..].sort_unstable();
+                self.sorted = self.order.len();
+            }
+            if self.order[p].i != DEAD {
+                return Some(p);
+            }
+            p += 1;
         }
-        let tail = &self.order[p + 1..self.sorted];
-        let q = p + 1 + tail.partition_point(|x| *x < fresh);
-        self.order[p..q].rotate_left(1);
-        self.order[q - 1] = fresh;
     }
 
     /// Removes and returns the best candidate: the lowest relaxation level (`level(i)`, `None` =
@@ -151,54 +226,100 @@ impl Queue {
         g: &mut G,
         level: impl Fn(usize) -> Option<usize>,
     ) -> Option<Picked> {
-        // (position, level, entry) of the best fresh candidate so far.
-        let mut best: Option<(usize, usize, Entry)> = None;
+        while self.head < self.order.len() && self.order[self.head].i == DEAD {
+            self.head += 1;
+        }
+        // (source, level, entry) of the best fresh candidate so far.
+        let mut best: Option<(From, usize, Entry)> = None;
         let mut p = self.head;
         loop {
-            if p == self.sorted {
-                if self.sorted == self.order.len() {
-                    break;
-                }
-                if let (Some((_, 0, be)), Some(t)) = (best, self.tail_min) {
-                    if t >= be {
-                        break;
+            let a = self.next_live(p);
+            p = a.unwrap_or(p);
+            let h = self.heap.peek().map(|r| r.0);
+            let (src, e) = match (a, h) {
+                (None, None) => break,
+                (Some(q), None) => (From::Array(q), self.order[q]),
+                (None, Some(he)) => (From::Heap, he),
+                (Some(q), Some(he)) => {
+                    if self.order[q] < he {
+                        (From::Array(q), self.order[q])
+                    } else {
+                        (From::Heap, he)
                     }
                 }
-                self.order[self.sorted..].sort_unstable();
-                self.sorted = self.order.len();
-                self.tail_min = None;
-            }
-            let e = self.order[p];
+            };
             if let Some((_, bl, be)) = best {
                 // Everything from here on has a bound no better than the best's value.
                 if bl == 0 && e >= be {
                     break;
                 }
             }
-            let Some(l) = level(e.i as usize) else {
-                p += 1;
-                continue;
+            let i = e.i as usize;
+            let lvl = level(i);
+            let skip = match (lvl, best) {
+                (None, _) => true,
+                (Some(l), Some((_, bl, be))) => l > bl || (l == bl && e >= be),
+                _ => false,
             };
-            if let Some((_, bl, be)) = best {
-                if l > bl || (l == bl && e >= be) {
-                    p += 1;
-                    continue;
+            let take = |q: &mut Self| match src {
+                From::Array(pos) => {
+                    q.order[pos].i = DEAD;
+                }
+                From::Heap => {
+                    q.heap.pop();
+                }
+            };
+            if skip {
+                match src {
+                    From::Array(_) => p += 1,
+                    From::Heap => {
+                        self.heap.pop();
+                        self.side.push(e);
+                    }
+                }
+                continue;
+            }
+            if !g.is_fresh(i) {
+                // The bound could win: compute the value and re-queue it (a heap top is
+                // replaced in place: one sift-down instead of a pop and a push).
+                let fresh = Reverse(Entry::new(g.refresh(i), i));
+                match src {
+                    From::Heap => {
+                        if let Some(mut top) = self.heap.peek_mut() {
+                            *top = fresh;
+                        }
+                    }
+                    From::Array(_) => {
+                        take(self);
+                        self.heap.push(fresh);
+                    }
+                }
+                continue;
+            }
+            match src {
+                From::Array(_) => p += 1,
+                From::Heap => {
+                    self.heap.pop();
+                    self.side.push(e);
                 }
             }
-            let i = e.i as usize;
-            if !g.is_fresh(i) {
-                // The bound could win: compute the value and move the entry down to its place.
-                let fresh = Entry::new(g.refresh(i), i);
-                self.reposition(p, fresh);
-                continue;
-            }
-            best = Some((p, l, e));
-            p += 1;
+            best = Some((src, lvl.unwrap_or(0), e));
         }
-        let (pos, _, e) = best?;
-        // Close the gap from the front: picks are usually near the head.
-        self.order[self.head..=pos].rotate_right(1);
-        self.head += 1;
+        let picked = best.map(|(src, _, e)| {
+            match src {
+                From::Array(pos) => self.order[pos].i = DEAD,
+                From::Heap => {
+                    if let Some(k) = self.side.iter().position(|x| *x == e) {
+                        self.side.swap_remove(k);
+                    }
+                }
+            }
+            e
+        });
+        for e in self.side.drain(..) {
+            self.heap.push(Reverse(e));
+        }
+        let e = picked?;
         let i = e.i as usize;
         let raise = g.select(i);
         if raise != 0.0 {
@@ -256,7 +377,8 @@ mod tests {
             picks: 0,
         };
         let mut q = Queue::default();
-        q.build(base.iter().enumerate().map(|(i, &v)| (v, i)), 1);
+        let scores: Vec<f32> = base.iter().map(|&v| v as f32).collect();
+        q.build(&scores, 0..40, |i| base[i], 1);
         let mut eager: Vec<usize> = Vec::new();
         let mut lazy = Vec::new();
         for t in 0..40 {

@@ -113,7 +113,7 @@ fn refresh_with<S: Simd>(st: &mut MmrState, i: usize, emb: &[f32], scores: &[f32
     }
 }
 
-dispatch_simd!(refresh, refresh_with, (st: &mut MmrState, i: usize, emb: &[f32], scores: &[f32]) -> f64);
+dispatch_simd!(fn refresh, refresh_with, (st: &mut MmrState, i: usize, emb: &[f32], scores: &[f32]) -> f64);
 
 /// MMR selection of at most `k` items (all of them when `k >= n`), in pick order; ties go to the
 /// lower index. `emb` is `n x dim` row-major, `lambda` in [0, 1].
@@ -133,8 +133,7 @@ pub fn mmr_greedy(
     with_scratch(|sc| {
         sc.mmr.reset(n, emb, dim, lambda)?;
         let mmr = &sc.mmr;
-        sc.queue
-            .build((0..n).map(|i| (mmr.initial(scores[i]), i)), k);
+        sc.queue.build(scores, 0..n, |i| mmr.initial(scores[i]), k);
         let mut g = MmrGain {
             state: &mut sc.mmr,
             emb,

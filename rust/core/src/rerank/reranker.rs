@@ -337,7 +337,9 @@ fn run(
             dpp.reset(c.scores, emb.0, emb.1, p.dpp_alpha, kcap)?;
             let st = &*dpp;
             queue.build(
-                eligible.iter().map(|&i| (st.bound(i as usize), i as usize)),
+                c.scores,
+                eligible.iter().map(|&i| i as usize),
+                |i| st.bound(i),
                 kcap,
             );
         }
@@ -345,17 +347,17 @@ fn run(
             mmr.reset(n, emb.0, emb.1, p.mmr_lambda)?;
             let st = &*mmr;
             queue.build(
-                eligible
-                    .iter()
-                    .map(|&i| (st.initial(c.scores[i as usize]), i as usize)),
+                c.scores,
+                eligible.iter().map(|&i| i as usize),
+                |i| st.initial(c.scores[i]),
                 kcap,
             );
         }
         Mode::Score => {
             queue.build(
-                eligible
-                    .iter()
-                    .map(|&i| (c.scores[i as usize] as f64, i as usize)),
+                c.scores,
+                eligible.iter().map(|&i| i as usize),
+                |i| c.scores[i] as f64,
                 kcap,
             );
         }
@@ -419,7 +421,7 @@ fn run(
                 mode = Mode::Score;
                 diversity_fallback = Some(pos);
                 let rest: Vec<usize> = queue.indices().chain([pk.i]).collect();
-                queue.build(rest.into_iter().map(|i| (c.scores[i] as f64, i)), k - pos);
+                queue.build(c.scores, rest.into_iter(), |i| c.scores[i] as f64, k - pos);
                 pick = queue.pick(&mut ScoreGain(c.scores), lvl);
             }
         }

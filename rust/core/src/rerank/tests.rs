@@ -441,6 +441,7 @@ fn set_policy_swaps_and_rejects_bad_policies() {
 #[test]
 #[ignore]
 fn rerank_timing() {
+    super::lazy::FULL_SORT.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut r = Lcg(9);
     let (n, k, dim) = (1000, 50, 64);
     // Box-Muller normal scores, uniform-ish embeddings.
@@ -461,14 +462,20 @@ fn rerank_timing() {
         categories: None,
         is_fresh: None,
     };
+    let only = std::env::var("RERANK_ONLY").unwrap_or_default();
     let time = |name: &str, f: &dyn Fn()| {
+        if !name.starts_with(only.as_str()) {
+            return;
+        }
         let mut best = f64::INFINITY;
-        for _ in 0..20 {
+        let reps: usize = std::env::var("RERANK_REPS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(200);
+        for _ in 0..reps {
             let t = std::time::Instant::now();
-            for _ in 0..10 {
-                f();
-            }
-            best = best.min(t.elapsed().as_secs_f64() / 10.0);
+            f();
+            best = best.min(t.elapsed().as_secs_f64());
         }
         eprintln!("{name}: {:.1} us", best * 1e6);
     };
@@ -480,6 +487,10 @@ fn rerank_timing() {
             dpp_greedy(&scores, &emb, dim, kk, 1.0, 1e-10).unwrap();
         });
     }
+    let flat: Vec<f32> = (0..n).map(|_| r.unit()).collect();
+    time("dpp_flat", &|| {
+        dpp_greedy(&flat, &emb, dim, k, 1.0, 1e-10).unwrap();
+    });
     time("mmr_greedy", &|| {
         mmr_greedy(&scores, &emb, dim, k, 0.5).unwrap();
     });
