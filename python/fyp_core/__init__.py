@@ -6,12 +6,20 @@ that are really Python: configuration, pipeline glue, analytics, the CLI and the
 
 from fyp_core._core import (
     CorruptFileError,
+    MlpRanker,
+    RankerScores,
+    RankerSet,
     TrafficSplit,
     __version__,
+    assemble_features,
 )
 
 __all__ = [
     "CorruptFileError",
+    "MlpRanker",
+    "RankerScores",
+    "RankerSet",
     "TrafficSplit",
     "__version__",
+    "assemble_features",
 ]
