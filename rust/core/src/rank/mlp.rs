@@ -562,9 +562,10 @@ impl Mlp {
                     xl: x.add(p * NR * RB),
                 },
             };
-            gemm::tile(self.kernel, rows, k, x, wp, bias.add(p * NR), o, epi);
+            let cols = (l.out_dim() - p * NR).min(NR);
+            gemm::tile(self.kernel, rows, cols, k, x, wp, bias.add(p * NR), o, epi);
             if matches!(step, Step::Act) && !fuse_relu {
-                let t = std::slice::from_raw_parts_mut(o, NR * RB);
+                let t = std::slice::from_raw_parts_mut(o, cols * RB);
                 act::apply(self.kernel, self.activation, t);
             }
         }
