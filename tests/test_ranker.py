@@ -250,3 +250,17 @@ def test_assemble_features_matches_numpy():
     with pytest.raises(ValueError, match="overruns"):
         assemble_features(user, table, [0], [(20, 0, 8)])
     assert assemble_features(user, table, np.zeros(0, np.int64)).shape == (0, 40)
+
+
+def test_with_kernel_agrees_across_kernels():
+    rng = np.random.default_rng(9)
+    ws, bs = random_mlp(rng, [70, 50, 13, 3])
+    m = MlpRanker(ws, bs, "silu", ["sigmoid", "softplus", "identity"], version="k")
+    x = rng.standard_normal((45, 70)).astype(np.float32)
+    want = m.predict(x)
+    for k in KERNELS:
+        other = m.with_kernel(k)
+        assert other.kernel == k and other.version == "k"
+        np.testing.assert_allclose(other.predict(x), want, rtol=1e-4, atol=1e-5)
+    info = MlpRanker.kernel_info()
+    assert info["default"] in info["available"] and info["peak_gflops"] == {}
