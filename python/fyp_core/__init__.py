@@ -11,12 +11,16 @@ from fyp_core._core import (
     RerankResult,
     HnswIndex,
     EventLog,
+    MlpRanker,
+    RankerScores,
+    RankerSet,
     TrafficSplit,
     UserTokenizer,
     __version__,
     dpp_greedy,
     mmr_greedy,
     user_token,
+    assemble_features,
 )
 
 __all__ = [
@@ -26,10 +30,14 @@ __all__ = [
     "Reranker",
     "HnswIndex",
     "EventLog",
+    "MlpRanker",
+    "RankerScores",
+    "RankerSet",
     "TrafficSplit",
     "UserTokenizer",
     "__version__",
     "dpp_greedy",
     "mmr_greedy",
     "user_token",
+    "assemble_features",
 ]

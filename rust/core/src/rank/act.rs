@@ -84,6 +84,7 @@ impl OutputTransform {
 /// exp(x) for x in roughly [-87, 88] (clamped), Cephes-style polynomial, ~2 ulp.
 #[inline(always)]
 fn exp_approx(x: f32) -> f32 {
+    let tiny = x < -87.0; // below f32's normal range: flush to 0
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
@@ -94,7 +95,12 @@ fn exp_approx(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let v = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if tiny {
+        0.0
+    } else {
+        v
+    }
 }
 
 /// erfc(z) for z >= 0 (Numerical Recipes `erfcc`, relative error < 1.2e-7 everywhere, so the
@@ -127,29 +133,60 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + exp_approx(-x))
 }
 
+/// Sigmoid without overflow: `e = exp(-|x|)`, then `1 / (1 + e)` or `e / (1 + e)`.
 #[inline(always)]
-fn apply_generic(act: Activation, v: &mut [f32]) {
-    match act {
-        Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-        Activation::Gelu => v.iter_mut().for_each(|x| *x = gelu(*x)),
-        Activation::Silu => v.iter_mut().for_each(|x| *x = silu(*x)),
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_approx(-x.abs());
+    let s = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        s
+    } else {
+        e * s
+    }
+}
+
+/// What runs over a finished tile or output column: a hidden activation or an output transform.
+#[derive(Clone, Copy)]
+enum Map {
+    Act(Activation),
+    Out(OutputTransform),
+}
+
+#[inline(always)]
+fn apply_generic(f: Map, v: &mut [f32]) {
+    match f {
+        Map::Act(Activation::Relu) => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+        Map::Act(Activation::Gelu) => v.iter_mut().for_each(|x| *x = gelu(*x)),
+        Map::Act(Activation::Silu) => v.iter_mut().for_each(|x| *x = silu(*x)),
+        Map::Out(OutputTransform::Identity) => {}
+        Map::Out(OutputTransform::Sigmoid) => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
+        Map::Out(o) => v.iter_mut().for_each(|x| *x = o.apply(*x)),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn apply_avx512(act: Activation, v: &mut [f32]) {
+unsafe fn apply_avx512(act: Map, v: &mut [f32]) {
     apply_generic(act, v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn apply_avx2(act: Activation, v: &mut [f32]) {
+unsafe fn apply_avx2(act: Map, v: &mut [f32]) {
     apply_generic(act, v)
 }
 
 /// Applies `act` in place, vectorised for `kernel`'s instruction set.
 pub fn apply(kernel: Kernel, act: Activation, v: &mut [f32]) {
+    apply_map(kernel, Map::Act(act), v)
+}
+
+/// Applies an output transform in place (sigmoid vectorised; softplus via libm).
+pub fn apply_output(kernel: Kernel, o: OutputTransform, v: &mut [f32]) {
+    apply_map(kernel, Map::Out(o), v)
+}
+
+fn apply_map(kernel: Kernel, act: Map, v: &mut [f32]) {
     match kernel {
         // SAFETY: a `Kernel` other than Scalar is only selected when the CPU supports it.
         #[cfg(target_arch = "x86_64")]
@@ -167,6 +204,15 @@ mod tests {
     #[test]
     fn approximations_match_f64() {
         let mut worst = (0.0f64, 0.0f64, 0.0f64);
+        for i in -3000..=3000 {
+            let x = i as f32 * 0.05;
+            let r = 1.0 / (1.0 + (-(x as f64)).exp());
+            let e = (sigmoid(x) as f64 - r).abs() / r;
+            assert!(
+                e < 1e-6 || (x < -80.0 && sigmoid(x) < 1e-34),
+                "sigmoid({x}) rel err {e}"
+            );
+        }
         for i in -4000..=4000 {
             let x = i as f32 * 0.005;
             let xd = x as f64;

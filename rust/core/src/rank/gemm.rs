@@ -135,7 +135,8 @@ pub fn pack_panels(w: &[f32], k: usize, m: usize) -> Vec<f32> {
     out
 }
 
-/// Computes one `rows x NR` tile (`rows` is 16 or 32, counted from the tile origin).
+/// Computes one `rows x cols` tile (`rows` is 16 or 32 and `cols` at most [`NR`], counted from
+/// the tile origin). Columns past `cols` (rounded up to 2 or 4) of `out` are left untouched.
 ///
 /// # Safety
 /// `x` must be readable for `k * RB` floats, `w` for `k * NR`, `bias` for `NR`, `out` (and the
@@ -144,6 +145,7 @@ pub fn pack_panels(w: &[f32], k: usize, m: usize) -> Vec<f32> {
 pub unsafe fn tile(
     kernel: Kernel,
     rows: usize,
+    cols: usize,
     k: usize,
     x: *const f32,
     w: *const f32,
@@ -154,10 +156,19 @@ pub unsafe fn tile(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
+            macro_rules! go {
+                ($v:literal) => {
+                    match cols {
+                        0..=4 => x86::tile_avx512::<$v, 4>(k, x, w, bias, out, epi),
+                        5..=8 => x86::tile_avx512::<$v, 8>(k, x, w, bias, out, epi),
+                        _ => x86::tile_avx512::<$v, 12>(k, x, w, bias, out, epi),
+                    }
+                };
+            }
             if rows > 16 {
-                x86::tile_avx512::<2>(k, x, w, bias, out, epi)
+                go!(2)
             } else {
-                x86::tile_avx512::<1>(k, x, w, bias, out, epi)
+                go!(1)
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -166,6 +177,9 @@ pub unsafe fn tile(
             for h in 0..halves {
                 let r = h * 16;
                 for c in [0, 6] {
+                    if c >= cols {
+                        break;
+                    }
                     let epi = match epi {
                         Epi::Cross { x0, xl } => Epi::Cross {
                             x0: x0.add(c * RB + r),
@@ -173,17 +187,23 @@ pub unsafe fn tile(
                         },
                         e => e,
                     };
-                    x86::tile_avx2(k, x.add(r), w.add(c), bias.add(c), out.add(c * RB + r), epi)
+                    let (xs, ws, bs, os) = (x.add(r), w.add(c), bias.add(c), out.add(c * RB + r));
+                    match cols - c {
+                        1..=2 => x86::tile_avx2::<2>(k, xs, ws, bs, os, epi),
+                        3..=4 => x86::tile_avx2::<4>(k, xs, ws, bs, os, epi),
+                        _ => x86::tile_avx2::<6>(k, xs, ws, bs, os, epi),
+                    }
                 }
             }
         }
-        _ => tile_scalar(rows, k, x, w, bias, out, epi),
+        _ => tile_scalar(rows, cols.min(NR), k, x, w, bias, out, epi),
     }
 }
 
 /// Portable tile with the same summation order as the SIMD kernels (but `a * b + c` rounding).
 unsafe fn tile_scalar(
     rows: usize,
+    cols: usize,
     k: usize,
     x: *const f32,
     w: *const f32,
@@ -201,14 +221,14 @@ unsafe fn tile_scalar(
     for kk in 0..k {
         let xr = &x[kk * RB..kk * RB + RB];
         let wr = &w[kk * NR..kk * NR + NR];
-        for j in 0..NR {
+        for j in 0..cols {
             let wj = wr[j];
             for r in 0..rows {
                 acc[j][r] += xr[r] * wj;
             }
         }
     }
-    for j in 0..NR {
+    for j in 0..cols {
         for r in 0..rows {
             let v = acc[j][r];
             let o = j * RB + r;
@@ -246,7 +266,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_avx512<const V: usize>(
+    pub unsafe fn tile_avx512<const V: usize, const C: usize>(
         k: usize,
         x: *const f32,
         w: *const f32,
@@ -254,8 +274,8 @@ mod x86 {
         out: *mut f32,
         epi: Epi,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); NR]; V];
-        for j in 0..NR {
+        let mut acc = [[_mm512_setzero_ps(); C]; V];
+        for j in 0..C {
             let b = _mm512_set1_ps(*bias.add(j));
             for v in 0..V {
                 acc[v][j] = b;
@@ -268,7 +288,7 @@ mod x86 {
             for v in 0..V {
                 xv[v] = _mm512_loadu_ps(xp.add(16 * v));
             }
-            for j in 0..NR {
+            for j in 0..C {
                 let wb = _mm512_set1_ps(*wp.add(j));
                 for v in 0..V {
                     acc[v][j] = _mm512_fmadd_ps(xv[v], wb, acc[v][j]);
@@ -278,7 +298,7 @@ mod x86 {
             wp = wp.add(NR);
         }
         let zero = _mm512_setzero_ps();
-        for j in 0..NR {
+        for j in 0..C {
             for v in 0..V {
                 let o = j * RB + 16 * v;
                 let r = match epi {
@@ -295,9 +315,9 @@ mod x86 {
         }
     }
 
-    /// 16 rows x 6 columns; `w` points at the sub-panel's first column (row stride `NR`).
+    /// 16 rows x `C` (<= 6) columns; `w` points at the sub-panel's first column (row stride `NR`).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn tile_avx2(
+    pub unsafe fn tile_avx2<const C: usize>(
         k: usize,
         x: *const f32,
         w: *const f32,
@@ -305,7 +325,6 @@ mod x86 {
         out: *mut f32,
         epi: Epi,
     ) {
-        const C: usize = 6;
         let mut acc = [[_mm256_setzero_ps(); C]; 2];
         for j in 0..C {
             let b = _mm256_set1_ps(*bias.add(j));
@@ -394,7 +413,8 @@ mod x86 {
 }
 
 /// Measures the sustained single-core f32 FMA throughput of `kernel` (GFLOP/s, 2 flops per FMA
-/// lane) with a register-only loop of about `seconds`.
+/// lane) with a register-only loop: the best of 5 trials within about `seconds`, so a busy
+/// machine understates the peak as little as possible.
 pub fn peak_gflops(kernel: Kernel, seconds: f64) -> f64 {
     let (lanes_x_regs, run): (u64, fn(u64) -> f32) = match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -403,14 +423,15 @@ pub fn peak_gflops(kernel: Kernel, seconds: f64) -> f64 {
         Kernel::Avx2 if kernel.available() => (8 * 12, |n| unsafe { x86::peak_avx2(n) }),
         _ => return 0.0,
     };
-    let mut iters = 1u64 << 16;
-    loop {
+    let trial = |iters: u64| {
         let t = std::time::Instant::now();
         std::hint::black_box(run(std::hint::black_box(iters)));
-        let dt = t.elapsed().as_secs_f64();
-        if dt >= seconds || iters > 1 << 40 {
-            return (2 * lanes_x_regs * iters) as f64 / dt / 1e9;
-        }
+        t.elapsed().as_secs_f64()
+    };
+    let mut iters = 1u64 << 12;
+    while trial(iters) < seconds / 5.0 && iters < 1 << 40 {
         iters *= 2;
     }
+    let best = (0..5).map(|_| trial(iters)).fold(f64::MAX, f64::min);
+    (2 * lanes_x_regs * iters) as f64 / best / 1e9
 }

@@ -487,11 +487,14 @@ impl Mlp {
                         cur = o;
                     }
                     let cur = buf(cur);
-                    let res = std::slice::from_raw_parts(cur, tasks * RB);
+                    let res = std::slice::from_raw_parts_mut(cur, tasks * RB);
+                    for (t, o) in self.outputs.iter().enumerate() {
+                        act::apply_output(self.kernel, *o, &mut res[t * RB..t * RB + rows]);
+                    }
                     for r in 0..rows {
                         let dst = &mut out[(row0 + r) * tasks..(row0 + r + 1) * tasks];
                         for t in 0..tasks {
-                            dst[t] = self.outputs[t].apply(res[t * RB + r]);
+                            dst[t] = res[t * RB + r];
                         }
                     }
                 }
@@ -562,9 +565,10 @@ impl Mlp {
                     xl: x.add(p * NR * RB),
                 },
             };
-            gemm::tile(self.kernel, rows, k, x, wp, bias.add(p * NR), o, epi);
+            let cols = (l.out_dim() - p * NR).min(NR);
+            gemm::tile(self.kernel, rows, cols, k, x, wp, bias.add(p * NR), o, epi);
             if matches!(step, Step::Act) && !fuse_relu {
-                let t = std::slice::from_raw_parts_mut(o, NR * RB);
+                let t = std::slice::from_raw_parts_mut(o, cols * RB);
                 act::apply(self.kernel, self.activation, t);
             }
         }

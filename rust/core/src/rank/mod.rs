@@ -17,7 +17,7 @@ pub use act::{Activation, OutputTransform};
 pub use features::{Assembly, DotFeature};
 pub use gemm::Kernel;
 pub use mlp::{value_with, DenseLayer, LayerSpec, Mlp, MlpConfig};
-pub use set::{RankerSet, RankerSnapshot};
+pub use set::{RankerSet, RankerSnapshot, SetScores, VersionScores};
 
 #[cfg(test)]
 mod tests;

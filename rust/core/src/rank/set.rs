@@ -29,13 +29,19 @@ impl RankerSnapshot {
     }
 }
 
+/// One model's predictions: `n x tasks` row-major.
+pub struct VersionScores {
+    pub version: String,
+    pub tasks: usize,
+    pub preds: Vec<f32>,
+}
+
 /// Scores of one request from one snapshot: live (for ordering) and every shadow (for logging
-/// with `is_shadow = true`), each `n x tasks` row-major.
+/// with `is_shadow = true`).
 pub struct SetScores {
     pub generation: u64,
-    pub live_version: String,
-    pub live: Vec<f32>,
-    pub shadows: Vec<(String, Vec<f32>)>,
+    pub live: VersionScores,
+    pub shadows: Vec<VersionScores>,
 }
 
 struct State {
@@ -183,17 +189,21 @@ impl RankerSet {
         snap: &RankerSnapshot,
         f: impl Fn(&Mlp) -> Result<Vec<f32>>,
     ) -> Result<SetScores> {
-        let live = f(&snap.live)?;
-        let shadows = snap
-            .shadows
-            .iter()
-            .map(|m| Ok((m.version().to_string(), f(m)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let run = |m: &Mlp| -> Result<VersionScores> {
+            Ok(VersionScores {
+                version: m.version().to_string(),
+                tasks: m.n_tasks(),
+                preds: f(m)?,
+            })
+        };
         Ok(SetScores {
             generation: snap.generation,
-            live_version: snap.live.version().to_string(),
-            live,
-            shadows,
+            live: run(&snap.live)?,
+            shadows: snap
+                .shadows
+                .iter()
+                .map(|m| run(m))
+                .collect::<Result<Vec<_>>>()?,
         })
     }
 }
@@ -238,10 +248,11 @@ mod tests {
                     let mut gens = std::collections::BTreeSet::new();
                     for _ in 0..2000 {
                         let s = set.score(&[0.5; 30], 10).unwrap();
-                        assert!(s.live.iter().all(|&p| p == value(&s.live_version)));
+                        assert!(s.live.preds.iter().all(|&p| p == value(&s.live.version)));
                         assert_eq!(s.shadows.len(), 1);
-                        assert_ne!(s.shadows[0].0, s.live_version);
-                        assert!(s.shadows[0].1.iter().all(|&p| p == value(&s.shadows[0].0)));
+                        assert_ne!(s.shadows[0].version, s.live.version);
+                        let sh = &s.shadows[0];
+                        assert!(sh.preds.iter().all(|&p| p == value(&sh.version)));
                         gens.insert(s.generation);
                     }
                     done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -217,3 +217,11 @@ fn value_model_weights_change_without_reload() {
     assert_eq!(out, [-1.5, -2.5]);
     assert!(m.set_task_weights(vec![1.0]).is_err());
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Mlp>();
+    check::<RankerSet>();
+    check::<RankerSnapshot>();
+}
