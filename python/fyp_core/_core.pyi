@@ -4,7 +4,6 @@
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from collections.abc import Sequence
 from typing import Any, Union, final
 
 import numpy as np
@@ -14,6 +13,7 @@ __version__: str
 
 _StrArg = Union[str, Sequence[str], npt.NDArray[np.str_], npt.NDArray[np.object_]]
 _IntArg = Union[int, Sequence[int], npt.NDArray[np.integer]]
+_BoolArg = Union[bool, Sequence[bool], npt.NDArray[np.bool_], npt.NDArray[np.integer]]
 
 class CorruptFileError(ValueError):
     """A file is truncated, corrupted, or not a fyp_core file of the expected kind."""
@@ -212,7 +212,6 @@ def assemble_features(
 
 _F32Arg = Union[Sequence[float], npt.NDArray[np.floating], npt.NDArray[np.integer]]
 _IdArg = Union[Sequence[int], npt.NDArray[np.integer]]
-_BoolArg = Union[Sequence[bool], npt.NDArray[np.bool_], npt.NDArray[np.integer]]
 _MatrixArg = Union[Sequence[Sequence[float]], npt.NDArray[np.floating]]
 _PolicyArg = Union[Mapping[str, object], RerankPolicy]
 
@@ -279,7 +278,6 @@ def mmr_greedy(
 
 _PathArg = Union[str, os.PathLike[str]]
 _FloatArg = Union[float, Sequence[float], npt.NDArray[np.floating]]
-_BoolArg = Union[bool, Sequence[bool], npt.NDArray[np.bool_], npt.NDArray[np.integer]]
 _TsArg = Union[int, Sequence[int], npt.NDArray[np.integer], None]
 
 @final
@@ -407,4 +405,103 @@ def _close_all_event_logs() -> None: ...
 
 # ---- pipeline (rust/core/src/serve) ----
 
-# (end of section)
+@final
+class FeedResponse:
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def user_token(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def task_names(self) -> list[str]: ...
+    @property
+    def item_ids(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def positions(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def sources(self) -> list[str]: ...
+    @property
+    def propensities(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def impression_ids(self) -> list[str]: ...
+    @property
+    def topics(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def creators(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def values(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def predictions(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def shadow_predictions(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    @property
+    def relaxed(self) -> dict[str, int]: ...
+    @property
+    def timings(self) -> dict[str, float]: ...
+    @property
+    def n_candidates(self) -> int: ...
+    @property
+    def n_fresh_candidates(self) -> int: ...
+    @property
+    def cold_start(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class FeedPipeline:
+    def __new__(
+        cls,
+        index: HnswIndex,
+        ranker: MlpRanker | RankerSet,
+        reranker: Reranker,
+        split: TrafficSplit,
+        event_log: EventLog | None = None,
+        config: Mapping[str, Any] | None = None,
+        user_token_key: bytes | None = None,
+        history_len: int = 50,
+        seen_len: int = 500,
+        impression_capacity: int = 1_000_000,
+    ) -> FeedPipeline: ...
+    def feed(self, user_id: str, request_id: str, n: int = 20, now: float | None = None) -> FeedResponse: ...
+    def upload(
+        self,
+        item_id: int,
+        embedding: npt.ArrayLike,
+        topic: int,
+        creator: int,
+        category: int = 0,
+        ts: float | None = None,
+    ) -> None: ...
+    def load_items(
+        self,
+        ids: npt.ArrayLike,
+        embeddings: npt.ArrayLike,
+        topics: npt.ArrayLike,
+        creators: npt.ArrayLike,
+        categories: npt.ArrayLike | None = None,
+        upload_ts: npt.ArrayLike | None = None,
+        index: bool = True,
+    ) -> None: ...
+    def remove(self, ids: npt.ArrayLike) -> int: ...
+    def engage(
+        self,
+        impression_id: str,
+        watched_seconds: float = 0.0,
+        completed: bool = False,
+        liked: bool = False,
+        shared: bool = False,
+        followed: bool = False,
+        now: float | None = None,
+    ) -> None: ...
+    def set_user_embeddings(self, user_ids: Sequence[str], embeddings: npt.ArrayLike) -> None: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    def update_config(self, changes: Mapping[str, Any]) -> None: ...
+    def add_shadow(self, ranker: MlpRanker) -> None: ...
+    def promote(self, version: str) -> None: ...
+    def rollback(self) -> str: ...
+    def user_token(self, user_id: str) -> str: ...
+    def first_candidate_times(self, ids: npt.ArrayLike) -> list[float | None]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...

@@ -127,6 +127,21 @@ int_vector!(i64_vector, i64, "int64");
 int_vector!(u64_vector, u64, "uint64");
 int_vector!(i32_vector, i32, "int32");
 
+/// A contiguous 1-D float64 vector (converted when needed).
+pub fn f64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray1<'py, f64>> {
+    if let Ok(a) = obj.cast::<PyArray1<f64>>() {
+        if a.is_c_contiguous() {
+            return Ok(a.readonly());
+        }
+    }
+    let conv = numpy_as(obj, "float64", name)?;
+    let ndim: usize = conv.getattr("ndim")?.extract()?;
+    if ndim != 1 {
+        return Err(PyValueError::new_err(format!("{name} must be a 1-D array, got {ndim} dimensions")));
+    }
+    Ok(conv.cast_into::<PyArray1<f64>>()?.readonly())
+}
+
 /// Either one string (broadcast) or one string per row.
 pub enum StrArg {
     One(String),

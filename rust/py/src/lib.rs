@@ -7,6 +7,7 @@ mod convert;
 mod errors;
 mod eventlog;
 mod hnsw;
+mod pipeline;
 mod ranker;
 mod rerank;
 mod split;
@@ -23,5 +24,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rerank::register(m)?;
 
     eventlog::register(m)?;
+    pipeline::register(m)?;
     Ok(())
 }

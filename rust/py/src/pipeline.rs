@@ -1,0 +1,510 @@
+//! Binding for `fyp_core.FeedPipeline` and `fyp_core.FeedResponse` (core: `fyp_core::serve`).
+//! One GIL release per request: `feed` converts its three arguments, runs the whole request
+//! detached, then builds the response object.
+
+use crate::convert::{f32_matrix, f32_vector, i64_vector, str_list, u64_vector};
+use crate::errors::{run_detached, to_py};
+use crate::eventlog::PyEventLog;
+use crate::hnsw::PyHnswIndex;
+use crate::ranker::{PyMlpRanker, PyRankerSet};
+use crate::rerank::PyReranker;
+use crate::split::PyTrafficSplit;
+use fyp_core::rank::RankerSet;
+use fyp_core::serve::pipeline::{FeedResponse, Pipeline, PipelineOptions, STAGES};
+use fyp_core::serve::scorer::ServingConfig;
+use fyp_core::serve::store::ItemInfo;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use std::sync::Arc;
+
+const CONFIG_KEYS: [&str; 8] = [
+    "explore_rate",
+    "fresh_budget",
+    "fresh_max_age_s",
+    "candidates",
+    "ef",
+    "task_weights",
+    "long_term_weight",
+    "recency_half_life",
+];
+
+fn apply_config(mut cfg: ServingConfig, d: &Bound<'_, PyDict>) -> PyResult<ServingConfig> {
+    for (k, v) in d.iter() {
+        let key: String = k.extract().map_err(|_| PyTypeError::new_err("config keys must be str"))?;
+        let bad = |e: PyErr| PyValueError::new_err(format!("config {key:?}: {e}"));
+        match key.as_str() {
+            "explore_rate" => cfg.explore_rate = v.extract().map_err(bad)?,
+            "fresh_budget" => cfg.fresh_budget = v.extract().map_err(bad)?,
+            "fresh_max_age_s" => cfg.fresh_max_age_s = v.extract().map_err(bad)?,
+            "candidates" => cfg.candidates = v.extract().map_err(bad)?,
+            "ef" => cfg.ef = v.extract().map_err(bad)?,
+            "task_weights" => cfg.task_weights = v.extract().map_err(bad)?,
+            "long_term_weight" => cfg.long_term_weight = v.extract().map_err(bad)?,
+            "recency_half_life" => cfg.recency_half_life = v.extract().map_err(bad)?,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown config key {other:?}; valid keys: {}",
+                    CONFIG_KEYS.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+fn config_dict<'py>(py: Python<'py>, c: &ServingConfig) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("explore_rate", c.explore_rate)?;
+    d.set_item("fresh_budget", c.fresh_budget)?;
+    d.set_item("fresh_max_age_s", c.fresh_max_age_s)?;
+    d.set_item("candidates", c.candidates)?;
+    d.set_item("ef", c.ef)?;
+    d.set_item("task_weights", c.task_weights.clone())?;
+    d.set_item("long_term_weight", c.long_term_weight)?;
+    d.set_item("recency_half_life", c.recency_half_life)?;
+    Ok(d)
+}
+
+fn now_or(now: Option<f64>) -> PyResult<f64> {
+    match now {
+        Some(t) if t.is_finite() => Ok(t),
+        Some(t) => Err(PyValueError::new_err(format!("now must be finite seconds since the epoch, got {t}"))),
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)),
+    }
+}
+
+#[pyclass(name = "FeedResponse", module = "fyp_core", frozen)]
+pub struct PyFeedResponse {
+    inner: FeedResponse,
+}
+
+#[pymethods]
+impl PyFeedResponse {
+    #[getter]
+    fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+    #[getter]
+    fn user_token(&self) -> &str {
+        &self.inner.user_token
+    }
+    #[getter]
+    fn model_version(&self) -> &str {
+        &self.inner.model_version
+    }
+    #[getter]
+    fn task_names(&self) -> Vec<String> {
+        self.inner.task_names.clone()
+    }
+    #[getter]
+    fn item_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.inner.slots.iter().map(|s| s.item_id).collect::<Vec<_>>().into_pyarray(py)
+    }
+    #[getter]
+    fn positions<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        self.inner.slots.iter().map(|s| s.position as i64).collect::<Vec<_>>().into_pyarray(py)
+    }
+    #[getter]
+    fn sources(&self) -> Vec<&'static str> {
+        self.inner.slots.iter().map(|s| s.source.as_str()).collect()
+    }
+    #[getter]
+    fn propensities<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        self.inner.slots.iter().map(|s| s.propensity).collect::<Vec<_>>().into_pyarray(py)
+    }
+    #[getter]
+    fn impression_ids(&self) -> Vec<String> {
+        self.inner.slots.iter().map(|s| s.impression_id.clone()).collect()
+    }
+    #[getter]
+    fn topics<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        self.inner.slots.iter().map(|s| i64::from(s.topic)).collect::<Vec<_>>().into_pyarray(py)
+    }
+    #[getter]
+    fn creators<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.inner.slots.iter().map(|s| s.creator).collect::<Vec<_>>().into_pyarray(py)
+    }
+    #[getter]
+    fn values<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
+        self.inner.slots.iter().map(|s| s.value).collect::<Vec<_>>().into_pyarray(py)
+    }
+    /// Live predictions, `len(self) x tasks`, frozen when the response was built.
+    #[getter]
+    fn predictions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let t = self.inner.task_names.len();
+        let n = self.inner.slots.len();
+        Ok(self.inner.predictions.clone().into_pyarray(py).reshape([n, t])?)
+    }
+    /// `{shadow_version: predictions (len(self) x tasks)}`.
+    #[getter]
+    fn shadow_predictions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let t = self.inner.task_names.len();
+        let n = self.inner.slots.len();
+        for (v, p) in &self.inner.shadows {
+            d.set_item(v, p.clone().into_pyarray(py).reshape([n, t])?)?;
+        }
+        Ok(d)
+    }
+    /// `{rule: count}` for the policy rules the re-ranker relaxed in this response.
+    #[getter]
+    fn relaxed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (r, c) in &self.inner.relaxed {
+            d.set_item(*r, *c)?;
+        }
+        Ok(d)
+    }
+    /// Milliseconds per stage.
+    #[getter]
+    fn timings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, ms) in STAGES.iter().zip(self.inner.timings) {
+            d.set_item(*name, ms)?;
+        }
+        Ok(d)
+    }
+    #[getter]
+    fn n_candidates(&self) -> usize {
+        self.inner.n_candidates
+    }
+    #[getter]
+    fn n_fresh_candidates(&self) -> usize {
+        self.inner.n_fresh_candidates
+    }
+    #[getter]
+    fn cold_start(&self) -> bool {
+        self.inner.cold_start
+    }
+    fn __len__(&self) -> usize {
+        self.inner.slots.len()
+    }
+    /// Plain JSON-ready dict: the request fields plus one dict per slot.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let r = &self.inner;
+        let t = r.task_names.len();
+        let slots = PyList::empty(py);
+        for (i, s) in r.slots.iter().enumerate() {
+            let d = PyDict::new(py);
+            d.set_item("item_id", s.item_id)?;
+            d.set_item("position", s.position)?;
+            d.set_item("source", s.source.as_str())?;
+            d.set_item("propensity", s.propensity)?;
+            d.set_item("impression_id", &s.impression_id)?;
+            d.set_item("topic", s.topic)?;
+            d.set_item("creator", s.creator)?;
+            d.set_item("value", s.value)?;
+            let preds = PyDict::new(py);
+            for (k, name) in r.task_names.iter().enumerate() {
+                preds.set_item(name, r.predictions[i * t + k])?;
+            }
+            d.set_item("predictions", preds)?;
+            d.set_item("model_version", &r.model_version)?;
+            slots.append(d)?;
+        }
+        let out = PyDict::new(py);
+        out.set_item("request_id", &r.request_id)?;
+        out.set_item("model_version", &r.model_version)?;
+        out.set_item("slots", slots)?;
+        out.set_item("relaxed", self.relaxed(py)?)?;
+        out.set_item("timings_ms", self.timings(py)?)?;
+        Ok(out)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "FeedResponse(request_id={:?}, slots={}, model_version={:?})",
+            self.inner.request_id,
+            self.inner.slots.len(),
+            self.inner.model_version
+        )
+    }
+}
+
+#[pyclass(name = "FeedPipeline", module = "fyp_core", frozen)]
+pub struct PyFeedPipeline {
+    inner: Arc<Pipeline>,
+    log: Option<Py<PyEventLog>>,
+}
+
+fn ranker_set(obj: &Bound<'_, PyAny>) -> PyResult<Arc<RankerSet>> {
+    if let Ok(s) = obj.cast::<PyRankerSet>() {
+        return Ok(s.get().inner.clone());
+    }
+    if let Ok(m) = obj.cast::<PyMlpRanker>() {
+        return Ok(Arc::new(RankerSet::new(m.get().inner.clone())));
+    }
+    Err(PyTypeError::new_err("ranker must be an MlpRanker or a RankerSet"))
+}
+
+#[pymethods]
+impl PyFeedPipeline {
+    #[new]
+    #[pyo3(signature = (index, ranker, reranker, split, event_log=None, config=None, user_token_key=None,
+                        history_len=50, seen_len=500, impression_capacity=1_000_000))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        index: &Bound<'_, PyHnswIndex>,
+        ranker: &Bound<'_, PyAny>,
+        reranker: &Bound<'_, PyReranker>,
+        split: &Bound<'_, PyTrafficSplit>,
+        event_log: Option<Bound<'_, PyEventLog>>,
+        config: Option<&Bound<'_, PyDict>>,
+        user_token_key: Option<&[u8]>,
+        history_len: usize,
+        seen_len: usize,
+        impression_capacity: usize,
+    ) -> PyResult<Self> {
+        let split_ref = &split.get().inner;
+        let mut cfg = ServingConfig { explore_rate: split_ref.explore_rate(), ..ServingConfig::default() };
+        if let Some(d) = config {
+            cfg = apply_config(cfg, d)?;
+        }
+        let key: Vec<u8> = match user_token_key {
+            Some(k) => k.to_vec(),
+            None => return Err(PyValueError::new_err(
+                "user_token_key is required: the secret bytes for HMAC user tokens (keep it out of the logs)",
+            )),
+        };
+        let opts = PipelineOptions { history_len, seen_len, impression_capacity, ..PipelineOptions::default() };
+        let log = event_log.as_ref().map(|l| l.get().inner.clone());
+        let p = Pipeline::new(
+            index.get().inner.clone(),
+            ranker_set(ranker)?,
+            reranker.get().inner.clone(),
+            split_ref.clone(),
+            log,
+            cfg,
+            &key,
+            opts,
+        )
+        .map_err(to_py)?;
+        Ok(Self { inner: Arc::new(p), log: event_log.map(|l| l.unbind()) })
+    }
+
+    #[pyo3(signature = (user_id, request_id, n=20, now=None))]
+    fn feed(&self, py: Python<'_>, user_id: &str, request_id: &str, n: usize, now: Option<f64>) -> PyResult<PyFeedResponse> {
+        let now = now_or(now)?;
+        let p = &self.inner;
+        let inner = run_detached(py, || p.feed(user_id, request_id, n, now))?;
+        Ok(PyFeedResponse { inner })
+    }
+
+    /// One new item: into the index, the feature store and the fresh pool (servable at once).
+    #[pyo3(signature = (item_id, embedding, topic, creator, category=0, ts=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn upload(
+        &self,
+        py: Python<'_>,
+        item_id: u64,
+        embedding: &Bound<'_, PyAny>,
+        topic: u32,
+        creator: u64,
+        category: u32,
+        ts: Option<f64>,
+    ) -> PyResult<()> {
+        let e = f32_vector(embedding, "embedding")?;
+        let e = e.as_slice()?;
+        let info = [ItemInfo { id: item_id, topic, creator, category, upload_ts: now_or(ts)? }];
+        let p = &self.inner;
+        run_detached(py, || p.upsert_items(&info, e, true))
+    }
+
+    /// Bulk load: `ids`, `embeddings (n x dim)`, `topics`, `creators`, optional `categories` and
+    /// `upload_ts` (default now). `index=False` when the index already holds these vectors.
+    #[pyo3(signature = (ids, embeddings, topics, creators, categories=None, upload_ts=None, index=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn load_items(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        embeddings: &Bound<'_, PyAny>,
+        topics: &Bound<'_, PyAny>,
+        creators: &Bound<'_, PyAny>,
+        categories: Option<&Bound<'_, PyAny>>,
+        upload_ts: Option<&Bound<'_, PyAny>>,
+        index: bool,
+    ) -> PyResult<()> {
+        let ids = u64_vector(ids, "ids")?;
+        let ids = ids.as_slice()?;
+        let n = ids.len();
+        let emb = f32_matrix(embeddings, "embeddings")?;
+        let topics = i64_vector(topics, "topics")?;
+        let creators = u64_vector(creators, "creators")?;
+        let cats = categories.map(|c| i64_vector(c, "categories")).transpose()?;
+        let ts = upload_ts.map(|t| crate::convert::f64_vector(t, "upload_ts")).transpose()?;
+        let now = now_or(None)?;
+        let len_err = |name: &str, len: usize| {
+            PyValueError::new_err(format!("{name} has {len} entries, ids has {n}: pass one per item"))
+        };
+        let topics = topics.as_slice()?;
+        let creators = creators.as_slice()?;
+        if topics.len() != n {
+            return Err(len_err("topics", topics.len()));
+        }
+        if creators.len() != n {
+            return Err(len_err("creators", creators.len()));
+        }
+        let cats = cats.as_ref().map(|c| c.as_slice()).transpose()?;
+        let ts = ts.as_ref().map(|t| t.as_slice()).transpose()?;
+        if let Some(c) = cats {
+            if c.len() != n {
+                return Err(len_err("categories", c.len()));
+            }
+        }
+        if let Some(t) = ts {
+            if t.len() != n {
+                return Err(len_err("upload_ts", t.len()));
+            }
+        }
+        let u32_of = |name: &str, i: usize, x: i64| {
+            u32::try_from(x).map_err(|_| PyValueError::new_err(format!("{name}[{i}] = {x} is outside [0, 2**32)")))
+        };
+        let mut infos = Vec::with_capacity(n);
+        for i in 0..n {
+            infos.push(ItemInfo {
+                id: ids[i],
+                topic: u32_of("topics", i, topics[i])?,
+                creator: creators[i],
+                category: match cats {
+                    Some(c) => u32_of("categories", i, c[i])?,
+                    None => 0,
+                },
+                upload_ts: ts.map_or(now, |t| t[i]),
+            });
+        }
+        let e = emb.as_slice()?;
+        let p = &self.inner;
+        run_detached(py, || p.upsert_items(&infos, e, index))
+    }
+
+    /// Takes items down from the index, the store and every later response; returns how many were live.
+    fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let ids = u64_vector(ids, "ids")?;
+        let ids = ids.as_slice()?;
+        let p = &self.inner;
+        run_detached(py, || p.remove_items(ids))
+    }
+
+    #[pyo3(signature = (impression_id, watched_seconds=0.0, completed=false, liked=false, shared=false, followed=false, now=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn engage(
+        &self,
+        impression_id: &str,
+        watched_seconds: f32,
+        completed: bool,
+        liked: bool,
+        shared: bool,
+        followed: bool,
+        now: Option<f64>,
+    ) -> PyResult<()> {
+        self.inner
+            .engage(impression_id, watched_seconds, completed, liked, shared, followed, now_or(now)?)
+            .map_err(to_py)
+    }
+
+    /// Long-term (batch tier) user embeddings, one row per user id.
+    fn set_user_embeddings(&self, py: Python<'_>, user_ids: &Bound<'_, PyAny>, embeddings: &Bound<'_, PyAny>) -> PyResult<()> {
+        let users = str_list(user_ids, "user_ids")?;
+        let emb = f32_matrix(embeddings, "embeddings")?;
+        let e = emb.as_slice()?;
+        let dim = emb.shape()[1];
+        if emb.shape()[0] != users.len() {
+            return Err(PyValueError::new_err(format!(
+                "embeddings has {} rows, user_ids has {}",
+                emb.shape()[0],
+                users.len()
+            )));
+        }
+        let p = &self.inner;
+        run_detached(py, || {
+            for (u, row) in users.iter().zip(e.chunks_exact(dim.max(1))) {
+                p.users.set_long_term(fyp_core::serve::store::UserStore::key(u), row)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The product config (explore/exploit setpoint, budgets, task weights) as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        config_dict(py, &self.inner.config())
+    }
+
+    /// Changes some config keys at run time (atomic; later requests see all of them).
+    fn update_config(&self, changes: &Bound<'_, PyDict>) -> PyResult<()> {
+        let cfg = apply_config((*self.inner.config()).clone(), changes)?;
+        self.inner.set_config(cfg).map_err(to_py)
+    }
+
+    fn add_shadow(&self, ranker: &Bound<'_, PyMlpRanker>) -> PyResult<()> {
+        self.inner.rankers.add_shadow(ranker.get().inner.clone()).map_err(to_py)
+    }
+
+    fn promote(&self, version: &str) -> PyResult<()> {
+        self.inner.rankers.promote(version).map_err(to_py)
+    }
+
+    fn rollback(&self) -> PyResult<String> {
+        self.inner.rankers.rollback().map_err(to_py)
+    }
+
+    fn user_token(&self, user_id: &str) -> String {
+        self.inner.user_token(user_id)
+    }
+
+    /// For each item id, when it first reached a candidate set (seconds), or None.
+    fn first_candidate_times(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Option<f64>>> {
+        let ids = u64_vector(ids, "ids")?;
+        let items = self.inner.items.read();
+        Ok(ids.as_slice()?.iter().map(|&id| items.slot_of(id).and_then(|s| items.first_candidate_ts(s))).collect())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.inner.stats;
+        let d = PyDict::new(py);
+        let req = s.requests.load(Relaxed);
+        let slots = s.slots.load(Relaxed);
+        d.set_item("requests", req)?;
+        d.set_item("slots", slots)?;
+        d.set_item("exploration_slots", s.exploration_slots.load(Relaxed))?;
+        d.set_item("fresh_slots", s.fresh_slots.load(Relaxed))?;
+        d.set_item("cold_starts", s.cold_starts.load(Relaxed))?;
+        d.set_item("relaxed_responses", s.relaxed_responses.load(Relaxed))?;
+        let fr = s.requests_with_fresh_candidates.load(Relaxed) as f64 / (req.max(1)) as f64;
+        d.set_item("fresh_retrieval_rate", fr)?;
+        d.set_item("index_items", self.inner.index.len())?;
+        d.set_item("store_items", self.inner.items.read().n_live())?;
+        d.set_item("users", self.inner.users.len())?;
+        if let Some(log) = self.inner.event_log() {
+            let st = log.stats();
+            d.set_item("log_queue_depth", st.queue_depth)?;
+            d.set_item("log_dropped", st.dropped.iter().sum::<u64>())?;
+        }
+        Ok(d)
+    }
+
+    /// Flushes and closes the attached event log (if any); safe to call twice.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(log) = self.inner.event_log() {
+            let log = log.clone();
+            run_detached(py, move || log.close())?;
+        }
+        let _ = &self.log;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("FeedPipeline(items={}, index={})", self.inner.items.read().n_live(), self.inner.index.len())
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFeedPipeline>()?;
+    m.add_class::<PyFeedResponse>()
+}
