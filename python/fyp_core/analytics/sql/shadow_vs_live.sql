@@ -2,8 +2,9 @@
 -- impression scored by that shadow AND by the live model (is_shadow = false) with a logged outcome;
 -- both models are scored on exactly that set. Metrics use the frozen pred_finish against the
 -- finish label (completed within window_hours), reweighted by 100 / sampled_pct: log-loss, Brier,
--- AUC (weighted Mann-Whitney, ties count half), ECE over prediction deciles (decile = 1 +
--- floor(10 * rows with a smaller prediction / rows), so ties share a decile), the
+-- AUC (weighted Mann-Whitney over predictions binned at 1e-4, a bin's ties count half), ECE over
+-- prediction deciles (decile = 1 + floor(10 * rows in lower 1e-4 bins / rows); a bin stays in
+-- one decile), the
 -- paired log-loss difference shadow - live with a 95% interval, and a verdict:
 --   'not ready'    shadow log-loss significantly worse, or shadow ECE > live ECE + 0.02
 --   'ready'        shadow log-loss significantly better, AUC >= live - 0.005, ECE <= live + 0.01
@@ -70,26 +71,32 @@ pairs AS MATERIALIZED (
     JOIN (SELECT * FROM scores WHERE NOT is_shadow) lv USING (impression_id)
     JOIN outcomes o USING (impression_id)
 ),
--- per (shadow, role, distinct prediction): row count and positive / negative weight; every
--- metric below is a function of these sums, so no step sorts the raw rows
+-- per (shadow, role, prediction bin of width 1e-4): row count, positive / negative weight and
+-- exact sums of w * pred, log-loss and squared error; every metric below is a function of these
+-- sums, so no step sorts the raw rows (AUC and deciles see predictions at 1e-4 resolution)
 by_value AS (
-    SELECT shadow_version, role, pred, sum(cnt) AS cnt, sum(pos) AS pos, sum(neg) AS neg
-    FROM (SELECT shadow_version, 'shadow' AS role, ps AS pred, count(*) AS cnt,
-                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg
+    SELECT shadow_version, role, bin, sum(cnt) AS cnt, sum(pos) AS pos, sum(neg) AS neg,
+           sum(s_wp) AS s_wp, sum(s_ll) AS s_ll, sum(s_br) AS s_br
+    FROM (SELECT shadow_version, 'shadow' AS role, floor(ps * 10000) AS bin, count(*) AS cnt,
+                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg, sum(w * ps) AS s_wp,
+                 -sum(w * (y * ln(ps) + (1 - y) * ln(1 - ps))) AS s_ll,
+                 sum(w * (ps - y) ^ 2) AS s_br
           FROM pairs GROUP BY ALL
           UNION ALL
-          SELECT shadow_version, 'live' AS role, pl AS pred, count(*) AS cnt,
-                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg
+          SELECT shadow_version, 'live' AS role, floor(pl * 10000) AS bin, count(*) AS cnt,
+                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg, sum(w * pl) AS s_wp,
+                 -sum(w * (y * ln(pl) + (1 - y) * ln(1 - pl))) AS s_ll,
+                 sum(w * (pl - y) ^ 2) AS s_br
           FROM pairs GROUP BY ALL)
     GROUP BY ALL
 ),
-cum AS (
+cum AS MATERIALIZED (
     SELECT *,
            sum(cnt) OVER w_ord - cnt AS rows_before,
            sum(neg) OVER w_ord - neg AS neg_below,
            sum(cnt) OVER (PARTITION BY shadow_version, role) AS n_rows
     FROM by_value
-    WINDOW w_ord AS (PARTITION BY shadow_version, role ORDER BY pred
+    WINDOW w_ord AS (PARTITION BY shadow_version, role ORDER BY bin
                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 per_value_decile AS (
@@ -97,9 +104,9 @@ per_value_decile AS (
 ),
 metrics AS (
     SELECT shadow_version, role, sum(cnt)::BIGINT AS n,
-           sum(-(pos * ln(pred) + neg * ln(1 - pred))) / sum(pos + neg) AS log_loss,
-           sum(pos * (1 - pred) ^ 2 + neg * pred ^ 2) / sum(pos + neg) AS brier,
-           sum((pos + neg) * pred) / sum(pos + neg) AS mean_pred,
+           sum(s_ll) / sum(pos + neg) AS log_loss,
+           sum(s_br) / sum(pos + neg) AS brier,
+           sum(s_wp) / sum(pos + neg) AS mean_pred,
            sum(pos) / sum(pos + neg) AS observed,
            sum(pos * (neg_below + 0.5 * neg)) / (sum(pos) * sum(neg)) AS auc
     FROM cum
@@ -108,7 +115,7 @@ metrics AS (
 ece AS (
     SELECT shadow_version, role, sum(abs(s_wp - s_wy)) / sum(s_w) AS ece
     FROM (SELECT shadow_version, role, decile, sum(pos + neg) AS s_w,
-                 sum((pos + neg) * pred) AS s_wp, sum(pos) AS s_wy
+                 sum(s_wp) AS s_wp, sum(pos) AS s_wy
           FROM per_value_decile GROUP BY ALL)
     GROUP BY ALL
 ),
