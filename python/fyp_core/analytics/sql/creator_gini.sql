@@ -1,19 +1,19 @@
 -- Creator concentration per UTC day: the Gini coefficient of (reweighted) impressions over the
 -- creators shown that day, sum((2i - n - 1) x_(i)) / (n sum x) with x ascending, and the share of
 -- impressions going to creators younger than young_days (default 7). A creator's age is measured
--- from its first-seen time = min(ts) of its impressions in the logs; creators active before the
+-- from its first-seen time = min(ts) of its impressions in the logs, creators active before the
 -- logs start look young, so days within young_days of the first log day are flagged censored.
 -- Parameters (DuckDB variables): root (log directory, required), young_days (default 7).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read creator_gini.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

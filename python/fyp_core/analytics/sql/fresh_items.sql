@@ -1,20 +1,20 @@
 -- Fresh-item retrieval from the logs. An item's first appearance is the earliest ts at which the
--- logs mention it: as a candidate in a (sampled) request or as an impression; items that existed
+-- logs mention it: as a candidate in a (sampled) request or as an impression, items that existed
 -- before the logs start look new on the first days (censored = first log day). Its freshness lag
 -- is first impression - first appearance. Per day of first appearance: new items, the retrieval
 -- rate (share shown within fresh_hours, default 24, of first appearance), lag quantiles over the
--- items shown; and per day the (reweighted) share of slots filled by the fresh source.
+-- items shown, and per day the (reweighted) share of slots filled by the fresh source.
 -- Parameters (DuckDB variables): root (log directory, required), fresh_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read fresh_items.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

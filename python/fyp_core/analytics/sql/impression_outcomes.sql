@@ -4,13 +4,13 @@
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read impression_outcomes.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

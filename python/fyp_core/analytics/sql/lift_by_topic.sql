@@ -1,19 +1,19 @@
 -- Causal lift per topic: (ranked engagement rate - exploration engagement rate) / exploration rate.
 -- Exploration slots show a uniformly random eligible item, so their rate is the counterfactual
--- "no algorithm" baseline on the same traffic. Rates are reweighted by 100 / sampled_pct; the 95%
+-- "no algorithm" baseline on the same traffic. Rates are reweighted by 100 / sampled_pct, the 95%
 -- interval is the delta-method interval of log(ranked / exploration) with the linearised variance
 -- of each weighted rate, sum(w^2 (y - p)^2) / sum(w)^2. topic IS NULL is the all-topics row.
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read lift_by_topic.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

@@ -1,18 +1,18 @@
 -- Position bias: engagement rate by feed position per arm (reweighted), with a 95% interval and the
 -- rate relative to position 0 of the same arm. The exploration arm shows uniformly random items at
--- every position, so its curve is the causal examination curve; the ranked curve mixes position
+-- every position, so its curve is the causal examination curve, the ranked curve mixes position
 -- with the ranker putting its best items on top. arm = 'all' pools every source.
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read position_bias.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

@@ -1,6 +1,6 @@
 -- De-identified rollup kept after retention deletes raw partitions: one row per
 -- (user_token, dt, topic) with reweighted counts (no item, request, creator or impression ids).
--- dt is the UTC date of the impression (its partition); engagements count within window_hours.
+-- dt is the UTC date of the impression (its partition), engagements count within window_hours.
 -- Parameters (DuckDB variables): root (log directory, required), dt_from and dt_to (inclusive,
 -- 'YYYY-MM-DD', required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" \
@@ -8,13 +8,13 @@
 --   -c ".read rollup_user_day_topic.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

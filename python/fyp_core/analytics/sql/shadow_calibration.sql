@@ -1,19 +1,19 @@
 -- Calibration of every model_version's frozen pred_finish against the finish label (completed
 -- within window_hours): impressions split into prediction deciles per model (decile = 1 +
--- floor(10 * rows in lower 1e-4 prediction bins / rows); a bin stays in one decile), and per
+-- floor(10 * rows in lower 1e-4 prediction bins / rows), a bin stays in one decile), and per
 -- decile the reweighted mean prediction (exact) and observed rate (a reliability diagram).
 -- Everything is computed from per-bin sums, so nothing sorts the raw rows.
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read shadow_calibration.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (

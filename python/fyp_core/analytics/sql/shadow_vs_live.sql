@@ -1,9 +1,9 @@
 -- Shadow vs live on identical impressions. For each shadow model_version, the pair set is every
--- impression scored by that shadow AND by the live model (is_shadow = false) with a logged outcome;
+-- impression scored by that shadow AND by the live model (is_shadow = false) with a logged outcome,
 -- both models are scored on exactly that set. Metrics use the frozen pred_finish against the
 -- finish label (completed within window_hours), reweighted by 100 / sampled_pct: log-loss, Brier,
 -- AUC (weighted Mann-Whitney over predictions binned at 1e-4, a bin's ties count half), ECE over
--- prediction deciles (decile = 1 + floor(10 * rows in lower 1e-4 bins / rows); a bin stays in
+-- prediction deciles (decile = 1 + floor(10 * rows in lower 1e-4 bins / rows), a bin stays in
 -- one decile), the
 -- paired log-loss difference shadow - live with a 95% interval, and a verdict:
 --   'not ready'    shadow log-loss significantly worse, or shadow ECE > live ECE + 0.02
@@ -13,13 +13,13 @@
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read shadow_vs_live.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition; time arithmetic uses epoch microseconds
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (
@@ -72,7 +72,7 @@ pairs AS MATERIALIZED (
     JOIN outcomes o USING (impression_id)
 ),
 -- per (shadow, role, prediction bin of width 1e-4): row count, positive / negative weight and
--- exact sums of w * pred, log-loss and squared error; every metric below is a function of these
+-- exact sums of w * pred, log-loss and squared error, every metric below is a function of these
 -- sums, so no step sorts the raw rows (AUC and deciles see predictions at 1e-4 resolution)
 by_value AS (
     SELECT shadow_version, role, bin, sum(cnt) AS cnt, sum(pos) AS pos, sum(neg) AS neg,
