@@ -12,7 +12,7 @@ import datetime as _dt
 import html
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fyp_core import analytics
 
@@ -158,7 +158,7 @@ class _Plot:
 
     def svg(self, title: str) -> str:
         leg = []
-        x = self.ml + 8
+        x = float(self.ml + 8)
         for label, color in self.legend:
             leg.append(f'<rect x="{x}" y="4" width="10" height="10" '
                        f'fill="{color}"/><text x="{x + 14}" y="13" class="leg">'
@@ -179,10 +179,10 @@ def _days_axis(days: Sequence[_dt.date]) -> Tuple[List[float], List[Tuple[float,
     return xs, [(float(i), d.strftime("%m-%d")) for i, d in enumerate(days) if i % step == 0]
 
 
-def _safe(name: str, root: str, **kw: object) -> Optional[List[dict]]:
+def _safe(name: str, root: str, **kw: Any) -> Optional[List[dict]]:
     if name not in analytics.available_queries(root):
         return None
-    return analytics.run(name, root, **kw).to_pylist()
+    return analytics.run(name, root, None, **kw).to_pylist()
 
 
 def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
@@ -318,9 +318,9 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
         p = _Plot((0, max(maxage, 1)), (0.0, max(r["mean_topics"] for r in cohorts)),
                   x_labels=[(a, str(a)) for a in range(maxage + 1)],
                   x_title="weeks since the cohort's first week", y_title="topics / user-week")
-        for i, (c, rs) in enumerate(sorted(by.items())):
+        for i, (week, rs) in enumerate(sorted(by.items())):
             p.line([r["age_weeks"] for r in rs], [r["mean_topics"] for r in rs],
-                   PALETTE[i % len(PALETTE)], f"cohort {c:%m-%d}")
+                   PALETTE[i % len(PALETTE)], f"cohort {week:%m-%d}")
         figs.append(p.svg("Content diversity by cohort"))
 
     # creator gini

@@ -36,7 +36,7 @@ class RetentionResult:
 
 
 def _partitions(root: str) -> List[Path]:
-    out = []
+    out: List[Path] = []
     for table in analytics.TABLES:
         base = Path(root) / table
         if base.is_dir():

@@ -1,35 +1,37 @@
 -- Fresh-item retrieval from the logs. An item's first appearance is the earliest ts at which the
--- logs mention it: as a candidate in a (sampled) request or as an impression; items that existed
+-- logs mention it: as a candidate in a (sampled) request or as an impression, items that existed
 -- before the logs start look new on the first days (censored = first log day). Its freshness lag
 -- is first impression - first appearance. Per day of first appearance: new items, the retrieval
 -- rate (share shown within fresh_hours, default 24, of first appearance), lag quantiles over the
--- items shown; and per day the (reweighted) share of slots filled by the fresh source.
+-- items shown, and per day the (reweighted) share of slots filled by the fresh source.
 -- Parameters (DuckDB variables): root (log directory, required), fresh_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read fresh_items.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition (cheaper than converting ts).
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
+-- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (
-    SELECT impression_id, ts, dt, CAST(dt AS DATE) AS day, request_id, user_token, item_id, position, source, propensity,
-           model_version, topic, creator_id, sampled_pct, 100.0 / sampled_pct AS w
+    SELECT impression_id, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day, request_id,
+           user_token, item_id, position, source, propensity, model_version, topic, creator_id,
+           sampled_pct, 100.0 / sampled_pct AS w
     FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
 eng AS (
     SELECT impression_id,
-           min(ts) AS t_first,
-           min(ts) FILTER (WHERE completed OR liked OR shared OR followed) AS t_engaged,
-           min(ts) FILTER (WHERE completed) AS t_completed,
-           min(ts) FILTER (WHERE liked) AS t_liked,
-           min(ts) FILTER (WHERE shared) AS t_shared,
-           min(ts) FILTER (WHERE followed) AS t_followed,
+           epoch_us(min(ts)) AS t_first,
+           epoch_us(min(ts) FILTER (WHERE completed OR liked OR shared OR followed)) AS t_engaged,
+           epoch_us(min(ts) FILTER (WHERE completed)) AS t_completed,
+           epoch_us(min(ts) FILTER (WHERE liked)) AS t_liked,
+           epoch_us(min(ts) FILTER (WHERE shared)) AS t_shared,
+           epoch_us(min(ts) FILTER (WHERE followed)) AS t_followed,
            sum(watched_seconds) AS watched_seconds
     FROM read_parquet(getvariable('root') || '/engagements/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
@@ -37,43 +39,44 @@ eng AS (
 ),
 outcomes AS (
     SELECT imp.*,
-           coalesce(eng.t_engaged <= imp.ts + win.d, false) AS engaged,
-           coalesce(eng.t_completed <= imp.ts + win.d, false) AS completed,
-           coalesce(eng.t_liked <= imp.ts + win.d, false) AS liked,
-           coalesce(eng.t_shared <= imp.ts + win.d, false) AS shared,
-           coalesce(eng.t_followed <= imp.ts + win.d, false) AS followed,
-           coalesce(eng.t_engaged > imp.ts + win.d, false) AS engaged_late,
-           CASE WHEN eng.t_first <= imp.ts + win.d THEN eng.watched_seconds ELSE 0 END
+           coalesce(eng.t_engaged <= imp.ts_us + win.d, false) AS engaged,
+           coalesce(eng.t_completed <= imp.ts_us + win.d, false) AS completed,
+           coalesce(eng.t_liked <= imp.ts_us + win.d, false) AS liked,
+           coalesce(eng.t_shared <= imp.ts_us + win.d, false) AS shared,
+           coalesce(eng.t_followed <= imp.ts_us + win.d, false) AS followed,
+           coalesce(eng.t_engaged > imp.ts_us + win.d, false) AS engaged_late,
+           CASE WHEN eng.t_first <= imp.ts_us + win.d THEN eng.watched_seconds ELSE 0 END
                AS watched_seconds
     FROM imp
     LEFT JOIN eng USING (impression_id)
-    CROSS JOIN (SELECT to_microseconds(CAST(coalesce(getvariable('window_hours'), 24)
-                                            * 3600e6 AS BIGINT)) AS d) AS win
+    CROSS JOIN (SELECT CAST(coalesce(getvariable('window_hours'), 24) * 3600e6 AS BIGINT) AS d)
+        AS win
 )
 -- </prelude>
 , requests AS (
-    SELECT ts, candidate_item_ids
+    SELECT epoch_us(ts) AS ts_us, candidate_item_ids
     FROM read_parquet(getvariable('root') || '/requests/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
 appear AS (
-    SELECT item_id, min(ts) AS first_seen
-    FROM (SELECT unnest(candidate_item_ids) AS item_id, ts FROM requests
+    SELECT item_id, min(ts_us) AS first_seen_us
+    FROM (SELECT unnest(candidate_item_ids) AS item_id, ts_us FROM requests
           UNION ALL
-          SELECT item_id, ts FROM imp)
+          SELECT item_id, ts_us FROM imp)
     GROUP BY item_id
 ),
 first_imp AS (
-    SELECT item_id, min(ts) AS first_impression FROM imp GROUP BY item_id
+    SELECT item_id, min(ts_us) AS first_impression_us FROM imp GROUP BY item_id
 ),
 items AS (
-    SELECT a.item_id, a.first_seen,
-           epoch(f.first_impression - a.first_seen) / 3600.0 AS lag_hours
+    SELECT a.item_id, a.first_seen_us,
+           (f.first_impression_us - a.first_seen_us) / 3600e6 AS lag_hours
     FROM appear a
     LEFT JOIN first_imp f USING (item_id)
 ),
 by_day AS (
-    SELECT CAST(first_seen AS DATE) AS day, count(*) AS new_items,
+    SELECT DATE '1970-01-01' + CAST(first_seen_us // 86400000000 AS INTEGER) AS day,
+           count(*) AS new_items,
            avg(CASE WHEN lag_hours <= coalesce(getvariable('fresh_hours'), 24) THEN 1.0
                     ELSE 0.0 END) AS retrieval_rate,
            quantile_cont(lag_hours, 0.5) AS lag_p50_hours,

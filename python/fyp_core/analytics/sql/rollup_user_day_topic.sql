@@ -1,6 +1,6 @@
 -- De-identified rollup kept after retention deletes raw partitions: one row per
 -- (user_token, dt, topic) with reweighted counts (no item, request, creator or impression ids).
--- dt is the UTC date of the impression (its partition); engagements count within window_hours.
+-- dt is the UTC date of the impression (its partition), engagements count within window_hours.
 -- Parameters (DuckDB variables): root (log directory, required), dt_from and dt_to (inclusive,
 -- 'YYYY-MM-DD', required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" \
@@ -8,28 +8,30 @@
 --   -c ".read rollup_user_day_topic.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition (cheaper than converting ts).
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
+-- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (
-    SELECT impression_id, ts, dt, CAST(dt AS DATE) AS day, request_id, user_token, item_id, position, source, propensity,
-           model_version, topic, creator_id, sampled_pct, 100.0 / sampled_pct AS w
+    SELECT impression_id, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day, request_id,
+           user_token, item_id, position, source, propensity, model_version, topic, creator_id,
+           sampled_pct, 100.0 / sampled_pct AS w
     FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
 eng AS (
     SELECT impression_id,
-           min(ts) AS t_first,
-           min(ts) FILTER (WHERE completed OR liked OR shared OR followed) AS t_engaged,
-           min(ts) FILTER (WHERE completed) AS t_completed,
-           min(ts) FILTER (WHERE liked) AS t_liked,
-           min(ts) FILTER (WHERE shared) AS t_shared,
-           min(ts) FILTER (WHERE followed) AS t_followed,
+           epoch_us(min(ts)) AS t_first,
+           epoch_us(min(ts) FILTER (WHERE completed OR liked OR shared OR followed)) AS t_engaged,
+           epoch_us(min(ts) FILTER (WHERE completed)) AS t_completed,
+           epoch_us(min(ts) FILTER (WHERE liked)) AS t_liked,
+           epoch_us(min(ts) FILTER (WHERE shared)) AS t_shared,
+           epoch_us(min(ts) FILTER (WHERE followed)) AS t_followed,
            sum(watched_seconds) AS watched_seconds
     FROM read_parquet(getvariable('root') || '/engagements/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
@@ -37,18 +39,18 @@ eng AS (
 ),
 outcomes AS (
     SELECT imp.*,
-           coalesce(eng.t_engaged <= imp.ts + win.d, false) AS engaged,
-           coalesce(eng.t_completed <= imp.ts + win.d, false) AS completed,
-           coalesce(eng.t_liked <= imp.ts + win.d, false) AS liked,
-           coalesce(eng.t_shared <= imp.ts + win.d, false) AS shared,
-           coalesce(eng.t_followed <= imp.ts + win.d, false) AS followed,
-           coalesce(eng.t_engaged > imp.ts + win.d, false) AS engaged_late,
-           CASE WHEN eng.t_first <= imp.ts + win.d THEN eng.watched_seconds ELSE 0 END
+           coalesce(eng.t_engaged <= imp.ts_us + win.d, false) AS engaged,
+           coalesce(eng.t_completed <= imp.ts_us + win.d, false) AS completed,
+           coalesce(eng.t_liked <= imp.ts_us + win.d, false) AS liked,
+           coalesce(eng.t_shared <= imp.ts_us + win.d, false) AS shared,
+           coalesce(eng.t_followed <= imp.ts_us + win.d, false) AS followed,
+           coalesce(eng.t_engaged > imp.ts_us + win.d, false) AS engaged_late,
+           CASE WHEN eng.t_first <= imp.ts_us + win.d THEN eng.watched_seconds ELSE 0 END
                AS watched_seconds
     FROM imp
     LEFT JOIN eng USING (impression_id)
-    CROSS JOIN (SELECT to_microseconds(CAST(coalesce(getvariable('window_hours'), 24)
-                                            * 3600e6 AS BIGINT)) AS d) AS win
+    CROSS JOIN (SELECT CAST(coalesce(getvariable('window_hours'), 24) * 3600e6 AS BIGINT) AS d)
+        AS win
 )
 -- </prelude>
 SELECT user_token, dt, topic,

@@ -1,34 +1,36 @@
 -- Calibration of every model_version's frozen pred_finish against the finish label (completed
 -- within window_hours): impressions split into prediction deciles per model (decile = 1 +
--- floor(10 * rows with a smaller prediction / rows), so ties share a decile), and per decile the
--- reweighted mean prediction and observed rate (a reliability diagram). Everything is computed
--- from per-distinct-prediction sums, so nothing sorts the raw rows.
+-- floor(10 * rows in lower 1e-4 prediction bins / rows), a bin stays in one decile), and per
+-- decile the reweighted mean prediction (exact) and observed rate (a reliability diagram).
+-- Everything is computed from per-bin sums, so nothing sorts the raw rows.
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read shadow_calibration.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition (cheaper than converting ts).
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
+-- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (
-    SELECT impression_id, ts, dt, CAST(dt AS DATE) AS day, request_id, user_token, item_id, position, source, propensity,
-           model_version, topic, creator_id, sampled_pct, 100.0 / sampled_pct AS w
+    SELECT impression_id, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day, request_id,
+           user_token, item_id, position, source, propensity, model_version, topic, creator_id,
+           sampled_pct, 100.0 / sampled_pct AS w
     FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
 eng AS (
     SELECT impression_id,
-           min(ts) AS t_first,
-           min(ts) FILTER (WHERE completed OR liked OR shared OR followed) AS t_engaged,
-           min(ts) FILTER (WHERE completed) AS t_completed,
-           min(ts) FILTER (WHERE liked) AS t_liked,
-           min(ts) FILTER (WHERE shared) AS t_shared,
-           min(ts) FILTER (WHERE followed) AS t_followed,
+           epoch_us(min(ts)) AS t_first,
+           epoch_us(min(ts) FILTER (WHERE completed OR liked OR shared OR followed)) AS t_engaged,
+           epoch_us(min(ts) FILTER (WHERE completed)) AS t_completed,
+           epoch_us(min(ts) FILTER (WHERE liked)) AS t_liked,
+           epoch_us(min(ts) FILTER (WHERE shared)) AS t_shared,
+           epoch_us(min(ts) FILTER (WHERE followed)) AS t_followed,
            sum(watched_seconds) AS watched_seconds
     FROM read_parquet(getvariable('root') || '/engagements/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
@@ -36,39 +38,41 @@ eng AS (
 ),
 outcomes AS (
     SELECT imp.*,
-           coalesce(eng.t_engaged <= imp.ts + win.d, false) AS engaged,
-           coalesce(eng.t_completed <= imp.ts + win.d, false) AS completed,
-           coalesce(eng.t_liked <= imp.ts + win.d, false) AS liked,
-           coalesce(eng.t_shared <= imp.ts + win.d, false) AS shared,
-           coalesce(eng.t_followed <= imp.ts + win.d, false) AS followed,
-           coalesce(eng.t_engaged > imp.ts + win.d, false) AS engaged_late,
-           CASE WHEN eng.t_first <= imp.ts + win.d THEN eng.watched_seconds ELSE 0 END
+           coalesce(eng.t_engaged <= imp.ts_us + win.d, false) AS engaged,
+           coalesce(eng.t_completed <= imp.ts_us + win.d, false) AS completed,
+           coalesce(eng.t_liked <= imp.ts_us + win.d, false) AS liked,
+           coalesce(eng.t_shared <= imp.ts_us + win.d, false) AS shared,
+           coalesce(eng.t_followed <= imp.ts_us + win.d, false) AS followed,
+           coalesce(eng.t_engaged > imp.ts_us + win.d, false) AS engaged_late,
+           CASE WHEN eng.t_first <= imp.ts_us + win.d THEN eng.watched_seconds ELSE 0 END
                AS watched_seconds
     FROM imp
     LEFT JOIN eng USING (impression_id)
-    CROSS JOIN (SELECT to_microseconds(CAST(coalesce(getvariable('window_hours'), 24)
-                                            * 3600e6 AS BIGINT)) AS d) AS win
+    CROSS JOIN (SELECT CAST(coalesce(getvariable('window_hours'), 24) * 3600e6 AS BIGINT) AS d)
+        AS win
 )
 -- </prelude>
 , by_value AS (
-    SELECT s.model_version, bool_or(s.is_shadow) AS is_shadow, CAST(s.pred_finish AS DOUBLE) AS pred,
-           count(*) AS cnt, sum(o.w) AS s_w, sum(o.w * o.completed::INT) AS s_wy
+    SELECT s.model_version, bool_or(s.is_shadow) AS is_shadow,
+           floor(CAST(s.pred_finish AS DOUBLE) * 10000) AS bin, count(*) AS cnt, sum(o.w) AS s_w,
+           sum(o.w * s.pred_finish) AS s_wp, sum(o.w * o.completed::INT) AS s_wy,
+           min(s.pred_finish) AS pred_min, max(s.pred_finish) AS pred_max
     FROM read_parquet(getvariable('root') || '/ranker_scores/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER}) s
     JOIN outcomes o USING (impression_id)
-    GROUP BY s.model_version, pred
+    GROUP BY s.model_version, bin
 ),
 cum AS (
     SELECT *,
-           sum(cnt) OVER (PARTITION BY model_version ORDER BY pred
+           sum(cnt) OVER (PARTITION BY model_version ORDER BY bin
                           ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) - cnt AS rows_before,
            sum(cnt) OVER (PARTITION BY model_version) AS n_rows
     FROM by_value
 )
 SELECT model_version, bool_or(is_shadow) AS is_shadow,
        least(10, 1 + floor(10 * rows_before / n_rows))::INTEGER AS decile,
-       sum(cnt)::BIGINT AS n, sum(s_w * pred) / sum(s_w) AS mean_pred, sum(s_wy) / sum(s_w) AS observed,
-       min(pred) AS pred_min, max(pred) AS pred_max
+       sum(cnt)::BIGINT AS n, sum(s_wp) / sum(s_w) AS mean_pred, sum(s_wy) / sum(s_w) AS observed,
+       min(pred_min) AS pred_min, max(pred_max) AS pred_max
 FROM cum
 GROUP BY model_version, decile
 ORDER BY model_version, decile;

@@ -1,9 +1,10 @@
 -- Shadow vs live on identical impressions. For each shadow model_version, the pair set is every
--- impression scored by that shadow AND by the live model (is_shadow = false) with a logged outcome;
+-- impression scored by that shadow AND by the live model (is_shadow = false) with a logged outcome,
 -- both models are scored on exactly that set. Metrics use the frozen pred_finish against the
 -- finish label (completed within window_hours), reweighted by 100 / sampled_pct: log-loss, Brier,
--- AUC (weighted Mann-Whitney, ties count half), ECE over prediction deciles (decile = 1 +
--- floor(10 * rows with a smaller prediction / rows), so ties share a decile), the
+-- AUC (weighted Mann-Whitney over predictions binned at 1e-4, a bin's ties count half), ECE over
+-- prediction deciles (decile = 1 + floor(10 * rows in lower 1e-4 bins / rows), a bin stays in
+-- one decile), the
 -- paired log-loss difference shadow - live with a 95% interval, and a verdict:
 --   'not ready'    shadow log-loss significantly worse, or shadow ECE > live ECE + 0.02
 --   'ready'        shadow log-loss significantly better, AUC >= live - 0.005, ECE <= live + 0.01
@@ -12,28 +13,30 @@
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read shadow_vs_live.sql"
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file; tests check it)
--- imp: impressions with w = 100 / sampled_pct (the sampling reweight; exploration rows have w = 1)
--- and day = the UTC date of ts, taken from the dt partition (cheaper than converting ts).
--- outcomes: each impression joined to its engagements by impression_id; a flag counts when its
+-- <prelude> (identical in every analytics file, tests check it)
+-- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
+-- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
+-- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
+-- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
 -- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements); watched_seconds sums the impression's engagement rows when its first row is
+-- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
 imp AS (
-    SELECT impression_id, ts, dt, CAST(dt AS DATE) AS day, request_id, user_token, item_id, position, source, propensity,
-           model_version, topic, creator_id, sampled_pct, 100.0 / sampled_pct AS w
+    SELECT impression_id, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day, request_id,
+           user_token, item_id, position, source, propensity, model_version, topic, creator_id,
+           sampled_pct, 100.0 / sampled_pct AS w
     FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
 eng AS (
     SELECT impression_id,
-           min(ts) AS t_first,
-           min(ts) FILTER (WHERE completed OR liked OR shared OR followed) AS t_engaged,
-           min(ts) FILTER (WHERE completed) AS t_completed,
-           min(ts) FILTER (WHERE liked) AS t_liked,
-           min(ts) FILTER (WHERE shared) AS t_shared,
-           min(ts) FILTER (WHERE followed) AS t_followed,
+           epoch_us(min(ts)) AS t_first,
+           epoch_us(min(ts) FILTER (WHERE completed OR liked OR shared OR followed)) AS t_engaged,
+           epoch_us(min(ts) FILTER (WHERE completed)) AS t_completed,
+           epoch_us(min(ts) FILTER (WHERE liked)) AS t_liked,
+           epoch_us(min(ts) FILTER (WHERE shared)) AS t_shared,
+           epoch_us(min(ts) FILTER (WHERE followed)) AS t_followed,
            sum(watched_seconds) AS watched_seconds
     FROM read_parquet(getvariable('root') || '/engagements/*/*/*.parquet',
                       hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
@@ -41,18 +44,18 @@ eng AS (
 ),
 outcomes AS (
     SELECT imp.*,
-           coalesce(eng.t_engaged <= imp.ts + win.d, false) AS engaged,
-           coalesce(eng.t_completed <= imp.ts + win.d, false) AS completed,
-           coalesce(eng.t_liked <= imp.ts + win.d, false) AS liked,
-           coalesce(eng.t_shared <= imp.ts + win.d, false) AS shared,
-           coalesce(eng.t_followed <= imp.ts + win.d, false) AS followed,
-           coalesce(eng.t_engaged > imp.ts + win.d, false) AS engaged_late,
-           CASE WHEN eng.t_first <= imp.ts + win.d THEN eng.watched_seconds ELSE 0 END
+           coalesce(eng.t_engaged <= imp.ts_us + win.d, false) AS engaged,
+           coalesce(eng.t_completed <= imp.ts_us + win.d, false) AS completed,
+           coalesce(eng.t_liked <= imp.ts_us + win.d, false) AS liked,
+           coalesce(eng.t_shared <= imp.ts_us + win.d, false) AS shared,
+           coalesce(eng.t_followed <= imp.ts_us + win.d, false) AS followed,
+           coalesce(eng.t_engaged > imp.ts_us + win.d, false) AS engaged_late,
+           CASE WHEN eng.t_first <= imp.ts_us + win.d THEN eng.watched_seconds ELSE 0 END
                AS watched_seconds
     FROM imp
     LEFT JOIN eng USING (impression_id)
-    CROSS JOIN (SELECT to_microseconds(CAST(coalesce(getvariable('window_hours'), 24)
-                                            * 3600e6 AS BIGINT)) AS d) AS win
+    CROSS JOIN (SELECT CAST(coalesce(getvariable('window_hours'), 24) * 3600e6 AS BIGINT) AS d)
+        AS win
 )
 -- </prelude>
 , scores AS (
@@ -68,26 +71,32 @@ pairs AS MATERIALIZED (
     JOIN (SELECT * FROM scores WHERE NOT is_shadow) lv USING (impression_id)
     JOIN outcomes o USING (impression_id)
 ),
--- per (shadow, role, distinct prediction): row count and positive / negative weight; every
--- metric below is a function of these sums, so no step sorts the raw rows
+-- per (shadow, role, prediction bin of width 1e-4): row count, positive / negative weight and
+-- exact sums of w * pred, log-loss and squared error, every metric below is a function of these
+-- sums, so no step sorts the raw rows (AUC and deciles see predictions at 1e-4 resolution)
 by_value AS (
-    SELECT shadow_version, role, pred, sum(cnt) AS cnt, sum(pos) AS pos, sum(neg) AS neg
-    FROM (SELECT shadow_version, 'shadow' AS role, ps AS pred, count(*) AS cnt,
-                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg
+    SELECT shadow_version, role, bin, sum(cnt) AS cnt, sum(pos) AS pos, sum(neg) AS neg,
+           sum(s_wp) AS s_wp, sum(s_ll) AS s_ll, sum(s_br) AS s_br
+    FROM (SELECT shadow_version, 'shadow' AS role, floor(ps * 10000) AS bin, count(*) AS cnt,
+                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg, sum(w * ps) AS s_wp,
+                 -sum(w * (y * ln(ps) + (1 - y) * ln(1 - ps))) AS s_ll,
+                 sum(w * (ps - y) ^ 2) AS s_br
           FROM pairs GROUP BY ALL
           UNION ALL
-          SELECT shadow_version, 'live' AS role, pl AS pred, count(*) AS cnt,
-                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg
+          SELECT shadow_version, 'live' AS role, floor(pl * 10000) AS bin, count(*) AS cnt,
+                 sum(w * y) AS pos, sum(w * (1 - y)) AS neg, sum(w * pl) AS s_wp,
+                 -sum(w * (y * ln(pl) + (1 - y) * ln(1 - pl))) AS s_ll,
+                 sum(w * (pl - y) ^ 2) AS s_br
           FROM pairs GROUP BY ALL)
     GROUP BY ALL
 ),
-cum AS (
+cum AS MATERIALIZED (
     SELECT *,
            sum(cnt) OVER w_ord - cnt AS rows_before,
            sum(neg) OVER w_ord - neg AS neg_below,
            sum(cnt) OVER (PARTITION BY shadow_version, role) AS n_rows
     FROM by_value
-    WINDOW w_ord AS (PARTITION BY shadow_version, role ORDER BY pred
+    WINDOW w_ord AS (PARTITION BY shadow_version, role ORDER BY bin
                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 per_value_decile AS (
@@ -95,9 +104,9 @@ per_value_decile AS (
 ),
 metrics AS (
     SELECT shadow_version, role, sum(cnt)::BIGINT AS n,
-           sum(-(pos * ln(pred) + neg * ln(1 - pred))) / sum(pos + neg) AS log_loss,
-           sum(pos * (1 - pred) ^ 2 + neg * pred ^ 2) / sum(pos + neg) AS brier,
-           sum((pos + neg) * pred) / sum(pos + neg) AS mean_pred,
+           sum(s_ll) / sum(pos + neg) AS log_loss,
+           sum(s_br) / sum(pos + neg) AS brier,
+           sum(s_wp) / sum(pos + neg) AS mean_pred,
            sum(pos) / sum(pos + neg) AS observed,
            sum(pos * (neg_below + 0.5 * neg)) / (sum(pos) * sum(neg)) AS auc
     FROM cum
@@ -106,7 +115,7 @@ metrics AS (
 ece AS (
     SELECT shadow_version, role, sum(abs(s_wp - s_wy)) / sum(s_w) AS ece
     FROM (SELECT shadow_version, role, decile, sum(pos + neg) AS s_w,
-                 sum((pos + neg) * pred) AS s_wp, sum(pos) AS s_wy
+                 sum(s_wp) AS s_wp, sum(pos) AS s_wy
           FROM per_value_decile GROUP BY ALL)
     GROUP BY ALL
 ),
