@@ -128,7 +128,10 @@ int_vector!(u64_vector, u64, "uint64");
 int_vector!(i32_vector, i32, "int32");
 
 /// A contiguous 1-D float64 vector (converted when needed).
-pub fn f64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadonlyArray1<'py, f64>> {
+pub fn f64_vector<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<PyReadonlyArray1<'py, f64>> {
     if let Ok(a) = obj.cast::<PyArray1<f64>>() {
         if a.is_c_contiguous() {
             return Ok(a.readonly());
@@ -137,7 +140,9 @@ pub fn f64_vector<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadon
     let conv = numpy_as(obj, "float64", name)?;
     let ndim: usize = conv.getattr("ndim")?.extract()?;
     if ndim != 1 {
-        return Err(PyValueError::new_err(format!("{name} must be a 1-D array, got {ndim} dimensions")));
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a 1-D array, got {ndim} dimensions"
+        )));
     }
     Ok(conv.cast_into::<PyArray1<f64>>()?.readonly())
 }

@@ -32,7 +32,9 @@ const CONFIG_KEYS: [&str; 8] = [
 
 fn apply_config(mut cfg: ServingConfig, d: &Bound<'_, PyDict>) -> PyResult<ServingConfig> {
     for (k, v) in d.iter() {
-        let key: String = k.extract().map_err(|_| PyTypeError::new_err("config keys must be str"))?;
+        let key: String = k
+            .extract()
+            .map_err(|_| PyTypeError::new_err("config keys must be str"))?;
         let bad = |e: PyErr| PyValueError::new_err(format!("config {key:?}: {e}"));
         match key.as_str() {
             "explore_rate" => cfg.explore_rate = v.extract().map_err(bad)?,
@@ -70,7 +72,9 @@ fn config_dict<'py>(py: Python<'py>, c: &ServingConfig) -> PyResult<Bound<'py, P
 fn now_or(now: Option<f64>) -> PyResult<f64> {
     match now {
         Some(t) if t.is_finite() => Ok(t),
-        Some(t) => Err(PyValueError::new_err(format!("now must be finite seconds since the epoch, got {t}"))),
+        Some(t) => Err(PyValueError::new_err(format!(
+            "now must be finite seconds since the epoch, got {t}"
+        ))),
         None => Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -103,11 +107,21 @@ impl PyFeedResponse {
     }
     #[getter]
     fn item_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        self.inner.slots.iter().map(|s| s.item_id).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.item_id)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
     #[getter]
     fn positions<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.inner.slots.iter().map(|s| s.position as i64).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.position as i64)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
     #[getter]
     fn sources(&self) -> Vec<&'static str> {
@@ -115,30 +129,59 @@ impl PyFeedResponse {
     }
     #[getter]
     fn propensities<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
-        self.inner.slots.iter().map(|s| s.propensity).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.propensity)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
     #[getter]
     fn impression_ids(&self) -> Vec<String> {
-        self.inner.slots.iter().map(|s| s.impression_id.clone()).collect()
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.impression_id.clone())
+            .collect()
     }
     #[getter]
     fn topics<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
-        self.inner.slots.iter().map(|s| i64::from(s.topic)).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .slots
+            .iter()
+            .map(|s| i64::from(s.topic))
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
     #[getter]
     fn creators<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
-        self.inner.slots.iter().map(|s| s.creator).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.creator)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
     #[getter]
     fn values<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        self.inner.slots.iter().map(|s| s.value).collect::<Vec<_>>().into_pyarray(py)
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.value)
+            .collect::<Vec<_>>()
+            .into_pyarray(py)
     }
     /// Live predictions, `len(self) x tasks`, frozen when the response was built.
     #[getter]
     fn predictions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let t = self.inner.task_names.len();
         let n = self.inner.slots.len();
-        Ok(self.inner.predictions.clone().into_pyarray(py).reshape([n, t])?)
+        Ok(self
+            .inner
+            .predictions
+            .clone()
+            .into_pyarray(py)
+            .reshape([n, t])?)
     }
     /// `{shadow_version: predictions (len(self) x tasks)}`.
     #[getter]
@@ -238,7 +281,9 @@ fn ranker_set(obj: &Bound<'_, PyAny>) -> PyResult<Arc<RankerSet>> {
     if let Ok(m) = obj.cast::<PyMlpRanker>() {
         return Ok(Arc::new(RankerSet::new(m.get().inner.clone())));
     }
-    Err(PyTypeError::new_err("ranker must be an MlpRanker or a RankerSet"))
+    Err(PyTypeError::new_err(
+        "ranker must be an MlpRanker or a RankerSet",
+    ))
 }
 
 #[pymethods]
@@ -260,7 +305,10 @@ impl PyFeedPipeline {
         impression_capacity: usize,
     ) -> PyResult<Self> {
         let split_ref = &split.get().inner;
-        let mut cfg = ServingConfig { explore_rate: split_ref.explore_rate(), ..ServingConfig::default() };
+        let mut cfg = ServingConfig {
+            explore_rate: split_ref.explore_rate(),
+            ..ServingConfig::default()
+        };
         if let Some(d) = config {
             cfg = apply_config(cfg, d)?;
         }
@@ -270,7 +318,12 @@ impl PyFeedPipeline {
                 "user_token_key is required: the secret bytes for HMAC user tokens (keep it out of the logs)",
             )),
         };
-        let opts = PipelineOptions { history_len, seen_len, impression_capacity, ..PipelineOptions::default() };
+        let opts = PipelineOptions {
+            history_len,
+            seen_len,
+            impression_capacity,
+            ..PipelineOptions::default()
+        };
         let log = event_log.as_ref().map(|l| l.get().inner.clone());
         let p = Pipeline::new(
             index.get().inner.clone(),
@@ -283,11 +336,21 @@ impl PyFeedPipeline {
             opts,
         )
         .map_err(to_py)?;
-        Ok(Self { inner: Arc::new(p), log: event_log.map(|l| l.unbind()) })
+        Ok(Self {
+            inner: Arc::new(p),
+            log: event_log.map(|l| l.unbind()),
+        })
     }
 
     #[pyo3(signature = (user_id, request_id, n=20, now=None))]
-    fn feed(&self, py: Python<'_>, user_id: &str, request_id: &str, n: usize, now: Option<f64>) -> PyResult<PyFeedResponse> {
+    fn feed(
+        &self,
+        py: Python<'_>,
+        user_id: &str,
+        request_id: &str,
+        n: usize,
+        now: Option<f64>,
+    ) -> PyResult<PyFeedResponse> {
         let now = now_or(now)?;
         let p = &self.inner;
         let inner = run_detached(py, || p.feed(user_id, request_id, n, now))?;
@@ -309,7 +372,13 @@ impl PyFeedPipeline {
     ) -> PyResult<()> {
         let e = f32_vector(embedding, "embedding")?;
         let e = e.as_slice()?;
-        let info = [ItemInfo { id: item_id, topic, creator, category, upload_ts: now_or(ts)? }];
+        let info = [ItemInfo {
+            id: item_id,
+            topic,
+            creator,
+            category,
+            upload_ts: now_or(ts)?,
+        }];
         let p = &self.inner;
         run_detached(py, || p.upsert_items(&info, e, true))
     }
@@ -335,11 +404,17 @@ impl PyFeedPipeline {
         let emb = f32_matrix(embeddings, "embeddings")?;
         let topics = i64_vector(topics, "topics")?;
         let creators = u64_vector(creators, "creators")?;
-        let cats = categories.map(|c| i64_vector(c, "categories")).transpose()?;
-        let ts = upload_ts.map(|t| crate::convert::f64_vector(t, "upload_ts")).transpose()?;
+        let cats = categories
+            .map(|c| i64_vector(c, "categories"))
+            .transpose()?;
+        let ts = upload_ts
+            .map(|t| crate::convert::f64_vector(t, "upload_ts"))
+            .transpose()?;
         let now = now_or(None)?;
         let len_err = |name: &str, len: usize| {
-            PyValueError::new_err(format!("{name} has {len} entries, ids has {n}: pass one per item"))
+            PyValueError::new_err(format!(
+                "{name} has {len} entries, ids has {n}: pass one per item"
+            ))
         };
         let topics = topics.as_slice()?;
         let creators = creators.as_slice()?;
@@ -362,7 +437,9 @@ impl PyFeedPipeline {
             }
         }
         let u32_of = |name: &str, i: usize, x: i64| {
-            u32::try_from(x).map_err(|_| PyValueError::new_err(format!("{name}[{i}] = {x} is outside [0, 2**32)")))
+            u32::try_from(x).map_err(|_| {
+                PyValueError::new_err(format!("{name}[{i}] = {x} is outside [0, 2**32)"))
+            })
         };
         let mut infos = Vec::with_capacity(n);
         for i in 0..n {
@@ -403,12 +480,25 @@ impl PyFeedPipeline {
         now: Option<f64>,
     ) -> PyResult<()> {
         self.inner
-            .engage(impression_id, watched_seconds, completed, liked, shared, followed, now_or(now)?)
+            .engage(
+                impression_id,
+                watched_seconds,
+                completed,
+                liked,
+                shared,
+                followed,
+                now_or(now)?,
+            )
             .map_err(to_py)
     }
 
     /// Long-term (batch tier) user embeddings, one row per user id.
-    fn set_user_embeddings(&self, py: Python<'_>, user_ids: &Bound<'_, PyAny>, embeddings: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_user_embeddings(
+        &self,
+        py: Python<'_>,
+        user_ids: &Bound<'_, PyAny>,
+        embeddings: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let users = str_list(user_ids, "user_ids")?;
         let emb = f32_matrix(embeddings, "embeddings")?;
         let e = emb.as_slice()?;
@@ -423,7 +513,8 @@ impl PyFeedPipeline {
         let p = &self.inner;
         run_detached(py, || {
             for (u, row) in users.iter().zip(e.chunks_exact(dim.max(1))) {
-                p.users.set_long_term(fyp_core::serve::store::UserStore::key(u), row)?;
+                p.users
+                    .set_long_term(fyp_core::serve::store::UserStore::key(u), row)?;
             }
             Ok(())
         })
@@ -442,7 +533,10 @@ impl PyFeedPipeline {
     }
 
     fn add_shadow(&self, ranker: &Bound<'_, PyMlpRanker>) -> PyResult<()> {
-        self.inner.rankers.add_shadow(ranker.get().inner.clone()).map_err(to_py)
+        self.inner
+            .rankers
+            .add_shadow(ranker.get().inner.clone())
+            .map_err(to_py)
     }
 
     fn promote(&self, version: &str) -> PyResult<()> {
@@ -461,7 +555,11 @@ impl PyFeedPipeline {
     fn first_candidate_times(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<Option<f64>>> {
         let ids = u64_vector(ids, "ids")?;
         let items = self.inner.items.read();
-        Ok(ids.as_slice()?.iter().map(|&id| items.slot_of(id).and_then(|s| items.first_candidate_ts(s))).collect())
+        Ok(ids
+            .as_slice()?
+            .iter()
+            .map(|&id| items.slot_of(id).and_then(|s| items.first_candidate_ts(s)))
+            .collect())
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -500,7 +598,11 @@ impl PyFeedPipeline {
     }
 
     fn __repr__(&self) -> String {
-        format!("FeedPipeline(items={}, index={})", self.inner.items.read().n_live(), self.inner.index.len())
+        format!(
+            "FeedPipeline(items={}, index={})",
+            self.inner.items.read().n_live(),
+            self.inner.index.len()
+        )
     }
 }
 

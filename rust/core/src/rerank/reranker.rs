@@ -182,7 +182,9 @@ impl Reranker {
             }
         }
         if pinned.windows(2).any(|w| w[0].position >= w[1].position) {
-            return Err(invalid!("pinned items must have strictly increasing positions"));
+            return Err(invalid!(
+                "pinned items must have strictly increasing positions"
+            ));
         }
         with_scratch(|sc| run(&pol, c, k, pinned, exclude, sc))
     }
@@ -305,6 +307,19 @@ fn run(
             fresh: c.is_fresh.is_some_and(|f| f[i]),
         });
     }
+    // pinned items become items n.. so that the windows count them like placed candidates
+    for p in pinned {
+        let cap = pol
+            .cap_keys
+            .binary_search(&p.category)
+            .map_or(NO_CAP, |j| j as u32);
+        items.push(Item {
+            topic: topics.intern(p.topic),
+            creator: creators.intern(p.creator),
+            cap,
+            fresh: p.fresh,
+        });
+    }
     window.reset(
         w,
         pol.topic_cap,
@@ -314,16 +329,6 @@ fn run(
         pol.cap_keys.len(),
     );
 
-    // pinned items become items n.. so that the windows count them like placed candidates
-    for p in pinned {
-        let cap = pol.cap_keys.binary_search(&p.category).map_or(NO_CAP, |j| j as u32);
-        items.push(Item {
-            topic: topics.intern(p.topic),
-            creator: creators.intern(p.creator),
-            cap,
-            fresh: p.fresh,
-        });
-    }
     let n_pinned = pinned.iter().filter(|p| p.position < k).count();
     let kcap = k.min(eligible.len() + n_pinned);
     let mut mode = match p.diversity {

@@ -511,17 +511,40 @@ fn rerank_timing() {
 #[test]
 fn pinned_items_count_in_the_windows() {
     use super::{Candidates, Pinned, Policy, Reranker};
-    let policy = Policy { window: 5, max_topic_share: Some(0.4), ..Policy::default() };
+    let policy = Policy {
+        window: 5,
+        max_topic_share: Some(0.4),
+        ..Policy::default()
+    };
     let r = Reranker::new(policy).unwrap();
     // candidates alternate topics 0 and 1, best scores first
     let n = 12;
     let scores: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
     let topics: Vec<u64> = (0..n).map(|i| (i % 2) as u64).collect();
     let creators: Vec<u64> = (0..n as u64).collect();
-    let c = Candidates { scores: &scores, topics: &topics, creators: &creators, embeddings: None, categories: None, is_fresh: None };
+    let c = Candidates {
+        scores: &scores,
+        topics: &topics,
+        creators: &creators,
+        embeddings: None,
+        categories: None,
+        is_fresh: None,
+    };
     let pinned = [
-        Pinned { position: 0, topic: 7, creator: 100, category: 0, fresh: false },
-        Pinned { position: 3, topic: 0, creator: 101, category: 0, fresh: false },
+        Pinned {
+            position: 0,
+            topic: 7,
+            creator: 100,
+            category: 0,
+            fresh: false,
+        },
+        Pinned {
+            position: 3,
+            topic: 0,
+            creator: 101,
+            category: 0,
+            fresh: false,
+        },
     ];
     let mut exclude = vec![false; n];
     exclude[0] = true;
@@ -543,5 +566,7 @@ fn pinned_items_count_in_the_windows() {
         }
     }
     assert!(out.relaxed.is_empty());
-    assert!(r.rerank_pinned(&c, 8, &[pinned[1], pinned[0]], None).is_err());
+    assert!(r
+        .rerank_pinned(&c, 8, &[pinned[1], pinned[0]], None)
+        .is_err());
 }

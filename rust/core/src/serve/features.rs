@@ -28,8 +28,17 @@ pub fn feature_names(dim: usize) -> Vec<String> {
     n.extend((0..dim).map(|i| format!("i_emb_{i}")));
     n.extend((0..dim).map(|i| format!("x_ui_{i}")));
     n.extend(
-        ["i_log_imp_s", "i_log_imp_l", "i_compl_rate_s", "i_compl_rate_l", "i_like_rate_s", "i_like_rate_l", "i_log_age_h", "i_is_fresh"]
-            .map(String::from),
+        [
+            "i_log_imp_s",
+            "i_log_imp_l",
+            "i_compl_rate_s",
+            "i_compl_rate_l",
+            "i_like_rate_s",
+            "i_like_rate_l",
+            "i_log_age_h",
+            "i_is_fresh",
+        ]
+        .map(String::from),
     );
     n
 }
@@ -47,7 +56,11 @@ pub fn user_block(user: Option<&UserState>, user_emb: &[f32], history_len: usize
     let stats = &mut out[2 * dim..];
     let (n, watch, likes) = user.map_or((0usize, 0.0f32, 0.0f32), |u| {
         let n = u.history.len();
-        let w: f32 = u.history.iter().map(|i| i.watched_frac.clamp(0.0, 1.0)).sum();
+        let w: f32 = u
+            .history
+            .iter()
+            .map(|i| i.watched_frac.clamp(0.0, 1.0))
+            .sum();
         let l = u.history.iter().filter(|i| i.liked).count() as f32;
         (n, w, l)
     });
@@ -59,7 +72,14 @@ pub fn user_block(user: Option<&UserState>, user_emb: &[f32], history_len: usize
 }
 
 /// Writes the item block of the item in dense `slot` into `out` (length `item_width(dim)`).
-pub fn item_block(items: &Items, slot: usize, user_emb: &[f32], now: f64, fresh: bool, out: &mut [f32]) {
+pub fn item_block(
+    items: &Items,
+    slot: usize,
+    user_emb: &[f32],
+    now: f64,
+    fresh: bool,
+    out: &mut [f32],
+) {
     let dim = items.dim();
     let e = items.embedding(slot);
     out[..dim].copy_from_slice(e);
@@ -90,11 +110,30 @@ mod tests {
         let dim = 3;
         assert_eq!(feature_names(dim).len(), user_width(dim) + item_width(dim));
         let items = ItemStore::new(dim, [60.0, 600.0]).unwrap();
-        items.upsert(&[ItemInfo { id: 5, topic: 1, creator: 2, category: 0, upload_ts: 0.0 }], &[1.0, 2.0, 3.0]).unwrap();
+        items
+            .upsert(
+                &[ItemInfo {
+                    id: 5,
+                    topic: 1,
+                    creator: 2,
+                    category: 0,
+                    upload_ts: 0.0,
+                }],
+                &[1.0, 2.0, 3.0],
+            )
+            .unwrap();
         items.record(5, 0.0, true, true, false).unwrap();
         let users = UserStore::new(dim, 4, 4).unwrap();
         let k = UserStore::key("u");
-        users.record_interaction(k, Interaction { item_id: 5, watched_frac: 0.5, liked: true, ts: 0.0 });
+        users.record_interaction(
+            k,
+            Interaction {
+                item_id: 5,
+                watched_frac: 0.5,
+                liked: true,
+                ts: 0.0,
+            },
+        );
         let mut ub = vec![9.0; user_width(dim)];
         users.with_user(k, |u| user_block(u, &[0.1, 0.2, 0.3], 4, &mut ub));
         assert_eq!(ub, vec![0.1, 0.2, 0.3, 0.0, 0.0, 0.0, 0.25, 0.5, 1.0, 0.0]);

@@ -22,7 +22,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Stage names, in request order, as reported in `FeedResponse::timings`.
-pub const STAGES: [&str; 7] = ["scorer", "candidates", "features", "ranker", "rerank", "mixer", "log"];
+pub const STAGES: [&str; 7] = [
+    "scorer",
+    "candidates",
+    "features",
+    "ranker",
+    "rerank",
+    "mixer",
+    "log",
+];
 
 /// Construction-time settings (product config that changes at run time is `ServingConfig`).
 #[derive(Debug, Clone)]
@@ -190,7 +198,10 @@ impl Pipeline {
             tokens: UserTokenizer::new(token_key)?,
             opts,
             impressions: Mutex::new(ImpressionCache::default()),
-            popular: RwLock::new(Popular { at: f64::NEG_INFINITY, items: vec![] }),
+            popular: RwLock::new(Popular {
+                at: f64::NEG_INFINITY,
+                items: vec![],
+            }),
             stats: PipelineStats::default(),
         })
     }
@@ -204,7 +215,10 @@ impl Pipeline {
         cfg.validate()?;
         let n_tasks = self.rankers.snapshot().live.n_tasks();
         if !cfg.task_weights.is_empty() && cfg.task_weights.len() != n_tasks {
-            return Err(invalid!("task_weights has {} entries, the live ranker has {n_tasks} tasks", cfg.task_weights.len()));
+            return Err(invalid!(
+                "task_weights has {} entries, the live ranker has {n_tasks} tasks",
+                cfg.task_weights.len()
+            ));
         }
         let old = self.split.read().clone();
         let split = TrafficSplit::new(cfg.explore_rate, old.salt(), old.layers().to_vec())?;
@@ -267,12 +281,21 @@ impl Pipeline {
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         scored.truncate(2000);
         let out: Vec<u64> = scored.into_iter().map(|(_, id)| id).collect();
-        *self.popular.write() = Popular { at: now, items: out.clone() };
+        *self.popular.write() = Popular {
+            at: now,
+            items: out.clone(),
+        };
         out
     }
 
     /// Serves one feed request. `now` is seconds since the epoch.
-    pub fn feed(&self, user_id: &str, request_id: &str, n: usize, now: f64) -> Result<FeedResponse> {
+    pub fn feed(
+        &self,
+        user_id: &str,
+        request_id: &str,
+        n: usize,
+        now: f64,
+    ) -> Result<FeedResponse> {
         if n == 0 {
             return Err(invalid!("n must be >= 1"));
         }
@@ -299,7 +322,12 @@ impl Pipeline {
         let mut ublock = vec![0.0f32; uw];
         let (uemb, seen) = self.users.with_user(user_key, |u| {
             let e = user_embedding(u, &items, &cfg);
-            user_block(u, e.as_deref().unwrap_or(&vec![0.0; dim]), self.opts.history_len, &mut ublock);
+            user_block(
+                u,
+                e.as_deref().unwrap_or(&vec![0.0; dim]),
+                self.opts.history_len,
+                &mut ublock,
+            );
             (e, u.map(|u| u.seen().clone()).unwrap_or_default())
         });
         let cold = uemb.is_none();
@@ -315,17 +343,24 @@ impl Pipeline {
         let mut taken = IdSet::default();
         if k_fresh > 0 {
             let mut fresh: Vec<(f32, usize)> = Vec::new();
-            self.fresh.for_each_fresh(now, cfg.fresh_max_age_s, self.opts.fresh_scan, |id, ts| {
-                if seen.contains(&id) {
-                    return;
-                }
-                if let Some(s) = items.slot_of(id) {
-                    let score = if cold { ts as f32 } else { dot(qvec, items.embedding(s)) };
-                    fresh.push((score, s));
-                }
-            });
+            self.fresh
+                .for_each_fresh(now, cfg.fresh_max_age_s, self.opts.fresh_scan, |id, ts| {
+                    if seen.contains(&id) {
+                        return;
+                    }
+                    if let Some(s) = items.slot_of(id) {
+                        let score = if cold {
+                            ts as f32
+                        } else {
+                            dot(qvec, items.embedding(s))
+                        };
+                        fresh.push((score, s));
+                    }
+                });
             if fresh.len() > k_fresh {
-                fresh.select_nth_unstable_by(k_fresh, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                fresh.select_nth_unstable_by(k_fresh, |a, b| {
+                    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+                });
                 fresh.truncate(k_fresh);
             }
             for (_, s) in fresh {
@@ -343,7 +378,11 @@ impl Pipeline {
                 let k = k_rest.min(self.index.len());
                 let excl = |id: u64| seen.contains(&id) || taken.contains(&id);
                 let ef = if cfg.ef == 0 { None } else { Some(cfg.ef) };
-                self.index.search_one(q, k, ef, Some(&excl))?.into_iter().map(|(id, _)| id).collect()
+                self.index
+                    .search_one(q, k, ef, Some(&excl))?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
             } else {
                 self.popular_items(now)
             };
@@ -373,12 +412,16 @@ impl Pipeline {
 
         // -- ranker: live + shadows on the same rows, value model
         let tasks = snap.live.n_tasks();
-        let weights: Vec<f32> =
-            if cfg.task_weights.is_empty() { snap.live.task_weights().to_vec() } else { cfg.task_weights.clone() };
+        let weights: Vec<f32> = if cfg.task_weights.is_empty() {
+            snap.live.task_weights().to_vec()
+        } else {
+            cfg.task_weights.clone()
+        };
         let mut preds = vec![0.0f32; nc * tasks];
         let mut values = vec![0.0f32; nc];
         if nc > 0 {
-            snap.live.predict_request_into(&ublock, &iblock, nc, &mut preds)?;
+            snap.live
+                .predict_request_into(&ublock, &iblock, nc, &mut preds)?;
             value_with(&preds, nc, &weights, &mut values)?;
         }
         lap(3);
@@ -388,7 +431,11 @@ impl Pipeline {
         let slot_ids: Vec<i64> = (0..n as i64).collect();
         let explore = split.assign_batch(Keys::One(&token), Keys::One(request_id), &slot_ids)?;
         let policy = self.reranker.policy();
-        let blocked: Vec<u32> = policy.blocked_categories.iter().filter_map(|&c| u32::try_from(c).ok()).collect();
+        let blocked: Vec<u32> = policy
+            .blocked_categories
+            .iter()
+            .filter_map(|&c| u32::try_from(c).ok())
+            .collect();
         let mut chosen = IdSet::default();
         let mut explore_items: Vec<(usize, usize, f64)> = Vec::new(); // (position, item slot, propensity)
         for (pos, &e) in explore.iter().enumerate() {
@@ -401,9 +448,15 @@ impl Pipeline {
                 explore_items.push((pos, s, p));
             }
         }
-        let topics: Vec<u64> = cand_slots.iter().map(|&s| u64::from(items.topic(s))).collect();
+        let topics: Vec<u64> = cand_slots
+            .iter()
+            .map(|&s| u64::from(items.topic(s)))
+            .collect();
         let creators: Vec<u64> = cand_slots.iter().map(|&s| items.creator(s)).collect();
-        let cats: Vec<u64> = cand_slots.iter().map(|&s| u64::from(items.category(s))).collect();
+        let cats: Vec<u64> = cand_slots
+            .iter()
+            .map(|&s| u64::from(items.category(s)))
+            .collect();
         let mut cemb = vec![0.0f32; nc * dim];
         for (r, &s) in cand_slots.iter().enumerate() {
             cemb[r * dim..(r + 1) * dim].copy_from_slice(items.embedding(s));
@@ -419,7 +472,10 @@ impl Pipeline {
                 fresh: now - items.upload_ts(s) <= cfg.fresh_max_age_s,
             })
             .collect();
-        let exclude: Vec<bool> = cand_slots.iter().map(|&s| chosen.contains(&items.id(s))).collect();
+        let exclude: Vec<bool> = cand_slots
+            .iter()
+            .map(|&s| chosen.contains(&items.id(s)))
+            .collect();
         let outcome = self.reranker.rerank_pinned(
             &Candidates {
                 scores: &values,
@@ -447,15 +503,35 @@ impl Pipeline {
                 if p == pos {
                     explore_iter.next();
                     ex_rows.push(slots.len());
-                    slots.push(self.slot(&items, s, slots.len(), Source::Exploration, prop, request_id, 0.0));
+                    slots.push(self.slot(
+                        &items,
+                        s,
+                        slots.len(),
+                        Source::Exploration,
+                        prop,
+                        request_id,
+                        0.0,
+                    ));
                     slot_rows.push(None);
                     continue;
                 }
             }
             match ranked_iter.next() {
                 Some(&c) => {
-                    let source = if cand_fresh[c] { Source::Fresh } else { Source::Ranked };
-                    slots.push(self.slot(&items, cand_slots[c], slots.len(), source, 1.0, request_id, values[c]));
+                    let source = if cand_fresh[c] {
+                        Source::Fresh
+                    } else {
+                        Source::Ranked
+                    };
+                    slots.push(self.slot(
+                        &items,
+                        cand_slots[c],
+                        slots.len(),
+                        source,
+                        1.0,
+                        request_id,
+                        values[c],
+                    ));
                     slot_rows.push(Some(c));
                 }
                 None => break,
@@ -465,22 +541,35 @@ impl Pipeline {
         let mut slot_preds = vec![0.0f32; ns * tasks];
         for (i, r) in slot_rows.iter().enumerate() {
             if let Some(c) = r {
-                slot_preds[i * tasks..(i + 1) * tasks].copy_from_slice(&preds[c * tasks..(c + 1) * tasks]);
+                slot_preds[i * tasks..(i + 1) * tasks]
+                    .copy_from_slice(&preds[c * tasks..(c + 1) * tasks]);
             }
         }
         // exploration items: assemble and score them with the same code path
         let mut ex_block = vec![0.0f32; ex_rows.len() * iw];
         if !ex_rows.is_empty() {
             for (j, &i) in ex_rows.iter().enumerate() {
-                let s = items.slot_of(slots[i].item_id).ok_or_else(|| Error::NotFound("exploration item vanished".into()))?;
+                let s = items
+                    .slot_of(slots[i].item_id)
+                    .ok_or_else(|| Error::NotFound("exploration item vanished".into()))?;
                 let fresh = now - items.upload_ts(s) <= cfg.fresh_max_age_s;
-                item_block(&items, s, qvec, now, fresh, &mut ex_block[j * iw..(j + 1) * iw]);
+                item_block(
+                    &items,
+                    s,
+                    qvec,
+                    now,
+                    fresh,
+                    &mut ex_block[j * iw..(j + 1) * iw],
+                );
             }
-            let ex_preds = snap.live.predict_request(&ublock, &ex_block, ex_rows.len())?;
+            let ex_preds = snap
+                .live
+                .predict_request(&ublock, &ex_block, ex_rows.len())?;
             let mut ex_vals = vec![0.0f32; ex_rows.len()];
             value_with(&ex_preds, ex_rows.len(), &weights, &mut ex_vals)?;
             for (j, &i) in ex_rows.iter().enumerate() {
-                slot_preds[i * tasks..(i + 1) * tasks].copy_from_slice(&ex_preds[j * tasks..(j + 1) * tasks]);
+                slot_preds[i * tasks..(i + 1) * tasks]
+                    .copy_from_slice(&ex_preds[j * tasks..(j + 1) * tasks]);
                 slots[i].value = ex_vals[j];
             }
         }
@@ -500,7 +589,10 @@ impl Pipeline {
                 rows[i * iw..(i + 1) * iw].copy_from_slice(src);
             }
             for m in &snap.shadows {
-                shadows.push((m.version().to_owned(), m.predict_request(&ublock, &rows, ns)?));
+                shadows.push((
+                    m.version().to_owned(),
+                    m.predict_request(&ublock, &rows, ns)?,
+                ));
             }
         }
         lap(5);
@@ -511,7 +603,18 @@ impl Pipeline {
             let mut cache = self.impressions.lock();
             for s in &slots {
                 let k = key_of(&s.impression_id);
-                if cache.map.insert(k, ImpressionRef { user_key, user_token: token.clone(), item_id: s.item_id }).is_none() {
+                if cache
+                    .map
+                    .insert(
+                        k,
+                        ImpressionRef {
+                            user_key,
+                            user_token: token.clone(),
+                            item_id: s.item_id,
+                        },
+                    )
+                    .is_none()
+                {
                     cache.order.push_back(k);
                 }
                 while cache.order.len() > self.opts.impression_capacity {
@@ -521,13 +624,18 @@ impl Pipeline {
                 }
             }
         }
-        let cand_ids: Vec<u64> = if self.log.is_some() { cand_slots.iter().map(|&s| items.id(s)).collect() } else { vec![] };
+        let cand_ids: Vec<u64> = if self.log.is_some() {
+            cand_slots.iter().map(|&s| items.id(s)).collect()
+        } else {
+            vec![]
+        };
         drop(items);
         for &id in &served {
             let _ = self.items.record(id, now, true, false, false);
         }
         self.users.mark_seen(user_key, &served);
-        let relaxed: Vec<(&'static str, u32)> = outcome.relaxed.iter().map(|(r, c)| (r.name(), c)).collect();
+        let relaxed: Vec<(&'static str, u32)> =
+            outcome.relaxed.iter().map(|(r, c)| (r.name(), c)).collect();
         let resp = FeedResponse {
             request_id: request_id.to_owned(),
             user_token: token,
@@ -548,14 +656,25 @@ impl Pipeline {
         }
         let st = &self.stats;
         st.requests.fetch_add(1, Ordering::Relaxed);
-        st.slots.fetch_add(resp.slots.len() as u64, Ordering::Relaxed);
-        let ex = resp.slots.iter().filter(|s| s.source == Source::Exploration).count();
+        st.slots
+            .fetch_add(resp.slots.len() as u64, Ordering::Relaxed);
+        let ex = resp
+            .slots
+            .iter()
+            .filter(|s| s.source == Source::Exploration)
+            .count();
         st.exploration_slots.fetch_add(ex as u64, Ordering::Relaxed);
-        let fr = resp.slots.iter().filter(|s| s.source == Source::Fresh).count();
+        let fr = resp
+            .slots
+            .iter()
+            .filter(|s| s.source == Source::Fresh)
+            .count();
         st.fresh_slots.fetch_add(fr as u64, Ordering::Relaxed);
         st.cold_starts.fetch_add(u64::from(cold), Ordering::Relaxed);
-        st.requests_with_fresh_candidates.fetch_add(u64::from(n_fresh > 0), Ordering::Relaxed);
-        st.relaxed_responses.fetch_add(u64::from(!resp.relaxed.is_empty()), Ordering::Relaxed);
+        st.requests_with_fresh_candidates
+            .fetch_add(u64::from(n_fresh > 0), Ordering::Relaxed);
+        st.relaxed_responses
+            .fetch_add(u64::from(!resp.relaxed.is_empty()), Ordering::Relaxed);
         let mut resp = resp;
         let t = Instant::now();
         resp.timings[6] = (t - clock).as_secs_f64() * 1e3;
@@ -585,7 +704,14 @@ impl Pipeline {
         }
     }
 
-    fn records(&self, r: &FeedResponse, split: &TrafficSplit, cand_ids: &[u64], values: &[f32], now: f64) -> RequestRecords {
+    fn records(
+        &self,
+        r: &FeedResponse,
+        split: &TrafficSplit,
+        cand_ids: &[u64],
+        values: &[f32],
+        now: f64,
+    ) -> RequestRecords {
         let ts_us = micros(now);
         let experiments = {
             let v = split.variants(&r.user_token);
@@ -614,7 +740,11 @@ impl Pipeline {
                 source,
                 propensity: s.propensity,
                 model_version: r.model_version.clone(),
-                experiments: if exploration { "{}".to_owned() } else { experiments.clone() },
+                experiments: if exploration {
+                    "{}".to_owned()
+                } else {
+                    experiments.clone()
+                },
                 topic: s.topic as i32,
                 creator_id: s.creator,
                 sampled_pct: 100.0,
@@ -681,7 +811,9 @@ impl Pipeline {
         now: f64,
     ) -> Result<()> {
         if !(watched_seconds.is_finite() && watched_seconds >= 0.0) {
-            return Err(invalid!("watched_seconds must be finite and >= 0, got {watched_seconds}"));
+            return Err(invalid!(
+                "watched_seconds must be finite and >= 0, got {watched_seconds}"
+            ));
         }
         let imp = self.impressions.lock().map.get(&key_of(impression_id)).cloned().ok_or_else(|| {
             Error::NotFound(format!(
@@ -690,8 +822,20 @@ impl Pipeline {
             ))
         })?;
         // a fraction of a typical 30 s clip when the client did not report completion
-        let frac = if completed { 1.0 } else { (watched_seconds / 30.0).min(1.0) };
-        self.users.record_interaction(imp.user_key, Interaction { item_id: imp.item_id, watched_frac: frac, liked, ts: now });
+        let frac = if completed {
+            1.0
+        } else {
+            (watched_seconds / 30.0).min(1.0)
+        };
+        self.users.record_interaction(
+            imp.user_key,
+            Interaction {
+                item_id: imp.item_id,
+                watched_frac: frac,
+                liked,
+                ts: now,
+            },
+        );
         // the item may have been taken down since: its counters no longer matter
         let _ = self.items.record(imp.item_id, now, false, completed, liked);
         if let Some(log) = &self.log {

@@ -135,7 +135,12 @@ impl Items {
     }
     /// Records that the item reached a candidate set at `now` (only the first time counts).
     pub fn mark_candidate(&self, slot: usize, now: f64) {
-        let _ = self.first_candidate[slot].compare_exchange(0, now.to_bits().max(1), Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.first_candidate[slot].compare_exchange(
+            0,
+            now.to_bits().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// When the item first reached a candidate set, if it has.
@@ -246,6 +251,7 @@ impl ItemStore {
                         last_ts: info.upload_ts,
                         ..Counters::default()
                     }));
+                    t.first_candidate.push(AtomicU64::new(0));
                 }
             }
         }
