@@ -1,4 +1,5 @@
-"""The ``fyp-core`` command: ``demo`` runs the synthetic serving demo, ``report`` writes the
+"""The ``fyp-core`` command: ``demo`` runs the synthetic serving demo, ``serve`` the reference
+HTTP host, ``report`` writes the
 static HTML dashboard of a log directory, ``retention`` rolls up and expires old raw partitions,
 ``simulate`` writes a simulated log directory (schema v1) to try them on."""
 
@@ -13,10 +14,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fyp-core", description=__doc__)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
-    d = sub.add_parser("demo", help="run the synthetic end-to-end demo and print its figures")
-    d.add_argument("--slots", type=int, default=1_000_000, help="slots to assign (default 1M)")
-    d.add_argument("--explore-rate", type=float, default=0.05)
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", help="serve a feed over a synthetic catalogue and print figures")
+    from fyp_core.demo import add_arguments
+
+    add_arguments(d)
+    v = sub.add_parser("serve", help="run the reference HTTP host over the demo catalogue")
+    add_arguments(v)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-inflight", type=int, default=64,
+                   help="concurrent requests before answering 503 (default 64)")
 
     r = sub.add_parser("report", help="write the static HTML analytics report of a log directory")
     r.add_argument("logdir", help="event log root (LOGDIR/<table>/dt=.../hour=.../*.parquet)")
@@ -84,6 +91,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__version__)
         return 0
     handlers = {"report": _report, "retention": _retention, "simulate": _simulate}
+    if args.command == "serve":
+        from fyp_core.demo import run_server
+
+        return run_server(args)
     if args.command == "demo":
         from fyp_core.demo import run_demo
 

@@ -70,7 +70,7 @@ def build_pipeline(world: Any, args: argparse.Namespace, log_dir: str | None) ->
                         config={"candidates": args.candidates, "ef": args.ef,
                                 "fresh_budget": 0.1, "fresh_max_age_s": 3600.0,
                                 "task_weights": [1.0, 0.5, 1.0, 1.0, 0.3, 0.02]},
-                        user_token_key=b"demo-token-key")
+                        user_token_key=b"demo-token-key-not-secret")
     bar = _Progress("loading feature store", world.n_items)
     for s in range(0, world.n_items, 200_000):
         e = min(s + 200_000, world.n_items)
@@ -113,13 +113,14 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     responses_relaxed = 0
     uploads: list[tuple[int, float]] = []
     engaged = {"ranked": [0, 0], "exploration": [0, 0], "fresh": [0, 0]}
-    upload_every = max(1, int(round(1.0 / max(args.upload_rate, 1e-9) / 0.004)))
     bar = _Progress("serving requests", n_req)
+    start = time.time()
     for i in range(n_req):
-        if args.upload_rate > 0 and i % upload_every == 0:
+        # uploads arrive at a fixed wall-clock rate while requests are served
+        while args.upload_rate > 0 and len(uploads) < (time.time() - start) * args.upload_rate:
             new = world.new_items(1, time.time(), rng)
-            pipe.upload(int(new["ids"][0]), new["emb"][0], int(new["topic"][0]), int(new["creator"][0]),
-                        category=int(new["category"][0]))
+            pipe.upload(int(new["ids"][0]), new["emb"][0], int(new["topic"][0]),
+                        int(new["creator"][0]), category=int(new["category"][0]))
             uploads.append((int(new["ids"][0]), time.time()))
         u = int(user_rows[i])
         t = time.perf_counter()
@@ -195,10 +196,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def assignment_demo(slots: int, explore_rate: float) -> None:
-    """A quick look at the traffic split alone (``fyp-core demo --split-only``)."""
-    split = TrafficSplit(explore_rate=explore_rate)
-    t = time.perf_counter()
-    got = split.assign_batch("user", "request", np.arange(slots))
-    dt = time.perf_counter() - t
-    print(f"{slots:,} slots: exploration share {got.mean():.5f}, {slots / dt / 1e6:.1f} M slots/s")
+def run_server(args: argparse.Namespace) -> int:
+    """``fyp-core serve``: the demo catalogue behind the reference ASGI host (uvicorn)."""
+    import uvicorn
+
+    from fyp_core.server import create_app
+    from fyp_core.synth import make_world
+
+    world = make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
+    pipe = build_pipeline(world, args, args.log_dir)
+    print(f"serving {world.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
+    try:
+        uvicorn.run(create_app(pipe, max_inflight=args.max_inflight), host=args.host,
+                    port=args.port, log_level="warning")
+    finally:
+        pipe.close()
+    return 0

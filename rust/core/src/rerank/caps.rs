@@ -86,6 +86,11 @@ pub(crate) struct Window {
     topic: Vec<u32>,
     creator: Vec<u32>,
     cat: Vec<u32>,
+    /// Pinned items in the next `w - 1` slots (they will be placed there whatever we pick), so
+    /// a candidate is checked against every window it shares with them.
+    ahead_topic: Vec<u32>,
+    ahead_creator: Vec<u32>,
+    ahead_cat: Vec<u32>,
 }
 
 impl Window {
@@ -107,6 +112,9 @@ impl Window {
             (&mut self.topic, n_topics),
             (&mut self.creator, n_creators),
             (&mut self.cat, cat_caps),
+            (&mut self.ahead_topic, n_topics),
+            (&mut self.ahead_creator, n_creators),
+            (&mut self.ahead_cat, cat_caps),
         ] {
             v.clear();
             v.resize(len, 0);
@@ -131,15 +139,16 @@ impl Window {
     #[inline]
     pub fn violations(&self, it: Item, cat_limit: &[(u32, bool)]) -> u8 {
         let mut m = 0u8;
-        if self.topic[it.topic as usize] >= self.topic_cap {
+        let (t, c) = (it.topic as usize, it.creator as usize);
+        if self.topic[t] + self.ahead_topic[t] >= self.topic_cap {
             m |= Rule::MaxTopicShare.bit();
         }
-        if self.creator[it.creator as usize] >= self.creator_cap {
+        if self.creator[c] + self.ahead_creator[c] >= self.creator_cap {
             m |= Rule::MaxPerCreator.bit();
         }
         if it.cap != NO_CAP {
             let (limit, safety) = cat_limit[it.cap as usize];
-            if self.cat[it.cap as usize] >= limit {
+            if self.cat[it.cap as usize] + self.ahead_cat[it.cap as usize] >= limit {
                 m |= if safety {
                     SAFETY
                 } else {
@@ -148,6 +157,23 @@ impl Window {
             }
         }
         m
+    }
+
+    /// A pinned item enters (`delta = 1`) or leaves (`-1`, when its slot is reached) the
+    /// look-ahead counts.
+    pub fn ahead(&mut self, it: Item, enter: bool) {
+        let f = |x: &mut u32| {
+            if enter {
+                *x += 1
+            } else {
+                *x -= 1
+            }
+        };
+        f(&mut self.ahead_topic[it.topic as usize]);
+        f(&mut self.ahead_creator[it.creator as usize]);
+        if it.cap != NO_CAP {
+            f(&mut self.ahead_cat[it.cap as usize]);
+        }
     }
 
     #[inline]

@@ -376,10 +376,24 @@ fn run(
     let mut diversity_fallback = None;
 
     let mut next_pin = pinned.iter().enumerate().peekable();
+    // pinned items within the next w - 1 slots sit in the window's look-ahead counts until
+    // their slot is reached, so candidates placed before them leave room for them
+    let mut entering = 0usize;
+    let mut in_ahead = vec![false; pinned.len()];
     for pos in 0..k {
         window.slide(&placed, items, pos);
+        while entering < pinned.len() && pinned[entering].position < pos + w {
+            if pinned[entering].position > pos {
+                window.ahead(items[n + entering], true);
+                in_ahead[entering] = true;
+            }
+            entering += 1;
+        }
         if let Some((pi, _)) = next_pin.next_if(|(_, p)| p.position == pos) {
             let it = items[n + pi];
+            if in_ahead[pi] {
+                window.ahead(it, false);
+            }
             window.add(it);
             placed.push(n + pi);
             if pos < first_len && it.fresh {

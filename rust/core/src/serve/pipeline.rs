@@ -8,7 +8,7 @@ use super::fresh::FreshPool;
 use super::idhash::{IdMap, IdSet};
 use super::mixer::{draw_exploration, Source};
 use super::scorer::{user_embedding, ServingConfig};
-use super::store::{Interaction, ItemInfo, ItemStore, UserStore};
+use super::store::{Interaction, ItemInfo, ItemStore, Items, UserStore};
 use crate::ann::HnswIndex;
 use crate::eventlog::{self as elog, EventLog, RequestRecords, UserTokenizer};
 use crate::rank::{value_with, RankerSet};
@@ -259,14 +259,15 @@ impl Pipeline {
         Ok(self.items.remove(ids))
     }
 
-    fn popular_items(&self, now: f64) -> Vec<u64> {
+    /// The popularity list (sampled, refreshed every `popular_refresh_s`). Takes the item table
+    /// the caller already holds: re-locking it here could deadlock behind a waiting writer.
+    fn popular_items(&self, items: &Items, now: f64) -> Vec<u64> {
         {
             let p = self.popular.read();
             if now - p.at < self.opts.popular_refresh_s && !p.items.is_empty() {
                 return p.items.clone();
             }
         }
-        let items = self.items.read();
         let n = items.slots();
         let mut scored: Vec<(f32, u64)> = Vec::with_capacity(self.opts.popular_sample.min(n));
         let stride = (n / self.opts.popular_sample.max(1)).max(1);
@@ -372,7 +373,14 @@ impl Pipeline {
             }
         }
         let n_fresh = cand_slots.len();
-        let k_rest = k_total.saturating_sub(n_fresh);
+        // A small popularity backfill spans topics, so the re-ranker can meet its topic cap
+        // even for a user whose ANN neighbourhood is a single topic.
+        let k_backfill = if cold {
+            0
+        } else {
+            (k_total / 20).min(k_total.saturating_sub(n_fresh))
+        };
+        let k_rest = k_total.saturating_sub(n_fresh + k_backfill);
         if k_rest > 0 {
             let ids: Vec<u64> = if let (Some(q), false) = (uemb.as_deref(), self.index.is_empty()) {
                 let k = k_rest.min(self.index.len());
@@ -384,10 +392,10 @@ impl Pipeline {
                     .map(|(id, _)| id)
                     .collect()
             } else {
-                self.popular_items(now)
+                self.popular_items(&items, now)
             };
             for id in ids {
-                if cand_slots.len() >= k_total {
+                if cand_slots.len() >= k_total - k_backfill {
                     break;
                 }
                 if seen.contains(&id) || !taken.insert(id) {
@@ -396,6 +404,22 @@ impl Pipeline {
                 if let Some(s) = items.slot_of(id) {
                     cand_slots.push(s);
                     cand_fresh.push(false);
+                }
+            }
+        }
+        if k_backfill > 0 {
+            let mut added = 0;
+            for id in self.popular_items(&items, now) {
+                if added == k_backfill {
+                    break;
+                }
+                if seen.contains(&id) || !taken.insert(id) {
+                    continue;
+                }
+                if let Some(s) = items.slot_of(id) {
+                    cand_slots.push(s);
+                    cand_fresh.push(false);
+                    added += 1;
                 }
             }
         }
