@@ -517,10 +517,10 @@ fn pinned_items_count_in_the_windows() {
         ..Policy::default()
     };
     let r = Reranker::new(policy).unwrap();
-    // candidates alternate topics 0 and 1, best scores first
+    // candidates cycle through topics 0, 1, 2, best scores first
     let n = 12;
     let scores: Vec<f32> = (0..n).map(|i| (n - i) as f32).collect();
-    let topics: Vec<u64> = (0..n).map(|i| (i % 2) as u64).collect();
+    let topics: Vec<u64> = (0..n).map(|i| (i % 3) as u64).collect();
     let creators: Vec<u64> = (0..n as u64).collect();
     let c = Candidates {
         scores: &scores,
@@ -561,7 +561,7 @@ fn pinned_items_count_in_the_windows() {
         }
     }
     for w in feed.windows(5) {
-        for t in [0u64, 1, 7] {
+        for t in [0u64, 1, 2, 7] {
             assert!(w.iter().filter(|&&x| x == t).count() <= 2, "{feed:?}");
         }
     }

@@ -242,6 +242,15 @@ impl Pipeline {
     /// Adds items to the feature store and fresh pool, and (when `index` is true) to the ANN
     /// index. `embeddings` is `infos.len() x dim`.
     pub fn upsert_items(&self, infos: &[ItemInfo], embeddings: &[f32], index: bool) -> Result<()> {
+        let dim = self.items.dim();
+        if embeddings.len() != infos.len() * dim {
+            return Err(invalid!(
+                "embeddings has {} values for {} items; expected {} (items x dim {dim})",
+                embeddings.len(),
+                infos.len(),
+                infos.len() * dim
+            ));
+        }
         if index {
             let ids: Vec<u64> = infos.iter().map(|i| i.id).collect();
             self.index.add(&ids, embeddings)?;
