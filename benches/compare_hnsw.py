@@ -8,7 +8,8 @@ by numpy brute force.
     python benches/compare_hnsw.py --quick      # CI: 20k x 64, seconds
     python benches/compare_hnsw.py              # RESULTS.md: 400k x 96 (builds 4 indexes)
 
-Reports: build time (all cores), single-thread recall@10 vs QPS for ef 16..512, K=1000 latency
+Reports: build time (all cores, wall clock), single-thread recall@10 vs QPS for ef 16..512
+(QPS from the calling thread's CPU time, median of repetitions), K=1000 latency
 and recall@1000, insert p50/p99 while another thread searches (and that search p99), errors
 during concurrent use, memory per vector (RSS growth during the build).
 """
@@ -164,11 +165,13 @@ class USearch:
 
 
 def median_time(fn, reps: int) -> float:
+    """Median CPU time of the calling thread. Single-threaded searches run on the calling thread
+    in every library here, and on a shared machine CPU time is far steadier than wall time."""
     ts = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = time.thread_time()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(time.thread_time() - t)
     return float(np.median(ts))
 
 
