@@ -15,6 +15,7 @@ const EMPTY: u64 = u64::MAX;
 /// Largest supported `m` (level-0 lists hold `2 m` links; stack buffers are sized from this).
 pub const MAX_M: usize = 128;
 const BUF: usize = 2 * MAX_M;
+const PF_LINKS: bool = true;
 
 #[inline]
 fn pack(node: u32, level: usize) -> u64 {
@@ -42,6 +43,9 @@ pub struct Graph {
     entry_lock: Mutex<()>,
     pub(crate) ids: IdMap,
     pub(crate) live: AtomicUsize,
+    /// Nodes ever tombstoned in this graph; while 0, searches skip the per-node flag check (one
+    /// cache miss per candidate saved).
+    pub(crate) tombstones: AtomicUsize,
 }
 
 impl Graph {
@@ -68,6 +72,7 @@ impl Graph {
             entry_lock: Mutex::new(()),
             ids: IdMap::new(),
             live: AtomicUsize::new(0),
+            tombstones: AtomicUsize::new(0),
         }
     }
 
@@ -120,7 +125,7 @@ impl Graph {
         let old = self.ids.insert(label, slot);
         match old {
             Some(o) => {
-                self.store.mark_deleted(o);
+                self.tombstone(o);
             }
             None => {
                 self.live.fetch_add(1, Ordering::AcqRel);
@@ -138,10 +143,22 @@ impl Graph {
         let Some(slot) = self.ids.remove(label) else {
             return false;
         };
-        self.store.mark_deleted(slot);
+        self.tombstone(slot);
         self.live.fetch_sub(1, Ordering::AcqRel);
         self.repair(slot);
         true
+    }
+
+    pub(crate) fn tombstone(&self, slot: u32) {
+        // Count first: a search that sees the flag must also see a non-zero count.
+        self.tombstones.fetch_add(1, Ordering::SeqCst);
+        if !self.store.mark_deleted(slot) {
+            self.tombstones.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn has_tombstones(&self) -> bool {
+        self.tombstones.load(Ordering::SeqCst) > 0
     }
 
     pub fn contains(&self, label: u64) -> bool {
@@ -178,50 +195,61 @@ impl Graph {
         for l in (level + 1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
+        // Search every level top-down first, then write `s`'s own lists, then link it in from
+        // level 0 upwards: when another thread can reach `s` on a level, every list of `s` at
+        // that level and below is complete, so no search ever dead-ends in a half-linked node.
         let mut eps = vec![cur];
+        let mut plan: Vec<(usize, Vec<u32>)> = Vec::with_capacity(level.min(maxl) + 1);
         for l in (0..=level.min(maxl)).rev() {
             let mut w = with_scratch(|sc| {
-                self.search_layer(sc, q, &eps, self.ef_construction, l, |n| {
-                    n != s && !self.store.is_deleted(n)
-                });
+                if self.has_tombstones() {
+                    self.search_layer(sc, q, &eps, self.ef_construction, l, |n| {
+                        n != s && !self.store.is_deleted(n)
+                    });
+                } else {
+                    self.search_layer(sc, q, &eps, self.ef_construction, l, |n| n != s);
+                }
                 drain_sorted(sc)
             });
             if w.is_empty() {
                 w = eps.iter().copied().filter(|c| c.id != s).collect();
             }
-            let sel = self.heuristic(&w, self.m);
-            let mmax = if l == 0 { self.m0 } else { self.m };
-            {
-                // Other inserts may already have linked to `s` on this level (they can reach it
-                // from a level above); keep those links instead of overwriting them.
-                let _g = self.store.lock(s);
-                let list = self.store.links(s, l);
-                let mut buf = [0u32; BUF];
-                let cnt = read_links(list, &mut buf);
-                let mut all = sel.clone();
-                for &x in &buf[..cnt] {
-                    if !all.contains(&x) {
-                        all.push(x);
-                    }
-                }
-                if all.len() > mmax {
-                    let mut c: Vec<Cand> = all
-                        .iter()
-                        .map(|&x| Cand {
-                            d: self.d(s, x),
-                            id: x,
-                        })
-                        .collect();
-                    c.sort_unstable();
-                    all = self.heuristic(&c, mmax);
-                }
-                write_links(list, &all);
-            }
-            for &n in &sel {
-                self.connect(n, s, l, mmax);
-            }
+            plan.push((l, self.heuristic(&w, self.m)));
             if !w.is_empty() {
                 eps = w;
+            }
+        }
+        for (l, sel) in &plan {
+            let mmax = if *l == 0 { self.m0 } else { self.m };
+            // Another insert may already have linked to `s` on this level (it found `s` through
+            // a level above); keep those links rather than overwrite them.
+            let _g = self.store.lock(s);
+            let list = self.store.links(s, *l);
+            let mut buf = [0u32; BUF];
+            let cnt = read_links(list, &mut buf);
+            let mut all = sel.clone();
+            for &x in &buf[..cnt] {
+                if !all.contains(&x) {
+                    all.push(x);
+                }
+            }
+            if all.len() > mmax {
+                let mut c: Vec<Cand> = all
+                    .iter()
+                    .map(|&x| Cand {
+                        d: self.d(s, x),
+                        id: x,
+                    })
+                    .collect();
+                c.sort_unstable();
+                all = self.heuristic(&c, mmax);
+            }
+            write_links(list, &all);
+        }
+        for (l, sel) in plan.iter().rev() {
+            let mmax = if *l == 0 { self.m0 } else { self.m };
+            for &n in sel {
+                self.connect(n, s, *l, mmax);
             }
         }
         if guard.is_some() {
@@ -400,17 +428,21 @@ impl Graph {
                 if !sc.visited.check_and_mark(n) {
                     fresh[nf] = n;
                     nf += 1;
-                    prefetch(self.store.vector_ptr(n), 1);
+                    // Every line of every unvisited neighbour, before any arithmetic: the
+                    // distances are bound by memory latency, so overlap all the misses
+                    // (measured ~15-20% more QPS than prefetching one neighbour ahead).
+                    prefetch(self.store.vector_ptr(n), lines);
                 }
             }
-            for j in 0..nf {
-                let n = fresh[j];
-                if j + 1 < nf {
-                    prefetch(self.store.vector_ptr(fresh[j + 1]), lines);
-                }
+            for &n in &fresh[..nf] {
                 let d = (self.dist)(q, self.store.vector(n));
                 if d < lower || sc.results.len() < ef {
                     sc.cands.push(Near(Reverse(Cand { d, id: n })));
+                    if PF_LINKS {
+                        if let Some(Near(Reverse(top))) = sc.cands.peek() {
+                            prefetch(self.store.links(top.id, level).as_ptr() as *const f32, 1);
+                        }
+                    }
                     if accept(n) {
                         sc.results.push(Cand { d, id: n });
                         if sc.results.len() > ef {

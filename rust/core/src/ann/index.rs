@@ -588,6 +588,7 @@ fn search_graph(
 ) -> Vec<(u64, f32)> {
     let st = &g.store;
     let hits = match exclude {
+        None if !g.has_tombstones() => g.knn(q, k, ef, |_| true),
         None => g.knn(q, k, ef, |n| !st.is_deleted(n)),
         Some(f) => g.knn(q, k, ef, |n| !st.is_deleted(n) && !f(st.label(n))),
     };

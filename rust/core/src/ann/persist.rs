@@ -236,7 +236,7 @@ pub fn load(path: &Path) -> crate::Result<Graph> {
             write_links(g.store.links(slot, l), &links);
         }
         if flags & FLAG_DELETED != 0 {
-            g.store.mark_deleted(slot);
+            g.tombstone(slot);
         } else {
             if g.ids.insert(label, slot).is_some() {
                 return Err(corrupt(format!("id {label} is live twice")));

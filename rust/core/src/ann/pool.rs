@@ -17,7 +17,9 @@ fn pools() -> &'static Pools {
 
 /// Number of threads for `threads = None`: every core the process may use.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // available_parallelism reads cgroup files on Linux: look it up once, not per call.
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Validate a caller's thread count (None = all cores).
