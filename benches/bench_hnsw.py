@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import fyp_core  # noqa: E402
 from compare_hnsw import make_data  # noqa: E402
+
+import fyp_core  # noqa: E402
 
 N, DIM = 20_000, 64
 

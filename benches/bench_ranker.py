@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fyp_core import MlpRanker, RankerSet, assemble_features
 
 DIMS = [256, 512, 256, 128, 6]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fyp_core import Reranker, dpp_greedy, mmr_greedy
 
 N, K, DIM = 1000, 50, 64

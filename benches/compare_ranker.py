@@ -24,6 +24,7 @@ import time  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
+
 from fyp_core import MlpRanker  # noqa: E402
 
 DIMS = [256, 512, 256, 128, 6]
@@ -66,6 +67,7 @@ def numpy_split(ws, bs):
 def ort_session(ranker: MlpRanker):
     try:
         import onnxruntime as ort
+
         from fyp_core.ranker_io import to_onnx
     except ImportError:
         return None

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 
 import numpy as np
+
 from fyp_core import Reranker, dpp_greedy, mmr_greedy
 
 N, K, DIM = 1000, 50, 64

@@ -29,10 +29,15 @@ def python_loop(users: list[str], reqs: list[str], slots: list[int]) -> np.ndarr
 def numpy_vectorised(users: list[str], reqs: list[str], slots: np.ndarray) -> np.ndarray:
     # The best a numpy user can do: vectorise key building and thresholding; xxh3 itself still
     # runs once per key (numpy has no hash kernel).
-    keys = np.char.add(np.char.add(np.char.add("fyp\x1f", np.array(users)), "\x1f"),
-                       np.char.add(np.char.add(np.array(reqs), "\x1f"), slots.astype(str)))
-    h = np.fromiter((xxhash.xxh3_64_intdigest(k.encode()) for k in keys.tolist()), dtype=np.uint64,
-                    count=len(keys))
+    keys = np.char.add(
+        np.char.add(np.char.add("fyp\x1f", np.array(users)), "\x1f"),
+        np.char.add(np.char.add(np.array(reqs), "\x1f"), slots.astype(str)),
+    )
+    h = np.fromiter(
+        (xxhash.xxh3_64_intdigest(k.encode()) for k in keys.tolist()),
+        dtype=np.uint64,
+        count=len(keys),
+    )
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < RATE
 
 
@@ -66,14 +71,23 @@ def main() -> None:
     # conversion, every slot still hashes its full key).
     big = np.arange(n, dtype=np.int64)
     t_core, _ = timed(lambda: split.assign_batch(users[0], reqs[0], big), reps)
-    t_loop, ref = timed(lambda: python_loop(users[:n_py], reqs[:n_py], slots[:n_py].tolist()), max(1, reps // 2))
-    t_np, ref_np = timed(lambda: numpy_vectorised(users[:n_py], reqs[:n_py], slots[:n_py]), max(1, reps // 2))
-    assert np.array_equal(got[:n_py], ref) and np.array_equal(ref, ref_np), "implementations disagree"
+    t_loop, ref = timed(
+        lambda: python_loop(users[:n_py], reqs[:n_py], slots[:n_py].tolist()), max(1, reps // 2)
+    )
+    t_np, ref_np = timed(
+        lambda: numpy_vectorised(users[:n_py], reqs[:n_py], slots[:n_py]), max(1, reps // 2)
+    )
+    assert np.array_equal(got[:n_py], ref) and np.array_equal(ref, ref_np), (
+        "implementations disagree"
+    )
 
     rate = lambda count, t: count / t / 1e6  # noqa: E731
     print(f"assign_batch, n={n:,}, reps={reps} (median), 1 thread")
     print(f"  fyp_core core (broadcast keys)   {rate(n, t_core):8.1f} M slots/s")
-    print(f"  fyp_core lists of str            {rate(n, t_lists):8.1f} M slots/s  (incl. str conversion)")
+    print(
+        f"  fyp_core lists of str            {rate(n, t_lists):8.1f} M slots/s"
+        "  (incl. str conversion)"
+    )
     print(f"  python xxhash loop               {rate(n_py, t_loop):8.2f} M slots/s")
     print(f"  numpy-vectorised python          {rate(n_py, t_np):8.2f} M slots/s")
     print(f"  ratio core / python loop         {rate(n, t_core) / rate(n_py, t_loop):8.1f}x")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 
-import fyp_core
 import numpy as np
 import pytest
+
+import fyp_core
 from fyp_core import CorruptFileError, HnswIndex
 
 PAD = np.uint64(2**64 - 1)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fyp_core import HnswIndex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from fyp_core import HnswIndex
 
 PAD = 2**64 - 1
 DIM = 6

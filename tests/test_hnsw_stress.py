@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+
 from fyp_core import HnswIndex
 
 PAD = 2**64 - 1

@@ -19,8 +19,15 @@ from fyp_core import (
 from fyp_core.synth import TASKS, demo_ranker_weights, make_world
 
 NOW = 1.8e9
-POLICY = {"window": 20, "max_topic_share": 0.4, "max_per_creator": 2, "category_caps": {"1": 0.1},
-          "fresh_floor": 1, "diversity": "dpp", "dpp_alpha": 2.0}
+POLICY = {
+    "window": 20,
+    "max_topic_share": 0.4,
+    "max_per_creator": 2,
+    "category_caps": {"1": 0.1},
+    "fresh_floor": 1,
+    "diversity": "dpp",
+    "dpp_alpha": 2.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +41,24 @@ def build(world, log_dir=None, explore_rate=0.05, layers=None, candidates=300):
     w, b, o = demo_ranker_weights(world.dim)
     ranker = MlpRanker(w, b, activation="relu", outputs=o, version="v1", task_names=list(TASKS))
     log = EventLog(str(log_dir), tasks=list(TASKS)) if log_dir else None
-    pipe = FeedPipeline(index, ranker, Reranker(POLICY), TrafficSplit(explore_rate, layers=layers),
-                        event_log=log, config={"candidates": candidates, "fresh_max_age_s": 3600.0},
-                        user_token_key=b"0123456789abcdef")
-    pipe.load_items(world.item_ids, world.item_emb, world.item_topic, world.item_creator,
-                    world.item_category, world.item_upload_ts, index=False)
+    pipe = FeedPipeline(
+        index,
+        ranker,
+        Reranker(POLICY),
+        TrafficSplit(explore_rate, layers=layers),
+        event_log=log,
+        config={"candidates": candidates, "fresh_max_age_s": 3600.0},
+        user_token_key=b"0123456789abcdef",
+    )
+    pipe.load_items(
+        world.item_ids,
+        world.item_emb,
+        world.item_topic,
+        world.item_creator,
+        world.item_category,
+        world.item_upload_ts,
+        index=False,
+    )
     users = np.flatnonzero(world.user_has_long_term)
     pipe.set_user_embeddings([world.user_ids[u] for u in users], world.user_long_term[users])
     return pipe
@@ -60,7 +80,15 @@ def test_response_shape_and_frozen_fields(pipe) -> None:
     assert set(r.sources) <= {"ranked", "exploration", "fresh"}
     for src, p in zip(r.sources, r.propensities):
         assert (0 < p < 0.01) if src == "exploration" else p == 1.0
-    assert set(r.timings) == {"scorer", "candidates", "features", "ranker", "rerank", "mixer", "log"}
+    assert set(r.timings) == {
+        "scorer",
+        "candidates",
+        "features",
+        "ranker",
+        "rerank",
+        "mixer",
+        "log",
+    }
     d = r.to_dict()
     assert d["slots"][0]["predictions"].keys() == set(TASKS)
 
@@ -87,8 +115,12 @@ def test_experiment_layers_never_touch_exploration(world) -> None:
     for i in range(40):
         ra = a.feed(f"user-{i}", f"x-{i}", now=NOW)
         rb = b.feed(f"user-{i}", f"x-{i}", now=NOW)
-        ea = [(p, it) for p, it, s in zip(ra.positions, ra.item_ids, ra.sources) if s == "exploration"]
-        eb = [(p, it) for p, it, s in zip(rb.positions, rb.item_ids, rb.sources) if s == "exploration"]
+        ea = [
+            (p, it) for p, it, s in zip(ra.positions, ra.item_ids, ra.sources) if s == "exploration"
+        ]
+        eb = [
+            (p, it) for p, it, s in zip(rb.positions, rb.item_ids, rb.sources) if s == "exploration"
+        ]
         assert ea == eb
 
 
@@ -136,8 +168,13 @@ def test_config_changes_take_effect_without_restart(world) -> None:
     pipe = build(world)
     pipe.update_config({"explore_rate": 0.5})
     assert pipe.config["explore_rate"] == 0.5
-    share = np.mean([s == "exploration" for i in range(50)
-                     for s in pipe.feed(f"user-{i}", f"cfg-{i}", now=NOW).sources])
+    share = np.mean(
+        [
+            s == "exploration"
+            for i in range(50)
+            for s in pipe.feed(f"user-{i}", f"cfg-{i}", now=NOW).sources
+        ]
+    )
     assert 0.4 < share < 0.6
     with pytest.raises(ValueError, match="unknown config key"):
         pipe.update_config({"nope": 1})
@@ -159,11 +196,20 @@ def test_bad_input(pipe, world) -> None:
     w, b, o = demo_ranker_weights(world.dim + 1)
     wrong = MlpRanker(w, b, outputs=o, version="x", task_names=list(TASKS))
     with pytest.raises(ValueError, match="inputs"):
-        FeedPipeline(HnswIndex(world.dim), wrong, Reranker({}), TrafficSplit(),
-                     user_token_key=b"0123456789abcdef")
+        FeedPipeline(
+            HnswIndex(world.dim),
+            wrong,
+            Reranker({}),
+            TrafficSplit(),
+            user_token_key=b"0123456789abcdef",
+        )
     with pytest.raises(ValueError, match="user_token_key"):
-        FeedPipeline(HnswIndex(world.dim), MlpRanker(*demo_ranker_weights(world.dim)[:2]),
-                     Reranker({}), TrafficSplit())
+        FeedPipeline(
+            HnswIndex(world.dim),
+            MlpRanker(*demo_ranker_weights(world.dim)[:2]),
+            Reranker({}),
+            TrafficSplit(),
+        )
 
 
 def test_shadow_promote_rollback(world) -> None:
@@ -213,11 +259,15 @@ def test_logging_writes_every_exploration_slot(world, tmp_path) -> None:
         explored |= {imp for imp, s in zip(r.impression_ids, r.sources) if s == "exploration"}
         pipe.engage(r.impression_ids[0], watched_seconds=3.0)
     pipe.close()
-    ex = ds.dataset(tmp_path / "exploration_events", format="parquet", partitioning="hive").to_table()
+    ex = ds.dataset(
+        tmp_path / "exploration_events", format="parquet", partitioning="hive"
+    ).to_table()
     assert set(ex.column("impression_id").to_pylist()) == explored
     imp = ds.dataset(tmp_path / "impressions", format="parquet", partitioning="hive").to_table()
     assert imp.num_rows == 60 * 20
-    scores = ds.dataset(tmp_path / "ranker_scores", format="parquet", partitioning="hive").to_table()
+    scores = ds.dataset(
+        tmp_path / "ranker_scores", format="parquet", partitioning="hive"
+    ).to_table()
     assert scores.num_rows == 60 * 20
     eng = ds.dataset(tmp_path / "engagements", format="parquet", partitioning="hive").to_table()
     assert eng.num_rows == 60

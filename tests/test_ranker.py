@@ -7,10 +7,11 @@ import threading
 
 import numpy as np
 import pytest
-from fyp_core import MlpRanker, assemble_features
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ranker_ref import forward, max_rel_err, random_mlp
+
+from fyp_core import MlpRanker, assemble_features
 
 KERNELS = MlpRanker.kernel_info()["available"]
 ACTS = ["relu", "gelu", "silu"]

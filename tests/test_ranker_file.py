@@ -8,8 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
-from fyp_core import CorruptFileError, MlpRanker
 from ranker_ref import random_mlp
+
+from fyp_core import CorruptFileError, MlpRanker
 
 
 @pytest.fixture

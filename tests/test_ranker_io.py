@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ranker_ref import forward, max_rel_err, random_mlp
+
 from fyp_core import MlpRanker
 from fyp_core.ranker_io import from_onnx, from_torch, to_onnx
-from ranker_ref import forward, max_rel_err, random_mlp
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

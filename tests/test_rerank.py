@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 
-import fyp_core
 import numpy as np
 import pytest
-from fyp_core import Reranker, RerankPolicy
 from rerank_reference import audit
+
+import fyp_core
+from fyp_core import Reranker, RerankPolicy
 
 TOML = """
 [feed.rerank]

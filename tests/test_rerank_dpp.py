@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fyp_core import Reranker, dpp_greedy, mmr_greedy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rerank_reference import brute_force_dpp, dpp_numpy, reference_mmr
+
+from fyp_core import Reranker, dpp_greedy, mmr_greedy
 
 
 @settings(max_examples=150, deadline=None)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from fyp_core import Reranker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rerank_reference import audit, cap_count, cap_specs
+
+from fyp_core import Reranker
 
 EXAMPLES = int(os.environ.get("FYP_RERANK_EXAMPLES", "150"))
 

@@ -29,27 +29,39 @@ def test_feed_engage_upload_roundtrip(client, pipe) -> None:
     body = r.json()
     assert len(body["slots"]) == 10 and body["slots"][0]["impression_id"] == "h-1:0"
     imp = body["slots"][3]["impression_id"]
-    assert client.post("/engage", json={"impression_id": imp, "completed": True,
-                                        "watched_seconds": 12.5}).status_code == 200
+    assert (
+        client.post(
+            "/engage", json={"impression_id": imp, "completed": True, "watched_seconds": 12.5}
+        ).status_code
+        == 200
+    )
     emb = np.ones(64, dtype=np.float32) / 8
-    r = client.post("/upload", json={"item_id": 99_999_999, "embedding": emb.tolist(),
-                                     "topic": 3, "creator": 7})
+    r = client.post(
+        "/upload", json={"item_id": 99_999_999, "embedding": emb.tolist(), "topic": 3, "creator": 7}
+    )
     assert r.status_code == 200, r.text
     assert client.get("/healthz").json()["ok"] is True
 
 
-@pytest.mark.parametrize(("route", "body", "fragment"), [
-    ("/feed", {"request_id": "x"}, "missing field 'user_id'"),
-    ("/feed", {"user_id": "u", "request_id": "x", "n": 0}, "'n'"),
-    ("/feed", {"user_id": "u", "request_id": "x", "n": "5"}, "must be int"),
-    ("/feed", {"user_id": 5, "request_id": "x"}, "must be str"),
-    ("/engage", {"impression_id": "nope"}, "unknown impression_id"),
-    ("/engage", {"impression_id": "x", "watched_seconds": -1}, ">= 0"),
-    ("/engage", {"impression_id": "x", "liked": "yes"}, "must be bool"),
-    ("/upload", {"item_id": 1, "embedding": [1.0, 2.0], "topic": 0, "creator": 0}, "embedding"),
-    ("/upload", {"item_id": 1, "embedding": ["a"], "topic": 0, "creator": 0}, "list of numbers"),
-    ("/upload", {"item_id": -1, "embedding": [1.0], "topic": 0, "creator": 0}, "item_id"),
-])
+@pytest.mark.parametrize(
+    ("route", "body", "fragment"),
+    [
+        ("/feed", {"request_id": "x"}, "missing field 'user_id'"),
+        ("/feed", {"user_id": "u", "request_id": "x", "n": 0}, "'n'"),
+        ("/feed", {"user_id": "u", "request_id": "x", "n": "5"}, "must be int"),
+        ("/feed", {"user_id": 5, "request_id": "x"}, "must be str"),
+        ("/engage", {"impression_id": "nope"}, "unknown impression_id"),
+        ("/engage", {"impression_id": "x", "watched_seconds": -1}, ">= 0"),
+        ("/engage", {"impression_id": "x", "liked": "yes"}, "must be bool"),
+        ("/upload", {"item_id": 1, "embedding": [1.0, 2.0], "topic": 0, "creator": 0}, "embedding"),
+        (
+            "/upload",
+            {"item_id": 1, "embedding": ["a"], "topic": 0, "creator": 0},
+            "list of numbers",
+        ),
+        ("/upload", {"item_id": -1, "embedding": [1.0], "topic": 0, "creator": 0}, "item_id"),
+    ],
+)
 def test_client_mistakes_are_4xx_with_a_message(client, route, body, fragment) -> None:
     r = client.post(route, json=body)
     assert 400 <= r.status_code < 500, r.text
@@ -76,8 +88,11 @@ def test_overload_answers_503_quickly(pipe) -> None:
 
     client = TestClient(create_app(Slow(), max_inflight=1))
     results: list[int] = []
-    t = threading.Thread(target=lambda: results.append(
-        client.post("/feed", json={"user_id": "u", "request_id": "slow-1"}).status_code))
+    t = threading.Thread(
+        target=lambda: results.append(
+            client.post("/feed", json={"user_id": "u", "request_id": "slow-1"}).status_code
+        )
+    )
     t.start()
     for _ in range(200):  # wait until the first request holds the only slot
         r = client.get("/metrics")
@@ -93,8 +108,13 @@ def test_overload_answers_503_quickly(pipe) -> None:
 def test_metrics_prometheus_format(client) -> None:
     client.post("/feed", json={"user_id": "user-2", "request_id": "m-1"})
     text = client.get("/metrics").text
-    for name in ("fyp_request_latency_ms_bucket", "fyp_feed_stage_latency_ms_bucket{",
-                 "fyp_exploration_share", "fyp_index_items", "fyp_event_log_queue_depth",
-                 "fyp_fresh_retrieval_rate"):
+    for name in (
+        "fyp_request_latency_ms_bucket",
+        "fyp_feed_stage_latency_ms_bucket{",
+        "fyp_exploration_share",
+        "fyp_index_items",
+        "fyp_event_log_queue_depth",
+        "fyp_fresh_retrieval_rate",
+    ):
         assert name in text, name
     assert 'stage="ranker"' in text

@@ -29,8 +29,10 @@ ALPHABET = "abcXYZ019-_ üéß中文🙂\u0000\x1f"
 
 def random_keys(rng: np.random.Generator, n: int) -> tuple[list[str], list[str], np.ndarray]:
     chars = list(ALPHABET)
+
     def word(maxlen: int) -> str:
         return "".join(rng.choice(chars, size=rng.integers(0, maxlen + 1)))
+
     users = [word(12) for _ in range(n)]
     reqs = ["" if i % 7 == 0 else word(20) for i in range(n)]
     slots = rng.integers(-5, 10_000, size=n)
@@ -43,7 +45,9 @@ def test_cross_language_bit_for_bit() -> None:
     users, reqs, slots = random_keys(rng, n)
     split = TrafficSplit(explore_rate=0.05, salt="fyp")
     want = np.array([ref_unit("fyp", u, r, int(s)) for u, r, s in zip(users, reqs, slots)])
-    got_scalar = np.array([split.unit(u, r, int(s)) for u, r, s in zip(users[:2000], reqs[:2000], slots[:2000])])
+    got_scalar = np.array(
+        [split.unit(u, r, int(s)) for u, r, s in zip(users[:2000], reqs[:2000], slots[:2000])]
+    )
     assert np.array_equal(got_scalar, want[:2000])
     got = split.assign_batch(users, reqs, slots)
     assert np.array_equal(got, want < 0.05)
@@ -72,7 +76,9 @@ def test_exploration_share_within_4_sigma(rate: float) -> None:
     split = TrafficSplit(explore_rate=rate)
     users = [f"u{i // 20 % 5000}" for i in range(0, n, 20)]
     reqs = [f"r{i}" for i in range(n // 20)]
-    got = split.assign_batch(np.repeat(users, 20), np.repeat(reqs, 20), np.tile(np.arange(20), n // 20))
+    got = split.assign_batch(
+        np.repeat(users, 20), np.repeat(reqs, 20), np.tile(np.arange(20), n // 20)
+    )
     share = got.mean()
     sigma = np.sqrt(rate * (1 - rate) / n)
     assert abs(share - rate) < 4 * sigma, (share, rate)
@@ -102,12 +108,18 @@ def test_layers_never_change_exploration() -> None:
         [{"name": "a", "variants": {"c": (0, 5000), "t": (5000, 10000)}}],
         {"a": {"c": (0, 100)}, "b": {"x": (0, 9999)}},
     ):
-        assert np.array_equal(TrafficSplit(0.05, layers=layers).assign_batch(users, "r", slots), plain)
+        assert np.array_equal(
+            TrafficSplit(0.05, layers=layers).assign_batch(users, "r", slots), plain
+        )
 
 
 def test_variants() -> None:
-    split = TrafficSplit(layers=[{"name": "exp", "variants": {"c": [0, 5000], "t": [5000, 10000]}},
-                                 {"name": "small", "variants": {"on": [0, 10]}}])
+    split = TrafficSplit(
+        layers=[
+            {"name": "exp", "variants": {"c": [0, 5000], "t": [5000, 10000]}},
+            {"name": "small", "variants": {"on": [0, 10]}},
+        ]
+    )
     for u in (f"u{i}" for i in range(200)):
         b = split.bucket("exp", u)
         assert split.variant("exp", u) == ("c" if b < 5000 else "t")
@@ -132,7 +144,15 @@ def test_variants() -> None:
         ({"layers": [{"name": "l", "variants": {"a": (-1, 10)}}]}, "0 <= start"),
         ({"layers": [{"name": "l", "variants": {"a": (10, 10)}}]}, "start < end"),
         ({"layers": [{"name": "l", "variants": {}}]}, "no variants"),
-        ({"layers": [{"name": "l", "variants": {"a": (0, 1)}}, {"name": "l", "variants": {"a": (0, 1)}}]}, "more than once"),
+        (
+            {
+                "layers": [
+                    {"name": "l", "variants": {"a": (0, 1)}},
+                    {"name": "l", "variants": {"a": (0, 1)}},
+                ]
+            },
+            "more than once",
+        ),
         ({"layers": [{"name": "l", "variants": {"a": (0, 1)}, "extra": 1}]}, "unknown layer key"),
     ],
 )

@@ -6,23 +6,23 @@ that are really Python: configuration, pipeline glue, analytics, the CLI and the
 
 from fyp_core._core import (
     CorruptFileError,
-    Reranker,
-    RerankPolicy,
-    RerankResult,
-    HnswIndex,
     EventLog,
     FeedPipeline,
     FeedResponse,
+    HnswIndex,
     MlpRanker,
     RankerScores,
     RankerSet,
+    Reranker,
+    RerankPolicy,
+    RerankResult,
     TrafficSplit,
     UserTokenizer,
     __version__,
+    assemble_features,
     dpp_greedy,
     mmr_greedy,
     user_token,
-    assemble_features,
 )
 
 __all__ = [

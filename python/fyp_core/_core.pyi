@@ -463,7 +463,9 @@ class FeedPipeline:
         seen_len: int = 500,
         impression_capacity: int = 1_000_000,
     ) -> FeedPipeline: ...
-    def feed(self, user_id: str, request_id: str, n: int = 20, now: float | None = None) -> FeedResponse: ...
+    def feed(
+        self, user_id: str, request_id: str, n: int = 20, now: float | None = None
+    ) -> FeedResponse: ...
     def upload(
         self,
         item_id: int,

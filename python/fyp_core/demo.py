@@ -35,7 +35,9 @@ class _Progress:
         self.last = now
         frac = min(done / self.total, 1.0)
         bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r{self.label:<28} [{bar:<30}] {100 * frac:5.1f}%  {now - self.t0:6.1f}s")
+        sys.stderr.write(
+            f"\r{self.label:<28} [{bar:<30}] {100 * frac:5.1f}%  {now - self.t0:6.1f}s"
+        )
         if done >= self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -50,8 +52,14 @@ def build_pipeline(world: Any, args: argparse.Namespace, log_dir: str | None) ->
     from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker
     from fyp_core.synth import TASKS, demo_ranker_weights
 
-    index = HnswIndex(world.dim, metric="ip", m=16, ef_construction=args.ef_construction,
-                      capacity=world.n_items + 10_000, seed=args.seed)
+    index = HnswIndex(
+        world.dim,
+        metric="ip",
+        m=16,
+        ef_construction=args.ef_construction,
+        capacity=world.n_items + 10_000,
+        seed=args.seed,
+    )
     bar = _Progress("indexing items (HNSW)", world.n_items)
     step = 50_000
     for s in range(0, world.n_items, step):
@@ -59,24 +67,55 @@ def build_pipeline(world: Any, args: argparse.Namespace, log_dir: str | None) ->
         index.add(world.item_ids[s:e], world.item_emb[s:e])
         bar.update(e)
     weights, biases, outputs = demo_ranker_weights(world.dim, seed=args.seed)
-    ranker = MlpRanker(weights, biases, activation="relu", outputs=outputs, version="demo-v1",
-                       task_names=list(TASKS))
-    reranker = Reranker({"window": 20, "max_topic_share": 0.4, "max_per_creator": 2,
-                         "blocked_categories": [], "category_caps": {"1": 0.1},
-                         "fresh_floor": 1, "diversity": "dpp", "dpp_alpha": 2.0})
+    ranker = MlpRanker(
+        weights,
+        biases,
+        activation="relu",
+        outputs=outputs,
+        version="demo-v1",
+        task_names=list(TASKS),
+    )
+    reranker = Reranker(
+        {
+            "window": 20,
+            "max_topic_share": 0.4,
+            "max_per_creator": 2,
+            "blocked_categories": [],
+            "category_caps": {"1": 0.1},
+            "fresh_floor": 1,
+            "diversity": "dpp",
+            "dpp_alpha": 2.0,
+        }
+    )
     split = TrafficSplit(explore_rate=args.explore_rate, salt="fyp-demo")
     log = EventLog(log_dir, tasks=list(TASKS)) if log_dir else None
-    pipe = FeedPipeline(index, ranker, reranker, split, event_log=log,
-                        config={"candidates": args.candidates, "ef": args.ef,
-                                "fresh_budget": 0.1, "fresh_max_age_s": 3600.0,
-                                "task_weights": [1.0, 0.5, 1.0, 1.0, 0.3, 0.02]},
-                        user_token_key=b"demo-token-key-not-secret")
+    pipe = FeedPipeline(
+        index,
+        ranker,
+        reranker,
+        split,
+        event_log=log,
+        config={
+            "candidates": args.candidates,
+            "ef": args.ef,
+            "fresh_budget": 0.1,
+            "fresh_max_age_s": 3600.0,
+            "task_weights": [1.0, 0.5, 1.0, 1.0, 0.3, 0.02],
+        },
+        user_token_key=b"demo-token-key-not-secret",
+    )
     bar = _Progress("loading feature store", world.n_items)
     for s in range(0, world.n_items, 200_000):
         e = min(s + 200_000, world.n_items)
-        pipe.load_items(world.item_ids[s:e], world.item_emb[s:e], world.item_topic[s:e],
-                        world.item_creator[s:e], world.item_category[s:e], world.item_upload_ts[s:e],
-                        index=False)
+        pipe.load_items(
+            world.item_ids[s:e],
+            world.item_emb[s:e],
+            world.item_topic[s:e],
+            world.item_creator[s:e],
+            world.item_category[s:e],
+            world.item_upload_ts[s:e],
+            index=False,
+        )
         bar.update(e)
     users = np.flatnonzero(world.user_has_long_term)
     pipe.set_user_embeddings([world.user_ids[u] for u in users], world.user_long_term[users])
@@ -87,8 +126,11 @@ def run_demo(args: argparse.Namespace) -> int:
     from fyp_core.synth import make_world
 
     t0 = time.perf_counter()
-    print(f"building a synthetic world: {args.items:,} items, {args.users:,} users (seed {args.seed})",
-          file=sys.stderr)
+    print(
+        f"building a synthetic world: {args.items:,} items, {args.users:,} users "
+        f"(seed {args.seed})",
+        file=sys.stderr,
+    )
     world = make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
     with tempfile.TemporaryDirectory(prefix="fyp-demo-log-") as tmp:
         log_dir = args.log_dir or (None if args.no_log else tmp)
@@ -119,8 +161,13 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         # uploads arrive at a fixed wall-clock rate while requests are served
         while args.upload_rate > 0 and len(uploads) < (time.time() - start) * args.upload_rate:
             new = world.new_items(1, time.time(), rng)
-            pipe.upload(int(new["ids"][0]), new["emb"][0], int(new["topic"][0]),
-                        int(new["creator"][0]), category=int(new["category"][0]))
+            pipe.upload(
+                int(new["ids"][0]),
+                new["emb"][0],
+                int(new["topic"][0]),
+                int(new["creator"][0]),
+                category=int(new["category"][0]),
+            )
             uploads.append((int(new["ids"][0]), time.time()))
         u = int(user_rows[i])
         t = time.perf_counter()
@@ -132,8 +179,9 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         slots += len(src)
         explore += src.count("exploration")
         if len(resp.topics):
-            worst_topic_share = max(worst_topic_share,
-                                    np.bincount(resp.topics[:20]).max() / min(20, len(resp.topics)))
+            worst_topic_share = max(
+                worst_topic_share, np.bincount(resp.topics[:20]).max() / min(20, len(resp.topics))
+            )
         if resp.relaxed:
             responses_relaxed += 1
             relaxed.update(resp.relaxed)
@@ -144,35 +192,58 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
             c = bool(outcome["completed"][j])
             engaged[src[j]][0] += 1
             engaged[src[j]][1] += c
-            pipe.engage(imp, watched_seconds=float(outcome["watched_seconds"][j]), completed=c,
-                        liked=bool(outcome["liked"][j]), shared=bool(outcome["shared"][j]),
-                        followed=bool(outcome["followed"][j]))
+            pipe.engage(
+                imp,
+                watched_seconds=float(outcome["watched_seconds"][j]),
+                completed=c,
+                liked=bool(outcome["liked"][j]),
+                shared=bool(outcome["shared"][j]),
+                followed=bool(outcome["followed"][j]),
+            )
         bar.update(i + 1)
     retrieved = pipe.first_candidate_times([i for i, _ in uploads])
     fresh_ok = sum(1 for (_, ts), r in zip(uploads, retrieved) if r is not None and r - ts <= 60.0)
-    return {"total_ms": np.array(total_ms), "stage_ms": {k: np.array(v) for k, v in stage_ms.items()},
-            "explore": explore, "slots": slots, "worst_topic_share": worst_topic_share,
-            "responses_relaxed": responses_relaxed, "relaxed": relaxed, "uploads": len(uploads),
-            "fresh_ok": fresh_ok, "engaged": engaged, "stats": pipe.stats()}
+    return {
+        "total_ms": np.array(total_ms),
+        "stage_ms": {k: np.array(v) for k, v in stage_ms.items()},
+        "explore": explore,
+        "slots": slots,
+        "worst_topic_share": worst_topic_share,
+        "responses_relaxed": responses_relaxed,
+        "relaxed": relaxed,
+        "uploads": len(uploads),
+        "fresh_ok": fresh_ok,
+        "engaged": engaged,
+        "stats": pipe.stats(),
+    }
 
 
-def _print(f: dict[str, Any], args: argparse.Namespace, setup_s: float, log_dir: str | None) -> None:
+def _print(
+    f: dict[str, Any], args: argparse.Namespace, setup_s: float, log_dir: str | None
+) -> None:
     n = len(f["total_ms"])
-    print(f"\n== fyp-core demo: {args.items:,} items, {args.users:,} users, {n:,} requests of n={args.n}, "
-          f"K={args.candidates} ==")
+    print(
+        f"\n== fyp-core demo: {args.items:,} items, {args.users:,} users, "
+        f"{n:,} requests of n={args.n}, "
+        f"K={args.candidates} =="
+    )
     print(f"setup (world + index + store)  {setup_s:6.1f} s")
     print(f"{'latency ms':<22}{'p50':>8}{'p95':>8}{'p99':>8}{'p99.9':>8}")
-    rows = [("end to end (python)", f["total_ms"])] + sorted(f["stage_ms"].items(), key=lambda kv: kv[0])
+    rows = [("end to end (python)", f["total_ms"])] + list(f["stage_ms"].items())
     for name, a in rows:
         print(f"{name:<22}" + "".join(f"{_pct(a, q):8.2f}" for q in (50, 95, 99, 99.9)))
     share = f["explore"] / max(f["slots"], 1)
     sigma = math.sqrt(args.explore_rate * (1 - args.explore_rate) / max(f["slots"], 1))
-    print(f"exploration share              {share:.4f} (setpoint {args.explore_rate}, "
-          f"{(share - args.explore_rate) / sigma:+.1f} sigma)")
+    print(
+        f"exploration share              {share:.4f} (setpoint {args.explore_rate}, "
+        f"{(share - args.explore_rate) / sigma:+.1f} sigma)"
+    )
     print(f"max topic share in any top-20  {f['worst_topic_share']:.2f} (policy cap 0.40)")
     if f["uploads"]:
-        print(f"fresh-item retrieval rate      {f['fresh_ok'] / f['uploads']:.3f} "
-              f"({f['fresh_ok']}/{f['uploads']} uploads reached a candidate set within 60 s)")
+        print(
+            f"fresh-item retrieval rate      {f['fresh_ok'] / f['uploads']:.3f} "
+            f"({f['fresh_ok']}/{f['uploads']} uploads reached a candidate set within 60 s)"
+        )
     print(f"responses that relaxed a rule  {f['responses_relaxed']} of {n} {dict(f['relaxed'])}")
     for src, (shown, done) in f["engaged"].items():
         if shown:
@@ -190,7 +261,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ef", type=int, default=1000, help="HNSW search breadth")
     p.add_argument("--ef-construction", type=int, default=100, help="HNSW build breadth")
     p.add_argument("--explore-rate", type=float, default=0.05)
-    p.add_argument("--upload-rate", type=float, default=5.0, help="new uploads per second of serving")
+    p.add_argument(
+        "--upload-rate", type=float, default=5.0, help="new uploads per second of serving"
+    )
     p.add_argument("--log-dir", default=None, help="keep the event log here (default: temp dir)")
     p.add_argument("--no-log", action="store_true", help="serve without the event log")
     p.add_argument("--seed", type=int, default=0)
@@ -207,8 +280,12 @@ def run_server(args: argparse.Namespace) -> int:
     pipe = build_pipeline(world, args, args.log_dir)
     print(f"serving {world.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
     try:
-        uvicorn.run(create_app(pipe, max_inflight=args.max_inflight), host=args.host,
-                    port=args.port, log_level="warning")
+        uvicorn.run(
+            create_app(pipe, max_inflight=args.max_inflight),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+        )
     finally:
         pipe.close()
     return 0

@@ -29,8 +29,14 @@ class BadRequest(ValueError):
     """A client's mistake: answered with 400 and the message."""
 
 
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...,
-           check: Callable[[Any], bool] | None = None, rule: str = "") -> Any:
+def _field(
+    body: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    default: Any = ...,
+    check: Callable[[Any], bool] | None = None,
+    rule: str = "",
+) -> Any:
     if name not in body:
         if default is ...:
             raise BadRequest(f"missing field {name!r}")
@@ -52,25 +58,43 @@ class _Metrics:
     def __init__(self, pipeline: Any) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.latency = Histogram("fyp_request_latency_ms", "End-to-end handler latency (ms)",
-                                 ["route"], buckets=_BUCKETS_MS, registry=r)
-        self.stage = Histogram("fyp_feed_stage_latency_ms", "feed() latency per stage (ms)",
-                               ["stage"], buckets=_BUCKETS_MS, registry=r)
-        self.requests = Counter("fyp_requests", "Requests by route and status", ["route", "status"],
-                                registry=r)
+        self.latency = Histogram(
+            "fyp_request_latency_ms",
+            "End-to-end handler latency (ms)",
+            ["route"],
+            buckets=_BUCKETS_MS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "fyp_feed_stage_latency_ms",
+            "feed() latency per stage (ms)",
+            ["stage"],
+            buckets=_BUCKETS_MS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "fyp_requests", "Requests by route and status", ["route", "status"], registry=r
+        )
         self.slots = Counter("fyp_slots", "Slots served by source", ["source"], registry=r)
-        self.rejected = Counter("fyp_overload_rejections", "Requests answered 503 (overload)",
-                                registry=r)
+        self.rejected = Counter(
+            "fyp_overload_rejections", "Requests answered 503 (overload)", registry=r
+        )
         self.inflight = Gauge("fyp_inflight_requests", "Requests being served", registry=r)
-        self.explore_share = Gauge("fyp_exploration_share", "Exploration share of served slots",
-                                   registry=r)
-        self.fresh_rate = Gauge("fyp_fresh_retrieval_rate",
-                                "Share of requests whose candidates held a fresh item", registry=r)
+        self.explore_share = Gauge(
+            "fyp_exploration_share", "Exploration share of served slots", registry=r
+        )
+        self.fresh_rate = Gauge(
+            "fyp_fresh_retrieval_rate",
+            "Share of requests whose candidates held a fresh item",
+            registry=r,
+        )
         self.index_size = Gauge("fyp_index_items", "Items in the candidate index", registry=r)
-        self.queue_depth = Gauge("fyp_event_log_queue_depth", "Records waiting in the event log queue",
-                                 registry=r)
-        self.log_dropped = Gauge("fyp_event_log_dropped", "Sampled records dropped under backpressure",
-                                 registry=r)
+        self.queue_depth = Gauge(
+            "fyp_event_log_queue_depth", "Records waiting in the event log queue", registry=r
+        )
+        self.log_dropped = Gauge(
+            "fyp_event_log_dropped", "Sampled records dropped under backpressure", registry=r
+        )
         self._pipeline = pipeline
         self._lock = threading.Lock()
         self._slots_total = 0
@@ -105,15 +129,19 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
     inflight = 0
     gate = threading.Lock()
 
-    async def guarded(route: str, request: Request,
-                      handler: Callable[[dict[str, Any]], dict[str, Any]]) -> Response:
+    async def guarded(
+        route: str, request: Request, handler: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> Response:
         nonlocal inflight
         with gate:
             if inflight >= max_inflight:
                 metrics.rejected.inc()
                 metrics.requests.labels(route, "503").inc()
-                return JSONResponse({"error": "overloaded, retry later"}, status_code=503,
-                                    headers={"Retry-After": "1"})
+                return JSONResponse(
+                    {"error": "overloaded, retry later"},
+                    status_code=503,
+                    headers={"Retry-After": "1"},
+                )
             inflight += 1
             metrics.inflight.set(inflight)
         try:
@@ -133,7 +161,9 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
             return JSONResponse({"error": str(e)}, status_code=400)
         except KeyError as e:
             metrics.requests.labels(route, "404").inc()
-            return JSONResponse({"error": str(e.args[0]) if e.args else "not found"}, status_code=404)
+            return JSONResponse(
+                {"error": str(e.args[0]) if e.args else "not found"}, status_code=404
+            )
         except (ValueError, TypeError) as e:  # the library's own validation of the arguments
             metrics.requests.labels(route, "400").inc()
             return JSONResponse({"error": str(e)}, status_code=400)
@@ -143,8 +173,12 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
                 metrics.inflight.set(inflight)
 
     def do_feed(body: dict[str, Any]) -> dict[str, Any]:
-        user = _field(body, "user_id", str, check=lambda s: 0 < len(s) <= 256, rule="must be 1-256 chars")
-        req = _field(body, "request_id", str, check=lambda s: 0 < len(s) <= 256, rule="must be 1-256 chars")
+        user = _field(
+            body, "user_id", str, check=lambda s: 0 < len(s) <= 256, rule="must be 1-256 chars"
+        )
+        req = _field(
+            body, "request_id", str, check=lambda s: 0 < len(s) <= 256, rule="must be 1-256 chars"
+        )
         n = _field(body, "n", int, 20, check=lambda x: 1 <= x <= 200, rule="must be in [1, 200]")
         resp = pipeline.feed(user, req, n=n)
         metrics.observe_feed(resp)
@@ -153,8 +187,16 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
     def do_engage(body: dict[str, Any]) -> dict[str, Any]:
         imp = _field(body, "impression_id", str)
         kw = {
-            "watched_seconds": float(_field(body, "watched_seconds", (int, float), 0.0,
-                                            check=lambda x: x >= 0, rule="must be >= 0")),
+            "watched_seconds": float(
+                _field(
+                    body,
+                    "watched_seconds",
+                    (int, float),
+                    0.0,
+                    check=lambda x: x >= 0,
+                    rule="must be >= 0",
+                )
+            ),
             "completed": _field(body, "completed", bool, False),
             "liked": _field(body, "liked", bool, False),
             "shared": _field(body, "shared", bool, False),
@@ -164,13 +206,21 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
         return {"ok": True}
 
     def do_upload(body: dict[str, Any]) -> dict[str, Any]:
-        item = _field(body, "item_id", int, check=lambda x: 0 <= x < 2**64 - 1, rule="must be in [0, 2**64-1)")
+        item = _field(
+            body, "item_id", int, check=lambda x: 0 <= x < 2**64 - 1, rule="must be in [0, 2**64-1)"
+        )
         emb = _field(body, "embedding", list)
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in emb):
             raise BadRequest("field 'embedding' must be a list of numbers")
-        topic = _field(body, "topic", int, check=lambda x: 0 <= x < 2**31, rule="must be in [0, 2**31)")
-        creator = _field(body, "creator", int, check=lambda x: 0 <= x < 2**64, rule="must be in [0, 2**64)")
-        category = _field(body, "category", int, 0, check=lambda x: 0 <= x < 2**31, rule="must be in [0, 2**31)")
+        topic = _field(
+            body, "topic", int, check=lambda x: 0 <= x < 2**31, rule="must be in [0, 2**31)"
+        )
+        creator = _field(
+            body, "creator", int, check=lambda x: 0 <= x < 2**64, rule="must be in [0, 2**64)"
+        )
+        category = _field(
+            body, "category", int, 0, check=lambda x: 0 <= x < 2**31, rule="must be in [0, 2**31)"
+        )
         pipeline.upload(item, np.asarray(emb, dtype=np.float32), topic, creator, category=category)
         return {"ok": True}
 
@@ -190,10 +240,12 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
     async def metrics_route(request: Request) -> Response:
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[
-        Route("/feed", feed, methods=["POST"]),
-        Route("/engage", engage, methods=["POST"]),
-        Route("/upload", upload, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics_route, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/feed", feed, methods=["POST"]),
+            Route("/engage", engage, methods=["POST"]),
+            Route("/upload", upload, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_route, methods=["GET"]),
+        ]
+    )

@@ -55,8 +55,13 @@ class World:
         """Fresh uploads drawn from the same generative model, with ids after the catalogue's."""
         start = int(self.item_ids.max()) + 1 if self.n_items else 1
         ids = np.arange(start, start + n, dtype=np.uint64)
-        topic = rng.choice(len(self.topic_centroids), size=n, p=_zipf_probs(len(self.topic_centroids), 1.1))
-        emb = _unit_rows(self.topic_centroids[topic] + 0.55 * rng.standard_normal((n, self.dim)) / np.sqrt(self.dim) * 4)
+        topic = rng.choice(
+            len(self.topic_centroids), size=n, p=_zipf_probs(len(self.topic_centroids), 1.1)
+        )
+        emb = _unit_rows(
+            self.topic_centroids[topic]
+            + 0.55 * rng.standard_normal((n, self.dim)) / np.sqrt(self.dim) * 4
+        )
         self.item_ids = np.concatenate([self.item_ids, ids])
         self.item_emb = np.concatenate([self.item_emb, emb])
         self.item_topic = np.concatenate([self.item_topic, topic.astype(np.int32)])
@@ -70,11 +75,22 @@ class World:
         self.item_quality = np.concatenate([self.item_quality, q])
         dur = rng.uniform(8, 60, size=n).astype(np.float32)
         self.item_duration = np.concatenate([self.item_duration, dur])
-        return {"ids": ids, "emb": emb, "topic": topic.astype(np.int32), "creator": creator,
-                "category": cat, "upload_ts": ts}
+        return {
+            "ids": ids,
+            "emb": emb,
+            "topic": topic.astype(np.int32),
+            "creator": creator,
+            "category": cat,
+            "upload_ts": ts,
+        }
 
-    def engagement(self, user_rows: np.ndarray, item_rows: np.ndarray, positions: np.ndarray,
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def engagement(
+        self,
+        user_rows: np.ndarray,
+        item_rows: np.ndarray,
+        positions: np.ndarray,
+        rng: np.random.Generator,
+    ) -> dict[str, np.ndarray]:
         """Samples what users do with shown items (ground truth), vectorised over impressions."""
         aff = np.einsum("ij,ij->i", self.user_taste[user_rows], self.item_emb[item_rows])
         q = self.item_quality[item_rows]
@@ -87,12 +103,26 @@ class World:
         liked = rng.random(len(aff)) < p_finish / (1.0 + np.exp(-(logit - 1.5)))
         shared = rng.random(len(aff)) < 0.15 * p_finish * liked
         followed = rng.random(len(aff)) < 0.05 * p_finish
-        return {"completed": completed, "liked": liked, "shared": shared, "followed": followed,
-                "watched_seconds": watched, "affinity": aff.astype(np.float32)}
+        return {
+            "completed": completed,
+            "liked": liked,
+            "shared": shared,
+            "followed": followed,
+            "watched_seconds": watched,
+            "affinity": aff.astype(np.float32),
+        }
 
 
-def make_world(n_items: int = 1_000_000, n_users: int = 100_000, dim: int = 64, n_topics: int = 50,
-               n_creators: int = 50_000, days: float = 30.0, now: float = 1.8e9, seed: int = 0) -> World:
+def make_world(
+    n_items: int = 1_000_000,
+    n_users: int = 100_000,
+    dim: int = 64,
+    n_topics: int = 50,
+    n_creators: int = 50_000,
+    days: float = 30.0,
+    now: float = 1.8e9,
+    seed: int = 0,
+) -> World:
     """Builds the world deterministically from `seed` (about 2 s for 1M items)."""
     if n_items <= 0 or n_users <= 0 or dim <= 0 or n_topics <= 0 or n_creators <= 0:
         raise ValueError("n_items, n_users, dim, n_topics and n_creators must all be > 0")
@@ -102,18 +132,28 @@ def make_world(n_items: int = 1_000_000, n_users: int = 100_000, dim: int = 64, 
     topic_p = _zipf_probs(n_topics, 1.1)
     creator_home = rng.choice(n_topics, size=n_creators, p=topic_p)
     creator = rng.choice(n_creators, size=n_items, p=_zipf_probs(n_creators, 0.9))
-    topic = np.where(rng.random(n_items) < 0.8, creator_home[creator], rng.choice(n_topics, size=n_items, p=topic_p))
+    topic = np.where(
+        rng.random(n_items) < 0.8,
+        creator_home[creator],
+        rng.choice(n_topics, size=n_items, p=topic_p),
+    )
     emb = np.empty((n_items, dim), dtype=np.float32)
     chunk = 200_000
     for s in range(0, n_items, chunk):  # chunked to bound peak memory, not a per-item loop
         e = slice(s, min(s + chunk, n_items))
-        noise = rng.standard_normal((e.stop - e.start, dim)).astype(np.float32) * (2.2 / np.sqrt(dim))
+        noise = rng.standard_normal((e.stop - e.start, dim)).astype(np.float32) * (
+            2.2 / np.sqrt(dim)
+        )
         emb[e] = _unit_rows(centroids[topic[e]] + noise)
     users_topics = rng.choice(n_topics, size=(n_users, 3), p=topic_p)
     mix = rng.dirichlet([1.0, 0.5, 0.25], size=n_users).astype(np.float32)
-    taste = _unit_rows(np.einsum("uk,ukd->ud", mix, centroids[users_topics])
-                       + 0.3 * rng.standard_normal((n_users, dim)).astype(np.float32) / np.sqrt(dim))
-    long_term = _unit_rows(taste + 0.6 * rng.standard_normal((n_users, dim)).astype(np.float32) / np.sqrt(dim))
+    taste = _unit_rows(
+        np.einsum("uk,ukd->ud", mix, centroids[users_topics])
+        + 0.3 * rng.standard_normal((n_users, dim)).astype(np.float32) / np.sqrt(dim)
+    )
+    long_term = _unit_rows(
+        taste + 0.6 * rng.standard_normal((n_users, dim)).astype(np.float32) / np.sqrt(dim)
+    )
     return World(
         dim=dim,
         now=now,
@@ -134,8 +174,9 @@ def make_world(n_items: int = 1_000_000, n_users: int = 100_000, dim: int = 64, 
     )
 
 
-def demo_ranker_weights(dim: int, hidden: tuple[int, ...] = (512, 256, 128), seed: int = 0
-                        ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def demo_ranker_weights(
+    dim: int, hidden: tuple[int, ...] = (512, 256, 128), seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Weights of a multi-task MLP over the pipeline's features (see ``serve/features.rs``) that
     ranks the synthetic world sensibly without a training run.
 
@@ -149,8 +190,10 @@ def demo_ranker_weights(dim: int, hidden: tuple[int, ...] = (512, 256, 128), see
     user_w, item_w = 2 * dim + 4, 2 * dim + 8
     d_in = user_w + item_w
     sizes = (d_in, *hidden, len(TASKS))
-    weights = [(rng.standard_normal((a, b)) * (0.02 / np.sqrt(a))).astype(np.float32)
-               for a, b in zip(sizes[:-1], sizes[1:])]
+    weights = [
+        (rng.standard_normal((a, b)) * (0.02 / np.sqrt(a))).astype(np.float32)
+        for a, b in zip(sizes[:-1], sizes[1:])
+    ]
     biases = [np.zeros(b, dtype=np.float32) for b in sizes[1:]]
     cross = slice(user_w + dim, user_w + 2 * dim)
     stats = user_w + 2 * dim  # item stats block
