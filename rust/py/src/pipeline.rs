@@ -176,12 +176,11 @@ impl PyFeedResponse {
     fn predictions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let t = self.inner.task_names.len();
         let n = self.inner.slots.len();
-        Ok(self
-            .inner
+        self.inner
             .predictions
             .clone()
             .into_pyarray(py)
-            .reshape([n, t])?)
+            .reshape([n, t])
     }
     /// `{shadow_version: predictions (len(self) x tasks)}`.
     #[getter]

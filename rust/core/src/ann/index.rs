@@ -208,7 +208,7 @@ impl HnswIndex {
     }
 
     fn check_rows(&self, data: &[f32], what: &str) -> crate::Result<usize> {
-        if data.len() % self.dim != 0 {
+        if !data.len().is_multiple_of(self.dim) {
             return Err(crate::invalid!(
                 "{what} has {} values, not a multiple of the index dim {}",
                 data.len(),

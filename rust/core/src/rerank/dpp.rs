@@ -296,7 +296,7 @@ mod tests {
                     .map(|(a, b)| lk(a, b))
                     .collect();
                 if let Some(v) = logdet(&m, y.len()) {
-                    if best.map_or(true, |(_, b)| v > b) {
+                    if best.is_none_or(|(_, b)| v > b) {
                         best = Some((i, v));
                     }
                 }

@@ -42,7 +42,7 @@ impl Owned {
             topics: (0..n).map(|_| r.skewed(5) * 1000 + 7).collect(),
             creators: (0..n).map(|_| r.skewed(8)).collect(),
             cats: (0..n).map(|_| r.skewed(6)).collect(),
-            fresh: (0..n).map(|_| r.next() % 4 == 0).collect(),
+            fresh: (0..n).map(|_| r.next().is_multiple_of(4)).collect(),
             emb: (0..n * dim).map(|_| r.unit() - 0.5).collect(),
             dim,
         }
@@ -64,14 +64,18 @@ fn random_policy(r: &mut Lcg) -> Policy {
     let share_num = 1 + r.next() % window as u64;
     Policy {
         window,
-        max_topic_share: (r.next() % 3 != 0).then_some(share_num as f64 / window as f64),
-        max_per_creator: (r.next() % 3 != 0).then_some(1 + (r.next() % 3) as usize),
-        blocked_categories: if r.next() % 2 == 0 { vec![5] } else { vec![] },
+        max_topic_share: (!r.next().is_multiple_of(3)).then_some(share_num as f64 / window as f64),
+        max_per_creator: (!r.next().is_multiple_of(3)).then_some(1 + (r.next() % 3) as usize),
+        blocked_categories: if r.next().is_multiple_of(2) {
+            vec![5]
+        } else {
+            vec![]
+        },
         category_caps: vec![
             CategoryCap {
                 category: 3,
                 share: ((r.next() % 3) as f64 / window as f64).min(1.0),
-                safety: r.next() % 2 == 0,
+                safety: r.next().is_multiple_of(2),
             },
             CategoryCap {
                 category: 4,
@@ -197,7 +201,7 @@ fn naive(p: &Policy, c: &Candidates<'_>, k: usize) -> Vec<usize> {
                 if safety || !v.iter().all(|r| relaxed.contains(r)) {
                     continue;
                 }
-                if best.map_or(true, |b| c.scores[i] > c.scores[b]) {
+                if best.is_none_or(|b| c.scores[i] > c.scores[b]) {
                     best = Some(i);
                 }
             }
