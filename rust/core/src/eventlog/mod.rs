@@ -20,6 +20,7 @@ pub use record::{
 pub use schema::{Table, DEFAULT_TASKS, SCHEMA_VERSION};
 pub use stats::StatsSnapshot;
 pub use token::{user_token, UserTokenizer};
+pub(crate) use worker::json_str;
 pub use writer::{keep_request, now_us, EventLog, EventLogConfig};
 
 #[cfg(test)]

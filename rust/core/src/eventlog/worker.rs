@@ -69,7 +69,8 @@ pub(crate) fn run(sh: Arc<Shared>, leftovers: Vec<PathBuf>) {
     w.main_loop();
 }
 
-fn json_str(s: &str) -> String {
+/// A JSON string literal (quotes and escapes) for the small JSON values the log writes.
+pub(crate) fn json_str(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {

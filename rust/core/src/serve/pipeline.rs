@@ -10,7 +10,7 @@ use super::mixer::{draw_exploration, Source};
 use super::scorer::{user_embedding, ServingConfig};
 use super::store::{Interaction, ItemInfo, ItemStore, Items, UserStore};
 use crate::ann::HnswIndex;
-use crate::eventlog::{self as elog, EventLog, RequestRecords, UserTokenizer};
+use crate::eventlog::{self as elog, json_str, EventLog, RequestRecords, UserTokenizer};
 use crate::rank::{value_with, RankerSet};
 use crate::rerank::{Candidates, Pinned, Reranker};
 use crate::split::{Keys, TrafficSplit};
@@ -353,6 +353,7 @@ impl Pipeline {
         let mut taken = IdSet::default();
         if k_fresh > 0 {
             let mut fresh: Vec<(f32, usize)> = Vec::new();
+            let ip = crate::ann::distance::select(crate::ann::Metric::Ip);
             self.fresh
                 .for_each_fresh(now, cfg.fresh_max_age_s, self.opts.fresh_scan, |id, ts| {
                     if seen.contains(&id) {
@@ -362,7 +363,7 @@ impl Pipeline {
                         let score = if cold {
                             ts as f32
                         } else {
-                            dot(qvec, items.embedding(s))
+                            dot(ip, qvec, items.embedding(s))
                         };
                         fresh.push((score, s));
                     }
@@ -887,22 +888,8 @@ impl Pipeline {
     }
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
+/// Inner product with the index's SIMD kernel (its "ip" distance is 1 - dot).
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+fn dot(ip_distance: crate::ann::distance::DistFn, a: &[f32], b: &[f32]) -> f32 {
+    1.0 - ip_distance(a, b)
 }
