@@ -9,7 +9,8 @@ the slot's position. Everything is vectorised numpy and a pure function of the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -46,6 +47,8 @@ class World:
     user_long_term: np.ndarray  # float32: the two-tower estimate of the taste (noisy)
     user_has_long_term: np.ndarray  # bool: False for brand-new users (cold start)
     seed: int
+    # growth buffers behind the item_* arrays, so uploads append in amortised O(1)
+    _bufs: Optional[dict] = field(default=None, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -53,7 +56,7 @@ class World:
 
     def new_items(self, n: int, now: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Fresh uploads drawn from the same generative model, with ids after the catalogue's."""
-        start = int(self.item_ids.max()) + 1 if self.n_items else 1
+        start = int(self.item_ids[-1]) + 1 if self.n_items else 1  # ids ascend
         ids = np.arange(start, start + n, dtype=np.uint64)
         topic = rng.choice(
             len(self.topic_centroids), size=n, p=_zipf_probs(len(self.topic_centroids), 1.1)
@@ -62,19 +65,21 @@ class World:
             self.topic_centroids[topic]
             + 0.55 * rng.standard_normal((n, self.dim)) / np.sqrt(self.dim) * 4
         )
-        self.item_ids = np.concatenate([self.item_ids, ids])
-        self.item_emb = np.concatenate([self.item_emb, emb])
-        self.item_topic = np.concatenate([self.item_topic, topic.astype(np.int32)])
         creator = rng.integers(0, 50_000, size=n).astype(np.uint64)
-        self.item_creator = np.concatenate([self.item_creator, creator])
         cat = (rng.random(n) < 0.03).astype(np.int32)
-        self.item_category = np.concatenate([self.item_category, cat])
         ts = np.full(n, now)
-        self.item_upload_ts = np.concatenate([self.item_upload_ts, ts])
-        q = rng.normal(0.0, 0.5, size=n).astype(np.float32)
-        self.item_quality = np.concatenate([self.item_quality, q])
-        dur = rng.uniform(8, 60, size=n).astype(np.float32)
-        self.item_duration = np.concatenate([self.item_duration, dur])
+        self._append(
+            {
+                "item_ids": ids,
+                "item_emb": emb,
+                "item_topic": topic.astype(np.int32),
+                "item_creator": creator,
+                "item_category": cat,
+                "item_upload_ts": ts,
+                "item_quality": rng.normal(0.0, 0.5, size=n).astype(np.float32),
+                "item_duration": rng.uniform(8, 60, size=n).astype(np.float32),
+            }
+        )
         return {
             "ids": ids,
             "emb": emb,
@@ -83,6 +88,21 @@ class World:
             "category": cat,
             "upload_ts": ts,
         }
+
+    def _append(self, cols: dict[str, np.ndarray]) -> None:
+        n0, k = self.n_items, len(cols["item_ids"])
+        if self._bufs is None or len(self._bufs["item_ids"]) < n0 + k:
+            cap = n0 + k + max(n0 // 8, 1024)
+            bufs = {}
+            for name in cols:
+                cur = getattr(self, name)
+                b = np.empty((cap, *cur.shape[1:]), dtype=cur.dtype)
+                b[:n0] = cur
+                bufs[name] = b
+            self._bufs = bufs
+        for name, v in cols.items():
+            self._bufs[name][n0 : n0 + k] = v
+            setattr(self, name, self._bufs[name][: n0 + k])
 
     def engagement(
         self,
