@@ -45,8 +45,6 @@ pub struct PipelineOptions {
     /// Items sampled to refresh the popularity fallback.
     pub popular_sample: usize,
     pub popular_refresh_s: f64,
-    /// Log served feature vectors (sampled with the firehose).
-    pub log_features: bool,
 }
 
 impl Default for PipelineOptions {
@@ -59,7 +57,6 @@ impl Default for PipelineOptions {
             fresh_scan: 5000,
             popular_sample: 20_000,
             popular_refresh_s: 10.0,
-            log_features: false,
         }
     }
 }
