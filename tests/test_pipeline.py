@@ -273,3 +273,22 @@ def test_logging_writes_every_exploration_slot(world, tmp_path) -> None:
     assert eng.num_rows == 60
     # no raw user id in any token column
     assert not any(t.startswith("user-") for t in imp.column("user_token").to_pylist())
+
+
+def test_shadow_scores_are_logged_with_their_value(world, tmp_path) -> None:
+    import pyarrow.dataset as ds
+
+    pipe = build(world, log_dir=tmp_path)
+    w, b, o = demo_ranker_weights(world.dim, seed=6)
+    pipe.add_shadow(MlpRanker(w, b, outputs=o, version="v2", task_names=list(TASKS)))
+    for i in range(5):
+        r = pipe.feed(f"user-{i}", f"shadow-log-{i}", now=time.time())
+    pipe.close()
+    t = ds.dataset(tmp_path / "ranker_scores", format="parquet", partitioning="hive").to_table()
+    is_shadow = np.asarray(t.column("is_shadow"))
+    assert is_shadow.sum() == (~is_shadow).sum() == 5 * 20
+    versions = np.asarray(t.column("model_version"))
+    assert set(versions[is_shadow]) == {"v2"}
+    assert np.isfinite(np.asarray(t.column("value_score"))[is_shadow]).all()
+    imps = np.asarray(t.column("impression_id"))[is_shadow]
+    assert sum(i.startswith("shadow-log-4:") for i in imps) == len(r)

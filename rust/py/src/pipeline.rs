@@ -188,8 +188,11 @@ impl PyFeedResponse {
         let d = PyDict::new(py);
         let t = self.inner.task_names.len();
         let n = self.inner.slots.len();
-        for (v, p) in &self.inner.shadows {
-            d.set_item(v, p.clone().into_pyarray(py).reshape([n, t])?)?;
+        for sh in &self.inner.shadows {
+            d.set_item(
+                &sh.version,
+                sh.predictions.clone().into_pyarray(py).reshape([n, t])?,
+            )?;
         }
         Ok(d)
     }

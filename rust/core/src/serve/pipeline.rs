@@ -74,6 +74,16 @@ pub struct Slot {
     pub value: f32,
 }
 
+/// One shadow model's scores of the served rows (logged with `is_shadow = true`, never served).
+#[derive(Debug, Clone)]
+pub struct ShadowScores {
+    pub version: String,
+    /// `slots x tasks`.
+    pub predictions: Vec<f32>,
+    /// The value model applied to them (same product weights as the live model's).
+    pub values: Vec<f32>,
+}
+
 #[derive(Debug, Clone)]
 pub struct FeedResponse {
     pub request_id: String,
@@ -84,7 +94,7 @@ pub struct FeedResponse {
     /// `slots.len() x tasks` live predictions, frozen before the response leaves.
     pub predictions: Vec<f32>,
     /// Shadow versions and their `slots.len() x tasks` predictions (logged, never served).
-    pub shadows: Vec<(String, Vec<f32>)>,
+    pub shadows: Vec<ShadowScores>,
     /// Rules the re-ranker relaxed, with counts.
     pub relaxed: Vec<(&'static str, u32)>,
     pub n_candidates: usize,
@@ -620,10 +630,21 @@ impl Pipeline {
                 rows[i * iw..(i + 1) * iw].copy_from_slice(src);
             }
             for m in &snap.shadows {
-                shadows.push((
-                    m.version().to_owned(),
-                    m.predict_request(&ublock, &rows, ns)?,
-                ));
+                let predictions = m.predict_request(&ublock, &rows, ns)?;
+                let own;
+                let w: &[f32] = if m.n_tasks() == weights.len() {
+                    &weights
+                } else {
+                    own = m.task_weights();
+                    &own
+                };
+                let mut values = vec![0.0f32; ns];
+                value_with(&predictions, ns, w, &mut values)?;
+                shadows.push(ShadowScores {
+                    version: m.version().to_owned(),
+                    predictions,
+                    values,
+                });
             }
         }
         lap(5);
@@ -803,14 +824,15 @@ impl Pipeline {
                 exploration,
                 sampled_pct: 100.0,
             });
-            for (v, p) in &r.shadows {
+            for sh in &r.shadows {
+                let t = sh.predictions.len() / r.slots.len().max(1);
                 out.scores.push(elog::RankerScore {
                     impression_id: s.impression_id.clone(),
                     ts_us,
-                    model_version: v.clone(),
+                    model_version: sh.version.clone(),
                     is_shadow: true,
-                    value_score: f32::NAN,
-                    preds: p[i * tasks..(i + 1) * tasks].to_vec(),
+                    value_score: sh.values[i],
+                    preds: sh.predictions[i * t..(i + 1) * t].to_vec(),
                     request_id: r.request_id.clone(),
                     exploration,
                     sampled_pct: 100.0,
