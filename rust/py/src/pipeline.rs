@@ -273,7 +273,8 @@ impl PyFeedResponse {
 #[pyclass(name = "FeedPipeline", module = "fyp_core", frozen)]
 pub struct PyFeedPipeline {
     inner: Arc<Pipeline>,
-    log: Option<Py<PyEventLog>>,
+    /// Holds the Python EventLog the caller passed, so it lives as long as the pipeline.
+    _log: Option<Py<PyEventLog>>,
 }
 
 fn ranker_set(obj: &Bound<'_, PyAny>) -> PyResult<Arc<RankerSet>> {
@@ -340,7 +341,7 @@ impl PyFeedPipeline {
         .map_err(to_py)?;
         Ok(Self {
             inner: Arc::new(p),
-            log: event_log.map(|l| l.unbind()),
+            _log: event_log.map(|l| l.unbind()),
         })
     }
 
@@ -595,7 +596,6 @@ impl PyFeedPipeline {
             let log = log.clone();
             run_detached(py, move || log.close())?;
         }
-        let _ = &self.log;
         Ok(())
     }
 
