@@ -9,3 +9,4 @@ pub mod mixer;
 pub mod pipeline;
 pub mod scorer;
 pub mod store;
+pub mod window;
