@@ -497,6 +497,9 @@ def test_in_memory_validation(tmp_path) -> None:
 class _Recorder:
     def __init__(self, authority: bool) -> None:
         self.items: list[tuple[int, bool]] = []
+        self.ids: list[np.ndarray] = []
+        self.ts: list[np.ndarray] = []
+        self.emb: list[np.ndarray] = []
         self.users: list[int] = []
         self.authority: list[tuple[np.ndarray, np.ndarray]] = []
         if authority:
@@ -505,6 +508,9 @@ class _Recorder:
     def load_items(self, ids, emb, topics, creators, cats, ts, index=True):
         assert emb.dtype == np.float32 and emb.flags.c_contiguous and len(emb) == len(ids)
         self.items.append((len(ids), index))
+        self.ids.append(np.array(ids))
+        self.ts.append(np.array(ts))
+        self.emb.append(emb)
 
     def set_user_embeddings(self, users, emb):
         assert len(users) == len(emb)
@@ -518,6 +524,14 @@ def test_apply_catalogue_chunks_and_creator_hook(catdir) -> None:
     assert rec.items == [(700, False), (700, False), (600, False)]
     assert sum(rec.users) == c.n_users and max(rec.users) <= 700
     assert got == {"items": 2000, "users": c.n_users, "creators": 0}
+    # every item once, with its own row, in upload-time order (the fresh tier's fast path)
+    ids, ts = np.concatenate(rec.ids), np.concatenate(rec.ts)
+    assert np.all(np.diff(ts) >= 0)
+    np.testing.assert_array_equal(np.sort(ids), np.sort(c.item_ids))
+    row = {int(i): r for r, i in enumerate(c.item_ids)}
+    first = [row[int(i)] for i in rec.ids[1][:5]]
+    np.testing.assert_array_equal(rec.emb[1][:5], c.item_embeddings[first])
+    np.testing.assert_array_equal(rec.ts[1][:5], c.upload_ts[first])
     rec = _Recorder(authority=True)
     seen = []
     got = apply_catalogue(rec, c, batch=5000, progress=seen.append)
@@ -526,6 +540,19 @@ def test_apply_catalogue_chunks_and_creator_hook(catdir) -> None:
     np.testing.assert_array_equal(rec.authority[0][0], c.creator_ids)
     with pytest.raises(ValueError, match="batch must be > 0"):
         apply_catalogue(rec, c, batch=0)
+
+
+def test_apply_catalogue_streams_a_time_sorted_catalogue_without_copies(tmp_path) -> None:
+    a = small_arrays(n=300)
+    order = np.argsort(a["upload_ts"])
+    for k in ("item_ids", "item_embeddings", "topics", "creators", "upload_ts", "categories"):
+        a[k] = a[k][order]
+    c = load_catalogue(save_catalogue(tmp_path / "c", **a))
+    rec = _Recorder(authority=False)
+    apply_catalogue(rec, c, batch=128)
+    assert [n for n, _ in rec.items] == [128, 128, 44]
+    assert all(np.shares_memory(e, c.item_embeddings) for e in rec.emb)
+    np.testing.assert_array_equal(np.concatenate(rec.ids), c.item_ids)
 
 
 def test_apply_catalogue_into_a_real_pipeline_indexes_items(catdir) -> None:
