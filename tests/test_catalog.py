@@ -213,6 +213,53 @@ def test_failed_save_leaves_old_catalogue_and_no_debris(tmp_path, monkeypatch) -
     assert load_catalogue(p).n_items == 50
 
 
+def test_readers_see_one_whole_catalogue_while_it_is_replaced(tmp_path) -> None:
+    """Threads load while another thread keeps replacing the catalogue: every load returns
+    either A or B whole (same sizes, so a mix would pass the size checks: the topics tell)."""
+    import threading
+
+    a = small_arrays(n=200, seed=1)
+    b = {**small_arrays(n=200, seed=2)}
+    a["topics"] = np.full(200, 1, np.int32)
+    b["topics"] = np.full(200, 2, np.int32)
+    p = save_catalogue(tmp_path / "c", **a)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen = {1: 0, 2: 0}
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            save_catalogue(p, **(b if i % 2 == 0 else a), overwrite=True)
+            i += 1
+
+    def reader() -> None:
+        try:
+            for _ in range(40):
+                c = load_catalogue(p)
+                t = int(c.topics[0])
+                src = a if t == 1 else b
+                assert np.all(c.topics == t)
+                np.testing.assert_array_equal(c.item_ids, src["item_ids"])
+                np.testing.assert_array_equal(c.item_embeddings, src["item_embeddings"])
+                seen[t] += 1
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    w = threading.Thread(target=writer)
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    w.start()
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join()
+    stop.set()
+    w.join()
+    assert not errors, errors[0]
+    assert seen[1] + seen[2] == 120
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
 # ---------------------------------------------------------------- validation errors
 
 

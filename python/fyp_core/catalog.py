@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -209,10 +210,54 @@ def load_catalogue(path: PathLike, mmap: bool = True, check_finite: bool = True)
     large catalogue opens without reading the matrix; ``check_finite`` still scans it once for
     NaN/Inf in bounded chunks. Raises FileNotFoundError for a missing directory or file and
     ValueError for anything malformed, with a message that says what to fix.
+
+    A catalogue replaced (``save_catalogue(..., overwrite=True)``) while it is being read is
+    detected by the directory's identity changing, and read again: the result is always one
+    whole catalogue, never files from two.
     """
     root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"catalogue directory {str(root)!r} does not exist")
+    for attempt in range(_READ_ATTEMPTS):
+        before = _dir_identity(root)
+        if before is None:
+            what = "is not a directory" if root.exists() else "does not exist"
+            err: Exception = FileNotFoundError(f"catalogue directory {str(root)!r} {what}")
+            if not _replacing(root):
+                raise err
+        else:
+            try:
+                cat = _load_once(root, mmap, check_finite)
+            except (ValueError, FileNotFoundError) as e:
+                err = e
+            else:
+                if _dir_identity(root) == before:
+                    return cat
+                err = ValueError(f"{root} was replaced while being read, {_READ_ATTEMPTS} times")
+            if _dir_identity(root) == before and not _replacing(root):  # stable: a real error
+                raise err
+        time.sleep(0.01 * (attempt + 1))  # a replace in progress: its rename is imminent
+    raise err
+
+
+_READ_ATTEMPTS = 4
+
+
+def _dir_identity(root: Path) -> Optional[tuple[int, int]]:
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+def _replacing(root: Path) -> bool:
+    """True while ``_write`` is swapping a catalogue at `root` (its old copy is set aside)."""
+    try:
+        return any(root.parent.glob(f".{root.name}.old-*"))
+    except OSError:
+        return False
+
+
+def _load_once(root: Path, mmap: bool, check_finite: bool) -> Catalogue:
     where = f" in {root}"
     manifest = _read_manifest(root)
     dim = manifest["dim"]
