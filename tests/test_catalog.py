@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +138,10 @@ def test_optional_parts_absent(tmp_path) -> None:
     assert c.as_of == 123.0
 
 
-def test_world_export_matches_world(world, catdir) -> None:
+def test_world_export_matches_world(world, catdir, tmp_path) -> None:
     c = load_catalogue(catdir)
+    np.testing.assert_array_equal(load_catalogue(world.to_catalogue(tmp_path / "w")).item_ids,
+                                  c.item_ids)
     np.testing.assert_array_equal(c.item_ids, world.item_ids)
     np.testing.assert_array_equal(c.item_embeddings, world.item_emb)
     np.testing.assert_array_equal(c.topics, world.item_topic)
@@ -232,6 +235,7 @@ def test_readers_see_one_whole_catalogue_while_it_is_replaced(tmp_path) -> None:
         while not stop.is_set():
             save_catalogue(p, **(b if i % 2 == 0 else a), overwrite=True)
             i += 1
+            time.sleep(0.005)  # back to back, but not a livelock: readers get a gap
 
     def reader() -> None:
         try:

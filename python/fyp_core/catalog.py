@@ -238,7 +238,7 @@ def load_catalogue(path: PathLike, mmap: bool = True, check_finite: bool = True)
     raise err
 
 
-_READ_ATTEMPTS = 4
+_READ_ATTEMPTS = 8  # back-off totals 0.36 s: replacing a catalogue is a rare, quick event
 
 
 def _dir_identity(root: Path) -> Optional[tuple[int, int]]:
