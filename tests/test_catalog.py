@@ -138,6 +138,19 @@ def test_optional_parts_absent(tmp_path) -> None:
     assert c.as_of == 123.0
 
 
+def test_empty_catalogue_and_extra_columns(tmp_path) -> None:
+    p = save_catalogue(tmp_path / "e", np.zeros(0, np.uint64), np.zeros((0, 8), np.float32),
+                       [], [], [], user_ids=[], user_embeddings=np.zeros((0, 8), np.float32))
+    c = load_catalogue(p)
+    assert (c.n_items, c.item_embeddings.shape, c.n_users, c.dim) == (0, (0, 8), 0, 8)
+    assert c.item_ids.dtype == np.uint64 and c.upload_ts.dtype == np.float64
+    # unknown columns and manifest keys are ignored (room for later optional batch features)
+    q = save_catalogue(tmp_path / "x", **small_arrays())
+    _items(q, batch_ctr=pa.array(np.zeros(50)))
+    _manifest(q, pipeline_hint="x")
+    assert load_catalogue(q).n_items == 50
+
+
 def test_world_export_matches_world(world, catdir, tmp_path) -> None:
     c = load_catalogue(catdir)
     np.testing.assert_array_equal(load_catalogue(world.to_catalogue(tmp_path / "w")).item_ids,
