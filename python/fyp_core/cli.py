@@ -1,5 +1,6 @@
 """The ``fyp-core`` command: ``demo`` runs the synthetic serving demo, ``serve`` the reference
-HTTP host, ``report`` writes the
+HTTP host (over a catalogue directory or the demo world), ``catalogue`` exports the demo world as a
+catalogue directory or checks one, ``report`` writes the
 static HTML dashboard of a log directory, ``retention`` rolls up and expires old raw partitions,
 ``simulate`` writes a simulated log directory (schema v1) to try them on."""
 
@@ -18,12 +19,37 @@ def _build_parser() -> argparse.ArgumentParser:
     from fyp_core.demo import add_arguments
 
     add_arguments(d)
-    v = sub.add_parser("serve", help="run the reference HTTP host over the demo catalogue")
+    v = sub.add_parser(
+        "serve", help="run the reference HTTP host over a catalogue (default: the demo world)"
+    )
     add_arguments(v)
+    v.add_argument(
+        "--catalogue",
+        metavar="DIR",
+        default=None,
+        help="serve this catalogue directory (docs/catalogue.md) instead of the synthetic demo "
+        "world; --items and --users are then ignored",
+    )
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-inflight", type=int, default=64,
                    help="concurrent requests before answering 503 (default 64)")
+
+    c = sub.add_parser("catalogue", help="export the demo world as a catalogue, or check one")
+    csub = c.add_subparsers(dest="catalogue_command")
+    ce = csub.add_parser("export", help="write the synthetic world as a catalogue directory")
+    ce.add_argument("dir", help="output directory (must not exist unless --overwrite)")
+    ce.add_argument("--items", type=int, default=1_000_000, help="items (default 1M)")
+    ce.add_argument("--users", type=int, default=100_000, help="users (default 100k)")
+    ce.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
+    ce.add_argument("--seed", type=int, default=0)
+    ce.add_argument("--now", type=float, default=None,
+                    help="snapshot time, seconds since epoch (default: now)")
+    ce.add_argument("--no-creators", action="store_true",
+                    help="leave out creators.parquet (creator authority)")
+    ce.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
+    cc = csub.add_parser("check", help="validate a catalogue directory and print a summary")
+    cc.add_argument("dir")
 
     r = sub.add_parser("report", help="write the static HTML analytics report of a log directory")
     r.add_argument("logdir", help="event log root (LOGDIR/<table>/dt=.../hour=.../*.parquet)")
@@ -83,6 +109,34 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _catalogue(args: argparse.Namespace) -> int:
+    import time
+
+    from fyp_core.catalog import catalogue_from_world, load_catalogue
+
+    if args.catalogue_command == "export":
+        from fyp_core.synth import make_world
+
+        t = time.perf_counter()
+        now = time.time() if args.now is None else args.now
+        world = make_world(n_items=args.items, n_users=args.users, dim=args.dim,
+                           seed=args.seed, now=now)
+        path = catalogue_from_world(world, args.dir, overwrite=args.overwrite,
+                                    creator_authority=not args.no_creators)
+        print(f"wrote {world.n_items:,} items (dim {world.dim}) to {path} "
+              f"in {time.perf_counter() - t:.1f} s")
+        return 0
+    if args.catalogue_command == "check":
+        t = time.perf_counter()
+        cat = load_catalogue(args.dir)
+        print(f"{args.dir}: ok, format version {cat.manifest['version']}, {cat.n_items:,} items, "
+              f"{cat.n_users:,} users, {cat.n_creators:,} creators, dim {cat.dim}, "
+              f"as_of {cat.as_of:.0f} (checked in {time.perf_counter() - t:.2f} s)")
+        return 0
+    print("fyp-core catalogue: pick a subcommand: export DIR | check DIR", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.version:
@@ -90,11 +144,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(__version__)
         return 0
-    handlers = {"report": _report, "retention": _retention, "simulate": _simulate}
+    handlers = {
+        "report": _report,
+        "retention": _retention,
+        "simulate": _simulate,
+        "catalogue": _catalogue,
+    }
     if args.command == "serve":
         from fyp_core.demo import run_server
 
-        return run_server(args)
+        try:
+            return run_server(args)
+        except (ValueError, FileNotFoundError) as e:  # a bad catalogue: say what to fix
+            print(f"fyp-core serve: {e}", file=sys.stderr)
+            return 2
     if args.command == "demo":
         from fyp_core.demo import run_demo
 
@@ -102,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command in handlers:
         try:
             return handlers[args.command](args)
-        except ValueError as e:  # bad input: a clear message, not a traceback
+        except (ValueError, OSError) as e:  # bad input: a clear message, not a traceback
             print(f"fyp-core {args.command}: {e}", file=sys.stderr)
             return 2
     _build_parser().print_help()

@@ -47,26 +47,30 @@ def _pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q)) if len(a) else float("nan")
 
 
-def build_pipeline(world: Any, args: argparse.Namespace, log_dir: str | None) -> Any:
-    """Index the world and assemble a FeedPipeline over it (shared with the benchmarks)."""
+def build_pipeline(source: Any, args: argparse.Namespace, log_dir: str | None) -> Any:
+    """Index a catalogue and assemble a FeedPipeline over it (shared with the benchmarks and
+    ``fyp-core serve``). `source` is a ``fyp_core.catalog.Catalogue`` (e.g. from
+    ``load_catalogue``) or the synthetic ``World`` (viewed as a catalogue without copying)."""
     from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker
+    from fyp_core.catalog import Catalogue, apply_catalogue
     from fyp_core.synth import TASKS, demo_ranker_weights
 
+    cat = source if isinstance(source, Catalogue) else Catalogue.from_world(source)
     index = HnswIndex(
-        world.dim,
+        cat.dim,
         metric="ip",
         m=16,
         ef_construction=args.ef_construction,
-        capacity=world.n_items + 10_000,
+        capacity=cat.n_items + 10_000,
         seed=args.seed,
     )
-    bar = _Progress("indexing items (HNSW)", world.n_items)
+    bar = _Progress("indexing items (HNSW)", cat.n_items)
     step = 50_000
-    for s in range(0, world.n_items, step):
-        e = min(s + step, world.n_items)
-        index.add(world.item_ids[s:e], world.item_emb[s:e])
+    for s in range(0, cat.n_items, step):
+        e = min(s + step, cat.n_items)
+        index.add(cat.item_ids[s:e], np.asarray(cat.item_embeddings[s:e]))
         bar.update(e)
-    weights, biases, outputs = demo_ranker_weights(world.dim, seed=args.seed)
+    weights, biases, outputs = demo_ranker_weights(cat.dim, seed=args.seed)
     ranker = MlpRanker(
         weights,
         biases,
@@ -104,21 +108,8 @@ def build_pipeline(world: Any, args: argparse.Namespace, log_dir: str | None) ->
         },
         user_token_key=b"demo-token-key-not-secret",
     )
-    bar = _Progress("loading feature store", world.n_items)
-    for s in range(0, world.n_items, 200_000):
-        e = min(s + 200_000, world.n_items)
-        pipe.load_items(
-            world.item_ids[s:e],
-            world.item_emb[s:e],
-            world.item_topic[s:e],
-            world.item_creator[s:e],
-            world.item_category[s:e],
-            world.item_upload_ts[s:e],
-            index=False,
-        )
-        bar.update(e)
-    users = np.flatnonzero(world.user_has_long_term)
-    pipe.set_user_embeddings([world.user_ids[u] for u in users], world.user_long_term[users])
+    bar = _Progress("loading feature store", cat.n_items)
+    apply_catalogue(pipe, cat, index=False, batch=200_000, progress=bar.update)
     return pipe
 
 
@@ -269,16 +260,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def serving_source(args: argparse.Namespace) -> Any:
+    """What ``fyp-core serve`` serves: the catalogue in ``--catalogue DIR`` if given (validated,
+    embeddings memory-mapped), else the synthetic demo world (``--items``, ``--users``)."""
+    if getattr(args, "catalogue", None):
+        from fyp_core.catalog import load_catalogue
+
+        t = time.perf_counter()
+        cat = load_catalogue(args.catalogue)
+        print(
+            f"loaded catalogue {args.catalogue}: {cat.n_items:,} items, {cat.n_users:,} users, "
+            f"dim {cat.dim} ({time.perf_counter() - t:.1f} s)",
+            file=sys.stderr,
+        )
+        return cat
+    from fyp_core.synth import make_world
+
+    return make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
+
+
 def run_server(args: argparse.Namespace) -> int:
-    """``fyp-core serve``: the demo catalogue behind the reference ASGI host (uvicorn)."""
+    """``fyp-core serve``: a catalogue (or the demo world) behind the reference ASGI host."""
     import uvicorn
 
     from fyp_core.server import create_app
-    from fyp_core.synth import make_world
 
-    world = make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
-    pipe = build_pipeline(world, args, args.log_dir)
-    print(f"serving {world.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
+    source = serving_source(args)
+    pipe = build_pipeline(source, args, args.log_dir)
+    print(f"serving {source.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
     try:
         uvicorn.run(
             create_app(pipe, max_inflight=args.max_inflight),
