@@ -213,9 +213,12 @@ def demo_ranker_weights(
     small random noise (so the network costs what a real one costs). Output tasks follow
     ``TASKS``: sigmoids for the probabilities, softplus for watch seconds.
     """
+    from fyp_core._core import feature_columns
+
     rng = np.random.default_rng(seed)
-    user_w, item_w = 2 * dim + 4, 2 * dim + 8
-    d_in = user_w + item_w
+    names = [c[0] for c in feature_columns(dim)]
+    user_w = sum(1 for n in names if n.startswith("u_"))
+    d_in = len(names)
     sizes = (d_in, *hidden, len(TASKS))
     weights = [
         (rng.standard_normal((a, b)) * (0.02 / np.sqrt(a))).astype(np.float32)
@@ -223,13 +226,12 @@ def demo_ranker_weights(
     ]
     biases = [np.zeros(b, dtype=np.float32) for b in sizes[1:]]
     cross = slice(user_w + dim, user_w + 2 * dim)
-    stats = user_w + 2 * dim  # item stats block
     w0 = weights[0]
     w0[:, :4] = 0.0
     w0[cross, 0] = 1.0  # relu(dot)
     w0[cross, 1] = -1.0  # relu(-dot)
-    w0[stats + 3, 2] = 1.0  # long-window completion rate (>= 0)
-    w0[stats + 5, 3] = 1.0  # long-window like rate (>= 0)
+    w0[names.index("i_compl_rate_l"), 2] = 1.0  # long-window completion rate (>= 0)
+    w0[names.index("i_like_rate_l"), 3] = 1.0  # long-window like rate (>= 0)
     for w in weights[1:-1]:
         w[:4, :] = 0.0
         w[:, :4] = 0.0

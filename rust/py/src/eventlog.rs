@@ -9,7 +9,7 @@ use crate::convert::{
 use crate::errors::{run_detached, to_py};
 use fyp_core::eventlog::{
     now_us, Engagement, EventLog, EventLogConfig, ExplorationEvent, Impression, RankerScore,
-    Record, RequestRow, ServedFeatures, Source, StatsSnapshot, Table, UserTokenizer,
+    Record, RequestRow, ServedFeatures, Source, StatsSnapshot, Table, UserTokenizer, N_TABLES,
 };
 use fyp_core::invalid;
 use numpy::PyUntypedArrayMethods;
@@ -91,7 +91,7 @@ fn request_of(impression_id: &str) -> PyResult<String> {
     }
 }
 
-fn table_dict<'py>(py: Python<'py>, v: &[u64; 6]) -> PyResult<Bound<'py, PyDict>> {
+fn table_dict<'py>(py: Python<'py>, v: &[u64; N_TABLES]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for t in Table::ALL {
         d.set_item(t.name(), v[t.index()])?;
@@ -539,6 +539,11 @@ impl PyEventLog {
             Table::RankerScores => "log_ranker_scores",
             Table::Requests => "log_request",
             Table::ServedFeatures => "log_served_features",
+            Table::FeatureEvents => {
+                return Err(PyValueError::new_err(
+                    "feature_events is written by FeedPipeline (the feature store's changelog), not by hand",
+                ))
+            }
         };
         slf.call_method(method, PyTuple::empty(slf.py()), columns)?
             .extract()

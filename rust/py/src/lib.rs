@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod convert;
 mod errors;
 mod eventlog;
+mod features;
 mod hnsw;
 mod pipeline;
 mod ranker;
@@ -25,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
     eventlog::register(m)?;
     pipeline::register(m)?;
+    features::register(m)?;
     Ok(())
 }

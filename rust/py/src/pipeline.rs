@@ -289,6 +289,71 @@ fn ranker_set(obj: &Bound<'_, PyAny>) -> PyResult<Arc<RankerSet>> {
     ))
 }
 
+/// Item metadata arrays -> `ItemInfo`s (one per id), with messages naming the bad argument.
+pub(crate) fn item_infos(
+    ids: &Bound<'_, PyAny>,
+    topics: &Bound<'_, PyAny>,
+    creators: &Bound<'_, PyAny>,
+    categories: Option<&Bound<'_, PyAny>>,
+    upload_ts: Option<&Bound<'_, PyAny>>,
+    now: f64,
+) -> PyResult<Vec<ItemInfo>> {
+    let ids = u64_vector(ids, "ids")?;
+    let ids = ids.as_slice()?;
+    let n = ids.len();
+    let topics = i64_vector(topics, "topics")?;
+    let creators = u64_vector(creators, "creators")?;
+    let cats = categories
+        .map(|c| i64_vector(c, "categories"))
+        .transpose()?;
+    let ts = upload_ts
+        .map(|t| crate::convert::f64_vector(t, "upload_ts"))
+        .transpose()?;
+    let len_err = |name: &str, len: usize| {
+        PyValueError::new_err(format!(
+            "{name} has {len} entries, ids has {n}: pass one per item"
+        ))
+    };
+    let topics = topics.as_slice()?;
+    let creators = creators.as_slice()?;
+    if topics.len() != n {
+        return Err(len_err("topics", topics.len()));
+    }
+    if creators.len() != n {
+        return Err(len_err("creators", creators.len()));
+    }
+    let cats = cats.as_ref().map(|c| c.as_slice()).transpose()?;
+    let ts = ts.as_ref().map(|t| t.as_slice()).transpose()?;
+    if let Some(c) = cats {
+        if c.len() != n {
+            return Err(len_err("categories", c.len()));
+        }
+    }
+    if let Some(t) = ts {
+        if t.len() != n {
+            return Err(len_err("upload_ts", t.len()));
+        }
+    }
+    let u32_of = |name: &str, i: usize, x: i64| {
+        u32::try_from(x)
+            .map_err(|_| PyValueError::new_err(format!("{name}[{i}] = {x} is outside [0, 2**32)")))
+    };
+    let mut infos = Vec::with_capacity(n);
+    for i in 0..n {
+        infos.push(ItemInfo {
+            id: ids[i],
+            topic: u32_of("topics", i, topics[i])?,
+            creator: creators[i],
+            category: match cats {
+                Some(c) => u32_of("categories", i, c[i])?,
+                None => 0,
+            },
+            upload_ts: ts.map_or(now, |t| t[i]),
+        });
+    }
+    Ok(infos)
+}
+
 #[pymethods]
 impl PyFeedPipeline {
     #[new]
@@ -383,7 +448,7 @@ impl PyFeedPipeline {
             upload_ts: now_or(ts)?,
         }];
         let p = &self.inner;
-        run_detached(py, || p.upsert_items(&info, e, true))
+        run_detached(py, || p.upsert_items(&info, e, true, true))
     }
 
     /// Bulk load: `ids`, `embeddings (n x dim)`, `topics`, `creators`, optional `categories` and
@@ -401,73 +466,28 @@ impl PyFeedPipeline {
         upload_ts: Option<&Bound<'_, PyAny>>,
         index: bool,
     ) -> PyResult<()> {
-        let ids = u64_vector(ids, "ids")?;
-        let ids = ids.as_slice()?;
-        let n = ids.len();
         let emb = f32_matrix(embeddings, "embeddings")?;
-        let topics = i64_vector(topics, "topics")?;
-        let creators = u64_vector(creators, "creators")?;
-        let cats = categories
-            .map(|c| i64_vector(c, "categories"))
-            .transpose()?;
-        let ts = upload_ts
-            .map(|t| crate::convert::f64_vector(t, "upload_ts"))
-            .transpose()?;
-        let now = now_or(None)?;
-        let len_err = |name: &str, len: usize| {
-            PyValueError::new_err(format!(
-                "{name} has {len} entries, ids has {n}: pass one per item"
-            ))
-        };
-        let topics = topics.as_slice()?;
-        let creators = creators.as_slice()?;
-        if topics.len() != n {
-            return Err(len_err("topics", topics.len()));
-        }
-        if creators.len() != n {
-            return Err(len_err("creators", creators.len()));
-        }
-        let cats = cats.as_ref().map(|c| c.as_slice()).transpose()?;
-        let ts = ts.as_ref().map(|t| t.as_slice()).transpose()?;
-        if let Some(c) = cats {
-            if c.len() != n {
-                return Err(len_err("categories", c.len()));
-            }
-        }
-        if let Some(t) = ts {
-            if t.len() != n {
-                return Err(len_err("upload_ts", t.len()));
-            }
-        }
-        let u32_of = |name: &str, i: usize, x: i64| {
-            u32::try_from(x).map_err(|_| {
-                PyValueError::new_err(format!("{name}[{i}] = {x} is outside [0, 2**32)"))
-            })
-        };
-        let mut infos = Vec::with_capacity(n);
-        for i in 0..n {
-            infos.push(ItemInfo {
-                id: ids[i],
-                topic: u32_of("topics", i, topics[i])?,
-                creator: creators[i],
-                category: match cats {
-                    Some(c) => u32_of("categories", i, c[i])?,
-                    None => 0,
-                },
-                upload_ts: ts.map_or(now, |t| t[i]),
-            });
+        let infos = item_infos(ids, topics, creators, categories, upload_ts, now_or(None)?)?;
+        if emb.shape()[0] != infos.len() {
+            return Err(PyValueError::new_err(format!(
+                "embeddings has {} rows, ids has {}: pass one row per item",
+                emb.shape()[0],
+                infos.len()
+            )));
         }
         let e = emb.as_slice()?;
         let p = &self.inner;
-        run_detached(py, || p.upsert_items(&infos, e, index))
+        run_detached(py, || p.upsert_items(&infos, e, index, false))
     }
 
     /// Takes items down from the index, the store and every later response; returns how many were live.
-    fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>) -> PyResult<usize> {
+    #[pyo3(signature = (ids, now=None))]
+    fn remove(&self, py: Python<'_>, ids: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<usize> {
         let ids = u64_vector(ids, "ids")?;
         let ids = ids.as_slice()?;
+        let now = now_or(now)?;
         let p = &self.inner;
-        run_detached(py, || p.remove_items(ids))
+        run_detached(py, || p.remove_items(ids, now))
     }
 
     #[pyo3(signature = (impression_id, watched_seconds=0.0, completed=false, liked=false, shared=false, followed=false, now=None))]
@@ -495,7 +515,8 @@ impl PyFeedPipeline {
             .map_err(to_py)
     }
 
-    /// Long-term (batch tier) user embeddings, one row per user id.
+    /// Adds long-term (batch tier) user embeddings, one row per user id, to a copy of the batch
+    /// snapshot and publishes it. For a whole new snapshot use `load_batch`.
     fn set_user_embeddings(
         &self,
         py: Python<'_>,
@@ -504,8 +525,6 @@ impl PyFeedPipeline {
     ) -> PyResult<()> {
         let users = str_list(user_ids, "user_ids")?;
         let emb = f32_matrix(embeddings, "embeddings")?;
-        let e = emb.as_slice()?;
-        let dim = emb.shape()[1];
         if emb.shape()[0] != users.len() {
             return Err(PyValueError::new_err(format!(
                 "embeddings has {} rows, user_ids has {}",
@@ -513,14 +532,82 @@ impl PyFeedPipeline {
                 users.len()
             )));
         }
+        let e = emb.as_slice()?;
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let p = &self.inner;
+        run_detached(py, || p.set_user_embeddings(&refs, e))
+    }
+
+    /// Replaces the batch tier as a whole (atomically: running requests keep the old snapshot):
+    /// long-term user embeddings and creator authority, computed offline. `as_of` is the time
+    /// the batch data describes (its freshness), seconds since the epoch.
+    #[pyo3(signature = (version, as_of, user_ids=None, user_embeddings=None, creator_ids=None, creator_authority=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn load_batch(
+        &self,
+        py: Python<'_>,
+        version: &str,
+        as_of: f64,
+        user_ids: Option<&Bound<'_, PyAny>>,
+        user_embeddings: Option<&Bound<'_, PyAny>>,
+        creator_ids: Option<&Bound<'_, PyAny>>,
+        creator_authority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let dim = self.inner.items.dim();
+        let batch = crate::features::batch_from_py(
+            version,
+            as_of,
+            dim,
+            user_ids,
+            user_embeddings,
+            creator_ids,
+            creator_authority,
+            fyp_core::serve::store::UserStore::key,
+        )?;
+        let p = &self.inner;
+        run_detached(py, || p.set_batch(batch))
+    }
+
+    /// Sets creator authority scores in a copy of the batch snapshot and publishes it.
+    fn set_creator_authority(
+        &self,
+        py: Python<'_>,
+        creator_ids: &Bound<'_, PyAny>,
+        authority: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let ids = u64_vector(creator_ids, "creator_ids")?;
+        let a = f32_vector(authority, "authority")?;
+        let (ids, a) = (ids.as_slice()?, a.as_slice()?);
         let p = &self.inner;
         run_detached(py, || {
-            for (u, row) in users.iter().zip(e.chunks_exact(dim.max(1))) {
-                p.users
-                    .set_long_term(fyp_core::serve::store::UserStore::key(u), row)?;
-            }
-            Ok(())
+            let mut b = (*p.batch()).clone();
+            b.set_authority(ids, a)?;
+            p.set_batch(b)
         })
+    }
+
+    /// The batch snapshot served now: version, as_of, n_users, n_creators.
+    #[getter]
+    fn batch_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let b = self.inner.batch();
+        let d = PyDict::new(py);
+        d.set_item("version", b.version.clone())?;
+        d.set_item("as_of", b.as_of)?;
+        d.set_item("n_users", b.n_users())?;
+        d.set_item("n_creators", b.n_creators())?;
+        Ok(d)
+    }
+
+    /// The version of the feature definitions served (logged with every served vector).
+    #[getter]
+    fn feature_set_version(&self) -> String {
+        self.inner.feature_set_version().to_owned()
+    }
+
+    /// Column names of the served feature vectors (user block, then item block).
+    #[getter]
+    fn feature_names(&self) -> Vec<String> {
+        fyp_core::serve::features::feature_names(self.inner.items.dim())
     }
 
     /// The product config (explore/exploit setpoint, budgets, task weights) as a dict.

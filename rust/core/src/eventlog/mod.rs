@@ -13,12 +13,13 @@ mod wal;
 mod worker;
 mod writer;
 
+pub use parquet_io::read_feature_events;
 pub use record::{
-    check_token, Engagement, ExplorationEvent, Impression, RankerScore, Record, RequestRecords,
-    RequestRow, ServedFeatures, Source,
+    check_token, Engagement, ExplorationEvent, FeatureEvent, FeatureEventKind, Impression,
+    RankerScore, Record, RequestRecords, RequestRow, ServedFeatures, Source,
 };
 pub use schema::{Table, DEFAULT_TASKS, SCHEMA_VERSION};
-pub use stats::StatsSnapshot;
+pub use stats::{StatsSnapshot, N_TABLES};
 pub use token::{user_token, UserTokenizer};
 pub(crate) use worker::json_str;
 pub use writer::{keep_request, now_us, EventLog, EventLogConfig};

@@ -211,6 +211,43 @@ pub fn to_batch(table: Table, rows: &[Record], tasks: &[String]) -> Result<Recor
             }),
             col!(Float64Array, rows, R::Features, |r| r.sampled_pct),
         ],
+        Table::FeatureEvents => vec![
+            ts(rows),
+            strs(rows, |x| match x {
+                R::FeatureEvent(r) => &r.stream,
+                _ => "",
+            }),
+            col!(UInt64Array, rows, R::FeatureEvent, |r| r.seq),
+            strs(rows, |x| match x {
+                R::FeatureEvent(r) => r.kind.as_str(),
+                _ => "",
+            }),
+            strs(rows, |x| match x {
+                R::FeatureEvent(r) => &r.request_id,
+                _ => "",
+            }),
+            strs(rows, |x| match x {
+                R::FeatureEvent(r) => &r.user_token,
+                _ => "",
+            }),
+            u64_lists(rows, |x| match x {
+                R::FeatureEvent(r) => &r.item_ids,
+                _ => &[],
+            }),
+            col!(Float32Array, rows, R::FeatureEvent, |r| r.watched_frac),
+            bools!(rows, R::FeatureEvent, |r| r.completed),
+            bools!(rows, R::FeatureEvent, |r| r.liked),
+            col!(Int32Array, rows, R::FeatureEvent, |r| r.topic),
+            col!(UInt64Array, rows, R::FeatureEvent, |r| r.creator_id),
+            col!(Int32Array, rows, R::FeatureEvent, |r| r.category),
+            col!(Float64Array, rows, R::FeatureEvent, |r| r.upload_ts),
+            f32_lists(rows, |x| match x {
+                R::FeatureEvent(r) => &r.embedding,
+                _ => &[],
+            }),
+            col!(Float32Array, rows, R::FeatureEvent, |r| r.long_term_weight),
+            col!(Float32Array, rows, R::FeatureEvent, |r| r.recency_half_life),
+        ],
     };
     RecordBatch::try_new(arrow_schema(table, tasks), cols).map_err(|e| {
         Error::InvalidArgument(format!("cannot build the {} batch: {e}", table.name()))
@@ -278,7 +315,7 @@ pub fn write_atomic(
         Table::Requests => {
             props.set_column_dictionary_enabled(ColumnPath::from("request_id"), false)
         }
-        Table::ServedFeatures => props,
+        Table::ServedFeatures | Table::FeatureEvents => props,
     }
     .build();
     // the same pairs also go into the embedded Arrow schema, so pyarrow's schema.metadata shows them
@@ -317,6 +354,7 @@ pub fn read_keys(path: &Path, table: Table) -> Result<Vec<String>> {
         Table::Engagements => ("impression_id", Some("ts")),
         Table::Requests => ("request_id", None),
         Table::ServedFeatures => ("request_id", Some("item_id")),
+        Table::FeatureEvents => ("stream", Some("seq")),
     };
     let names: Vec<&str> = std::iter::once(a).chain(second).collect();
     let mask = ProjectionMask::columns(b.parquet_schema(), names.iter().copied());
@@ -362,6 +400,81 @@ pub fn read_keys(path: &Path, table: Table) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Reads every row of a committed `feature_events` file (the feature store's changelog).
+pub fn read_feature_events(path: &Path) -> Result<Vec<super::record::FeatureEvent>> {
+    use super::record::{FeatureEvent, FeatureEventKind};
+    use arrow_array::{Int32Array, ListArray};
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
+    let f = File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .map_err(|e| corrupt(&e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| corrupt(&e))?;
+        macro_rules! col {
+            ($name:expr, $ty:ty) => {
+                batch
+                    .column_by_name($name)
+                    .and_then(|c| c.as_any().downcast_ref::<$ty>())
+                    .ok_or_else(|| corrupt(&format!("column {} missing or mistyped", $name)))?
+            };
+        }
+        let ts = col!("ts", TimestampMicrosecondArray);
+        let stream = col!("stream", StringArray);
+        let seq = col!("seq", UInt64Array);
+        let kind = col!("kind", StringArray);
+        let request_id = col!("request_id", StringArray);
+        let user_token = col!("user_token", StringArray);
+        let item_ids = col!("item_ids", ListArray);
+        let watched = col!("watched_frac", Float32Array);
+        let completed = col!("completed", BooleanArray);
+        let liked = col!("liked", BooleanArray);
+        let topic = col!("topic", Int32Array);
+        let creator = col!("creator_id", UInt64Array);
+        let category = col!("category", Int32Array);
+        let upload_ts = col!("upload_ts", Float64Array);
+        let embedding = col!("embedding", ListArray);
+        let ltw = col!("long_term_weight", Float32Array);
+        let rhl = col!("recency_half_life", Float32Array);
+        let ids_values = item_ids
+            .values()
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or_else(|| corrupt(&"item_ids is not a list of uint64"))?;
+        let emb_values = embedding
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| corrupt(&"embedding is not a list of float32"))?;
+        let (io, eo) = (item_ids.value_offsets(), embedding.value_offsets());
+        for i in 0..batch.num_rows() {
+            let ids = &ids_values.values()[io[i] as usize..io[i + 1] as usize];
+            let emb = &emb_values.values()[eo[i] as usize..eo[i + 1] as usize];
+            out.push(FeatureEvent {
+                ts_us: ts.value(i),
+                stream: stream.value(i).to_owned(),
+                seq: seq.value(i),
+                kind: FeatureEventKind::parse(kind.value(i)).map_err(|e| corrupt(&e))?,
+                request_id: request_id.value(i).to_owned(),
+                user_token: user_token.value(i).to_owned(),
+                item_ids: ids.to_vec(),
+                watched_frac: watched.value(i),
+                completed: completed.value(i),
+                liked: liked.value(i),
+                topic: topic.value(i),
+                creator_id: creator.value(i),
+                category: category.value(i),
+                upload_ts: upload_ts.value(i),
+                embedding: emb.to_vec(),
+                long_term_weight: ltw.value(i),
+                recency_half_life: rhl.value(i),
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +495,9 @@ mod tests {
             let p = write_atomic(&d, &format!("{}.parquet", t.name()), t, &b, &[], 1).unwrap();
             assert!(p.exists());
             assert_eq!(read_keys(&p, t).unwrap(), vec![r.dedupe_key()]);
+            if let Record::FeatureEvent(ev) = &r {
+                assert_eq!(read_feature_events(&p).unwrap(), vec![ev.clone()]);
+            }
         }
         // no temporary file is left behind
         let names: Vec<String> = fs::read_dir(&d)

@@ -122,6 +122,84 @@ pub struct ServedFeatures {
     pub sampled_pct: f64,
 }
 
+/// What a feature event changed in the online feature store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureEventKind {
+    /// Items shown to a user by one request (`request_id`, `item_ids` in feed order).
+    Impression = 0,
+    /// A user's engagement with one item (`request_id` holds the impression_id).
+    Engagement = 1,
+    /// An item uploaded while serving (its metadata and embedding).
+    Upload = 2,
+    /// Items taken down.
+    Remove = 3,
+}
+
+impl FeatureEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureEventKind::Impression => "impression",
+            FeatureEventKind::Engagement => "engagement",
+            FeatureEventKind::Upload => "upload",
+            FeatureEventKind::Remove => "remove",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<FeatureEventKind> {
+        Ok(match s {
+            "impression" => FeatureEventKind::Impression,
+            "engagement" => FeatureEventKind::Engagement,
+            "upload" => FeatureEventKind::Upload,
+            "remove" => FeatureEventKind::Remove,
+            _ => {
+                return Err(invalid!(
+                    "unknown feature event kind {s:?} (impression, engagement, upload or remove)"
+                ))
+            }
+        })
+    }
+
+    fn from_u8(v: u8) -> Result<FeatureEventKind> {
+        [
+            FeatureEventKind::Impression,
+            FeatureEventKind::Engagement,
+            FeatureEventKind::Upload,
+            FeatureEventKind::Remove,
+        ]
+        .get(v as usize)
+        .copied()
+        .ok_or_else(|| Error::Corrupt(format!("feature event kind code {v}")))
+    }
+}
+
+/// One change to the online feature store's state, in the order it was applied: the changelog
+/// that `fyp_core.features.training_set` replays through the same feature definitions. Never
+/// sampled, never dropped (durable). `(stream, seq)` orders the events of one pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureEvent {
+    pub ts_us: i64,
+    /// The producing pipeline instance.
+    pub stream: String,
+    pub seq: u64,
+    pub kind: FeatureEventKind,
+    pub request_id: String,
+    /// Empty for uploads and removals.
+    pub user_token: String,
+    pub item_ids: Vec<u64>,
+    pub watched_frac: f32,
+    pub completed: bool,
+    pub liked: bool,
+    pub topic: i32,
+    pub creator_id: u64,
+    pub category: i32,
+    pub upload_ts: f64,
+    pub embedding: Vec<f32>,
+    /// The request scorer's blend at the time (impressions), so a replay can rebuild the user
+    /// embedding even if the config changed during the day.
+    pub long_term_weight: f32,
+    pub recency_half_life: f32,
+}
+
 /// One row of one table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -131,6 +209,7 @@ pub enum Record {
     Score(RankerScore),
     Request(RequestRow),
     Features(ServedFeatures),
+    FeatureEvent(FeatureEvent),
 }
 
 /// Everything one `feed()` response logs, handed over in one call (one queue entry), so the
@@ -142,6 +221,8 @@ pub struct RequestRecords {
     pub scores: Vec<RankerScore>,
     pub request: Option<RequestRow>,
     pub served_features: Vec<ServedFeatures>,
+    /// The request's impression event for the feature store's changelog (durable).
+    pub feature_event: Option<FeatureEvent>,
 }
 
 impl RequestRecords {
@@ -151,13 +232,14 @@ impl RequestRecords {
                 + self.exploration.len()
                 + self.scores.len()
                 + self.served_features.len()
-                + 1,
+                + 2,
         );
         out.extend(self.impressions.into_iter().map(Record::Impression));
         out.extend(self.exploration.into_iter().map(Record::Exploration));
         out.extend(self.scores.into_iter().map(Record::Score));
         out.extend(self.request.map(Record::Request));
         out.extend(self.served_features.into_iter().map(Record::Features));
+        out.extend(self.feature_event.map(Record::FeatureEvent));
         out
     }
 }
@@ -195,6 +277,7 @@ impl Record {
             Record::Score(_) => Table::RankerScores,
             Record::Request(_) => Table::Requests,
             Record::Features(_) => Table::ServedFeatures,
+            Record::FeatureEvent(_) => Table::FeatureEvents,
         }
     }
 
@@ -206,6 +289,7 @@ impl Record {
             Record::Score(r) => r.ts_us,
             Record::Request(r) => r.ts_us,
             Record::Features(r) => r.ts_us,
+            Record::FeatureEvent(r) => r.ts_us,
         }
     }
 
@@ -215,7 +299,7 @@ impl Record {
     pub fn is_durable(&self) -> bool {
         match self {
             Record::Impression(r) => r.source == Source::Exploration,
-            Record::Engagement(_) | Record::Exploration(_) => true,
+            Record::Engagement(_) | Record::Exploration(_) | Record::FeatureEvent(_) => true,
             Record::Score(r) => r.exploration,
             Record::Request(_) | Record::Features(_) => false,
         }
@@ -230,6 +314,7 @@ impl Record {
             Record::Features(r) => &r.request_id,
             Record::Engagement(r) => &r.impression_id,
             Record::Exploration(r) => &r.impression_id,
+            Record::FeatureEvent(r) => &r.stream,
         }
     }
 
@@ -239,7 +324,7 @@ impl Record {
             Record::Score(r) => r.sampled_pct = pct,
             Record::Request(r) => r.sampled_pct = pct,
             Record::Features(r) => r.sampled_pct = pct,
-            Record::Engagement(_) | Record::Exploration(_) => {}
+            Record::Engagement(_) | Record::Exploration(_) | Record::FeatureEvent(_) => {}
         }
     }
 
@@ -264,6 +349,12 @@ impl Record {
                     + 8 * r.served_item_ids.len()
             }
             Record::Features(r) => 40 + r.request_id.len() + 4 * r.features.len(),
+            Record::FeatureEvent(r) => {
+                96 + r.stream.len()
+                    + r.request_id.len()
+                    + 8 * r.item_ids.len()
+                    + 4 * r.embedding.len()
+            }
         }
     }
 
@@ -328,6 +419,27 @@ impl Record {
             Record::Features(r) => {
                 nonempty("request_id", &r.request_id)?;
             }
+            Record::FeatureEvent(r) => {
+                nonempty("stream", &r.stream)?;
+                match r.kind {
+                    FeatureEventKind::Impression | FeatureEventKind::Engagement => {
+                        nonempty("request_id", &r.request_id)?;
+                        check_token(&r.user_token)?;
+                    }
+                    FeatureEventKind::Upload | FeatureEventKind::Remove => {
+                        if !r.user_token.is_empty() {
+                            return Err(invalid!("an item event carries no user_token"));
+                        }
+                    }
+                }
+                if r.kind == FeatureEventKind::Upload
+                    && (r.item_ids.len() != 1 || r.embedding.is_empty())
+                {
+                    return Err(invalid!(
+                        "an upload event holds one item id and its embedding"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -343,6 +455,7 @@ impl Record {
             Record::Engagement(r) => format!("{}\u{1f}{}", r.impression_id, r.ts_us),
             Record::Request(r) => r.request_id.clone(),
             Record::Features(r) => format!("{}\u{1f}{}", r.request_id, r.item_id),
+            Record::FeatureEvent(r) => format!("{}\u{1f}{}", r.stream, r.seq),
         }
     }
 }
@@ -525,6 +638,25 @@ impl Record {
                 e.str(&r.feature_set_version);
                 e.f64(r.sampled_pct);
             }
+            Record::FeatureEvent(r) => {
+                e.i64(r.ts_us);
+                e.str(&r.stream);
+                e.u64(r.seq);
+                e.u8(r.kind as u8);
+                e.str(&r.request_id);
+                e.str(&r.user_token);
+                e.u64s(&r.item_ids);
+                e.f32(r.watched_frac);
+                e.u8(r.completed as u8);
+                e.u8(r.liked as u8);
+                e.i32(r.topic);
+                e.u64(r.creator_id);
+                e.i32(r.category);
+                e.f64(r.upload_ts);
+                e.f32s(&r.embedding);
+                e.f32(r.long_term_weight);
+                e.f32(r.recency_half_life);
+            }
         }
     }
 
@@ -597,6 +729,25 @@ impl Record {
                 features: d.f32s()?,
                 feature_set_version: d.str()?,
                 sampled_pct: d.f64()?,
+            }),
+            Table::FeatureEvents => Record::FeatureEvent(FeatureEvent {
+                ts_us: d.i64()?,
+                stream: d.str()?,
+                seq: d.u64()?,
+                kind: FeatureEventKind::from_u8(d.u8()?)?,
+                request_id: d.str()?,
+                user_token: d.str()?,
+                item_ids: d.u64s()?,
+                watched_frac: d.f32()?,
+                completed: d.bool()?,
+                liked: d.bool()?,
+                topic: d.i32()?,
+                creator_id: d.u64()?,
+                category: d.i32()?,
+                upload_ts: d.f64()?,
+                embedding: d.f32s()?,
+                long_term_weight: d.f32()?,
+                recency_half_life: d.f32()?,
             }),
         };
         if d.at != b.len() {
@@ -680,6 +831,44 @@ pub(crate) mod tests {
                 feature_set_version: "fs1".into(),
                 sampled_pct: 10.0,
             }),
+            Record::FeatureEvent(FeatureEvent {
+                ts_us: 10,
+                stream: "s1".into(),
+                seq: 4,
+                kind: FeatureEventKind::Upload,
+                request_id: String::new(),
+                user_token: String::new(),
+                item_ids: vec![12],
+                watched_frac: 0.0,
+                completed: false,
+                liked: false,
+                topic: 3,
+                creator_id: 9,
+                category: 1,
+                upload_ts: 1.5,
+                embedding: vec![0.5, 0.25],
+                long_term_weight: 0.5,
+                recency_half_life: 10.0,
+            }),
+            Record::FeatureEvent(FeatureEvent {
+                ts_us: 11,
+                stream: "s1".into(),
+                seq: 5,
+                kind: FeatureEventKind::Engagement,
+                request_id: "r1:0".into(),
+                user_token: TOK.into(),
+                item_ids: vec![12],
+                watched_frac: 0.75,
+                completed: false,
+                liked: true,
+                topic: 0,
+                creator_id: 0,
+                category: 0,
+                upload_ts: 0.0,
+                embedding: vec![],
+                long_term_weight: 0.5,
+                recency_half_life: 10.0,
+            }),
         ]
     }
 
@@ -708,6 +897,6 @@ pub(crate) mod tests {
     fn durable_classification() {
         let s = samples();
         let d: Vec<bool> = s.iter().map(|r| r.is_durable()).collect();
-        assert_eq!(d, vec![true, true, true, true, false, false]);
+        assert_eq!(d, vec![true, true, true, true, false, false, true, true]);
     }
 }

@@ -19,16 +19,19 @@ pub enum Table {
     RankerScores = 3,
     Requests = 4,
     ServedFeatures = 5,
+    /// The feature store's changelog (an additive v1 table, see docs/eventlog_schema.md).
+    FeatureEvents = 6,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Impressions,
         Table::Engagements,
         Table::ExplorationEvents,
         Table::RankerScores,
         Table::Requests,
         Table::ServedFeatures,
+        Table::FeatureEvents,
     ];
 
     /// The directory name under the log root (also the `fyp.table` metadata value).
@@ -40,6 +43,7 @@ impl Table {
             Table::RankerScores => "ranker_scores",
             Table::Requests => "requests",
             Table::ServedFeatures => "served_features",
+            Table::FeatureEvents => "feature_events",
         }
     }
 
@@ -144,6 +148,25 @@ pub fn arrow_schema(table: Table, tasks: &[String]) -> SchemaRef {
             list_of("features", Float32),
             s("feature_set_version"),
             f("sampled_pct", Float64),
+        ],
+        Table::FeatureEvents => vec![
+            ts_field(),
+            s("stream"),
+            f("seq", UInt64),
+            s("kind"),
+            s("request_id"),
+            s("user_token"),
+            list_of("item_ids", UInt64),
+            f("watched_frac", Float32),
+            f("completed", Boolean),
+            f("liked", Boolean),
+            f("topic", Int32),
+            f("creator_id", UInt64),
+            f("category", Int32),
+            f("upload_ts", Float64),
+            list_of("embedding", Float32),
+            f("long_term_weight", Float32),
+            f("recency_half_life", Float32),
         ],
     };
     Arc::new(Schema::new(fields))

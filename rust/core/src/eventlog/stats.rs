@@ -1,14 +1,17 @@
 //! Counters of the event log, readable at any time without a lock on the request path.
 
 use super::schema::Table;
+
+/// Tables the counters cover.
+pub const N_TABLES: usize = Table::ALL.len();
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 #[derive(Default)]
 pub struct Stats {
-    pub enqueued: [AtomicU64; 6],
-    pub written: [AtomicU64; 6],
-    pub dropped: [AtomicU64; 6],
-    pub sampled_out: [AtomicU64; 6],
+    pub enqueued: [AtomicU64; N_TABLES],
+    pub written: [AtomicU64; N_TABLES],
+    pub dropped: [AtomicU64; N_TABLES],
+    pub sampled_out: [AtomicU64; N_TABLES],
     pub spilled: AtomicU64,
     pub replayed: AtomicU64,
     pub replay_duplicates: AtomicU64,
@@ -25,7 +28,7 @@ impl Stats {
     pub fn add(a: &AtomicU64, n: u64) {
         a.fetch_add(n, Relaxed);
     }
-    pub fn add_t(arr: &[AtomicU64; 6], t: Table, n: u64) {
+    pub fn add_t(arr: &[AtomicU64; N_TABLES], t: Table, n: u64) {
         arr[t.index()].fetch_add(n, Relaxed);
     }
 }
@@ -34,13 +37,13 @@ impl Stats {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
     /// Rows accepted (queued or spilled), per table.
-    pub enqueued: [u64; 6],
+    pub enqueued: [u64; N_TABLES],
     /// Rows in visible Parquet files, per table.
-    pub written: [u64; 6],
+    pub written: [u64; N_TABLES],
     /// Firehose rows dropped because the queue was full, per table.
-    pub dropped: [u64; 6],
+    pub dropped: [u64; N_TABLES],
     /// Firehose rows not kept by sampling, per table.
-    pub sampled_out: [u64; 6],
+    pub sampled_out: [u64; N_TABLES],
     /// Durable rows that found the queue full and went only to the write-ahead file.
     pub spilled: u64,
     /// Rows recovered from a previous session's write-ahead file.
@@ -65,7 +68,7 @@ pub struct StatsSnapshot {
 
 impl Stats {
     pub fn snapshot(&self) -> StatsSnapshot {
-        let arr = |a: &[AtomicU64; 6]| std::array::from_fn(|i| a[i].load(Relaxed));
+        let arr = |a: &[AtomicU64; N_TABLES]| std::array::from_fn(|i| a[i].load(Relaxed));
         StatsSnapshot {
             enqueued: arr(&self.enqueued),
             written: arr(&self.written),

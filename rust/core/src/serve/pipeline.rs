@@ -3,14 +3,17 @@
 //! re-ranking around the exploration slots -> mixer -> frozen response + counterfactual records.
 //! One call does the whole request; the Python binding releases the GIL once around it.
 
-use super::features::{item_block, item_width, user_block, user_width};
+use super::features::{feature_set_version, item_block, item_width, user_block, user_width};
 use super::fresh::FreshPool;
 use super::idhash::{IdMap, IdSet};
 use super::mixer::{draw_exploration, Source};
 use super::scorer::{user_embedding, ServingConfig};
-use super::store::{Interaction, ItemInfo, ItemStore, Items, UserStore};
+use super::store::{BatchTier, Interaction, ItemInfo, ItemStore, Items, UserStore};
 use crate::ann::HnswIndex;
-use crate::eventlog::{self as elog, json_str, EventLog, RequestRecords, UserTokenizer};
+use crate::eventlog::{
+    self as elog, json_str, keep_request, EventLog, FeatureEvent, FeatureEventKind, RequestRecords,
+    UserTokenizer,
+};
 use crate::rank::{value_with, RankerSet};
 use crate::rerank::{Candidates, Pinned, Reranker};
 use crate::split::{Keys, TrafficSplit};
@@ -37,7 +40,8 @@ pub const STAGES: [&str; 7] = [
 pub struct PipelineOptions {
     pub history_len: usize,
     pub seen_len: usize,
-    pub counter_half_lives: [f64; 2],
+    /// Widths in seconds of the short and long sliding windows of the engagement counters.
+    pub counter_windows: [f64; 2],
     /// Impressions remembered for `engage` (FIFO).
     pub impression_capacity: usize,
     /// Newest fresh items scanned per request.
@@ -52,7 +56,7 @@ impl Default for PipelineOptions {
         Self {
             history_len: 50,
             seen_len: 500,
-            counter_half_lives: [3600.0, 86400.0],
+            counter_windows: [3600.0, 86400.0],
             impression_capacity: 1_000_000,
             fresh_scan: 5000,
             popular_sample: 20_000,
@@ -149,6 +153,11 @@ pub struct Pipeline {
     opts: PipelineOptions,
     impressions: Mutex<ImpressionCache>,
     popular: RwLock<Popular>,
+    batch: RwLock<Arc<BatchTier>>,
+    /// Names this pipeline instance in the feature changelog; `seq` orders its events.
+    stream: String,
+    seq: AtomicU64,
+    feature_set_version: String,
     pub stats: PipelineStats,
 }
 
@@ -156,8 +165,23 @@ fn key_of(impression_id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(impression_id.as_bytes())
 }
 
-fn micros(ts: f64) -> i64 {
-    (ts * 1e6) as i64
+/// Seconds -> whole microseconds, rounded (so `micros(quantize_ts(t)) == micros(t)`).
+pub fn micros(ts: f64) -> i64 {
+    (ts * 1e6).round() as i64
+}
+
+/// Request times are whole microseconds, the event log's resolution, so an offline replay that
+/// reads `ts` back computes the same `now` (and so the same features) bit for bit.
+pub fn quantize_ts(ts: f64) -> f64 {
+    micros(ts) as f64 / 1e6
+}
+
+fn stream_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let key = format!("{}:{nanos}", std::process::id());
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
 }
 
 impl Pipeline {
@@ -193,8 +217,8 @@ impl Pipeline {
         }
         let split = TrafficSplit::new(config.explore_rate, split.salt(), split.layers().to_vec())?;
         Ok(Self {
-            items: ItemStore::new(dim, opts.counter_half_lives)?,
-            users: UserStore::new(dim, opts.history_len, opts.seen_len)?,
+            items: ItemStore::new(dim, opts.counter_windows)?,
+            users: UserStore::new(opts.history_len, opts.seen_len)?,
             fresh: FreshPool::new(config.fresh_max_age_s.max(86400.0)),
             index,
             rankers,
@@ -209,6 +233,10 @@ impl Pipeline {
                 at: f64::NEG_INFINITY,
                 items: vec![],
             }),
+            batch: RwLock::new(Arc::new(BatchTier::empty(dim))),
+            stream: stream_id(),
+            seq: AtomicU64::new(0),
+            feature_set_version: feature_set_version(dim),
             stats: PipelineStats::default(),
         })
     }
@@ -246,9 +274,79 @@ impl Pipeline {
         self.tokens.token(user_id)
     }
 
+    pub fn options(&self) -> &PipelineOptions {
+        &self.opts
+    }
+
+    /// The version of the feature definitions this pipeline serves (`serve::features`).
+    pub fn feature_set_version(&self) -> &str {
+        &self.feature_set_version
+    }
+
+    /// The batch tier snapshot requests read now.
+    pub fn batch(&self) -> Arc<BatchTier> {
+        self.batch.read().clone()
+    }
+
+    /// Replaces the batch tier as a whole: requests already running keep the old snapshot.
+    pub fn set_batch(&self, batch: BatchTier) -> Result<()> {
+        if batch.dim() != self.items.dim() {
+            return Err(invalid!(
+                "batch tier dim {} differs from the pipeline's embedding dim {}",
+                batch.dim(),
+                self.items.dim()
+            ));
+        }
+        *self.batch.write() = Arc::new(batch);
+        Ok(())
+    }
+
+    /// Adds long-term embeddings to a copy of the batch snapshot and publishes the copy.
+    pub fn set_user_embeddings(&self, user_ids: &[&str], emb: &[f32]) -> Result<()> {
+        let keys: Vec<u64> = user_ids.iter().map(|u| UserStore::key(u)).collect();
+        let mut b = (*self.batch()).clone();
+        b.add_users(&keys, emb)?;
+        *self.batch.write() = Arc::new(b);
+        Ok(())
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn feature_event(&self, kind: FeatureEventKind, ts_us: i64) -> FeatureEvent {
+        FeatureEvent {
+            ts_us,
+            stream: self.stream.clone(),
+            seq: self.next_seq(),
+            kind,
+            request_id: String::new(),
+            user_token: String::new(),
+            item_ids: vec![],
+            watched_frac: 0.0,
+            completed: false,
+            liked: false,
+            topic: 0,
+            creator_id: 0,
+            category: 0,
+            upload_ts: 0.0,
+            embedding: vec![],
+            long_term_weight: 0.0,
+            recency_half_life: 0.0,
+        }
+    }
+
     /// Adds items to the feature store and fresh pool, and (when `index` is true) to the ANN
     /// index. `embeddings` is `infos.len() x dim`.
-    pub fn upsert_items(&self, infos: &[ItemInfo], embeddings: &[f32], index: bool) -> Result<()> {
+    /// `log_events`: write each item to the feature changelog (live uploads); a bulk catalogue
+    /// load is the batch tier's starting state and is not logged.
+    pub fn upsert_items(
+        &self,
+        infos: &[ItemInfo],
+        embeddings: &[f32],
+        index: bool,
+        log_events: bool,
+    ) -> Result<()> {
         let dim = self.items.dim();
         if embeddings.len() != infos.len() * dim {
             return Err(invalid!(
@@ -266,13 +364,31 @@ impl Pipeline {
         for i in infos {
             self.fresh.insert(i.upload_ts, i.id);
         }
+        if let (Some(log), true) = (&self.log, log_events) {
+            for (i, e) in infos.iter().zip(embeddings.chunks_exact(dim)) {
+                let mut ev = self.feature_event(FeatureEventKind::Upload, micros(i.upload_ts));
+                ev.item_ids = vec![i.id];
+                ev.topic = i.topic as i32;
+                ev.creator_id = i.creator;
+                ev.category = i.category as i32;
+                ev.upload_ts = i.upload_ts;
+                ev.embedding = e.to_vec();
+                let _ = log.submit(elog::Record::FeatureEvent(ev));
+            }
+        }
         Ok(())
     }
 
     /// Takes items down everywhere at once; returns how many were live.
-    pub fn remove_items(&self, ids: &[u64]) -> Result<usize> {
+    pub fn remove_items(&self, ids: &[u64], now: f64) -> Result<usize> {
         self.index.remove(ids)?;
-        Ok(self.items.remove(ids))
+        let n = self.items.remove(ids);
+        if let Some(log) = &self.log {
+            let mut ev = self.feature_event(FeatureEventKind::Remove, micros(now));
+            ev.item_ids = ids.to_vec();
+            let _ = log.submit(elog::Record::FeatureEvent(ev));
+        }
+        Ok(n)
     }
 
     /// The popularity list (sampled, refreshed every `popular_refresh_s`). Takes the item table
@@ -319,6 +435,12 @@ impl Pipeline {
         if request_id.is_empty() {
             return Err(invalid!("request_id must be a non-empty string"));
         }
+        if !now.is_finite() {
+            return Err(invalid!(
+                "now must be finite seconds since the epoch, got {now}"
+            ));
+        }
+        let now = quantize_ts(now);
         let mut timings = [0.0f64; 7];
         let mut clock = Instant::now();
         let mut lap = |i: usize| {
@@ -331,16 +453,19 @@ impl Pipeline {
         let snap = self.rankers.snapshot();
         let user_key = UserStore::key(user_id);
         let token = self.tokens.token(user_id);
+        let batch = self.batch();
         let items = self.items.read();
         let dim = items.dim();
 
         // -- request scorer
         let uw = user_width(dim);
         let mut ublock = vec![0.0f32; uw];
+        let long_term = batch.long_term(user_key);
         let (uemb, seen) = self.users.with_user(user_key, |u| {
-            let e = user_embedding(u, &items, &cfg);
+            let e = user_embedding(u, long_term, &items, &cfg);
             user_block(
                 u,
+                long_term,
                 e.as_deref().unwrap_or(&vec![0.0; dim]),
                 self.opts.history_len,
                 &mut ublock,
@@ -446,8 +571,15 @@ impl Pipeline {
         // -- features (the one code path of serve/features.rs)
         let iw = item_width(dim);
         let mut iblock = vec![0.0f32; nc * iw];
-        for (r, (&s, &f)) in cand_slots.iter().zip(&cand_fresh).enumerate() {
-            item_block(&items, s, qvec, now, f, &mut iblock[r * iw..(r + 1) * iw]);
+        for (r, &s) in cand_slots.iter().enumerate() {
+            item_block(
+                &items,
+                &batch,
+                s,
+                qvec,
+                now,
+                &mut iblock[r * iw..(r + 1) * iw],
+            );
         }
         lap(2);
 
@@ -593,13 +725,12 @@ impl Pipeline {
                 let s = items
                     .slot_of(slots[i].item_id)
                     .ok_or_else(|| Error::NotFound("exploration item vanished".into()))?;
-                let fresh = now - items.upload_ts(s) <= cfg.fresh_max_age_s;
                 item_block(
                     &items,
+                    &batch,
                     s,
                     qvec,
                     now,
-                    fresh,
                     &mut ex_block[j * iw..(j + 1) * iw],
                 );
             }
@@ -614,10 +745,16 @@ impl Pipeline {
                 slots[i].value = ex_vals[j];
             }
         }
-        // shadows score exactly the served rows (ranked rows + exploration rows)
+        // the served rows (ranked rows + exploration rows): shadows score exactly these, and a
+        // sampled request logs them as served features
+        let log_features = self
+            .log
+            .as_ref()
+            .is_some_and(|l| keep_request(request_id, l.config().sample_pct));
         let mut shadows = Vec::with_capacity(snap.shadows.len());
-        if !snap.shadows.is_empty() && ns > 0 {
-            let mut rows = vec![0.0f32; ns * iw];
+        let mut rows = Vec::new();
+        if (!snap.shadows.is_empty() || log_features) && ns > 0 {
+            rows = vec![0.0f32; ns * iw];
             let mut j = 0;
             for (i, r) in slot_rows.iter().enumerate() {
                 let src = match r {
@@ -629,6 +766,8 @@ impl Pipeline {
                 };
                 rows[i * iw..(i + 1) * iw].copy_from_slice(src);
             }
+        }
+        if !rows.is_empty() {
             for m in &snap.shadows {
                 let predictions = m.predict_request(&ublock, &rows, ns)?;
                 let own;
@@ -703,8 +842,37 @@ impl Pipeline {
             timings,
         };
         if let Some(log) = &self.log {
-            // never blocks; a full queue drops sampled rows and spills exploration rows (eventlog)
-            let _ = log.submit_request(self.records(&resp, &split, &cand_ids, &values, now));
+            let mut rec = self.records(&resp, &split, &cand_ids, &values, now);
+            if log_features {
+                let ts_us = micros(now);
+                rec.served_features = resp
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let mut f = Vec::with_capacity(uw + iw);
+                        f.extend_from_slice(&ublock);
+                        f.extend_from_slice(&rows[i * iw..(i + 1) * iw]);
+                        elog::ServedFeatures {
+                            request_id: request_id.to_owned(),
+                            ts_us,
+                            item_id: s.item_id,
+                            features: f,
+                            feature_set_version: self.feature_set_version.clone(),
+                            sampled_pct: 100.0,
+                        }
+                    })
+                    .collect();
+            }
+            let mut ev = self.feature_event(FeatureEventKind::Impression, micros(now));
+            ev.request_id = request_id.to_owned();
+            ev.user_token = resp.user_token.clone();
+            ev.item_ids = served.clone();
+            ev.long_term_weight = cfg.long_term_weight;
+            ev.recency_half_life = cfg.recency_half_life;
+            rec.feature_event = Some(ev);
+            // never blocks; a full queue drops sampled rows and spills durable rows (eventlog)
+            let _ = log.submit_request(rec);
         }
         let st = &self.stats;
         st.requests.fetch_add(1, Ordering::Relaxed);
@@ -868,6 +1036,12 @@ impl Pipeline {
                 "watched_seconds must be finite and >= 0, got {watched_seconds}"
             ));
         }
+        if !now.is_finite() {
+            return Err(invalid!(
+                "now must be finite seconds since the epoch, got {now}"
+            ));
+        }
+        let now = quantize_ts(now);
         let imp = self.impressions.lock().map.get(&key_of(impression_id)).cloned().ok_or_else(|| {
             Error::NotFound(format!(
                 "unknown impression_id {impression_id:?}: not served by this pipeline, or older than the last {} impressions",
@@ -892,6 +1066,14 @@ impl Pipeline {
         // the item may have been taken down since: its counters no longer matter
         let _ = self.items.record(imp.item_id, now, false, completed, liked);
         if let Some(log) = &self.log {
+            let mut ev = self.feature_event(FeatureEventKind::Engagement, micros(now));
+            ev.request_id = impression_id.to_owned();
+            ev.user_token = imp.user_token.clone();
+            ev.item_ids = vec![imp.item_id];
+            ev.watched_frac = frac;
+            ev.completed = completed;
+            ev.liked = liked;
+            let _ = log.submit(elog::Record::FeatureEvent(ev));
             let _ = log.submit(elog::Record::Engagement(elog::Engagement {
                 impression_id: impression_id.to_owned(),
                 ts_us: micros(now),

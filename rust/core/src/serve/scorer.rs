@@ -100,14 +100,15 @@ fn normalise(v: &mut [f32]) -> bool {
 /// so items the user finished or liked pull harder than skipped ones.
 pub fn user_embedding(
     user: Option<&UserState>,
+    long_term: Option<&[f32]>,
     items: &Items,
     cfg: &ServingConfig,
 ) -> Option<Vec<f32>> {
-    let user = user?;
     let dim = items.dim();
     let mut recent = vec![0.0f32; dim];
     let mut any_recent = false;
-    for (j, it) in user.history.iter().rev().enumerate() {
+    let history = user.map(|u| &u.history).into_iter().flatten();
+    for (j, it) in history.rev().enumerate() {
         let Some(slot) = items.slot_of(it.item_id) else {
             continue;
         };
@@ -119,7 +120,7 @@ pub fn user_embedding(
         any_recent = true;
     }
     let any_recent = any_recent && normalise(&mut recent);
-    let mut long = user.long_term.clone().unwrap_or_default();
+    let mut long = long_term.map(<[f32]>::to_vec).unwrap_or_default();
     let any_long = long.len() == dim && normalise(&mut long);
     let mut out = match (any_long, any_recent) {
         (false, false) => return None,
@@ -157,11 +158,11 @@ mod tests {
         items
             .upsert(&[info(1), info(2)], &[1.0, 0.0, 0.0, 1.0])
             .unwrap();
-        let users = UserStore::new(2, 10, 10).unwrap();
+        let users = UserStore::new(10, 10).unwrap();
         let k = UserStore::key("u");
         let cfg = ServingConfig::default();
         assert!(users
-            .with_user(k, |u| user_embedding(u, &items.read(), &cfg))
+            .with_user(k, |u| user_embedding(u, None, &items.read(), &cfg))
             .is_none());
         users.record_interaction(
             k,
@@ -173,13 +174,16 @@ mod tests {
             },
         );
         let e = users
-            .with_user(k, |u| user_embedding(u, &items.read(), &cfg))
+            .with_user(k, |u| user_embedding(u, None, &items.read(), &cfg))
             .unwrap();
         assert!((e[0] - 1.0).abs() < 1e-6 && e[1].abs() < 1e-6);
-        users.set_long_term(k, &[0.0, 3.0]).unwrap();
+        let long = [0.0, 3.0];
         let e = users
-            .with_user(k, |u| user_embedding(u, &items.read(), &cfg))
+            .with_user(k, |u| user_embedding(u, Some(&long), &items.read(), &cfg))
             .unwrap();
+        // a user known only to the batch tier is not cold
+        let only_long = user_embedding(None, Some(&long), &items.read(), &cfg).unwrap();
+        assert_eq!(only_long, vec![0.0, 1.0]);
         let s = std::f32::consts::FRAC_1_SQRT_2;
         assert!((e[0] - s).abs() < 1e-6 && (e[1] - s).abs() < 1e-6);
         let bad = ServingConfig {

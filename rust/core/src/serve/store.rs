@@ -4,6 +4,7 @@
 //! item table and one shard lock for the user.
 
 use super::idhash::{IdMap, IdSet};
+use super::window::Window;
 use crate::{invalid, Error, Result};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::collections::VecDeque;
@@ -21,38 +22,41 @@ pub struct ItemInfo {
     pub upload_ts: f64,
 }
 
-/// Exponentially decayed engagement counters at two half-lives (short, long), as of `last_ts`.
-/// They stand in for sliding-window counts: O(1) memory per item and no bucket rotation.
+/// Event kinds counted per item and per topic: impressions, completions, likes.
+pub const ITEM_KINDS: usize = 3;
+
+/// Sliding-window estimates for one item (or topic) at one instant: index 0 is the short
+/// window, 1 the long one (`PipelineOptions::counter_windows`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Counters {
-    pub last_ts: f64,
     pub impressions: [f32; 2],
     pub completions: [f32; 2],
     pub likes: [f32; 2],
 }
 
-impl Counters {
-    fn decayed(&self, now: f64, half_lives: [f64; 2]) -> Counters {
-        let dt = (now - self.last_ts).max(0.0);
-        let f = [
-            (-dt / half_lives[0]).exp2() as f32,
-            (-dt / half_lives[1]).exp2() as f32,
-        ];
-        let m = |a: [f32; 2]| [a[0] * f[0], a[1] * f[1]];
-        Counters {
-            last_ts: now.max(self.last_ts),
-            impressions: m(self.impressions),
-            completions: m(self.completions),
-            likes: m(self.likes),
-        }
+/// The two windows (short, long) of one key.
+pub type Windows<const K: usize> = [Window<K>; 2];
+
+fn estimate3(w: &Windows<ITEM_KINDS>, now: f64, widths: [f64; 2]) -> Counters {
+    let s = w[0].estimate(now, widths[0]);
+    let l = w[1].estimate(now, widths[1]);
+    Counters {
+        impressions: [s[0], l[0]],
+        completions: [s[1], l[1]],
+        likes: [s[2], l[2]],
     }
+}
+
+fn add<const K: usize>(w: &mut Windows<K>, ts: f64, widths: [f64; 2], d: [u32; K]) {
+    w[0].add(ts, widths[0], d);
+    w[1].add(ts, widths[1], d);
 }
 
 /// The item table. Dense slots never move, so an index taken under one read lock stays valid
 /// for the whole request; removed items keep their slot with `live = false`.
 pub struct Items {
     dim: usize,
-    half_lives: [f64; 2],
+    widths: [f64; 2],
     index: IdMap<u32>,
     ids: Vec<u64>,
     emb: Vec<f32>,
@@ -63,7 +67,11 @@ pub struct Items {
     live: Vec<bool>,
     n_live: usize,
     live_per_category: IdMap<usize>,
-    counters: Vec<Mutex<Counters>>,
+    counters: Vec<Mutex<Windows<ITEM_KINDS>>>,
+    /// Per topic: impressions, completions, likes (trending-topic signals).
+    topics: IdMap<Mutex<Windows<ITEM_KINDS>>>,
+    /// Per creator: uploads (creator upload rate).
+    creators: IdMap<Mutex<Windows<1>>>,
     /// f64 bits of the first time the item entered a candidate set (0 = never): the fresh-item
     /// retrieval rate is measured from it.
     first_candidate: Vec<AtomicU64>,
@@ -151,9 +159,39 @@ impl Items {
         }
     }
 
-    /// The item's counters decayed to `now`.
+    /// Widths (seconds) of the short and long counter windows.
+    pub fn windows(&self) -> [f64; 2] {
+        self.widths
+    }
+
+    /// The item's sliding-window counts as of `now`.
     pub fn counters(&self, slot: usize, now: f64) -> Counters {
-        self.counters[slot].lock().decayed(now, self.half_lives)
+        estimate3(&self.counters[slot].lock(), now, self.widths)
+    }
+
+    /// The item's raw windows (integer bucket counts), as of `now`.
+    pub fn item_windows(&self, slot: usize, now: f64) -> Windows<ITEM_KINDS> {
+        let w = self.counters[slot].lock();
+        [w[0].at(now, self.widths[0]), w[1].at(now, self.widths[1])]
+    }
+
+    /// The topic's sliding-window counts as of `now` (zeros for a topic never seen).
+    pub fn topic_counters(&self, topic: u32, now: f64) -> Counters {
+        self.topics
+            .get(&u64::from(topic))
+            .map(|w| estimate3(&w.lock(), now, self.widths))
+            .unwrap_or_default()
+    }
+
+    /// Uploads by the creator in the short and long window up to `now`.
+    pub fn creator_uploads(&self, creator: u64, now: f64) -> [f32; 2] {
+        self.creators.get(&creator).map_or([0.0; 2], |w| {
+            let w = w.lock();
+            [
+                w[0].estimate(now, self.widths[0])[0],
+                w[1].estimate(now, self.widths[1])[0],
+            ]
+        })
     }
 }
 
@@ -163,20 +201,21 @@ pub struct ItemStore {
 }
 
 impl ItemStore {
-    /// `half_lives` of the decayed counters, in seconds (e.g. one hour and one day).
-    pub fn new(dim: usize, half_lives: [f64; 2]) -> Result<Self> {
+    /// `windows`: widths in seconds of the short and long sliding windows of the engagement
+    /// counters (e.g. one hour and one day).
+    pub fn new(dim: usize, windows: [f64; 2]) -> Result<Self> {
         if dim == 0 {
             return Err(invalid!("item embedding dim must be > 0"));
         }
-        if !half_lives.iter().all(|h| h.is_finite() && *h > 0.0) {
+        if !windows.iter().all(|h| h.is_finite() && *h > 0.0) {
             return Err(invalid!(
-                "counter half-lives must be finite and > 0, got {half_lives:?}"
+                "counter windows must be finite and > 0 seconds, got {windows:?}"
             ));
         }
         Ok(Self {
             inner: RwLock::new(Items {
                 dim,
-                half_lives,
+                widths: windows,
                 index: IdMap::default(),
                 ids: Vec::new(),
                 emb: Vec::new(),
@@ -188,6 +227,8 @@ impl ItemStore {
                 n_live: 0,
                 live_per_category: IdMap::default(),
                 counters: Vec::new(),
+                topics: IdMap::default(),
+                creators: IdMap::default(),
                 first_candidate: Vec::new(),
             }),
         })
@@ -227,6 +268,7 @@ impl ItemStore {
             match t.index.get(&info.id).copied() {
                 Some(s) => {
                     let s = s as usize;
+                    t.creators.entry(info.creator).or_default();
                     t.set_live(s, false); // re-counted under the (possibly new) category
                     t.emb[s * dim..(s + 1) * dim].copy_from_slice(e);
                     t.topic[s] = info.topic;
@@ -234,6 +276,7 @@ impl ItemStore {
                     t.category[s] = info.category;
                     t.upload_ts[s] = info.upload_ts;
                     t.set_live(s, true);
+                    t.topics.entry(u64::from(info.topic)).or_default();
                 }
                 None => {
                     let s = u32::try_from(t.ids.len())
@@ -247,11 +290,13 @@ impl ItemStore {
                     t.upload_ts.push(info.upload_ts);
                     t.live.push(false);
                     t.set_live(s as usize, true);
-                    t.counters.push(Mutex::new(Counters {
-                        last_ts: info.upload_ts,
-                        ..Counters::default()
-                    }));
+                    t.topics.entry(u64::from(info.topic)).or_default();
+                    t.counters.push(Mutex::new(Windows::default()));
                     t.first_candidate.push(AtomicU64::new(0));
+                    // a new item is one upload by its creator (a re-upload is not)
+                    let widths = t.widths;
+                    let c = t.creators.entry(info.creator).or_default();
+                    add(c.get_mut(), info.upload_ts, widths, [1]);
                 }
             }
         }
@@ -273,7 +318,8 @@ impl ItemStore {
         n
     }
 
-    /// Adds one impression (and optionally a completion and a like) to an item's counters.
+    /// Adds one impression (and optionally a completion and a like) at `now` to the counters of
+    /// the item and of its topic.
     pub fn record(
         &self,
         id: u64,
@@ -288,14 +334,14 @@ impl ItemStore {
             .get(&id)
             .ok_or_else(|| Error::NotFound(format!("unknown item id {id}")))?
             as usize;
-        let mut c = t.counters[s].lock();
-        let mut d = c.decayed(now, t.half_lives);
-        for k in 0..2 {
-            d.impressions[k] += f32::from(u8::from(impression));
-            d.completions[k] += f32::from(u8::from(completed));
-            d.likes[k] += f32::from(u8::from(liked));
+        if !now.is_finite() {
+            return Err(invalid!("event time must be finite, got {now}"));
         }
-        *c = d;
+        let d = [impression, completed, liked].map(|b| u32::from(u8::from(b)));
+        add(&mut t.counters[s].lock(), now, t.widths, d);
+        if let Some(w) = t.topics.get(&u64::from(t.topic[s])) {
+            add(&mut w.lock(), now, t.widths, d);
+        }
         Ok(())
     }
 }
@@ -314,7 +360,6 @@ pub struct Interaction {
 pub struct UserState {
     /// Most recent last; at most `history_len` entries.
     pub history: VecDeque<Interaction>,
-    pub long_term: Option<Vec<f32>>,
     seen: VecDeque<u64>,
     seen_set: IdSet,
 }
@@ -335,11 +380,10 @@ pub struct UserStore {
     shards: Vec<RwLock<IdMap<UserState>>>,
     history_len: usize,
     seen_len: usize,
-    dim: usize,
 }
 
 impl UserStore {
-    pub fn new(dim: usize, history_len: usize, seen_len: usize) -> Result<Self> {
+    pub fn new(history_len: usize, seen_len: usize) -> Result<Self> {
         if history_len == 0 {
             return Err(invalid!("history_len must be > 0"));
         }
@@ -349,7 +393,6 @@ impl UserStore {
                 .collect(),
             history_len,
             seen_len,
-            dim,
         })
     }
 
@@ -395,27 +438,142 @@ impl UserStore {
         }
     }
 
-    pub fn set_long_term(&self, key: u64, emb: &[f32]) -> Result<()> {
-        if emb.len() != self.dim {
-            return Err(invalid!(
-                "long-term embedding has {} values, the store's dim is {}",
-                emb.len(),
-                self.dim
-            ));
-        }
-        if emb.iter().any(|x| !x.is_finite()) {
-            return Err(invalid!("long-term embedding contains NaN or Inf"));
-        }
-        self.shard(key).write().entry(key).or_default().long_term = Some(emb.to_vec());
-        Ok(())
-    }
-
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The batch feature tier: long-term user embeddings and creator authority, computed offline
+/// and loaded from files. A pipeline holds one snapshot and replaces it as a whole (readers
+/// keep the snapshot they started with), so a request never sees half of a load.
+#[derive(Debug, Clone, Default)]
+pub struct BatchTier {
+    /// Names the snapshot (e.g. the catalogue's directory or date).
+    pub version: String,
+    /// The time the batch data describes, seconds since the epoch (its freshness).
+    pub as_of: f64,
+    dim: usize,
+    users: IdMap<u32>,
+    user_emb: Vec<f32>,
+    authority: IdMap<f32>,
+}
+
+impl BatchTier {
+    /// `user_keys[i]` (see [`UserStore::key`]) owns row i of `user_emb` (`n x dim`);
+    /// `creators[j]` has authority `authority[j]`.
+    pub fn new(
+        version: &str,
+        as_of: f64,
+        dim: usize,
+        user_keys: &[u64],
+        user_emb: &[f32],
+        creators: &[u64],
+        authority: &[f32],
+    ) -> Result<Self> {
+        let mut b = BatchTier {
+            version: version.to_owned(),
+            as_of,
+            dim,
+            ..BatchTier::default()
+        };
+        if !as_of.is_finite() {
+            return Err(invalid!("batch as_of must be finite, got {as_of}"));
+        }
+        b.add_users(user_keys, user_emb)?;
+        b.set_authority(creators, authority)?;
+        Ok(b)
+    }
+
+    /// An empty snapshot for embedding dim `dim`.
+    pub fn empty(dim: usize) -> Self {
+        BatchTier {
+            version: "empty".into(),
+            dim,
+            ..BatchTier::default()
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn n_creators(&self) -> usize {
+        self.authority.len()
+    }
+
+    /// Adds or replaces long-term embeddings (a new snapshot is built from a copy by callers
+    /// that publish it).
+    pub fn add_users(&mut self, user_keys: &[u64], user_emb: &[f32]) -> Result<()> {
+        let dim = self.dim;
+        if user_emb.len() != user_keys.len() * dim {
+            return Err(invalid!(
+                "user embeddings have {} values for {} users; expected users x dim {dim}",
+                user_emb.len(),
+                user_keys.len()
+            ));
+        }
+        if let Some(i) = user_emb.iter().position(|x| !x.is_finite()) {
+            return Err(invalid!(
+                "long-term embedding contains NaN or Inf (user row {})",
+                i / dim.max(1)
+            ));
+        }
+        for (&k, e) in user_keys.iter().zip(user_emb.chunks_exact(dim.max(1))) {
+            match self.users.get(&k) {
+                Some(&r) => {
+                    let r = r as usize;
+                    self.user_emb[r * dim..(r + 1) * dim].copy_from_slice(e);
+                }
+                None => {
+                    let r = u32::try_from(self.users.len())
+                        .map_err(|_| invalid!("batch tier is full (2^32 users)"))?;
+                    self.users.insert(k, r);
+                    self.user_emb.extend_from_slice(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces creator authority scores.
+    pub fn set_authority(&mut self, creators: &[u64], authority: &[f32]) -> Result<()> {
+        if creators.len() != authority.len() {
+            return Err(invalid!(
+                "{} creator ids but {} authority values",
+                creators.len(),
+                authority.len()
+            ));
+        }
+        if let Some(i) = authority.iter().position(|x| !x.is_finite()) {
+            return Err(invalid!(
+                "authority of creator {} is NaN or Inf",
+                creators[i]
+            ));
+        }
+        self.authority
+            .extend(creators.iter().copied().zip(authority.iter().copied()));
+        Ok(())
+    }
+
+    /// The user's long-term embedding, if the batch has one.
+    pub fn long_term(&self, user_key: u64) -> Option<&[f32]> {
+        self.users.get(&user_key).map(|&r| {
+            let r = r as usize;
+            &self.user_emb[r * self.dim..(r + 1) * self.dim]
+        })
+    }
+
+    /// The creator's authority (0 for a creator the batch does not know).
+    pub fn authority(&self, creator: u64) -> f32 {
+        self.authority.get(&creator).copied().unwrap_or(0.0)
     }
 }
 
@@ -453,15 +611,25 @@ mod tests {
     }
 
     #[test]
-    fn counters_decay_with_half_life() {
+    fn counters_are_sliding_windows_of_item_topic_and_creator() {
         let s = ItemStore::new(1, [10.0, 100.0]).unwrap();
-        s.upsert(&[info(1, 0.0)], &[1.0]).unwrap();
+        s.upsert(&[info(1, 0.0), info(4, 95.0)], &[1.0, 1.0])
+            .unwrap();
         s.record(1, 0.0, true, true, false).unwrap();
         s.record(1, 0.0, true, false, true).unwrap();
-        let c = s.read().counters(0, 10.0);
-        assert!((c.impressions[0] - 1.0).abs() < 1e-6); // 2 * 0.5
-        assert!((c.impressions[1] - 2.0 * 0.5f32.powf(0.1)).abs() < 1e-5);
-        assert!((c.likes[0] - 0.5).abs() < 1e-6);
+        let t = s.read();
+        let c = t.counters(0, 15.0);
+        // short window: bucket 0 is the previous bucket at t=15, weighted by 0.5
+        assert_eq!(c.impressions, [1.0, 2.0]);
+        assert_eq!(c.likes, [0.5, 1.0]);
+        assert_eq!(t.counters(0, 25.0).impressions, [0.0, 2.0]);
+        // item 4 shares topic 1 with item 1; creators: 1 -> 0 (id / 2), 4 -> 2
+        assert_eq!(t.topic_counters(1, 5.0).completions, [1.0, 1.0]);
+        assert_eq!(t.topic_counters(2, 5.0), Counters::default());
+        assert_eq!(t.creator_uploads(2, 96.0), [1.0, 1.0]);
+        assert_eq!(t.creator_uploads(0, 150.0), [0.0, 0.5]);
+        drop(t);
+        assert!(s.record(1, f64::NAN, true, false, false).is_err());
         assert!(matches!(
             s.record(7, 0.0, true, false, false),
             Err(Error::NotFound(_))
@@ -470,7 +638,7 @@ mod tests {
 
     #[test]
     fn user_history_and_seen_are_bounded() {
-        let u = UserStore::new(2, 3, 4).unwrap();
+        let u = UserStore::new(3, 4).unwrap();
         let k = UserStore::key("alice");
         for i in 0..5 {
             u.record_interaction(
@@ -493,6 +661,20 @@ mod tests {
             assert!(!s.has_seen(1) && s.has_seen(5) && s.seen().len() == 4);
         });
         assert!(u.with_user(UserStore::key("bob"), |s| s.is_none()));
-        assert!(u.set_long_term(k, &[1.0]).is_err());
+    }
+
+    #[test]
+    fn batch_tier_lookups_and_validation() {
+        let mut b =
+            BatchTier::new("v1", 10.0, 2, &[7, 8], &[1.0, 0.0, 0.0, 1.0], &[3], &[0.5]).unwrap();
+        assert_eq!(b.long_term(8), Some(&[0.0, 1.0][..]));
+        assert_eq!(b.long_term(9), None);
+        assert_eq!((b.authority(3), b.authority(4)), (0.5, 0.0));
+        b.add_users(&[8, 9], &[2.0, 2.0, 3.0, 3.0]).unwrap();
+        assert_eq!((b.long_term(8), b.n_users()), (Some(&[2.0, 2.0][..]), 3));
+        assert!(b.add_users(&[1], &[1.0]).is_err());
+        assert!(b.add_users(&[1], &[1.0, f32::NAN]).is_err());
+        assert!(b.set_authority(&[1, 2], &[1.0]).is_err());
+        assert!(BatchTier::new("v", f64::NAN, 2, &[], &[], &[], &[]).is_err());
     }
 }
