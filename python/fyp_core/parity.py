@@ -184,19 +184,16 @@ def _ks_sorted(x: np.ndarray, y: np.ndarray) -> float:
     n1, n2 = x.size, y.size
     v = np.concatenate([x, y])
     order = np.argsort(v, kind="stable")  # two sorted runs: timsort merges them in linear time
-    v = v[order]
-    c1 = np.cumsum(order < n1)  # values of x that are <= v[i]
-    last = np.empty(v.size, dtype=bool)
-    np.not_equal(v[1:], v[:-1], out=last[:-1])
-    last[-1] = True
-    if last.all():  # no ties (continuous data): every position ends its group
-        k1 = np.arange(1, v.size + 1)
-    else:
-        k = np.flatnonzero(last)
-        c1 = c1[k]
-        k1 = k + 1
-    d = c1 / n1 - (k1 - c1) / n2  # same arithmetic as scipy: counts / n
-    return float(max(d.max(), -d.min(), 0.0))
+    # n1 * n2 * (F_x - F_y) after the i-th merged value, in exact integers: with c = values of x
+    # among the first i + 1, that is c * n2 - (i + 1 - c) * n1 = c * (n1 + n2) - (i + 1) * n1
+    d = np.cumsum(order < n1)
+    d *= n1 + n2
+    d -= np.arange(n1, n1 * (v.size + 1), n1)
+    vs = v.take(order)
+    last = vs[1:] != vs[:-1]  # with ties, compare only after the last copy of a value
+    if not last.all():
+        d = np.append(d[:-1][last], d[-1])
+    return float(max(int(d.max()), -int(d.min()), 0) / (n1 * n2))
 
 
 def _psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -340,7 +337,8 @@ def _numeric(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
             raise TypeError(f"{side} feature {name!r} is not numeric (dtype {arr.dtype}); list "
                             "it in categorical=... or convert it to numbers")
     x = arr.astype(np.float64, copy=False)
-    return x[np.isfinite(x)], x.size
+    finite = np.isfinite(x)
+    return (x if finite.all() else x[finite]), x.size
 
 
 def _categorical(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
