@@ -333,6 +333,15 @@ def test_served_features_table_round_trip() -> None:
         served_features_matrix(table.replace_schema_metadata({}))
 
 
+def test_inputs_are_not_modified() -> None:
+    rng = np.random.default_rng(15)
+    t = {"a": rng.normal(size=500), "b": rng.normal(size=500)}
+    m = rng.normal(size=(400, 2))
+    t_copy, m_copy = {k: v.copy() for k, v in t.items()}, m.copy()
+    parity_report(t, (m, ["a", "b"]))
+    assert all(np.array_equal(t[k], t_copy[k]) for k in t) and np.array_equal(m, m_copy)
+
+
 def test_features_subset_and_order() -> None:
     rng = np.random.default_rng(11)
     t = {"a": rng.normal(size=200), "b": rng.normal(size=200), "only_train": np.zeros(200)}

@@ -191,9 +191,13 @@ def _ks_sorted(x: np.ndarray, y: np.ndarray) -> float:
     d -= np.arange(n1, n1 * (v.size + 1), n1)
     vs = v.take(order)
     last = vs[1:] != vs[:-1]  # with ties, compare only after the last copy of a value
-    if not last.all():
-        d = np.append(d[:-1][last], d[-1])
-    return float(max(int(d.max()), -int(d.min()), 0) / (n1 * n2))
+    if last.all():
+        hi, lo = int(d.max()), int(d.min())
+    else:
+        ends = d[:-1][last]
+        hi = max(int(ends.max(initial=0)), int(d[-1]))
+        lo = min(int(ends.min(initial=0)), int(d[-1]))
+    return float(max(hi, -lo, 0) / (n1 * n2))
 
 
 def _psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -336,7 +340,7 @@ def _numeric(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{side} feature {name!r} is not numeric (dtype {arr.dtype}); list "
                             "it in categorical=... or convert it to numbers")
-    x = arr.astype(np.float64, copy=False)
+    x = np.array(arr, dtype=np.float64)  # always our own copy: _numeric_stats sorts it in place
     finite = np.isfinite(x)
     return (x if finite.all() else x[finite]), x.size
 
@@ -470,7 +474,9 @@ def _kind(a: np.ndarray) -> str:
 
 
 def _numeric_stats(t: np.ndarray, s: np.ndarray, bins: int) -> Dict[str, Any]:
-    ts, ss = np.sort(t), np.sort(s)
+    t.sort()  # our own copies (_numeric)
+    s.sort()
+    ts, ss = t, s
     edges = quantile_edges(ts, bins)
     psi_ = _psi_from_shares(_bin_shares(ts, edges), _bin_shares(ss, edges))
     mt, ms = float(ts.mean()), float(ss.mean())
