@@ -19,7 +19,14 @@ from scipy.stats import ks_2samp
 
 import fyp_core
 from fyp_core import ParityReport, ParityThresholds, parity_report
-from fyp_core.parity import PSI_EPS, js_distance, ks_statistic, psi, served_features_matrix
+from fyp_core.parity import (
+    PSI_EPS,
+    js_distance,
+    ks_statistic,
+    psi,
+    quantile_edges,
+    served_features_matrix,
+)
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -106,6 +113,14 @@ def test_psi_against_a_textbook_computation() -> None:
                        thresholds=ParityThresholds(min_rows=1))["x"]
     assert fp.psi == pytest.approx(want, rel=1e-12)
     assert fp.n_bins == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 200), elements=_values), st.integers(2, 20))
+def test_quantile_edges_equal_numpy_linear_quantiles(x: np.ndarray, bins: int) -> None:
+    x.sort()
+    want = np.unique(np.quantile(x, np.arange(1, bins) / bins))
+    np.testing.assert_array_equal(quantile_edges(x, bins), want)
 
 
 def test_psi_dedupes_quantile_edges_of_a_near_constant_feature() -> None:

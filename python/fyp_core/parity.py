@@ -24,6 +24,7 @@ __all__ = [
     "ks_statistic",
     "parity_report",
     "psi",
+    "quantile_edges",
     "served_features_matrix",
 ]
 
@@ -212,8 +213,16 @@ def quantile_edges(sorted_train: np.ndarray, bins: int) -> np.ndarray:
     The bins are (-inf, e_1], (e_1, e_2], ..., (e_k, +inf): open-ended, so served values outside
     the training range still land in a bin.
     """
-    qs = np.arange(1, bins) / bins
-    return np.unique(np.quantile(sorted_train, qs))
+    # numpy's "linear" quantile read straight off the sorted sample (np.quantile would partition
+    # and copy it again): virtual index q (n - 1), and numpy's own lerp, so edges match exactly
+    pos = (np.arange(1, bins) / bins) * (sorted_train.size - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, sorted_train.size - 1)
+    frac = pos - lo
+    a, b = sorted_train[lo], sorted_train[hi]
+    diff = b - a
+    edges = np.where(frac >= 0.5, b - diff * (1 - frac), a + diff * frac)
+    return np.unique(edges)
 
 
 def _bin_shares(sorted_x: np.ndarray, edges: np.ndarray) -> np.ndarray:
