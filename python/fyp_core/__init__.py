@@ -24,6 +24,7 @@ from fyp_core._core import (
     mmr_greedy,
     user_token,
 )
+from fyp_core.parity import ParityReport, ParityThresholds, parity_report
 
 __all__ = [
     "CorruptFileError",
@@ -44,4 +45,7 @@ __all__ = [
     "mmr_greedy",
     "user_token",
     "assemble_features",
+    "ParityReport",
+    "ParityThresholds",
+    "parity_report",
 ]
