@@ -64,9 +64,7 @@ def day(tmp_path_factory):
         resp = pipe.feed(user, f"req-{r}", n=12, now=t)
         served += len(resp)
         rows = np.searchsorted(world.item_ids, resp.item_ids)
-        out = world.engagement(
-            np.full(len(rows), uid[user]), rows, np.arange(len(rows)), rng
-        )
+        out = world.engagement(np.full(len(rows), uid[user]), rows, np.arange(len(rows)), rng)
         for i in np.flatnonzero(rng.random(len(rows)) < 0.6):
             iid = resp.impression_ids[i]
             pipe.engage(
@@ -101,7 +99,10 @@ def test_replayed_training_vectors_equal_the_served_log_bit_for_bit(day) -> None
     train = fs.training_set(logdir, day["root"] / "cat", user_token_key=KEY, history_len=20)
     assert train.schema.metadata[b"fyp.missing_items"] == b"0"
     assert train.num_rows == day["served"]
-    key = lambda t: [f"{r}/{i}" for r, i in zip(t["request_id"].to_pylist(), t["item_id"].to_pylist())]  # noqa: E731
+
+    def key(t: pa.Table) -> list[str]:
+        return [f"{r}/{i}" for r, i in zip(t["request_id"].to_pylist(), t["item_id"].to_pylist())]
+
     s_order = np.argsort(key(served))
     t_order = np.argsort(key(train))
     assert np.array_equal(np.array(key(served))[s_order], np.array(key(train))[t_order])
@@ -135,7 +136,10 @@ def test_replay_is_point_in_time(day) -> None:
     """A row never sees its own impression: a request's first-shown item has the impression
     count its earlier requests gave it, not one more."""
     train = fs.training_set(
-        day["root"] / "log", day["cat"], user_token_key=KEY, history_len=20,
+        day["root"] / "log",
+        day["cat"],
+        user_token_key=KEY,
+        history_len=20,
         request_ids=["req-0"],
     )
     assert set(train["request_id"].to_pylist()) == {"req-0"}
@@ -151,8 +155,12 @@ def test_a_wrong_starting_state_is_detected(day, tmp_path) -> None:
     cat = day["cat"]
     keep = slice(10, None)  # items 0..9 missing: served ones are reported as missing
     other = Catalogue.from_arrays(
-        cat.item_ids[keep], cat.item_embeddings[keep], cat.topics[keep], cat.creators[keep],
-        cat.upload_ts[keep], categories=cat.categories[keep],
+        cat.item_ids[keep],
+        cat.item_embeddings[keep],
+        cat.topics[keep],
+        cat.creators[keep],
+        cat.upload_ts[keep],
+        categories=cat.categories[keep],
     )
     train = fs.training_set(day["root"] / "log", other, user_token_key=KEY, history_len=20)
     served = fs.served_features(day["root"] / "log")

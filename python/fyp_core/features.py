@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fyp_core import _core
@@ -162,19 +163,14 @@ def _join_labels(table: pa.Table, logdir: str | os.PathLike[str]) -> pa.Table:
             table = table.append_column(k, v)
         return table
     eng = pa.concat_tables([pq.read_table(f) for f in files])
-    agg = eng.group_by("impression_id").aggregate(
-        [(k, "max") for k in LABELS]
-    )
-    joined = table.join(agg, keys="impression_id", join_type="left outer")
-    # pyarrow's join does not keep order: restore the replay order
-    order = {iid: i for i, iid in enumerate(table.column("impression_id").to_pylist())}
-    idx = np.argsort([order[i] for i in joined.column("impression_id").to_pylist()], kind="stable")
-    joined = joined.take(pa.array(idx))
+    agg = eng.group_by("impression_id").aggregate([(k, "max") for k in LABELS])
+    # vectorised lookup (pyarrow's hash join cannot carry the list column along)
+    at = pc.index_in(table.column("impression_id"), value_set=agg.column("impression_id"))
     for k in LABELS:
-        col = joined.column(f"{k}_max")
+        col = agg.column(f"{k}_max").take(at)
         fill = 0.0 if k == "watched_seconds" else False
-        joined = joined.drop_columns([f"{k}_max"]).append_column(k, col.fill_null(fill))
-    return joined
+        table = table.append_column(k, col.fill_null(fill))
+    return table
 
 
 def served_features(logdir: str | os.PathLike[str]) -> pa.Table:
