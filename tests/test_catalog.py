@@ -108,9 +108,7 @@ def test_round_trip_arrays_and_dtypes(tmp_path) -> None:
     assert c.manifest == m and c.path == str(tmp_path / "c")
     # memory-mapped and read-only by default; a private writable copy without mmap
     assert not c.item_embeddings.flags.writeable
-    assert isinstance(c.item_embeddings.base, np.memmap) or isinstance(
-        c.item_embeddings, np.memmap
-    )
+    assert isinstance(c.item_embeddings.base, np.memmap) or isinstance(c.item_embeddings, np.memmap)
     c2 = load_catalogue(tmp_path / "c", mmap=False)
     assert c2.item_embeddings.flags.writeable
     np.testing.assert_array_equal(c2.item_embeddings, a["item_embeddings"])
@@ -125,11 +123,18 @@ def test_round_trip_arrays_and_dtypes(tmp_path) -> None:
 def test_optional_parts_absent(tmp_path) -> None:
     a = small_arrays()
     save_catalogue(
-        tmp_path / "c", a["item_ids"], a["item_embeddings"], a["topics"], a["creators"],
-        a["upload_ts"], as_of=123.0,
+        tmp_path / "c",
+        a["item_ids"],
+        a["item_embeddings"],
+        a["topics"],
+        a["creators"],
+        a["upload_ts"],
+        as_of=123.0,
     )
     assert sorted(os.listdir(tmp_path / "c")) == [
-        "item_embeddings.npy", "items.parquet", "manifest.json"
+        "item_embeddings.npy",
+        "items.parquet",
+        "manifest.json",
     ]
     c = load_catalogue(tmp_path / "c")
     assert c.user_ids == [] and c.user_embeddings is None and c.n_users == 0
@@ -139,8 +144,16 @@ def test_optional_parts_absent(tmp_path) -> None:
 
 
 def test_empty_catalogue_and_extra_columns(tmp_path) -> None:
-    p = save_catalogue(tmp_path / "e", np.zeros(0, np.uint64), np.zeros((0, 8), np.float32),
-                       [], [], [], user_ids=[], user_embeddings=np.zeros((0, 8), np.float32))
+    p = save_catalogue(
+        tmp_path / "e",
+        np.zeros(0, np.uint64),
+        np.zeros((0, 8), np.float32),
+        [],
+        [],
+        [],
+        user_ids=[],
+        user_embeddings=np.zeros((0, 8), np.float32),
+    )
     c = load_catalogue(p)
     assert (c.n_items, c.item_embeddings.shape, c.n_users, c.dim) == (0, (0, 8), 0, 8)
     assert c.item_ids.dtype == np.uint64 and c.upload_ts.dtype == np.float64
@@ -153,8 +166,9 @@ def test_empty_catalogue_and_extra_columns(tmp_path) -> None:
 
 def test_world_export_matches_world(world, catdir, tmp_path) -> None:
     c = load_catalogue(catdir)
-    np.testing.assert_array_equal(load_catalogue(world.to_catalogue(tmp_path / "w")).item_ids,
-                                  c.item_ids)
+    np.testing.assert_array_equal(
+        load_catalogue(world.to_catalogue(tmp_path / "w")).item_ids, c.item_ids
+    )
     np.testing.assert_array_equal(c.item_ids, world.item_ids)
     np.testing.assert_array_equal(c.item_embeddings, world.item_emb)
     np.testing.assert_array_equal(c.topics, world.item_topic)
@@ -473,8 +487,12 @@ CASES = [
     ),
     (
         lambda d: pq.write_table(
-            pa.table({"creator_id": pa.array([1, 1], pa.uint64()),
-                      "authority": pa.array([0.1, 0.2], pa.float32())}),
+            pa.table(
+                {
+                    "creator_id": pa.array([1, 1], pa.uint64()),
+                    "authority": pa.array([0.1, 0.2], pa.float32()),
+                }
+            ),
             d / "creators.parquet",
         ),
         ValueError,
@@ -482,8 +500,12 @@ CASES = [
     ),
     (
         lambda d: pq.write_table(
-            pa.table({"creator_id": pa.array([1, 2], pa.uint64()),
-                      "authority": pa.array([0.1, np.nan], pa.float32())}),
+            pa.table(
+                {
+                    "creator_id": pa.array([1, 2], pa.uint64()),
+                    "authority": pa.array([0.1, np.nan], pa.float32()),
+                }
+            ),
             d / "creators.parquet",
         ),
         ValueError,
@@ -546,9 +568,7 @@ def test_in_memory_validation(tmp_path) -> None:
     with pytest.raises(ValueError, match="user_ids\\[1\\]"):
         Catalogue.from_arrays(**{**a, "user_ids": ["a", 5, "c", "d", "e"]})
     with pytest.raises(ValueError, match="creator_authority has 2 rows, creator_id has 3"):
-        Catalogue.from_arrays(
-            **{**a, "creator_authority": np.array([0.5, 0.25], dtype=np.float32)}
-        )
+        Catalogue.from_arrays(**{**a, "creator_authority": np.array([0.5, 0.25], dtype=np.float32)})
     assert not (tmp_path / "c").exists()
     with pytest.raises(ValueError, match="duplicate"):
         save_catalogue(tmp_path / "c", **{**a, "item_ids": np.ones(50, np.uint64)})
@@ -559,15 +579,12 @@ def test_in_memory_validation(tmp_path) -> None:
 
 
 class _Recorder:
-    def __init__(self, authority: bool) -> None:
+    def __init__(self) -> None:
         self.items: list[tuple[int, bool]] = []
         self.ids: list[np.ndarray] = []
         self.ts: list[np.ndarray] = []
         self.emb: list[np.ndarray] = []
-        self.users: list[int] = []
-        self.authority: list[tuple[np.ndarray, np.ndarray]] = []
-        if authority:
-            self.set_creator_authority = lambda ids, a: self.authority.append((ids, a))
+        self.batches: list[dict] = []
 
     def load_items(self, ids, emb, topics, creators, cats, ts, index=True):
         assert emb.dtype == np.float32 and emb.flags.c_contiguous and len(emb) == len(ids)
@@ -576,18 +593,38 @@ class _Recorder:
         self.ts.append(np.array(ts))
         self.emb.append(emb)
 
-    def set_user_embeddings(self, users, emb):
-        assert len(users) == len(emb)
-        self.users.append(len(users))
+    def load_batch(
+        self,
+        version,
+        as_of,
+        user_ids=None,
+        user_embeddings=None,
+        creator_ids=None,
+        creator_authority=None,
+    ):
+        assert (user_ids is None) == (user_embeddings is None)
+        assert user_ids is None or len(user_ids) == len(user_embeddings)
+        self.batches.append(
+            {
+                "version": version,
+                "as_of": as_of,
+                "users": user_ids,
+                "creators": creator_ids,
+                "authority": creator_authority,
+            }
+        )
 
 
-def test_apply_catalogue_chunks_and_creator_hook(catdir) -> None:
+def test_apply_catalogue_chunks_items_and_swaps_one_batch_snapshot(catdir) -> None:
     c = load_catalogue(catdir)
-    rec = _Recorder(authority=False)
+    rec = _Recorder()
     got = apply_catalogue(rec, c, index=False, batch=700)
     assert rec.items == [(700, False), (700, False), (600, False)]
-    assert sum(rec.users) == c.n_users and max(rec.users) <= 700
-    assert got == {"items": 2000, "users": c.n_users, "creators": 0}
+    # the batch tier is published once, whole (users and creators together)
+    assert len(rec.batches) == 1
+    b = rec.batches[0]
+    assert len(b["users"]) == c.n_users and b["as_of"] == c.as_of
+    assert got == {"items": 2000, "users": c.n_users, "creators": c.n_creators}
     # every item once, with its own row, in upload-time order (the fresh tier's fast path)
     ids, ts = np.concatenate(rec.ids), np.concatenate(rec.ts)
     assert np.all(np.diff(ts) >= 0)
@@ -596,12 +633,13 @@ def test_apply_catalogue_chunks_and_creator_hook(catdir) -> None:
     first = [row[int(i)] for i in rec.ids[1][:5]]
     np.testing.assert_array_equal(rec.emb[1][:5], c.item_embeddings[first])
     np.testing.assert_array_equal(rec.ts[1][:5], c.upload_ts[first])
-    rec = _Recorder(authority=True)
+    rec = _Recorder()
     seen = []
     got = apply_catalogue(rec, c, batch=5000, progress=seen.append)
     assert rec.items == [(2000, True)] and seen == [2000]
     assert got["creators"] == c.n_creators > 0
-    np.testing.assert_array_equal(rec.authority[0][0], c.creator_ids)
+    np.testing.assert_array_equal(rec.batches[0]["creators"], c.creator_ids)
+    np.testing.assert_array_equal(rec.batches[0]["authority"], c.creator_authority)
     with pytest.raises(ValueError, match="batch must be > 0"):
         apply_catalogue(rec, c, batch=0)
 
@@ -612,7 +650,7 @@ def test_apply_catalogue_streams_a_time_sorted_catalogue_without_copies(tmp_path
     for k in ("item_ids", "item_embeddings", "topics", "creators", "upload_ts", "categories"):
         a[k] = a[k][order]
     c = load_catalogue(save_catalogue(tmp_path / "c", **a))
-    rec = _Recorder(authority=False)
+    rec = _Recorder()
     apply_catalogue(rec, c, batch=128)
     assert [n for n, _ in rec.items] == [128, 128, 44]
     assert all(np.shares_memory(e, c.item_embeddings) for e in rec.emb)
@@ -679,8 +717,21 @@ def test_cli_serve_catalogue_answers_feed_from_the_catalogue(catdir, monkeypatch
         answers["health"] = client.get("/healthz").json()
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    rc = main(["serve", "--catalogue", str(catdir), "--candidates", "200", "--ef", "200",
-               "--ef-construction", "32", "--items", "999999999"])
+    rc = main(
+        [
+            "serve",
+            "--catalogue",
+            str(catdir),
+            "--candidates",
+            "200",
+            "--ef",
+            "200",
+            "--ef-construction",
+            "32",
+            "--items",
+            "999999999",
+        ]
+    )
     assert rc == 0
     r = answers["feed"]
     assert r.status_code == 200, r.text
@@ -697,8 +748,25 @@ def test_cli_serve_bad_catalogue_is_a_message(tmp_path, capsys) -> None:
 
 def test_cli_export_and_check(tmp_path, capsys) -> None:
     d = str(tmp_path / "exp")
-    assert main(["catalogue", "export", d, "--items", "300", "--users", "20", "--dim", "16",
-                 "--now", "1.8e9", "--no-creators"]) == 0
+    assert (
+        main(
+            [
+                "catalogue",
+                "export",
+                d,
+                "--items",
+                "300",
+                "--users",
+                "20",
+                "--dim",
+                "16",
+                "--now",
+                "1.8e9",
+                "--no-creators",
+            ]
+        )
+        == 0
+    )
     c = load_catalogue(d)
     assert (c.n_items, c.dim, c.as_of, c.creator_ids) == (300, 16, 1.8e9, None)
     assert main(["catalogue", "export", d, "--items", "300"]) == 2
@@ -716,8 +784,9 @@ def test_cli_export_and_check(tmp_path, capsys) -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                   max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 _KEYS = ["format", "version", "dim", "n_items", "n_users", "as_of", "created_by"]
@@ -725,8 +794,15 @@ _KEYS = ["format", "version", "dim", "n_items", "n_users", "as_of", "created_by"
 
 @st.composite
 def _manifests(draw) -> bytes:
-    valid = {"format": "fyp_core.catalogue", "version": 1, "dim": 8, "n_items": 50,
-             "n_users": 5, "as_of": NOW, "created_by": "t"}
+    valid = {
+        "format": "fyp_core.catalogue",
+        "version": 1,
+        "dim": 8,
+        "n_items": 50,
+        "n_users": 5,
+        "as_of": NOW,
+        "created_by": "t",
+    }
     kind = draw(st.sampled_from(["edit", "json", "bytes", "truncate"]))
     if kind == "bytes":
         return draw(st.binary(max_size=64))

@@ -89,7 +89,14 @@ def day(tmp_path_factory):
         if r == 200:
             pipe.remove(cat.item_ids[:5], now=t)
     pipe.close()
-    return {"root": root, "cat": cat, "pipe": pipe, "served": served, "engaged": engaged}
+    return {
+        "root": root,
+        "cat": cat,
+        "pipe": pipe,
+        "served": served,
+        "engaged": engaged,
+        "end": t,
+    }
 
 
 def test_replayed_training_vectors_equal_the_served_log_bit_for_bit(day) -> None:
@@ -181,3 +188,19 @@ def test_registry_and_errors(tmp_path) -> None:
         fs.training_set(tmp_path, None, user_token_key=KEY)
     with pytest.raises(ValueError, match="differ"):
         fs.features_matrix(pa.table({"features": pa.array([[1.0], [1.0, 2.0]])}))
+
+
+def test_freshness_per_tier_with_alert_at_twice_the_cadence(day) -> None:
+    pipe, cat = day["pipe"], day["cat"]
+    end = day["end"] + 60.0
+    f = pipe.freshness(now=end)
+    assert set(f) == {"real_time", "near_real_time", "batch"}
+    # the day's last engagement came within a minute of its last request
+    assert f["real_time"]["age_s"] < 60.0
+    assert f["batch"]["age_s"] == pytest.approx(end - cat.as_of)
+    for tier in f.values():
+        assert tier["alert"] == (tier["age_s"] > 2 * tier["cadence_s"])
+        assert np.isfinite(tier["p99_age_s"])
+    later = pipe.freshness(now=cat.as_of + 3 * 86400.0)
+    assert later["real_time"]["alert"] and later["near_real_time"]["alert"]
+    assert later["batch"]["alert"]  # three days > 2 x one day

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,10 @@ CREATORS = "creators.parquet"
 
 # rows scanned at a time when checking embeddings for NaN/Inf (bounds memory on a mmap)
 _SCAN_ROWS = 65_536
+# np.load parses the .npy header with ast.literal_eval, and CPython 3.11 (< 3.11.9) can raise
+# "SystemError: AST constructor recursion depth mismatch" when threads build ASTs at once
+# (gh-106905). Loads are rare and the header parse is microseconds: serialise it.
+_NPY_LOCK = threading.Lock()
 _INT32_MAX = 2**31 - 1
 _UINT64_MAX = 2**64 - 1
 
@@ -295,14 +300,13 @@ def apply_catalogue(
 ) -> dict[str, int]:
     """Loads the catalogue into a FeedPipeline: items through ``load_items`` in chunks of
     `batch` rows (so a memory-mapped catalogue is paged through, never copied whole), the
-    long-term user embeddings through ``set_user_embeddings`` (also chunked), and the creator
-    authority through ``set_creator_authority`` when the pipeline has that method.
+    batch tier (long-term user embeddings and creator authority) through ``load_batch``, as
+    one snapshot swapped atomically.
 
     Items are loaded in upload-time order (see the comment below; the catalogue itself is not
     changed). ``index=True`` also adds the items to the pipeline's HNSW index; pass False when
     the index was built beforehand (``fyp_core.demo.build_pipeline`` does, to show progress).
-    Returns the counts applied: {"items", "users", "creators"} (creators is 0 when the hook
-    is absent).
+    Returns the counts applied: {"items", "users", "creators"}.
     `progress`, if given, is called with the number of items loaded so far after each chunk.
     """
     if batch <= 0:
@@ -328,15 +332,19 @@ def apply_catalogue(
         )
         if progress is not None:
             progress(e)
-    if c.user_embeddings is not None:
-        for s in range(0, c.n_users, batch):
-            e = min(s + batch, c.n_users)
-            pipeline.set_user_embeddings(c.user_ids[s:e], np.asarray(c.user_embeddings[s:e]))
-    creators = 0
-    # creator authority: applied once the pipeline grows the method (another module adds it)
-    if c.creator_ids is not None and hasattr(pipeline, "set_creator_authority"):
-        pipeline.set_creator_authority(c.creator_ids, c.creator_authority)
-        creators = c.n_creators
+    # the batch tier (long-term user embeddings, creator authority) is one snapshot, published
+    # atomically: requests see the old one or the new one, never half of it
+    has_users = c.user_embeddings is not None and c.n_users > 0
+    has_creators = c.creator_ids is not None and c.n_creators > 0
+    pipeline.load_batch(
+        c.path or "in-memory",
+        float(c.as_of),
+        user_ids=list(c.user_ids) if has_users else None,
+        user_embeddings=np.asarray(c.user_embeddings) if has_users else None,
+        creator_ids=c.creator_ids if has_creators else None,
+        creator_authority=c.creator_authority if has_creators else None,
+    )
+    creators = c.n_creators if has_creators else 0
     return {"items": c.n_items, "users": c.n_users, "creators": creators}
 
 
@@ -687,7 +695,8 @@ def _read_npy(
     if not p.is_file():
         raise FileNotFoundError(f"{p} is missing: the {what} embeddings, float32 ({rows}, {dim})")
     try:
-        a = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        with _NPY_LOCK:
+            a = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError, TypeError) as e:
         raise ValueError(f"{p} is not a readable .npy file ({e}); rewrite it (np.save)") from None
     if not isinstance(a, np.ndarray):

@@ -95,6 +95,18 @@ class _Metrics:
         self.log_dropped = Gauge(
             "fyp_event_log_dropped", "Sampled records dropped under backpressure", registry=r
         )
+        self.feature_age = Gauge(
+            "fyp_feature_age_seconds", "Age of each feature tier's newest data", ["tier"],
+            registry=r,
+        )
+        self.feature_age_p99 = Gauge(
+            "fyp_feature_age_p99_seconds", "p99 over recent requests of each tier's data age",
+            ["tier"], registry=r,
+        )
+        self.feature_stale = Gauge(
+            "fyp_feature_stale", "1 when a tier's data is older than 2x its cadence", ["tier"],
+            registry=r,
+        )
         self._pipeline = pipeline
         self._lock = threading.Lock()
         self._slots_total = 0
@@ -118,6 +130,12 @@ class _Metrics:
         self.fresh_rate.set(st.get("fresh_retrieval_rate", 0.0))
         self.queue_depth.set(st.get("log_queue_depth", 0))
         self.log_dropped.set(st.get("log_dropped", 0))
+        if hasattr(self._pipeline, "freshness"):
+            for tier, f in self._pipeline.freshness().items():
+                # a tier that never had data has an infinite age: export a large finite number
+                self.feature_age.labels(tier).set(min(f["age_s"], 1e12))
+                self.feature_age_p99.labels(tier).set(min(f["p99_age_s"], 1e12))
+                self.feature_stale.labels(tier).set(float(f["alert"]))
         return generate_latest(self.registry)
 
 

@@ -358,7 +358,8 @@ pub(crate) fn item_infos(
 impl PyFeedPipeline {
     #[new]
     #[pyo3(signature = (index, ranker, reranker, split, event_log=None, config=None, user_token_key=None,
-                        history_len=50, seen_len=500, impression_capacity=1_000_000))]
+                        history_len=50, seen_len=500, impression_capacity=1_000_000,
+                        tier_cadence_s=(60.0, 300.0, 86400.0)))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         index: &Bound<'_, PyHnswIndex>,
@@ -371,7 +372,14 @@ impl PyFeedPipeline {
         history_len: usize,
         seen_len: usize,
         impression_capacity: usize,
+        tier_cadence_s: (f64, f64, f64),
     ) -> PyResult<Self> {
+        let cadence = [tier_cadence_s.0, tier_cadence_s.1, tier_cadence_s.2];
+        if !cadence.iter().all(|c| c.is_finite() && *c > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "tier_cadence_s must be three finite positive seconds, got {cadence:?}"
+            )));
+        }
         let split_ref = &split.get().inner;
         let mut cfg = ServingConfig {
             explore_rate: split_ref.explore_rate(),
@@ -390,6 +398,7 @@ impl PyFeedPipeline {
             history_len,
             seen_len,
             impression_capacity,
+            tier_cadence_s: cadence,
             ..PipelineOptions::default()
         };
         let log = event_log.as_ref().map(|l| l.get().inner.clone());
@@ -596,6 +605,22 @@ impl PyFeedPipeline {
         d.set_item("n_users", b.n_users())?;
         d.set_item("n_creators", b.n_creators())?;
         Ok(d)
+    }
+
+    /// Age of each feature tier's data: {tier: {age_s, p99_age_s, cadence_s, alert}}. The
+    /// alert fires when a tier's data is older than twice its expected cadence.
+    #[pyo3(signature = (now=None))]
+    fn freshness<'py>(&self, py: Python<'py>, now: Option<f64>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for t in self.inner.freshness(now_or(now)?) {
+            let d = PyDict::new(py);
+            d.set_item("age_s", t.age_s)?;
+            d.set_item("p99_age_s", t.p99_age_s)?;
+            d.set_item("cadence_s", t.cadence_s)?;
+            d.set_item("alert", t.alert)?;
+            out.set_item(t.tier, d)?;
+        }
+        Ok(out)
     }
 
     /// The version of the feature definitions served (logged with every served vector).

@@ -49,6 +49,9 @@ pub struct PipelineOptions {
     /// Items sampled to refresh the popularity fallback.
     pub popular_sample: usize,
     pub popular_refresh_s: f64,
+    /// Expected update cadence (seconds) of the real-time, near-real-time and batch tiers: a
+    /// tier whose data is older than twice its cadence raises the freshness alert.
+    pub tier_cadence_s: [f64; 3],
 }
 
 impl Default for PipelineOptions {
@@ -61,6 +64,7 @@ impl Default for PipelineOptions {
             fresh_scan: 5000,
             popular_sample: 20_000,
             popular_refresh_s: 10.0,
+            tier_cadence_s: [60.0, 300.0, 86400.0],
         }
     }
 }
@@ -128,6 +132,45 @@ struct Popular {
 }
 
 /// Counters for /metrics.
+/// Feature tiers whose freshness is tracked, in `tier_cadence_s` order.
+pub const FRESHNESS_TIERS: [&str; 3] = ["real_time", "near_real_time", "batch"];
+const FRESHNESS_SAMPLES: usize = 2048;
+
+/// Age of each tier's data as seen by recent requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierFreshness {
+    pub tier: &'static str,
+    /// Age now: seconds since the tier's newest data (infinite if it never had any).
+    pub age_s: f64,
+    /// p99 of the age over the last requests.
+    pub p99_age_s: f64,
+    pub cadence_s: f64,
+    /// `age_s > 2 x cadence_s`.
+    pub alert: bool,
+}
+
+#[derive(Default)]
+struct Freshness {
+    /// f64 bits of the newest event time absorbed by the real-time tier (user histories) and
+    /// by the near-real-time windows; 0 = none yet.
+    last_rt: AtomicU64,
+    last_nrt: AtomicU64,
+    samples: Mutex<[VecDeque<f32>; 3]>,
+}
+
+fn max_ts(a: &AtomicU64, ts: f64) {
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        (old == 0 || ts > f64::from_bits(old)).then_some(ts.to_bits())
+    });
+}
+
+fn age(a: &AtomicU64, now: f64) -> f64 {
+    match a.load(Ordering::Relaxed) {
+        0 => f64::INFINITY,
+        b => (now - f64::from_bits(b)).max(0.0),
+    }
+}
+
 #[derive(Default)]
 pub struct PipelineStats {
     pub requests: AtomicU64,
@@ -158,6 +201,7 @@ pub struct Pipeline {
     stream: String,
     seq: AtomicU64,
     feature_set_version: String,
+    freshness: Freshness,
     pub stats: PipelineStats,
 }
 
@@ -237,6 +281,7 @@ impl Pipeline {
             stream: stream_id(),
             seq: AtomicU64::new(0),
             feature_set_version: feature_set_version(dim),
+            freshness: Freshness::default(),
             stats: PipelineStats::default(),
         })
     }
@@ -308,6 +353,42 @@ impl Pipeline {
         b.add_users(&keys, emb)?;
         *self.batch.write() = Arc::new(b);
         Ok(())
+    }
+
+    fn tier_ages(&self, now: f64) -> [f64; 3] {
+        let f = &self.freshness;
+        let batch = self.batch();
+        let b = if batch.as_of > 0.0 {
+            (now - batch.as_of).max(0.0)
+        } else {
+            f64::INFINITY
+        };
+        [age(&f.last_rt, now), age(&f.last_nrt, now), b]
+    }
+
+    /// Age of each tier's data (now and p99 over recent requests) against its cadence.
+    pub fn freshness(&self, now: f64) -> Vec<TierFreshness> {
+        let ages = self.tier_ages(now);
+        let samples = self.freshness.samples.lock();
+        (0..3)
+            .map(|t| {
+                let mut v: Vec<f32> = samples[t].iter().copied().collect();
+                let p99 = if v.is_empty() {
+                    ages[t]
+                } else {
+                    v.sort_by(f32::total_cmp);
+                    f64::from(v[((v.len() - 1) as f64 * 0.99).round() as usize])
+                };
+                let cadence = self.opts.tier_cadence_s[t];
+                TierFreshness {
+                    tier: FRESHNESS_TIERS[t],
+                    age_s: ages[t],
+                    p99_age_s: p99,
+                    cadence_s: cadence,
+                    alert: ages[t] > 2.0 * cadence,
+                }
+            })
+            .collect()
     }
 
     fn next_seq(&self) -> u64 {
@@ -824,6 +905,17 @@ impl Pipeline {
         for &id in &served {
             let _ = self.items.record(id, now, true, false, false);
         }
+        {
+            let ages = self.tier_ages(now);
+            let mut smp = self.freshness.samples.lock();
+            for (q, a) in smp.iter_mut().zip(ages) {
+                if q.len() == FRESHNESS_SAMPLES {
+                    q.pop_front();
+                }
+                q.push_back(a as f32);
+            }
+        }
+        max_ts(&self.freshness.last_nrt, now);
         self.users.mark_seen(user_key, &served);
         let relaxed: Vec<(&'static str, u32)> =
             outcome.relaxed.iter().map(|(r, c)| (r.name(), c)).collect();
@@ -1065,6 +1157,8 @@ impl Pipeline {
         );
         // the item may have been taken down since: its counters no longer matter
         let _ = self.items.record(imp.item_id, now, false, completed, liked);
+        max_ts(&self.freshness.last_rt, now);
+        max_ts(&self.freshness.last_nrt, now);
         if let Some(log) = &self.log {
             let mut ev = self.feature_event(FeatureEventKind::Engagement, micros(now));
             ev.request_id = impression_id.to_owned();
