@@ -346,6 +346,8 @@ def test_served_features_table_round_trip() -> None:
     assert [f.verdict for f in report.features] == ["ok"] * 3
     with pytest.raises(ValueError, match="fyp.feature_names"):
         served_features_matrix(table.replace_schema_metadata({}))
+    with pytest.raises(TypeError, match=r"pass served_features_matrix\(table\)"):
+        parity_report(table, table, features=["features"])
 
 
 def test_inputs_are_not_modified() -> None:

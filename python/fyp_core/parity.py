@@ -343,12 +343,16 @@ def _numeric(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
     if arr.dtype.kind not in "biuf":
         if arr.dtype.kind == "O":  # e.g. pyarrow ints with nulls, or Python floats and None
             try:
-                arr = np.array([np.nan if v is None else v for v in arr], dtype=np.float64)
+                conv = np.array([np.nan if v is None else v for v in arr], dtype=np.float64)
+                if conv.ndim == 1:  # not a column of lists (served_features' `features`)
+                    arr = conv
             except (TypeError, ValueError):
-                arr = np.asarray(arr)
+                pass
         if arr.dtype.kind not in "biuf":
+            hint = ("; for a served_features table pass served_features_matrix(table)"
+                    if arr.size and isinstance(arr[0], (list, np.ndarray)) else "")
             raise TypeError(f"{side} feature {name!r} is not numeric (dtype {arr.dtype}); list "
-                            "it in categorical=... or convert it to numbers")
+                            f"it in categorical=... or convert it to numbers{hint}")
     x = np.array(arr, dtype=np.float64)  # always our own copy: _numeric_stats sorts it in place
     finite = np.isfinite(x)
     return (x if finite.all() else x[finite]), x.size
