@@ -451,7 +451,7 @@ def _compare(name: str, tcol: Any, scol: Any, is_cat: bool, th: ParityThresholds
     if t_all == 0 or s_all == 0:
         side = "training" if t_all == 0 else "served"
         raise ValueError(f"feature {name!r} has an empty {side} sample; pass at least one row")
-    if is_cat and t.dtype.kind != s.dtype.kind:
+    if is_cat and t.size and s.size and t.dtype.kind != s.dtype.kind:
         raise TypeError(f"categorical feature {name!r} has {_kind(t)} in training and {_kind(s)} "
                         "when served; encode both sides the same way")
     nt, ns = t.size, s.size
