@@ -187,7 +187,7 @@ def _ks_sorted(x: np.ndarray, y: np.ndarray) -> float:
     order = np.argsort(v, kind="stable")  # two sorted runs: timsort merges them in linear time
     # n1 * n2 * (F_x - F_y) after the i-th merged value, in exact integers: with c = values of x
     # among the first i + 1, that is c * n2 - (i + 1 - c) * n1 = c * (n1 + n2) - (i + 1) * n1
-    d = np.cumsum(order < n1)
+    d: np.ndarray = np.cumsum(order < n1, dtype=np.int64)
     d *= n1 + n2
     d -= np.arange(n1, n1 * (v.size + 1), n1)
     vs = v.take(order)
