@@ -313,6 +313,8 @@ def test_nulls_in_arrow_columns_and_missing_categories() -> None:
     assert report["x"].nonfinite_train == pytest.approx(0.25) and report["x"].n_train == 150
     assert report["c"].nonfinite_train == pytest.approx(0.25) and report["c"].n_bins == 2
     assert report["c"].js == pytest.approx(jensenshannon([100, 50], [100, 100], base=2))
+    dead = parity_report({"c": ["a", "b"] * 100}, {"c": [None] * 150}, categorical=["c"])["c"]
+    assert dead.verdict == "skew" and dead.reasons == ("all 150 served values are NaN/inf/null",)
 
 
 # ----------------------------------------------------------------------------- input forms
@@ -346,6 +348,8 @@ def test_served_features_table_round_trip() -> None:
     assert [f.verdict for f in report.features] == ["ok"] * 3
     with pytest.raises(ValueError, match="fyp.feature_names"):
         served_features_matrix(table.replace_schema_metadata({}))
+    with pytest.raises(TypeError, match=r"pass served_features_matrix\(table\)"):
+        parity_report(table, table, features=["features"])
 
 
 def test_inputs_are_not_modified() -> None:
@@ -491,3 +495,22 @@ def test_200_features_by_200k_rows() -> None:
     # no time bound: 6-27 s on the shared 2-core dev box depending on load (docs/parity.md)
     report = parity_report((t, names), (s, names))
     assert report.flagged == ["f7"]
+
+
+_cat_values = st.lists(st.one_of(st.none(), st.integers(-2, 3), st.sampled_from(["a", "b", ""]),
+                                 st.floats(allow_nan=True, allow_infinity=True)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_cat_values, _cat_values)
+def test_fuzzed_categoricals_give_a_report_or_a_clear_error(a: list, b: list) -> None:
+    arr_a, arr_b = np.array(a, dtype=object), np.array(b, dtype=object)
+    try:
+        fp = parity_report({"c": arr_a}, {"c": arr_b}, categorical=["c"],
+                           thresholds=ParityThresholds(min_rows=1))["c"]
+    except (TypeError, ValueError) as e:
+        assert any(w in str(e) for w in ("empty", "encode both sides", "non-integer")), str(e)
+        return
+    assert fp.verdict in ("ok", "warn", "skew", "insufficient")
+    if fp.n_train and fp.n_served:
+        assert 0 <= fp.js <= 1 and fp.psi >= 0

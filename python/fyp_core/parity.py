@@ -187,7 +187,7 @@ def _ks_sorted(x: np.ndarray, y: np.ndarray) -> float:
     order = np.argsort(v, kind="stable")  # two sorted runs: timsort merges them in linear time
     # n1 * n2 * (F_x - F_y) after the i-th merged value, in exact integers: with c = values of x
     # among the first i + 1, that is c * n2 - (i + 1 - c) * n1 = c * (n1 + n2) - (i + 1) * n1
-    d = np.cumsum(order < n1)
+    d: np.ndarray = np.cumsum(order < n1, dtype=np.int64)
     d *= n1 + n2
     d -= np.arange(n1, n1 * (v.size + 1), n1)
     vs = v.take(order)
@@ -343,12 +343,16 @@ def _numeric(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
     if arr.dtype.kind not in "biuf":
         if arr.dtype.kind == "O":  # e.g. pyarrow ints with nulls, or Python floats and None
             try:
-                arr = np.array([np.nan if v is None else v for v in arr], dtype=np.float64)
+                conv = np.array([np.nan if v is None else v for v in arr], dtype=np.float64)
+                if conv.ndim == 1:  # not a column of lists (served_features' `features`)
+                    arr = conv
             except (TypeError, ValueError):
-                arr = np.asarray(arr)
+                pass
         if arr.dtype.kind not in "biuf":
+            hint = ("; for a served_features table pass served_features_matrix(table)"
+                    if arr.size and isinstance(arr[0], (list, np.ndarray)) else "")
             raise TypeError(f"{side} feature {name!r} is not numeric (dtype {arr.dtype}); list "
-                            "it in categorical=... or convert it to numbers")
+                            f"it in categorical=... or convert it to numbers{hint}")
     x = np.array(arr, dtype=np.float64)  # always our own copy: _numeric_stats sorts it in place
     finite = np.isfinite(x)
     return (x if finite.all() else x[finite]), x.size
@@ -447,7 +451,7 @@ def _compare(name: str, tcol: Any, scol: Any, is_cat: bool, th: ParityThresholds
     if t_all == 0 or s_all == 0:
         side = "training" if t_all == 0 else "served"
         raise ValueError(f"feature {name!r} has an empty {side} sample; pass at least one row")
-    if is_cat and t.dtype.kind != s.dtype.kind:
+    if is_cat and t.size and s.size and t.dtype.kind != s.dtype.kind:
         raise TypeError(f"categorical feature {name!r} has {_kind(t)} in training and {_kind(s)} "
                         "when served; encode both sides the same way")
     nt, ns = t.size, s.size
