@@ -204,3 +204,23 @@ def test_freshness_per_tier_with_alert_at_twice_the_cadence(day) -> None:
     later = pipe.freshness(now=cat.as_of + 3 * 86400.0)
     assert later["real_time"]["alert"] and later["near_real_time"]["alert"]
     assert later["batch"]["alert"]  # three days > 2 x one day
+
+
+def test_parity_report_over_the_served_log(day) -> None:
+    """The replayed training set has no skew against the served log; a training set built with
+    a different short window (a definition drifting offline) is flagged on exactly the
+    short-window features."""
+    logdir = day["root"] / "log"
+    names = fs.feature_names(16)
+    served = (fs.features_matrix(fs.served_features(logdir)), names)
+    cat = fs.categorical_features(16)
+    train = fs.training_set(logdir, day["cat"], user_token_key=KEY, history_len=20)
+    same = fs.parity_report((fs.features_matrix(train), names), served, categorical=cat)
+    assert same.flagged == []
+    drift = fs.training_set(
+        logdir, day["cat"], user_token_key=KEY, history_len=20, counter_windows=(900.0, 86400.0)
+    )
+    rep = fs.parity_report((fs.features_matrix(drift), names), served, categorical=cat)
+    short = {"i_log_imp_s", "i_compl_rate_s", "i_like_rate_s", "t_compl_rate_s", "t_trend"}
+    assert "i_log_imp_s" in rep.flagged
+    assert set(rep.flagged) <= short, rep.to_markdown()
