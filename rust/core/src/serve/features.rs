@@ -7,7 +7,7 @@
 //! a new version. A definition depends only on the stores' state, the batch snapshot, the
 //! request time and the user embedding, never on the retrieval path or on serving config.
 
-use super::store::{BatchTier, Items, UserState};
+use super::store::{BatchTier, Items, NrtCounts, UserState};
 
 /// Where a feature's data comes from and how fresh it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,12 +265,15 @@ pub fn user_block(
 }
 
 /// Writes the item block of the item in dense `slot` into `out` (length `item_width(dim)`).
+/// `nrt` is the item's near-real-time state at `now`: `items.nrt(slot, now)` for the in-process
+/// tier, or the same counts read from the shared (Redis) tier.
 pub fn item_block(
     items: &Items,
     batch: &BatchTier,
     slot: usize,
     user_emb: &[f32],
     now: f64,
+    nrt: &NrtCounts,
     out: &mut [f32],
 ) {
     let dim = items.dim();
@@ -279,10 +282,8 @@ pub fn item_block(
     for ((o, u), i) in out[dim..2 * dim].iter_mut().zip(user_emb).zip(e) {
         *o = u * i;
     }
-    let c = items.counters(slot, now);
-    let t = items.topic_counters(items.topic(slot), now);
+    let (c, t, uploads) = (nrt.item, nrt.topic, nrt.creator_uploads);
     let creator = items.creator(slot);
-    let uploads = items.creator_uploads(creator, now);
     let [ws, wl] = items.windows();
     let s = &mut out[2 * dim..];
     // smoothed rates: a prior of 1 success in 4 impressions keeps new items from 0/0 and 1/1
@@ -358,7 +359,16 @@ mod tests {
         assert_eq!((&ub[3..6], ub[9]), (&[1.0, 1.0, 1.0][..], 1.0));
         let batch = BatchTier::new("b", 0.0, dim, &[], &[], &[2], &[0.75]).unwrap();
         let mut ib = vec![9.0; item_width(dim)];
-        item_block(&items.read(), &batch, 0, &[0.1, 0.2, 0.3], 3600.0, &mut ib);
+        let t = items.read();
+        item_block(
+            &t,
+            &batch,
+            0,
+            &[0.1, 0.2, 0.3],
+            3600.0,
+            &t.nrt(0, 3600.0),
+            &mut ib,
+        );
         assert_eq!(&ib[..6], &[1.0, 2.0, 3.0, 0.1, 0.4, 0.90000004]);
         let s = &ib[6..];
         // at one hour, the short window (60 s) is empty and the long one (600 s) too
@@ -368,7 +378,15 @@ mod tests {
         assert_eq!(s[10], 0.0); // two uploads, both older than the long window
         assert_eq!(s[11], 0.75);
         // at t=30 the short window holds the impression and the completion
-        item_block(&items.read(), &batch, 0, &[0.1, 0.2, 0.3], 30.0, &mut ib);
+        item_block(
+            &t,
+            &batch,
+            0,
+            &[0.1, 0.2, 0.3],
+            30.0,
+            &t.nrt(0, 30.0),
+            &mut ib,
+        );
         let s = &ib[6..];
         assert_eq!(s[0], 2f32.ln());
         assert_eq!(s[2], 2.0 / 5.0);

@@ -8,7 +8,7 @@ use super::fresh::FreshPool;
 use super::idhash::{IdMap, IdSet};
 use super::mixer::{draw_exploration, Source};
 use super::scorer::{user_embedding, ServingConfig};
-use super::store::{BatchTier, Interaction, ItemInfo, ItemStore, Items, UserStore};
+use super::store::{BatchTier, Interaction, ItemInfo, ItemStore, Items, NrtCounts, UserStore};
 use crate::ann::HnswIndex;
 use crate::eventlog::{
     self as elog, json_str, keep_request, EventLog, FeatureEvent, FeatureEventKind, RequestRecords,
@@ -355,6 +355,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Near-real-time counts of the items in `slots` at `now`.
+    fn nrt_counts(&self, items: &Items, slots: &[usize], now: f64) -> Vec<NrtCounts> {
+        slots.iter().map(|&s| items.nrt(s, now)).collect()
+    }
+
     fn tier_ages(&self, now: f64) -> [f64; 3] {
         let f = &self.freshness;
         let batch = self.batch();
@@ -652,6 +657,7 @@ impl Pipeline {
         // -- features (the one code path of serve/features.rs)
         let iw = item_width(dim);
         let mut iblock = vec![0.0f32; nc * iw];
+        let nrt = self.nrt_counts(&items, &cand_slots, now);
         for (r, &s) in cand_slots.iter().enumerate() {
             item_block(
                 &items,
@@ -659,6 +665,7 @@ impl Pipeline {
                 s,
                 qvec,
                 now,
+                &nrt[r],
                 &mut iblock[r * iw..(r + 1) * iw],
             );
         }
@@ -802,16 +809,23 @@ impl Pipeline {
         // exploration items: assemble and score them with the same code path
         let mut ex_block = vec![0.0f32; ex_rows.len() * iw];
         if !ex_rows.is_empty() {
-            for (j, &i) in ex_rows.iter().enumerate() {
-                let s = items
-                    .slot_of(slots[i].item_id)
-                    .ok_or_else(|| Error::NotFound("exploration item vanished".into()))?;
+            let ex_slots = ex_rows
+                .iter()
+                .map(|&i| {
+                    items
+                        .slot_of(slots[i].item_id)
+                        .ok_or_else(|| Error::NotFound("exploration item vanished".into()))
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let ex_nrt = self.nrt_counts(&items, &ex_slots, now);
+            for (j, &s) in ex_slots.iter().enumerate() {
                 item_block(
                     &items,
                     &batch,
                     s,
                     qvec,
                     now,
+                    &ex_nrt[j],
                     &mut ex_block[j * iw..(j + 1) * iw],
                 );
             }

@@ -172,6 +172,7 @@ impl Replayer {
                     s,
                     q,
                     now,
+                    &items.nrt(s, now),
                     &mut out.features[start + uw..],
                 ),
                 None => out.missing_items += 1,

@@ -47,6 +47,36 @@ fn estimate3(w: &Windows<ITEM_KINDS>, now: f64, widths: [f64; 2]) -> Counters {
     }
 }
 
+/// What one item's near-real-time features read: the sliding-window counts of the item, of its
+/// topic and of its creator's uploads, as of one instant. Built from the in-process windows
+/// ([`Items::nrt`]) or from windows read from a shared store ([`NrtCounts::from_windows`]): the
+/// same integer buckets give the same values either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NrtCounts {
+    pub item: Counters,
+    pub topic: Counters,
+    pub creator_uploads: [f32; 2],
+}
+
+impl NrtCounts {
+    pub fn from_windows(
+        item: &Windows<ITEM_KINDS>,
+        topic: &Windows<ITEM_KINDS>,
+        creator: &Windows<1>,
+        now: f64,
+        widths: [f64; 2],
+    ) -> NrtCounts {
+        NrtCounts {
+            item: estimate3(item, now, widths),
+            topic: estimate3(topic, now, widths),
+            creator_uploads: [
+                creator[0].estimate(now, widths[0])[0],
+                creator[1].estimate(now, widths[1])[0],
+            ],
+        }
+    }
+}
+
 fn add<const K: usize>(w: &mut Windows<K>, ts: f64, widths: [f64; 2], d: [u32; K]) {
     w[0].add(ts, widths[0], d);
     w[1].add(ts, widths[1], d);
@@ -173,6 +203,25 @@ impl Items {
     pub fn item_windows(&self, slot: usize, now: f64) -> Windows<ITEM_KINDS> {
         let w = self.counters[slot].lock();
         [w[0].at(now, self.widths[0]), w[1].at(now, self.widths[1])]
+    }
+
+    /// The item's near-real-time counts (item, topic, creator uploads) from the in-process windows.
+    pub fn nrt(&self, slot: usize, now: f64) -> NrtCounts {
+        NrtCounts {
+            item: self.counters(slot, now),
+            topic: self.topic_counters(self.topic[slot], now),
+            creator_uploads: self.creator_uploads(self.creator[slot], now),
+        }
+    }
+
+    /// The creator's raw upload windows as of `now`.
+    pub fn creator_windows(&self, creator: u64, now: f64) -> Windows<1> {
+        self.creators
+            .get(&creator)
+            .map_or_else(Windows::default, |w| {
+                let w = w.lock();
+                [w[0].at(now, self.widths[0]), w[1].at(now, self.widths[1])]
+            })
     }
 
     /// The topic's sliding-window counts as of `now` (zeros for a topic never seen).
