@@ -7,6 +7,7 @@ pub mod fresh;
 pub mod idhash;
 pub mod mixer;
 pub mod pipeline;
+pub mod redis_tier;
 pub mod scorer;
 pub mod store;
 pub mod window;
