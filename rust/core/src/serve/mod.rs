@@ -8,6 +8,7 @@ pub mod idhash;
 pub mod mixer;
 pub mod pipeline;
 pub mod replay;
+pub mod redis_tier;
 pub mod scorer;
 pub mod store;
 pub mod window;
