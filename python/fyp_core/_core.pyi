@@ -463,6 +463,10 @@ class FeedPipeline:
         seen_len: int = 500,
         impression_capacity: int = 1_000_000,
         tier_cadence_s: tuple[float, float, float] = ...,
+        redis_url: str | None = None,
+        redis_namespace: str = "default",
+        redis_timeout_ms: int = 25,
+        redis_retry_after_ms: int = 1000,
     ) -> FeedPipeline: ...
     def feed(
         self, user_id: str, request_id: str, n: int = 20, now: float | None = None

@@ -11,6 +11,7 @@ use crate::rerank::PyReranker;
 use crate::split::PyTrafficSplit;
 use fyp_core::rank::RankerSet;
 use fyp_core::serve::pipeline::{FeedResponse, Pipeline, PipelineOptions, STAGES};
+use fyp_core::serve::redis_tier::RedisOptions;
 use fyp_core::serve::scorer::ServingConfig;
 use fyp_core::serve::store::ItemInfo;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
@@ -359,7 +360,8 @@ impl PyFeedPipeline {
     #[new]
     #[pyo3(signature = (index, ranker, reranker, split, event_log=None, config=None, user_token_key=None,
                         history_len=50, seen_len=500, impression_capacity=1_000_000,
-                        tier_cadence_s=(60.0, 300.0, 86400.0)))]
+                        tier_cadence_s=(60.0, 300.0, 86400.0), redis_url=None,
+                        redis_namespace="default", redis_timeout_ms=25, redis_retry_after_ms=1000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         index: &Bound<'_, PyHnswIndex>,
@@ -373,6 +375,10 @@ impl PyFeedPipeline {
         seen_len: usize,
         impression_capacity: usize,
         tier_cadence_s: (f64, f64, f64),
+        redis_url: Option<String>,
+        redis_namespace: &str,
+        redis_timeout_ms: u64,
+        redis_retry_after_ms: u64,
     ) -> PyResult<Self> {
         let cadence = [tier_cadence_s.0, tier_cadence_s.1, tier_cadence_s.2];
         if !cadence.iter().all(|c| c.is_finite() && *c > 0.0) {
@@ -399,6 +405,13 @@ impl PyFeedPipeline {
             seen_len,
             impression_capacity,
             tier_cadence_s: cadence,
+            shared: redis_url.map(|url| RedisOptions {
+                url,
+                namespace: redis_namespace.to_owned(),
+                io_timeout_ms: redis_timeout_ms,
+                retry_after_ms: redis_retry_after_ms,
+                ..RedisOptions::default()
+            }),
             ..PipelineOptions::default()
         };
         let log = event_log.as_ref().map(|l| l.get().inner.clone());
@@ -698,6 +711,19 @@ impl PyFeedPipeline {
             let st = log.stats();
             d.set_item("log_queue_depth", st.queue_depth)?;
             d.set_item("log_dropped", st.dropped.iter().sum::<u64>())?;
+        }
+        if let Some(t) = self.inner.shared_tier() {
+            let st = t.stats();
+            let r = PyDict::new(py);
+            r.set_item("available", st.available)?;
+            r.set_item("reads", st.reads)?;
+            r.set_item("read_errors", st.read_errors)?;
+            r.set_item("writes", st.writes)?;
+            r.set_item("write_errors", st.write_errors)?;
+            r.set_item("skipped_while_down", st.skipped_while_down)?;
+            r.set_item("fallbacks", s.shared_fallbacks.load(Relaxed))?;
+            r.set_item("served_from_shared", s.shared_reads.load(Relaxed))?;
+            d.set_item("redis", r)?;
         }
         Ok(d)
     }

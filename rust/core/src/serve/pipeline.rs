@@ -7,8 +7,11 @@ use super::features::{feature_set_version, item_block, item_width, user_block, u
 use super::fresh::FreshPool;
 use super::idhash::{IdMap, IdSet};
 use super::mixer::{draw_exploration, Source};
+use super::redis_tier::{RedisOptions, RedisTier};
 use super::scorer::{user_embedding, ServingConfig};
-use super::store::{BatchTier, Interaction, ItemInfo, ItemStore, Items, NrtCounts, UserStore};
+use super::store::{
+    BatchTier, Interaction, ItemInfo, ItemStore, Items, NrtCounts, UserState, UserStore, ITEM_KINDS,
+};
 use crate::ann::HnswIndex;
 use crate::eventlog::{
     self as elog, json_str, keep_request, EventLog, FeatureEvent, FeatureEventKind, RequestRecords,
@@ -52,6 +55,9 @@ pub struct PipelineOptions {
     /// Expected update cadence (seconds) of the real-time, near-real-time and batch tiers: a
     /// tier whose data is older than twice its cadence raises the freshness alert.
     pub tier_cadence_s: [f64; 3],
+    /// A shared online tier (Redis): user histories and item/topic windows live there, so
+    /// several serving processes share them; `None` = in-process only (the default).
+    pub shared: Option<RedisOptions>,
 }
 
 impl Default for PipelineOptions {
@@ -65,6 +71,7 @@ impl Default for PipelineOptions {
             popular_sample: 20_000,
             popular_refresh_s: 10.0,
             tier_cadence_s: [60.0, 300.0, 86400.0],
+            shared: None,
         }
     }
 }
@@ -180,6 +187,11 @@ pub struct PipelineStats {
     pub cold_starts: AtomicU64,
     pub requests_with_fresh_candidates: AtomicU64,
     pub relaxed_responses: AtomicU64,
+    /// Shared-tier reads that failed or were skipped (tier down): served from the in-process
+    /// snapshot instead.
+    pub shared_fallbacks: AtomicU64,
+    /// Shared-tier reads answered.
+    pub shared_reads: AtomicU64,
 }
 
 pub struct Pipeline {
@@ -202,6 +214,7 @@ pub struct Pipeline {
     seq: AtomicU64,
     feature_set_version: String,
     freshness: Freshness,
+    shared: Option<RedisTier>,
     pub stats: PipelineStats,
 }
 
@@ -260,6 +273,7 @@ impl Pipeline {
             ));
         }
         let split = TrafficSplit::new(config.explore_rate, split.salt(), split.layers().to_vec())?;
+        let shared = opts.shared.clone().map(RedisTier::connect).transpose()?;
         Ok(Self {
             items: ItemStore::new(dim, opts.counter_windows)?,
             users: UserStore::new(opts.history_len, opts.seen_len)?,
@@ -282,6 +296,7 @@ impl Pipeline {
             seq: AtomicU64::new(0),
             feature_set_version: feature_set_version(dim),
             freshness: Freshness::default(),
+            shared,
             stats: PipelineStats::default(),
         })
     }
@@ -355,9 +370,73 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Near-real-time counts of the items in `slots` at `now`.
+    /// The shared (Redis) tier, when one is attached.
+    pub fn shared_tier(&self) -> Option<&RedisTier> {
+        self.shared.as_ref()
+    }
+
+    fn shared_fallback(&self) {
+        self.stats.shared_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Near-real-time counts of the items in `slots` at `now`: item and topic windows from the
+    /// shared tier when it is attached and answers (one round trip for items and topics), else
+    /// the in-process windows (the stale-but-served snapshot). Creator uploads follow the
+    /// items each process holds, so they are always in-process.
     fn nrt_counts(&self, items: &Items, slots: &[usize], now: f64) -> Vec<NrtCounts> {
-        slots.iter().map(|&s| items.nrt(s, now)).collect()
+        let local = || slots.iter().map(|&s| items.nrt(s, now)).collect();
+        let Some(tier) = &self.shared else {
+            return local();
+        };
+        if slots.is_empty() {
+            return vec![];
+        }
+        let widths = items.windows();
+        let ids: Vec<u64> = slots.iter().map(|&s| items.id(s)).collect();
+        let mut topics: Vec<u64> = slots.iter().map(|&s| u64::from(items.topic(s))).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let read = tier
+            .read_windows::<ITEM_KINDS>("i", &ids, now, &widths)
+            .and_then(|iw| {
+                let tw = tier.read_windows::<ITEM_KINDS>("t", &topics, now, &widths)?;
+                Ok((iw, tw))
+            });
+        match read {
+            Ok((iw, tw)) => {
+                self.stats.shared_reads.fetch_add(1, Ordering::Relaxed);
+                slots
+                    .iter()
+                    .zip(&iw)
+                    .map(|(&s, w)| {
+                        let t = topics
+                            .binary_search(&u64::from(items.topic(s)))
+                            .map_or([Default::default(); 2], |i| [tw[i][0], tw[i][1]]);
+                        let c = items.creator_windows(items.creator(s), now);
+                        NrtCounts::from_windows(&[w[0], w[1]], &t, &c, now, widths)
+                    })
+                    .collect()
+            }
+            Err(_) => {
+                self.shared_fallback();
+                local()
+            }
+        }
+    }
+
+    /// Adds item and topic events to the shared tier (failures are counted by the tier; the
+    /// in-process store already holds them).
+    fn shared_events(&self, items: &Items, events: &[(usize, [u32; ITEM_KINDS])], now: f64) {
+        let Some(tier) = &self.shared else { return };
+        let widths = items.windows();
+        let ie: Vec<(u64, f64, [u32; ITEM_KINDS])> =
+            events.iter().map(|&(s, d)| (items.id(s), now, d)).collect();
+        let te: Vec<(u64, f64, [u32; ITEM_KINDS])> = events
+            .iter()
+            .map(|&(s, d)| (u64::from(items.topic(s)), now, d))
+            .collect();
+        let _ = tier.add_events("i", &ie, &widths);
+        let _ = tier.add_events("t", &te, &widths);
     }
 
     fn tier_ages(&self, now: f64) -> [f64; 3] {
@@ -547,7 +626,23 @@ impl Pipeline {
         let uw = user_width(dim);
         let mut ublock = vec![0.0f32; uw];
         let long_term = batch.long_term(user_key);
-        let (uemb, seen) = self.users.with_user(user_key, |u| {
+        // the shared tier's history when attached and up; the in-process one otherwise
+        let shared_user: Option<Option<UserState>> =
+            self.shared
+                .as_ref()
+                .and_then(|t| match t.user_history(user_key) {
+                    Ok(h) if h.is_empty() => Some(None),
+                    Ok(h) => Some(Some(UserState::from_history(h))),
+                    Err(_) => {
+                        self.shared_fallback();
+                        None
+                    }
+                });
+        let (uemb, seen) = self.users.with_user(user_key, |local| {
+            let u = match &shared_user {
+                Some(s) => s.as_ref(),
+                None => local,
+            };
             let e = user_embedding(u, long_term, &items, &cfg);
             user_block(
                 u,
@@ -556,7 +651,7 @@ impl Pipeline {
                 self.opts.history_len,
                 &mut ublock,
             );
-            (e, u.map(|u| u.seen().clone()).unwrap_or_default())
+            (e, local.map(|u| u.seen().clone()).unwrap_or_default())
         });
         let cold = uemb.is_none();
         let zero = vec![0.0f32; dim];
@@ -915,6 +1010,13 @@ impl Pipeline {
         } else {
             vec![]
         };
+        if self.shared.is_some() {
+            let ev: Vec<(usize, [u32; ITEM_KINDS])> = served
+                .iter()
+                .filter_map(|&id| items.slot_of(id).map(|s| (s, [1, 0, 0])))
+                .collect();
+            self.shared_events(&items, &ev, now);
+        }
         drop(items);
         for &id in &served {
             let _ = self.items.record(id, now, true, false, false);
@@ -1171,6 +1273,20 @@ impl Pipeline {
         );
         // the item may have been taken down since: its counters no longer matter
         let _ = self.items.record(imp.item_id, now, false, completed, liked);
+        if let Some(tier) = &self.shared {
+            let it = Interaction {
+                item_id: imp.item_id,
+                watched_frac: frac,
+                liked,
+                ts: now,
+            };
+            let _ = tier.push_interactions(&[(imp.user_key, it)], self.opts.history_len);
+            let items = self.items.read();
+            if let Some(s) = items.slot_of(imp.item_id) {
+                let d = [0, u32::from(completed), u32::from(liked)];
+                self.shared_events(&items, &[(s, d)], now);
+            }
+        }
         max_ts(&self.freshness.last_rt, now);
         max_ts(&self.freshness.last_nrt, now);
         if let Some(log) = &self.log {

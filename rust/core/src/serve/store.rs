@@ -414,6 +414,14 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// A state holding only `history` (most recent last), e.g. read from a shared tier.
+    pub fn from_history(history: impl IntoIterator<Item = Interaction>) -> Self {
+        UserState {
+            history: history.into_iter().collect(),
+            ..UserState::default()
+        }
+    }
+
     pub fn has_seen(&self, item: u64) -> bool {
         self.seen_set.contains(&item)
     }

@@ -1,0 +1,220 @@
+"""The Redis online tier wired into FeedPipeline: shared state across pipelines, the same feature
+values as the in-process definitions (replay parity), and the fallback when Redis goes away.
+
+Needs ``redis-server`` (Debian package ``redis-server``; ``.ci/run`` installs it). Each test
+module starts its own server on a free loopback port, so the stop/restart test is private.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker, TrafficSplit
+from fyp_core import features as fs
+from fyp_core.catalog import Catalogue, apply_catalogue
+from fyp_core.synth import TASKS, demo_ranker_weights, make_world
+
+NOW = 1.8e9
+KEY = b"redis-tier-test-key"
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS is None,
+    reason="REDIS TESTS SKIPPED: redis-server is not installed (apt-get install redis-server)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert REDIS is not None
+        self.proc = subprocess.Popen(
+            [
+                REDIS,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/"
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(_free_port())
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(n_items=2000, n_users=100, dim=16, n_creators=300, seed=21, now=NOW)
+
+
+def build(world, url=None, namespace="t", log_dir=None, retry_ms=1000) -> FeedPipeline:
+    cat = Catalogue.from_world(world)
+    index = HnswIndex(cat.dim, metric="ip", ef_construction=64, capacity=cat.n_items + 100)
+    index.add(cat.item_ids, cat.item_embeddings)
+    w, b, o = demo_ranker_weights(cat.dim)
+    ranker = MlpRanker(w, b, activation="relu", outputs=o, version="v1", task_names=list(TASKS))
+    log = None
+    if log_dir is not None:
+        log = EventLog(str(log_dir), tasks=list(TASKS), feature_names=fs.feature_names(cat.dim))
+    pipe = FeedPipeline(
+        index,
+        ranker,
+        Reranker({"window": 20, "max_topic_share": 0.5, "diversity": "mmr"}),
+        TrafficSplit(0.1),
+        event_log=log,
+        config={"candidates": 150},
+        user_token_key=KEY,
+        history_len=20,
+        redis_url=url,
+        redis_namespace=namespace,
+        redis_retry_after_ms=retry_ms,
+    )
+    apply_catalogue(pipe, cat, index=False)
+    return pipe
+
+
+def cold_user(world) -> str:
+    return world.user_ids[int(np.flatnonzero(~world.user_has_long_term)[0])]
+
+
+def test_two_pipelines_share_the_online_state(server, world) -> None:
+    ns = uuid.uuid4().hex[:12]
+    a, b = build(world, server.url, ns), build(world, server.url, ns)
+    alone = build(world)  # in-process only
+    user = cold_user(world)
+    r = a.feed(user, "a-1", n=10, now=NOW)
+    assert r.cold_start
+    for iid in r.impression_ids[:3]:
+        a.engage(iid, watched_seconds=30.0, completed=True, liked=True, now=NOW + 5)
+    # B never saw this user: its history comes from Redis, so B's feed is personalised
+    assert not b.feed(user, "b-1", n=10, now=NOW + 10).cold_start
+    assert alone.feed(user, "c-1", n=10, now=NOW + 10).cold_start
+    st = b.stats()["redis"]
+    assert st["available"] and st["served_from_shared"] >= 1 and st["fallbacks"] == 0
+
+
+def test_served_features_over_redis_equal_the_replay(server, world, tmp_path) -> None:
+    """Redis windows are the same integer buckets as the in-process ones: a pipeline serving
+    from Redis logs vectors that the offline replay reproduces bit for bit."""
+    pipe = build(world, server.url, uuid.uuid4().hex[:12], log_dir=tmp_path / "log")
+    rng = np.random.default_rng(3)
+    t = NOW
+    n = 0
+    for r in range(60):
+        t += float(rng.uniform(30, 300))
+        resp = pipe.feed(world.user_ids[int(rng.integers(0, 15))], f"q{r}", n=8, now=t)
+        n += len(resp)
+        for iid in resp.impression_ids[: int(rng.integers(0, 5))]:
+            pipe.engage(
+                iid,
+                watched_seconds=10.0,
+                completed=bool(rng.random() < 0.5),
+                liked=bool(rng.random() < 0.3),
+                now=t + 3,
+            )
+    st = pipe.stats()["redis"]
+    assert st["fallbacks"] == 0 and st["served_from_shared"] >= 60
+    pipe.close()
+    served = fs.served_features(tmp_path / "log")
+    train = fs.training_set(
+        tmp_path / "log",
+        Catalogue.from_world(world),
+        user_token_key=KEY,
+        history_len=20,
+        labels=False,
+    )
+    assert served.num_rows == train.num_rows == n
+
+    def order(tab):
+        return np.lexsort((tab["item_id"].to_numpy(), np.array(tab["request_id"].to_pylist())))
+
+    a = fs.features_matrix(served)[order(served)]
+    b = fs.features_matrix(train)[order(train)]
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    names = fs.feature_names(16)
+    assert a[:, names.index("i_log_imp_s")].max() > 0  # windows really came from Redis
+
+
+def test_requests_fall_back_when_redis_stops_and_recover(world) -> None:
+    srv = Server(_free_port())
+    srv.start()
+    try:
+        pipe = build(world, srv.url, "fb", retry_ms=300)
+        user = world.user_ids[3]
+        assert len(pipe.feed(user, "f0", n=10, now=NOW)) == 10
+        srv.stop()
+        worst = 0.0
+        for i in range(20):
+            t0 = time.perf_counter()
+            r = pipe.feed(user, f"f{i + 1}", n=10, now=NOW + i)
+            worst = max(worst, time.perf_counter() - t0)
+            assert len(r) == 10  # stale but served, never an error
+        st = pipe.stats()["redis"]
+        assert not st["available"]
+        assert st["fallbacks"] >= 20
+        assert st["skipped_while_down"] > 0  # most requests never touched the dead server
+        assert worst < 0.5, worst
+        srv.start()
+        time.sleep(0.4)  # past retry_after: the next call probes and reconnects
+        before = pipe.stats()["redis"]["served_from_shared"]
+        for i in range(3):
+            pipe.feed(user, f"g{i}", n=10, now=NOW + 100 + i)
+        after = pipe.stats()["redis"]
+        assert after["available"] and after["served_from_shared"] > before
+    finally:
+        srv.stop()
+
+
+def test_bad_redis_options_raise_clear_errors(world) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        build(world, "redis://127.0.0.1:1/", namespace="bad name!")
+    with pytest.raises(ValueError, match="redis URL|url"):
+        build(world, "http://nope", namespace="x")
+    # a server that is down at start is not an error: the pipeline serves from its own store
+    pipe = build(world, f"redis://127.0.0.1:{_free_port()}/", namespace="down")
+    assert len(pipe.feed("someone", "d0", n=5, now=NOW)) == 5
+    assert pipe.stats()["redis"]["fallbacks"] >= 1
