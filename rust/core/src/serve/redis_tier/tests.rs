@@ -352,7 +352,7 @@ fn down_at_start_then_recovers_when_the_server_appears() {
         other => panic!("expected Io, got {other:?}"),
     }
     assert!(
-        t.elapsed() < Duration::from_millis(50),
+        t.elapsed() < Duration::from_millis(100),
         "a skipped call must not wait"
     );
     assert_eq!(tier.stats().skipped_while_down, 1);
@@ -726,7 +726,7 @@ fn killed_server_fails_fast_then_recovers_after_restart() {
     );
     expect_io(tier.user_history(1), &server.url);
     assert!(
-        t.elapsed() < Duration::from_millis(20),
+        t.elapsed() < Duration::from_millis(100),
         "skipped calls must not wait: {:?}",
         t.elapsed()
     );
