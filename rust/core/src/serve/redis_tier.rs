@@ -51,8 +51,8 @@ pub fn decode_interaction(b: &[u8]) -> Option<Interaction> {
     })
 }
 
-/// How to reach Redis and how long to wait for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach Redis and how long to wait for it. `Debug` redacts the URL's password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisOptions {
     /// `redis://[user:password@]host[:port][/db]` or `unix:///path/to/socket`.
     pub url: String,
@@ -84,6 +84,20 @@ impl Default for RedisOptions {
             retry_after_ms: 1_000,
             history_ttl_s: 7 * 24 * 3600,
         }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact(&self.url))
+            .field("namespace", &self.namespace)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("io_timeout_ms", &self.io_timeout_ms)
+            .field("pool_size", &self.pool_size)
+            .field("retry_after_ms", &self.retry_after_ms)
+            .field("history_ttl_s", &self.history_ttl_s)
+            .finish()
     }
 }
 

@@ -288,6 +288,11 @@ fn options_are_validated_with_clear_messages() {
     assert_eq!(redact("redis://user:pw@h:1/0"), "redis://user:***@h:1/0");
     assert_eq!(redact("redis://:pw@h:1/0"), "redis://:***@h:1/0");
     assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+    let secret = RedisOptions {
+        url: "redis://u:hunter2@h:1/".into(),
+        ..base.clone()
+    };
+    assert!(!format!("{secret:?}").contains("hunter2"));
 }
 
 #[test]
