@@ -396,14 +396,11 @@ impl Pipeline {
         let mut topics: Vec<u64> = slots.iter().map(|&s| u64::from(items.topic(s))).collect();
         topics.sort_unstable();
         topics.dedup();
-        let read = tier
-            .read_windows::<ITEM_KINDS>("i", &ids, now, &widths)
-            .and_then(|iw| {
-                let tw = tier.read_windows::<ITEM_KINDS>("t", &topics, now, &widths)?;
-                Ok((iw, tw))
-            });
+        let read =
+            tier.read_windows_many::<ITEM_KINDS>(&[("i", &ids), ("t", &topics)], now, &widths);
         match read {
-            Ok((iw, tw)) => {
+            Ok(mut r) if r.len() == 2 => {
+                let (tw, iw) = (r.pop().unwrap_or_default(), r.pop().unwrap_or_default());
                 self.stats.shared_reads.fetch_add(1, Ordering::Relaxed);
                 slots
                     .iter()
@@ -417,7 +414,7 @@ impl Pipeline {
                     })
                     .collect()
             }
-            Err(_) => {
+            _ => {
                 self.shared_fallback();
                 local()
             }
@@ -435,8 +432,7 @@ impl Pipeline {
             .iter()
             .map(|&(s, d)| (u64::from(items.topic(s)), now, d))
             .collect();
-        let _ = tier.add_events("i", &ie, &widths);
-        let _ = tier.add_events("t", &te, &widths);
+        let _ = tier.add_events_many(&[("i", &ie), ("t", &te)], &widths);
     }
 
     fn tier_ages(&self, now: f64) -> [f64; 3] {

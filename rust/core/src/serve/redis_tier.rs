@@ -367,55 +367,68 @@ impl RedisTier {
         events: &[(u64, f64, [u32; K])],
         widths: &[f64],
     ) -> Result<()> {
-        check_family::<K>(family, widths)?;
-        if let Some((key, ts, _)) = events.iter().find(|(_, ts, _)| !ts.is_finite()) {
-            return Err(invalid!(
-                "event timestamps must be finite, got {ts} for key {key}"
-            ));
+        self.add_events_many::<K>(&[(family, events)], widths)
+    }
+
+    /// [`add_events`](Self::add_events) for several families in one pipeline (one round trip).
+    pub fn add_events_many<const K: usize>(
+        &self,
+        batches: &[(&str, &[(u64, f64, [u32; K])])],
+        widths: &[f64],
+    ) -> Result<()> {
+        for (family, events) in batches {
+            check_family::<K>(family, widths)?;
+            if let Some((key, ts, _)) = events.iter().find(|(_, ts, _)| !ts.is_finite()) {
+                return Err(invalid!(
+                    "event timestamps must be finite, got {ts} for key {key}"
+                ));
+            }
         }
-        if events.is_empty() {
+        if batches.iter().all(|(_, e)| e.is_empty()) {
             return Ok(());
         }
         let ttl = expiry_s(widths);
-        // Newest bucket of each key and window in this batch; keys in order of first appearance.
-        let mut order: Vec<u64> = Vec::new();
-        let mut newest: IdMap<[i64; MAX_WINDOWS]> = IdMap::default();
         let mut p = redis::pipe();
         let mut field = String::new();
-        for (key, ts, deltas) in events {
-            let rkey = self.counter_key(family, *key);
-            let top = newest.entry(*key).or_insert_with(|| {
-                order.push(*key);
-                [i64::MIN; MAX_WINDOWS]
-            });
-            for (w, &width) in widths.iter().enumerate() {
-                let b = bucket_of(*ts, width);
-                top[w] = top[w].max(b);
-                for (k, &d) in deltas.iter().enumerate() {
-                    if d == 0 {
-                        continue;
-                    }
-                    field_name(&mut field, width, b, k);
-                    p.cmd("HINCRBY").arg(&rkey).arg(&field).arg(d);
-                }
-            }
-        }
-        for key in &order {
-            let rkey = self.counter_key(family, *key);
-            let top = &newest[key];
-            let mut stale: Vec<String> = Vec::new();
-            for (w, &width) in widths.iter().enumerate() {
-                for b in stale_range(top[w], width, widths) {
-                    for k in 0..K {
+        for (family, events) in batches {
+            // Newest bucket of each key and window in this batch; keys in order of first appearance.
+            let mut order: Vec<u64> = Vec::new();
+            let mut newest: IdMap<[i64; MAX_WINDOWS]> = IdMap::default();
+            for (key, ts, deltas) in *events {
+                let rkey = self.counter_key(family, *key);
+                let top = newest.entry(*key).or_insert_with(|| {
+                    order.push(*key);
+                    [i64::MIN; MAX_WINDOWS]
+                });
+                for (w, &width) in widths.iter().enumerate() {
+                    let b = bucket_of(*ts, width);
+                    top[w] = top[w].max(b);
+                    for (k, &d) in deltas.iter().enumerate() {
+                        if d == 0 {
+                            continue;
+                        }
                         field_name(&mut field, width, b, k);
-                        stale.push(field.clone());
+                        p.cmd("HINCRBY").arg(&rkey).arg(&field).arg(d);
                     }
                 }
             }
-            if !stale.is_empty() {
-                p.cmd("HDEL").arg(&rkey).arg(&stale);
+            for key in &order {
+                let rkey = self.counter_key(family, *key);
+                let top = &newest[key];
+                let mut stale: Vec<String> = Vec::new();
+                for (w, &width) in widths.iter().enumerate() {
+                    for b in stale_range(top[w], width, widths) {
+                        for k in 0..K {
+                            field_name(&mut field, width, b, k);
+                            stale.push(field.clone());
+                        }
+                    }
+                }
+                if !stale.is_empty() {
+                    p.cmd("HDEL").arg(&rkey).arg(&stale);
+                }
+                p.cmd("EXPIRE").arg(&rkey).arg(ttl);
             }
-            p.cmd("EXPIRE").arg(&rkey).arg(ttl);
         }
         self.run(Op::Write, "add_events", |con| {
             self.exchange(con, &p.get_packed_pipeline(), p.len(), false)
@@ -435,12 +448,29 @@ impl RedisTier {
         now: f64,
         widths: &[f64],
     ) -> Result<Vec<Vec<Window<K>>>> {
-        check_family::<K>(family, widths)?;
+        Ok(self
+            .read_windows_many::<K>(&[(family, keys)], now, widths)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`read_windows`](Self::read_windows) for several families (same kinds and widths) in
+    /// one round trip: `out[f]` answers `reqs[f]`. A request reads items and their topics so.
+    pub fn read_windows_many<const K: usize>(
+        &self,
+        reqs: &[(&str, &[u64])],
+        now: f64,
+        widths: &[f64],
+    ) -> Result<Vec<Vec<Vec<Window<K>>>>> {
+        for (family, _) in reqs {
+            check_family::<K>(family, widths)?;
+        }
         if !now.is_finite() {
             return Err(invalid!("now must be finite, got {now}"));
         }
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        let n_keys: usize = reqs.iter().map(|(_, k)| k.len()).sum();
+        if n_keys == 0 {
+            return Ok(reqs.iter().map(|_| Vec::new()).collect());
         }
         // Field order per key: for each window, cur kinds 0..K then prev kinds 0..K. The
         // commands are encoded by hand (RESP arrays of bulk strings): the fields are the same
@@ -462,52 +492,58 @@ impl RedisTier {
         let mut head = Vec::with_capacity(16);
         resp_array(&mut head, 2 + n_fields);
         resp_bulk(&mut head, b"HMGET");
-        let mut packed: Vec<u8> = Vec::with_capacity(keys.len() * (head.len() + 64 + tail.len()));
-        let mut rkey = String::with_capacity(self.prefix.len() + family.len() + 22);
-        for key in keys {
-            rkey.clear();
-            let _ = write!(rkey, "{}{family}:{key}", self.prefix);
-            packed.extend_from_slice(&head);
-            resp_bulk(&mut packed, rkey.as_bytes());
-            packed.extend_from_slice(&tail);
+        let mut packed: Vec<u8> = Vec::with_capacity(n_keys * (head.len() + 64 + tail.len()));
+        let mut rkey = String::with_capacity(self.prefix.len() + 38);
+        for (family, keys) in reqs {
+            for key in *keys {
+                rkey.clear();
+                let _ = write!(rkey, "{}{family}:{key}", self.prefix);
+                packed.extend_from_slice(&head);
+                resp_bulk(&mut packed, rkey.as_bytes());
+                packed.extend_from_slice(&tail);
+            }
         }
         let replies = self.run(Op::Read, "read_windows", |con| {
-            self.exchange(con, &packed, keys.len(), true)
+            self.exchange(con, &packed, n_keys, true)
         })?;
-        if replies.len() != keys.len() {
+        if replies.len() != n_keys {
             return Err(self.corrupt(format!(
-                "read_windows got {} replies for {} keys",
+                "read_windows got {} replies for {n_keys} keys",
                 replies.len(),
-                keys.len()
             )));
         }
-        let mut out = Vec::with_capacity(keys.len());
-        for (reply, key) in replies.iter().zip(keys) {
-            let vals = match reply {
-                Value::Array(v) if v.len() == n_fields => v,
-                other => {
-                    return Err(self.corrupt(format!(
-                        "HMGET of {n_fields} fields of {family}:{key} returned {other:?}"
-                    )))
-                }
-            };
-            let mut wins = Vec::with_capacity(widths.len());
-            for (w, &bucket) in buckets.iter().enumerate() {
-                let mut win = Window::<K> {
-                    bucket,
-                    cur: [0; K],
-                    prev: [0; K],
+        let mut all = Vec::with_capacity(reqs.len());
+        let mut replies = replies.iter();
+        for (family, keys) in reqs {
+            let mut out = Vec::with_capacity(keys.len());
+            for (reply, key) in replies.by_ref().take(keys.len()).zip(*keys) {
+                let vals = match reply {
+                    Value::Array(v) if v.len() == n_fields => v,
+                    other => {
+                        return Err(self.corrupt(format!(
+                            "HMGET of {n_fields} fields of {family}:{key} returned {other:?}"
+                        )))
+                    }
                 };
-                let base = w * 2 * K;
-                for k in 0..K {
-                    win.cur[k] = self.count(&vals[base + k], family, *key)?;
-                    win.prev[k] = self.count(&vals[base + K + k], family, *key)?;
+                let mut wins = Vec::with_capacity(widths.len());
+                for (w, &bucket) in buckets.iter().enumerate() {
+                    let mut win = Window::<K> {
+                        bucket,
+                        cur: [0; K],
+                        prev: [0; K],
+                    };
+                    let base = w * 2 * K;
+                    for k in 0..K {
+                        win.cur[k] = self.count(&vals[base + k], family, *key)?;
+                        win.prev[k] = self.count(&vals[base + K + k], family, *key)?;
+                    }
+                    wins.push(win);
                 }
-                wins.push(win);
+                out.push(wins);
             }
-            out.push(wins);
+            all.push(out);
         }
-        Ok(out)
+        Ok(all)
     }
 
     /// Deletes every key of this namespace (tests, and resetting a deployment). Not for the
