@@ -17,6 +17,9 @@ use super::store::Interaction;
 use super::window::{bucket_of, Window};
 use crate::{invalid, Error, Result};
 
+/// One counted event: (key, time in seconds, count per kind).
+pub type CountEvent<const K: usize> = (u64, f64, [u32; K]);
+
 /// Bytes of one encoded [`Interaction`] (see [`encode_interaction`]).
 pub const INTERACTION_BYTES: usize = 22;
 const INTERACTION_FORMAT: u8 = 1;
@@ -373,7 +376,7 @@ impl RedisTier {
     /// [`add_events`](Self::add_events) for several families in one pipeline (one round trip).
     pub fn add_events_many<const K: usize>(
         &self,
-        batches: &[(&str, &[(u64, f64, [u32; K])])],
+        batches: &[(&str, &[CountEvent<K>])],
         widths: &[f64],
     ) -> Result<()> {
         for (family, events) in batches {
