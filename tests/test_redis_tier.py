@@ -218,3 +218,16 @@ def test_bad_redis_options_raise_clear_errors(world) -> None:
     pipe = build(world, f"redis://127.0.0.1:{_free_port()}/", namespace="down")
     assert len(pipe.feed("someone", "d0", n=5, now=NOW)) == 5
     assert pipe.stats()["redis"]["fallbacks"] >= 1
+
+
+def test_metrics_report_the_shared_tier(server, world) -> None:
+    from starlette.testclient import TestClient
+
+    from fyp_core.server import create_app
+
+    pipe = build(world, server.url, uuid.uuid4().hex[:12])
+    with TestClient(create_app(pipe)) as client:
+        assert client.post("/feed", json={"user_id": "m", "request_id": "m1"}).status_code == 200
+        text = client.get("/metrics").text
+    assert "fyp_redis_available 1.0" in text
+    assert "fyp_redis_fallbacks 0.0" in text

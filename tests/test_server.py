@@ -115,6 +115,12 @@ def test_metrics_prometheus_format(client) -> None:
         "fyp_index_items",
         "fyp_event_log_queue_depth",
         "fyp_fresh_retrieval_rate",
+        'fyp_feature_age_seconds{tier="real_time"}',
+        'fyp_feature_age_p99_seconds{tier="near_real_time"}',
+        'fyp_feature_stale{tier="batch"}',
     ):
         assert name in text, name
     assert 'stage="ranker"' in text
+    # the NRT tier has absorbed the request just served: a finite, small age
+    line = next(x for x in text.splitlines() if x.startswith('fyp_feature_age_seconds{tier="near'))
+    assert float(line.split()[-1]) < 3600

@@ -96,15 +96,29 @@ class _Metrics:
             "fyp_event_log_dropped", "Sampled records dropped under backpressure", registry=r
         )
         self.feature_age = Gauge(
-            "fyp_feature_age_seconds", "Age of each feature tier's newest data", ["tier"],
+            "fyp_feature_age_seconds",
+            "Age of each feature tier's newest data",
+            ["tier"],
             registry=r,
         )
         self.feature_age_p99 = Gauge(
-            "fyp_feature_age_p99_seconds", "p99 over recent requests of each tier's data age",
-            ["tier"], registry=r,
+            "fyp_feature_age_p99_seconds",
+            "p99 over recent requests of each tier's data age",
+            ["tier"],
+            registry=r,
         )
         self.feature_stale = Gauge(
-            "fyp_feature_stale", "1 when a tier's data is older than 2x its cadence", ["tier"],
+            "fyp_feature_stale",
+            "1 when a tier's data is older than 2x its cadence",
+            ["tier"],
+            registry=r,
+        )
+        self.redis_available = Gauge(
+            "fyp_redis_available", "1 while the shared Redis tier answers", registry=r
+        )
+        self.redis_fallbacks = Gauge(
+            "fyp_redis_fallbacks",
+            "Feature reads served from the in-process snapshot because Redis failed or was down",
             registry=r,
         )
         self._pipeline = pipeline
@@ -130,6 +144,9 @@ class _Metrics:
         self.fresh_rate.set(st.get("fresh_retrieval_rate", 0.0))
         self.queue_depth.set(st.get("log_queue_depth", 0))
         self.log_dropped.set(st.get("log_dropped", 0))
+        if "redis" in st:
+            self.redis_available.set(float(st["redis"]["available"]))
+            self.redis_fallbacks.set(st["redis"]["fallbacks"])
         if hasattr(self._pipeline, "freshness"):
             for tier, f in self._pipeline.freshness().items():
                 # a tier that never had data has an infinite age: export a large finite number
