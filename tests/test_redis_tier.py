@@ -231,3 +231,32 @@ def test_metrics_report_the_shared_tier(server, world) -> None:
         text = client.get("/metrics").text
     assert "fyp_redis_available 1.0" in text
     assert "fyp_redis_fallbacks 0.0" in text
+
+
+def test_concurrent_requests_over_redis(server, world) -> None:
+    import threading
+
+    pipe = build(world, server.url, uuid.uuid4().hex[:12])
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(25):
+                r = pipe.feed(world.user_ids[(k * 7 + i) % 30], f"t{k}-{i}", n=10, now=NOW + i)
+                assert len(r) == 10
+                pipe.engage(r.impression_ids[0], watched_seconds=3.0, liked=True, now=NOW + i)
+                if i % 10 == 0:
+                    new = world.item_emb[k]  # uploads take the item table's write lock
+                    pipe.upload(10_000_000 + k * 100 + i, new, 1, 5, ts=NOW + i)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    st = pipe.stats()
+    assert st["requests"] == 100
+    assert st["redis"]["fallbacks"] == 0 and st["redis"]["write_errors"] == 0

@@ -421,16 +421,20 @@ impl Pipeline {
         }
     }
 
-    /// Adds item and topic events to the shared tier (failures are counted by the tier; the
-    /// in-process store already holds them).
-    fn shared_events(&self, items: &Items, events: &[(usize, [u32; ITEM_KINDS])], now: f64) {
+    /// Adds item and topic events `(item, topic, counts)` to the shared tier in one pipeline
+    /// (failures are counted by the tier; the in-process store already holds the events).
+    /// Called without the item table's lock.
+    fn shared_events(&self, events: &[(u64, u32, [u32; ITEM_KINDS])], now: f64) {
         let Some(tier) = &self.shared else { return };
-        let widths = items.windows();
+        if events.is_empty() {
+            return;
+        }
+        let widths = self.opts.counter_windows;
         let ie: Vec<(u64, f64, [u32; ITEM_KINDS])> =
-            events.iter().map(|&(s, d)| (items.id(s), now, d)).collect();
+            events.iter().map(|&(id, _, d)| (id, now, d)).collect();
         let te: Vec<(u64, f64, [u32; ITEM_KINDS])> = events
             .iter()
-            .map(|&(s, d)| (u64::from(items.topic(s)), now, d))
+            .map(|&(_, t, d)| (u64::from(t), now, d))
             .collect();
         let _ = tier.add_events_many(&[("i", &ie), ("t", &te)], &widths);
     }
@@ -614,15 +618,8 @@ impl Pipeline {
         let snap = self.rankers.snapshot();
         let user_key = UserStore::key(user_id);
         let token = self.tokens.token(user_id);
-        let batch = self.batch();
-        let items = self.items.read();
-        let dim = items.dim();
-
-        // -- request scorer
-        let uw = user_width(dim);
-        let mut ublock = vec![0.0f32; uw];
-        let long_term = batch.long_term(user_key);
-        // the shared tier's history when attached and up; the in-process one otherwise
+        // the shared tier's history when attached and up; the in-process one otherwise (read
+        // before the item table's lock: no network wait while holding it)
         let shared_user: Option<Option<UserState>> =
             self.shared
                 .as_ref()
@@ -634,6 +631,14 @@ impl Pipeline {
                         None
                     }
                 });
+        let batch = self.batch();
+        let items = self.items.read();
+        let dim = items.dim();
+
+        // -- request scorer
+        let uw = user_width(dim);
+        let mut ublock = vec![0.0f32; uw];
+        let long_term = batch.long_term(user_key);
         let (uemb, seen) = self.users.with_user(user_key, |local| {
             let u = match &shared_user {
                 Some(s) => s.as_ref(),
@@ -1006,14 +1011,16 @@ impl Pipeline {
         } else {
             vec![]
         };
-        if self.shared.is_some() {
-            let ev: Vec<(usize, [u32; ITEM_KINDS])> = served
+        let shared_ev: Vec<(u64, u32, [u32; ITEM_KINDS])> = if self.shared.is_some() {
+            served
                 .iter()
-                .filter_map(|&id| items.slot_of(id).map(|s| (s, [1, 0, 0])))
-                .collect();
-            self.shared_events(&items, &ev, now);
-        }
+                .filter_map(|&id| items.slot_of(id).map(|s| (id, items.topic(s), [1, 0, 0])))
+                .collect()
+        } else {
+            vec![]
+        };
         drop(items);
+        self.shared_events(&shared_ev, now);
         for &id in &served {
             let _ = self.items.record(id, now, true, false, false);
         }
@@ -1277,10 +1284,13 @@ impl Pipeline {
                 ts: now,
             };
             let _ = tier.push_interactions(&[(imp.user_key, it)], self.opts.history_len);
-            let items = self.items.read();
-            if let Some(s) = items.slot_of(imp.item_id) {
+            let topic = {
+                let items = self.items.read();
+                items.slot_of(imp.item_id).map(|s| items.topic(s))
+            };
+            if let Some(t) = topic {
                 let d = [0, u32::from(completed), u32::from(liked)];
-                self.shared_events(&items, &[(s, d)], now);
+                self.shared_events(&[(imp.item_id, t, d)], now);
             }
         }
         max_ts(&self.freshness.last_rt, now);
