@@ -206,6 +206,8 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         "fresh_ok": fresh_ok,
         "engaged": engaged,
         "stats": pipe.stats(),
+        "freshness": pipe.freshness(),
+        "feature_set": (pipe.feature_set_version, len(pipe.feature_names)),
     }
 
 
@@ -239,6 +241,14 @@ def _print(
     for src, (shown, done) in f["engaged"].items():
         if shown:
             print(f"completion rate, {src:<12}  {done / shown:.3f} over {shown:,} impressions")
+    version, width = f["feature_set"]
+    print(f"features served                {width} per row, feature set {version}")
+    for tier, t in f["freshness"].items():
+        alert = "  ALERT (> 2x cadence)" if t["alert"] else ""
+        print(
+            f"feature age, {tier:<17} p99 {t['p99_age_s']:10.1f} s "
+            f"(cadence {t['cadence_s']:.0f} s){alert}"
+        )
     if log_dir:
         print(f"event log written to {log_dir}")
 
