@@ -262,12 +262,21 @@ def test_readers_see_one_whole_catalogue_while_it_is_replaced(tmp_path) -> None:
         while not stop.is_set():
             save_catalogue(p, **(b if i % 2 == 0 else a), overwrite=True)
             i += 1
-            time.sleep(0.005)  # back to back, but not a livelock: readers get a gap
+            time.sleep(0.02)  # back to back, but not a livelock: readers get a gap
+
+    gave_up: list[int] = []
 
     def reader() -> None:
         try:
             for _ in range(40):
-                c = load_catalogue(p)
+                try:
+                    c = load_catalogue(p)
+                except ValueError as e:
+                    # the documented answer when every retry met a replacement (a loaded
+                    # machine); never a mixed catalogue
+                    assert "replaced while being read" in str(e), e
+                    gave_up.append(1)
+                    continue
                 t = int(c.topics[0])
                 src = a if t == 1 else b
                 assert np.all(c.topics == t)
@@ -287,7 +296,8 @@ def test_readers_see_one_whole_catalogue_while_it_is_replaced(tmp_path) -> None:
     stop.set()
     w.join()
     assert not errors, errors[0]
-    assert seen[1] + seen[2] == 120
+    assert seen[1] + seen[2] + len(gave_up) == 120
+    assert seen[1] + seen[2] >= 60, (seen, len(gave_up))  # most loads succeed
     assert sorted(os.listdir(tmp_path)) == ["c"]
 
 
