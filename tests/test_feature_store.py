@@ -224,3 +224,29 @@ def test_parity_report_over_the_served_log(day) -> None:
     short = {"i_log_imp_s", "i_compl_rate_s", "i_like_rate_s", "t_compl_rate_s", "t_trend"}
     assert "i_log_imp_s" in rep.flagged
     assert set(rep.flagged) <= short, rep.to_markdown()
+
+
+def test_concurrent_batch_updates_lose_nothing(day) -> None:
+    import threading
+
+    pipe = day["pipe"]
+    before = pipe.batch_info
+
+    def worker(k: int) -> None:
+        for i in range(25):
+            base = 10**9 + k * 1000 + i
+            pipe.set_creator_authority(np.array([base], dtype=np.uint64), np.array([0.5]))
+            pipe.set_user_embeddings([f"batch-user-{k}-{i}"], np.ones((1, 16), np.float32))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = pipe.batch_info
+    assert after["n_creators"] == before["n_creators"] + 100
+    assert after["n_users"] == before["n_users"] + 100
+    with pytest.raises(ValueError, match="NaN"):
+        pipe.set_creator_authority(np.array([1], dtype=np.uint64), np.array([np.nan]))
+    with pytest.raises(ValueError, match="dim"):
+        pipe.load_batch("v", 0.0, user_ids=["x"], user_embeddings=np.ones((1, 3), np.float32))

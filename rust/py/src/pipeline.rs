@@ -601,11 +601,7 @@ impl PyFeedPipeline {
         let a = f32_vector(authority, "authority")?;
         let (ids, a) = (ids.as_slice()?, a.as_slice()?);
         let p = &self.inner;
-        run_detached(py, || {
-            let mut b = (*p.batch()).clone();
-            b.set_authority(ids, a)?;
-            p.set_batch(b)
-        })
+        run_detached(py, || p.set_creator_authority(ids, a))
     }
 
     /// The batch snapshot served now: version, as_of, n_users, n_creators.

@@ -209,6 +209,9 @@ pub struct Pipeline {
     impressions: Mutex<ImpressionCache>,
     popular: RwLock<Popular>,
     batch: RwLock<Arc<BatchTier>>,
+    /// Serialises batch updates (copy, change, publish), so two never lose each other's change;
+    /// requests keep reading the published snapshot meanwhile.
+    batch_update: Mutex<()>,
     /// Names this pipeline instance in the feature changelog; `seq` orders its events.
     stream: String,
     seq: AtomicU64,
@@ -292,6 +295,7 @@ impl Pipeline {
                 items: vec![],
             }),
             batch: RwLock::new(Arc::new(BatchTier::empty(dim))),
+            batch_update: Mutex::new(()),
             stream: stream_id(),
             seq: AtomicU64::new(0),
             feature_set_version: feature_set_version(dim),
@@ -357,17 +361,30 @@ impl Pipeline {
                 self.items.dim()
             ));
         }
+        let _g = self.batch_update.lock();
         *self.batch.write() = Arc::new(batch);
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the batch snapshot and publishes the copy (updates are
+    /// serialised; requests read the old snapshot until the new one is published).
+    fn update_batch(&self, change: impl FnOnce(&mut BatchTier) -> Result<()>) -> Result<()> {
+        let _g = self.batch_update.lock();
+        let mut b = (*self.batch()).clone();
+        change(&mut b)?;
+        *self.batch.write() = Arc::new(b);
         Ok(())
     }
 
     /// Adds long-term embeddings to a copy of the batch snapshot and publishes the copy.
     pub fn set_user_embeddings(&self, user_ids: &[&str], emb: &[f32]) -> Result<()> {
         let keys: Vec<u64> = user_ids.iter().map(|u| UserStore::key(u)).collect();
-        let mut b = (*self.batch()).clone();
-        b.add_users(&keys, emb)?;
-        *self.batch.write() = Arc::new(b);
-        Ok(())
+        self.update_batch(|b| b.add_users(&keys, emb))
+    }
+
+    /// Sets creator authority scores in a copy of the batch snapshot and publishes the copy.
+    pub fn set_creator_authority(&self, creators: &[u64], authority: &[f32]) -> Result<()> {
+        self.update_batch(|b| b.set_authority(creators, authority))
     }
 
     /// The shared (Redis) tier, when one is attached.
