@@ -208,8 +208,8 @@ def test_freshness_per_tier_with_alert_at_twice_the_cadence(day) -> None:
 
 def test_parity_report_over_the_served_log(day) -> None:
     """The replayed training set has no skew against the served log; a training set built with
-    a different short window (a definition drifting offline) is flagged on exactly the
-    short-window features."""
+    a different short window (a definition drifting offline) is flagged on short-window
+    features only, the short-window impression count among them."""
     logdir = day["root"] / "log"
     names = fs.feature_names(16)
     served = (fs.features_matrix(fs.served_features(logdir)), names)
