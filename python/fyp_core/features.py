@@ -128,17 +128,21 @@ def training_set(
     feats = out["features"]
     n, width = feats.shape
     positions = out["position"].astype(np.int32)
-    impression_ids = [f"{r}:{p}" for r, p in zip(out["request_id"], positions.tolist())]
+    request_ids = pa.array(out["request_id"], pa.string())
+    # the pipeline's impression id, "<request_id>:<position>", built column-wise
+    impression_ids = pc.binary_join_element_wise(
+        request_ids, pc.cast(pa.array(positions), pa.string()), ":"
+    )
     flat = pa.array(feats.reshape(-1), type=pa.float32())
     offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
     table = pa.table(
         {
-            "request_id": pa.array(out["request_id"], pa.string()),
+            "request_id": request_ids,
             "ts": pa.array(out["ts_us"], pa.timestamp("us", tz="UTC")),
             "user_token": pa.array(out["user_token"], pa.string()),
             "item_id": pa.array(out["item_id"], pa.uint64()),
             "position": pa.array(positions, pa.int32()),
-            "impression_id": pa.array(impression_ids, pa.string()),
+            "impression_id": impression_ids,
             "features": pa.ListArray.from_arrays(offsets, flat),
         }
     )

@@ -200,6 +200,32 @@ pub struct FeatureEvent {
     pub recency_half_life: f32,
 }
 
+impl FeatureEvent {
+    /// An event of `kind` at `ts_us`, number `seq` of `stream`, with every payload field empty:
+    /// callers fill in what their kind carries.
+    pub fn new(kind: FeatureEventKind, ts_us: i64, stream: &str, seq: u64) -> FeatureEvent {
+        FeatureEvent {
+            ts_us,
+            stream: stream.to_owned(),
+            seq,
+            kind,
+            request_id: String::new(),
+            user_token: String::new(),
+            item_ids: vec![],
+            watched_frac: 0.0,
+            completed: false,
+            liked: false,
+            topic: 0,
+            creator_id: 0,
+            category: 0,
+            upload_ts: 0.0,
+            embedding: vec![],
+            long_term_weight: 0.0,
+            recency_half_life: 0.0,
+        }
+    }
+}
+
 /// One row of one table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -832,16 +858,7 @@ pub(crate) mod tests {
                 sampled_pct: 10.0,
             }),
             Record::FeatureEvent(FeatureEvent {
-                ts_us: 10,
-                stream: "s1".into(),
-                seq: 4,
-                kind: FeatureEventKind::Upload,
-                request_id: String::new(),
-                user_token: String::new(),
                 item_ids: vec![12],
-                watched_frac: 0.0,
-                completed: false,
-                liked: false,
                 topic: 3,
                 creator_id: 9,
                 category: 1,
@@ -849,25 +866,17 @@ pub(crate) mod tests {
                 embedding: vec![0.5, 0.25],
                 long_term_weight: 0.5,
                 recency_half_life: 10.0,
+                ..FeatureEvent::new(FeatureEventKind::Upload, 10, "s1", 4)
             }),
             Record::FeatureEvent(FeatureEvent {
-                ts_us: 11,
-                stream: "s1".into(),
-                seq: 5,
-                kind: FeatureEventKind::Engagement,
                 request_id: "r1:0".into(),
                 user_token: TOK.into(),
                 item_ids: vec![12],
                 watched_frac: 0.75,
-                completed: false,
                 liked: true,
-                topic: 0,
-                creator_id: 0,
-                category: 0,
-                upload_ts: 0.0,
-                embedding: vec![],
                 long_term_weight: 0.5,
                 recency_half_life: 10.0,
+                ..FeatureEvent::new(FeatureEventKind::Engagement, 11, "s1", 5)
             }),
         ]
     }

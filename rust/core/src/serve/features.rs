@@ -265,7 +265,7 @@ pub fn user_block(
 }
 
 /// Writes the item block of the item in dense `slot` into `out` (length `item_width(dim)`).
-/// `nrt` is the item's near-real-time state at `now`: `items.nrt(slot, now)` for the in-process
+/// `nrt` is the item's near-real-time state at `now`: `items.nrt_many` for the in-process
 /// tier, or the same counts read from the shared (Redis) tier.
 pub fn item_block(
     items: &Items,
@@ -366,7 +366,7 @@ mod tests {
             0,
             &[0.1, 0.2, 0.3],
             3600.0,
-            &t.nrt(0, 3600.0),
+            &t.nrt_many(&[0], 3600.0)[0],
             &mut ib,
         );
         assert_eq!(&ib[..6], &[1.0, 2.0, 3.0, 0.1, 0.4, 0.90000004]);
@@ -384,7 +384,7 @@ mod tests {
             0,
             &[0.1, 0.2, 0.3],
             30.0,
-            &t.nrt(0, 30.0),
+            &t.nrt_many(&[0], 30.0)[0],
             &mut ib,
         );
         let s = &ib[6..];

@@ -10,7 +10,8 @@ use super::mixer::{draw_exploration, Source};
 use super::redis_tier::{RedisOptions, RedisTier};
 use super::scorer::{user_embedding, ServingConfig};
 use super::store::{
-    BatchTier, Interaction, ItemInfo, ItemStore, Items, NrtCounts, UserState, UserStore, ITEM_KINDS,
+    BatchTier, CreatorUploads, Interaction, ItemInfo, ItemStore, Items, NrtCounts, UserState,
+    UserStore, ITEM_KINDS,
 };
 use crate::ann::HnswIndex;
 use crate::eventlog::{
@@ -401,7 +402,7 @@ impl Pipeline {
     /// the in-process windows (the stale-but-served snapshot). Creator uploads follow the
     /// items each process holds, so they are always in-process.
     fn nrt_counts(&self, items: &Items, slots: &[usize], now: f64) -> Vec<NrtCounts> {
-        let local = || slots.iter().map(|&s| items.nrt(s, now)).collect();
+        let local = || items.nrt_many(slots, now);
         let Some(tier) = &self.shared else {
             return local();
         };
@@ -419,6 +420,7 @@ impl Pipeline {
             Ok(mut r) if r.len() == 2 => {
                 let (tw, iw) = (r.pop().unwrap_or_default(), r.pop().unwrap_or_default());
                 self.stats.shared_reads.fetch_add(1, Ordering::Relaxed);
+                let mut creators = CreatorUploads::default();
                 slots
                     .iter()
                     .zip(&iw)
@@ -426,8 +428,8 @@ impl Pipeline {
                         let t = topics
                             .binary_search(&u64::from(items.topic(s)))
                             .map_or([Default::default(); 2], |i| [tw[i][0], tw[i][1]]);
-                        let c = items.creator_windows(items.creator(s), now);
-                        NrtCounts::from_windows(&[w[0], w[1]], &t, &c, now, widths)
+                        let c = creators.get(items, items.creator(s), now);
+                        NrtCounts::from_windows(&[w[0], w[1]], &t, c, now, widths)
                     })
                     .collect()
             }
@@ -456,9 +458,9 @@ impl Pipeline {
         let _ = tier.add_events_many(&[("i", &ie), ("t", &te)], &widths);
     }
 
-    fn tier_ages(&self, now: f64) -> [f64; 3] {
+    /// Ages of the three tiers at `now`; `batch` is the snapshot the caller reads.
+    fn tier_ages(&self, batch: &BatchTier, now: f64) -> [f64; 3] {
         let f = &self.freshness;
-        let batch = self.batch();
         let b = if batch.as_of > 0.0 {
             (now - batch.as_of).max(0.0)
         } else {
@@ -469,7 +471,7 @@ impl Pipeline {
 
     /// Age of each tier's data (now and p99 over recent requests) against its cadence.
     pub fn freshness(&self, now: f64) -> Vec<TierFreshness> {
-        let ages = self.tier_ages(now);
+        let ages = self.tier_ages(&self.batch(), now);
         let samples = self.freshness.samples.lock();
         (0..3)
             .map(|t| {
@@ -497,25 +499,7 @@ impl Pipeline {
     }
 
     fn feature_event(&self, kind: FeatureEventKind, ts_us: i64) -> FeatureEvent {
-        FeatureEvent {
-            ts_us,
-            stream: self.stream.clone(),
-            seq: self.next_seq(),
-            kind,
-            request_id: String::new(),
-            user_token: String::new(),
-            item_ids: vec![],
-            watched_frac: 0.0,
-            completed: false,
-            liked: false,
-            topic: 0,
-            creator_id: 0,
-            category: 0,
-            upload_ts: 0.0,
-            embedding: vec![],
-            long_term_weight: 0.0,
-            recency_half_life: 0.0,
-        }
+        FeatureEvent::new(kind, ts_us, &self.stream, self.next_seq())
     }
 
     /// Adds items to the feature store and fresh pool, and (when `index` is true) to the ANN
@@ -1042,7 +1026,7 @@ impl Pipeline {
             let _ = self.items.record(id, now, true, false, false);
         }
         {
-            let ages = self.tier_ages(now);
+            let ages = self.tier_ages(&batch, now);
             let mut smp = self.freshness.samples.lock();
             for (q, a) in smp.iter_mut().zip(ages) {
                 if q.len() == FRESHNESS_SAMPLES {

@@ -161,21 +161,24 @@ impl Replayer {
         let zero = vec![0.0f32; dim];
         let q = uemb.as_deref().unwrap_or(&zero);
         let e32 = u32::try_from(e).map_err(|_| invalid!("more than 2^32 events"))?;
-        for (pos, &id) in ev.item_ids.iter().enumerate() {
+        let slots: Vec<Option<usize>> = ev.item_ids.iter().map(|&id| items.slot_of(id)).collect();
+        let live: Vec<usize> = slots.iter().flatten().copied().collect();
+        let mut nrt = items.nrt_many(&live, now).into_iter();
+        for (pos, (&id, slot)) in ev.item_ids.iter().zip(&slots).enumerate() {
             let start = out.features.len();
             out.features.extend_from_slice(ublock);
             out.features.resize(start + uw + iw, f32::NAN);
-            match items.slot_of(id) {
-                Some(s) => item_block(
+            match (*slot, nrt.next()) {
+                (Some(s), Some(n)) => item_block(
                     &items,
                     &self.batch,
                     s,
                     q,
                     now,
-                    &items.nrt(s, now),
+                    &n,
                     &mut out.features[start + uw..],
                 ),
-                None => out.missing_items += 1,
+                _ => out.missing_items += 1,
             }
             out.event.push(e32);
             out.item_id.push(id);
@@ -202,23 +205,14 @@ mod tests {
 
     fn ev(seq: u64, ts_us: i64, kind: FeatureEventKind, items: Vec<u64>) -> FeatureEvent {
         FeatureEvent {
-            ts_us,
-            stream: "s".into(),
-            seq,
-            kind,
             request_id: format!("r{seq}"),
             user_token: "0123456789abcdef0123456789abcdef".into(),
             item_ids: items,
             watched_frac: 1.0,
             completed: true,
-            liked: false,
-            topic: 0,
-            creator_id: 0,
-            category: 0,
-            upload_ts: 0.0,
-            embedding: vec![],
             long_term_weight: 0.5,
             recency_half_life: 10.0,
+            ..FeatureEvent::new(kind, ts_us, "s", seq)
         }
     }
 

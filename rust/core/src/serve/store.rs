@@ -49,7 +49,7 @@ fn estimate3(w: &Windows<ITEM_KINDS>, now: f64, widths: [f64; 2]) -> Counters {
 
 /// What one item's near-real-time features read: the sliding-window counts of the item, of its
 /// topic and of its creator's uploads, as of one instant. Built from the in-process windows
-/// ([`Items::nrt`]) or from windows read from a shared store ([`NrtCounts::from_windows`]): the
+/// ([`Items::nrt_many`]) or from windows read from a shared store ([`NrtCounts::from_windows`]): the
 /// same integer buckets give the same values either way.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct NrtCounts {
@@ -59,20 +59,18 @@ pub struct NrtCounts {
 }
 
 impl NrtCounts {
+    /// Item and topic windows read elsewhere; the creator's uploads from [`Items::creator_uploads`].
     pub fn from_windows(
         item: &Windows<ITEM_KINDS>,
         topic: &Windows<ITEM_KINDS>,
-        creator: &Windows<1>,
+        creator_uploads: [f32; 2],
         now: f64,
         widths: [f64; 2],
     ) -> NrtCounts {
         NrtCounts {
             item: estimate3(item, now, widths),
             topic: estimate3(topic, now, widths),
-            creator_uploads: [
-                creator[0].estimate(now, widths[0])[0],
-                creator[1].estimate(now, widths[1])[0],
-            ],
+            creator_uploads,
         }
     }
 }
@@ -199,29 +197,22 @@ impl Items {
         estimate3(&self.counters[slot].lock(), now, self.widths)
     }
 
-    /// The item's raw windows (integer bucket counts), as of `now`.
-    pub fn item_windows(&self, slot: usize, now: f64) -> Windows<ITEM_KINDS> {
-        let w = self.counters[slot].lock();
-        [w[0].at(now, self.widths[0]), w[1].at(now, self.widths[1])]
-    }
-
-    /// The item's near-real-time counts (item, topic, creator uploads) from the in-process windows.
-    pub fn nrt(&self, slot: usize, now: f64) -> NrtCounts {
-        NrtCounts {
-            item: self.counters(slot, now),
-            topic: self.topic_counters(self.topic[slot], now),
-            creator_uploads: self.creator_uploads(self.creator[slot], now),
-        }
-    }
-
-    /// The creator's raw upload windows as of `now`.
-    pub fn creator_windows(&self, creator: u64, now: f64) -> Windows<1> {
-        self.creators
-            .get(&creator)
-            .map_or_else(Windows::default, |w| {
-                let w = w.lock();
-                [w[0].at(now, self.widths[0]), w[1].at(now, self.widths[1])]
+    /// The near-real-time counts (item, topic, creator uploads) of the items in `slots` at
+    /// `now`, from the in-process windows. Topics and creators repeat across a request's
+    /// candidates: each is looked up (and locked) once.
+    pub fn nrt_many(&self, slots: &[usize], now: f64) -> Vec<NrtCounts> {
+        let mut topics: IdMap<Counters> = IdMap::default();
+        let mut creators = CreatorUploads::default();
+        slots
+            .iter()
+            .map(|&s| NrtCounts {
+                item: self.counters(s, now),
+                topic: *topics
+                    .entry(u64::from(self.topic[s]))
+                    .or_insert_with(|| self.topic_counters(self.topic[s], now)),
+                creator_uploads: creators.get(self, self.creator[s], now),
             })
+            .collect()
     }
 
     /// The topic's sliding-window counts as of `now` (zeros for a topic never seen).
@@ -241,6 +232,19 @@ impl Items {
                 w[1].estimate(now, self.widths[1])[0],
             ]
         })
+    }
+}
+
+/// A per-request cache of [`Items::creator_uploads`] (one lock per distinct creator).
+#[derive(Default)]
+pub struct CreatorUploads(IdMap<[f32; 2]>);
+
+impl CreatorUploads {
+    pub fn get(&mut self, items: &Items, creator: u64, now: f64) -> [f32; 2] {
+        *self
+            .0
+            .entry(creator)
+            .or_insert_with(|| items.creator_uploads(creator, now))
     }
 }
 
