@@ -123,6 +123,8 @@ def test_replayed_training_vectors_equal_the_served_log_bit_for_bit(day) -> None
         cols = sorted({names[c] for c in np.flatnonzero(diff.any(axis=0))})
         pytest.fail(f"{diff.any(axis=1).sum()} rows differ, in features {cols}")
     assert set(served.column("feature_set_version").to_pylist()) == {fs.feature_set_version(16)}
+    assert day["pipe"].feature_set_version == fs.feature_set_version(16)
+    assert day["pipe"].feature_names == fs.feature_names(16)
     # the counters and histories really moved during the day (the test can fail)
     names = fs.feature_names(16)
     assert b[:, names.index("i_log_imp_l")].max() > 0
