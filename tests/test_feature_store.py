@@ -171,7 +171,16 @@ def test_a_wrong_starting_state_is_detected(day, tmp_path) -> None:
         cat.upload_ts[keep],
         categories=cat.categories[keep],
     )
-    train = fs.training_set(day["root"] / "log", other, user_token_key=KEY, history_len=20)
+    # the changelog names the batch snapshot the pipeline loaded: a replay from another
+    # starting state is refused outright
+    with pytest.raises(ValueError, match="batch snapshot"):
+        fs.training_set(day["root"] / "log", other, user_token_key=KEY, history_len=20)
+    # given the right batch snapshot but the wrong items, the rows differ and say so
+    version = day["pipe"].batch_info["version"]
+    train = fs.training_set(
+        day["root"] / "log", other, user_token_key=KEY, history_len=20, batches={version: cat}
+    )
+    assert int(train.schema.metadata[b"fyp.missing_items"]) > 0
     served = fs.served_features(day["root"] / "log")
     a = fs.features_matrix(served)
     b = fs.features_matrix(train)

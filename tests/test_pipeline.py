@@ -76,7 +76,8 @@ def test_response_shape_and_frozen_fields(pipe) -> None:
     assert r.predictions.shape == (20, len(TASKS))
     assert np.all(np.isfinite(r.predictions))
     assert r.model_version == "v1"
-    assert r.impression_ids == [f"req-a:{i}" for i in range(20)]
+    # unique per (user, request, position): "<request_id>:<16 hex of the user token>:<position>"
+    assert r.impression_ids == [f"req-a:{r.user_token[:16]}:{i}" for i in range(20)]
     assert set(r.sources) <= {"ranked", "exploration", "fresh"}
     for src, p in zip(r.sources, r.propensities):
         assert (0 < p < 0.01) if src == "exploration" else p == 1.0

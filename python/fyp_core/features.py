@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +71,21 @@ def _catalogue(catalogue: Any) -> Any:
     return catalogue
 
 
+_BATCH_KEYS = ("user_ids", "user_embeddings", "creator_ids", "creator_authority")
+
+
+def _batch_snapshot(version: str, obj: Any) -> dict[str, Any]:
+    """A batch snapshot for the replay: a catalogue (directory or object) or a mapping with
+    any of ``user_ids``, ``user_embeddings``, ``creator_ids``, ``creator_authority``."""
+    src = obj if isinstance(obj, Mapping) else _catalogue(obj)
+    get = src.get if isinstance(src, Mapping) else (lambda k: getattr(src, k, None))
+    out: dict[str, Any] = {"version": str(version)}
+    for k in _BATCH_KEYS:
+        v = get(k)
+        out[k] = None if v is None or len(v) == 0 else v
+    return out
+
+
 def training_set(
     logdir: str | os.PathLike[str],
     catalogue: Any,
@@ -80,6 +95,7 @@ def training_set(
     counter_windows: tuple[float, float] = (3600.0, 86400.0),
     request_ids: Sequence[str] | None = None,
     labels: bool = True,
+    batches: Mapping[str, Any] | None = None,
 ) -> pa.Table:
     """Point-in-time training rows replayed from the event log at ``logdir``.
 
@@ -90,6 +106,10 @@ def training_set(
     is the pipeline's HMAC key (the log holds tokens, the catalogue user ids). ``history_len``
     and ``counter_windows`` must be the pipeline's. ``request_ids`` limits the rows emitted (the
     whole log is still replayed, since every event changes the state).
+    ``batches`` maps a batch snapshot's version to its data (a catalogue, or a mapping with
+    ``user_ids``/``user_embeddings``/``creator_ids``/``creator_authority``): the snapshots the
+    pipeline switched to while serving (``FeedPipeline.load_batch``); the changelog names each
+    by version and checksum, and the replay refuses a missing or different one.
 
     Returns one row per served item of every logged request: ``request_id``, ``ts``,
     ``user_token``, ``item_id``, ``position``, ``impression_id``, ``features`` (list<float32>,
@@ -124,15 +144,14 @@ def training_set(
         history_len=history_len,
         counter_windows=counter_windows,
         request_ids=None if request_ids is None else list(request_ids),
+        batches=[_batch_snapshot(v, b) for v, b in (batches or {}).items()],
     )
     feats = out["features"]
     n, width = feats.shape
     positions = out["position"].astype(np.int32)
     request_ids = pa.array(out["request_id"], pa.string())
-    # the pipeline's impression id, "<request_id>:<position>", built column-wise
-    impression_ids = pc.binary_join_element_wise(
-        request_ids, pc.cast(pa.array(positions), pa.string()), ":"
-    )
+    # the pipeline's impression id, derived in the core (one definition, serve::pipeline)
+    impression_ids = pa.array(out["impression_id"], pa.string())
     flat = pa.array(feats.reshape(-1), type=pa.float32())
     offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
     table = pa.table(

@@ -6,6 +6,7 @@ use crate::errors::{run_detached, to_py};
 use crate::pipeline::item_infos;
 use fyp_core::eventlog::{read_feature_events, UserTokenizer};
 use fyp_core::serve::features::{columns, feature_set_version, registry};
+use fyp_core::serve::pipeline::impression_id;
 use fyp_core::serve::replay::{order_events, Replayer};
 use fyp_core::serve::store::{BatchTier, UserStore};
 use numpy::{IntoPyArray, PyUntypedArrayMethods};
@@ -105,7 +106,7 @@ fn py_feature_set_version(dim: usize) -> String {
 #[pyo3(signature = (paths, user_token_key, item_ids, item_embeddings, topics, creators,
                     categories=None, upload_ts=None, user_ids=None, user_embeddings=None,
                     creator_ids=None, creator_authority=None, history_len=50,
-                    counter_windows=(3600.0, 86400.0), request_ids=None))]
+                    counter_windows=(3600.0, 86400.0), request_ids=None, batches=None))]
 #[allow(clippy::too_many_arguments)]
 fn replay_features<'py>(
     py: Python<'py>,
@@ -124,6 +125,7 @@ fn replay_features<'py>(
     history_len: usize,
     counter_windows: (f64, f64),
     request_ids: Option<&Bound<'py, PyAny>>,
+    batches: Option<Vec<Bound<'py, PyDict>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let emb = f32_matrix(item_embeddings, "item_embeddings")?;
     let dim = emb.shape()[1];
@@ -145,8 +147,32 @@ fn replay_features<'py>(
         user_embeddings,
         creator_ids,
         creator_authority,
-        |u| UserStore::key(&tokens.token(u)),
+        |u| UserStore::key_of_token(&tokens.token(u)),
     )?;
+    // snapshots the changelog may switch to: dicts of version + the batch arrays
+    let mut snapshots = Vec::new();
+    for b in batches.unwrap_or_default() {
+        let get = |k: &str| b.get_item(k).ok().flatten().filter(|v| !v.is_none());
+        let version: String = get("version")
+            .ok_or_else(|| PyValueError::new_err("each batch needs a 'version'"))?
+            .extract()?;
+        let (u, ue, c, ca) = (
+            get("user_ids"),
+            get("user_embeddings"),
+            get("creator_ids"),
+            get("creator_authority"),
+        );
+        snapshots.push(batch_from_py(
+            &version,
+            0.0,
+            dim,
+            u.as_ref(),
+            ue.as_ref(),
+            c.as_ref(),
+            ca.as_ref(),
+            |u| UserStore::key_of_token(&tokens.token(u)),
+        )?);
+    }
     let wanted: Option<HashSet<String>> = request_ids
         .filter(|r| !r.is_none())
         .map(|r| str_list(r, "request_ids").map(|v| v.into_iter().collect()))
@@ -159,7 +185,7 @@ fn replay_features<'py>(
             events.extend(read_feature_events(p)?);
         }
         order_events(&mut events);
-        let r = Replayer::new(batch, history_len, windows)?;
+        let r = Replayer::new(batch, history_len, windows)?.with_snapshots(snapshots)?;
         r.load_items(&infos, e)?;
         let emit: Vec<bool> = events
             .iter()
@@ -177,6 +203,16 @@ fn replay_features<'py>(
     };
     d.set_item("request_id", ev(&|e| e.request_id.clone()))?;
     d.set_item("user_token", ev(&|e| e.user_token.clone()))?;
+    let imp: Vec<String> = rows
+        .event
+        .iter()
+        .zip(&rows.position)
+        .map(|(&i, &p)| {
+            let e = &events[i as usize];
+            impression_id(&e.request_id, &e.user_token, p as usize)
+        })
+        .collect();
+    d.set_item("impression_id", imp)?;
     let ts: Vec<i64> = rows
         .event
         .iter()
@@ -186,6 +222,7 @@ fn replay_features<'py>(
     d.set_item("item_id", rows.item_id.into_pyarray(py))?;
     d.set_item("position", rows.position.into_pyarray(py))?;
     d.set_item("missing_items", rows.missing_items)?;
+    d.set_item("events_on_removed", rows.events_on_removed)?;
     d.set_item("n_events", events.len())?;
     d.set_item(
         "feature_names",

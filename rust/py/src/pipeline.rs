@@ -10,51 +10,81 @@ use crate::ranker::{PyMlpRanker, PyRankerSet};
 use crate::rerank::PyReranker;
 use crate::split::PyTrafficSplit;
 use fyp_core::rank::RankerSet;
-use fyp_core::serve::pipeline::{FeedResponse, Pipeline, PipelineOptions, STAGES};
+use fyp_core::serve::pipeline::{
+    FeedResponse, Pipeline, PipelineOptions, Retrieval, MAX_FEED_N, STAGES,
+};
 use fyp_core::serve::redis_tier::RedisOptions;
-use fyp_core::serve::scorer::ServingConfig;
-use fyp_core::serve::store::ItemInfo;
+use fyp_core::serve::scorer::{ConfigValue, ServingConfig};
+use fyp_core::serve::store::{ItemInfo, UserStore, MAX_TOPIC};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::sync::Arc;
 
-const CONFIG_KEYS: [&str; 8] = [
-    "explore_rate",
-    "fresh_budget",
-    "fresh_max_age_s",
-    "candidates",
-    "ef",
-    "task_weights",
-    "long_term_weight",
-    "recency_half_life",
-];
-
-fn apply_config(mut cfg: ServingConfig, d: &Bound<'_, PyDict>) -> PyResult<ServingConfig> {
+/// A Python config dict -> typed key/value changes; the core checks keys, types and ranges.
+fn config_changes(d: &Bound<'_, PyDict>) -> PyResult<Vec<(String, ConfigValue)>> {
+    let mut out = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
         let key: String = k
             .extract()
             .map_err(|_| PyTypeError::new_err("config keys must be str"))?;
-        let bad = |e: PyErr| PyValueError::new_err(format!("config {key:?}: {e}"));
-        match key.as_str() {
-            "explore_rate" => cfg.explore_rate = v.extract().map_err(bad)?,
-            "fresh_budget" => cfg.fresh_budget = v.extract().map_err(bad)?,
-            "fresh_max_age_s" => cfg.fresh_max_age_s = v.extract().map_err(bad)?,
-            "candidates" => cfg.candidates = v.extract().map_err(bad)?,
-            "ef" => cfg.ef = v.extract().map_err(bad)?,
-            "task_weights" => cfg.task_weights = v.extract().map_err(bad)?,
-            "long_term_weight" => cfg.long_term_weight = v.extract().map_err(bad)?,
-            "recency_half_life" => cfg.recency_half_life = v.extract().map_err(bad)?,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown config key {other:?}; valid keys: {}",
-                    CONFIG_KEYS.join(", ")
-                )))
-            }
+        let bad = || {
+            PyValueError::new_err(format!(
+                "config {key:?}: expected a number or a list of numbers, got {}",
+                v.get_type()
+                    .name()
+                    .map_or_else(|_| "?".into(), |n| n.to_string())
+            ))
+        };
+        let value = if v.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(bad());
+        } else if let Ok(i) = v.extract::<i64>() {
+            ConfigValue::Int(i)
+        } else if let Ok(f) = v.extract::<f64>() {
+            ConfigValue::Float(f)
+        } else if let Ok(l) = v.extract::<Vec<f64>>() {
+            ConfigValue::Floats(l)
+        } else {
+            return Err(bad());
+        };
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// An integer argument of any size as Python gave it (`None` inside: not an int, a bool, or
+/// beyond 128 bits), range-checked with the argument's name: a `ValueError`, never an
+/// `OverflowError` or a panic.
+#[derive(Clone, Copy)]
+pub(crate) struct AnyInt(Option<i128>);
+
+impl AnyInt {
+    pub const fn of(v: i128) -> Self {
+        AnyInt(Some(v))
+    }
+
+    pub fn bounded(self, name: &str, lo: i128, hi: i128) -> PyResult<i128> {
+        match self.0 {
+            Some(x) if (lo..=hi).contains(&x) => Ok(x),
+            Some(x) => Err(PyValueError::new_err(format!(
+                "{name} must be an integer in [{lo}, {hi}], got {x}"
+            ))),
+            None => Err(PyValueError::new_err(format!(
+                "{name} must be an integer in [{lo}, {hi}]"
+            ))),
         }
     }
-    Ok(cfg)
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for AnyInt {
+    type Error = PyErr;
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.is_instance_of::<pyo3::types::PyBool>() {
+            return Ok(AnyInt(None));
+        }
+        Ok(AnyInt(obj.extract::<i128>().ok()))
+    }
 }
 
 fn config_dict<'py>(py: Python<'py>, c: &ServingConfig) -> PyResult<Bound<'py, PyDict>> {
@@ -337,7 +367,13 @@ pub(crate) fn item_infos(
     }
     let u32_of = |name: &str, i: usize, x: i64| {
         u32::try_from(x)
-            .map_err(|_| PyValueError::new_err(format!("{name}[{i}] = {x} is outside [0, 2**32)")))
+            .ok()
+            .filter(|&v| v <= MAX_TOPIC)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "{name}[{i}] = {x} is outside [0, 2**31) (the log stores it as int32)"
+                ))
+            })
     };
     let mut infos = Vec::with_capacity(n);
     for i in 0..n {
@@ -359,11 +395,18 @@ pub(crate) fn item_infos(
 impl PyFeedPipeline {
     #[new]
     #[pyo3(signature = (index, ranker, reranker, split, event_log=None, config=None, user_token_key=None,
-                        history_len=50, seen_len=500, impression_capacity=1_000_000,
+                        history_len=AnyInt::of(50), seen_len=AnyInt::of(500),
+                        impression_capacity=AnyInt::of(1_000_000),
                         tier_cadence_s=(60.0, 300.0, 86400.0), redis_url=None,
-                        redis_namespace="default", redis_timeout_ms=25, redis_retry_after_ms=1000))]
+                        redis_namespace="default", redis_timeout_ms=25, redis_retry_after_ms=1000),
+           text_signature = "(index, ranker, reranker, split, event_log=None, config=None, \
+                             user_token_key=None, history_len=50, seen_len=500, \
+                             impression_capacity=1000000, tier_cadence_s=(60.0, 300.0, 86400.0), \
+                             redis_url=None, redis_namespace='default', redis_timeout_ms=25, \
+                             redis_retry_after_ms=1000)")]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         index: &Bound<'_, PyHnswIndex>,
         ranker: &Bound<'_, PyAny>,
         reranker: &Bound<'_, PyReranker>,
@@ -371,9 +414,9 @@ impl PyFeedPipeline {
         event_log: Option<Bound<'_, PyEventLog>>,
         config: Option<&Bound<'_, PyDict>>,
         user_token_key: Option<&[u8]>,
-        history_len: usize,
-        seen_len: usize,
-        impression_capacity: usize,
+        history_len: AnyInt,
+        seen_len: AnyInt,
+        impression_capacity: AnyInt,
         tier_cadence_s: (f64, f64, f64),
         redis_url: Option<String>,
         redis_namespace: &str,
@@ -381,18 +424,15 @@ impl PyFeedPipeline {
         redis_retry_after_ms: u64,
     ) -> PyResult<Self> {
         let cadence = [tier_cadence_s.0, tier_cadence_s.1, tier_cadence_s.2];
-        if !cadence.iter().all(|c| c.is_finite() && *c > 0.0) {
-            return Err(PyValueError::new_err(format!(
-                "tier_cadence_s must be three finite positive seconds, got {cadence:?}"
-            )));
-        }
         let split_ref = &split.get().inner;
         let mut cfg = ServingConfig {
             explore_rate: split_ref.explore_rate(),
             ..ServingConfig::default()
         };
         if let Some(d) = config {
-            cfg = apply_config(cfg, d)?;
+            for (k, v) in config_changes(d)? {
+                cfg.set(&k, &v).map_err(to_py)?;
+            }
         }
         let key: Vec<u8> = match user_token_key {
             Some(k) => k.to_vec(),
@@ -401,9 +441,13 @@ impl PyFeedPipeline {
             )),
         };
         let opts = PipelineOptions {
-            history_len,
-            seen_len,
-            impression_capacity,
+            history_len: history_len.bounded("history_len", 1, 10_000)? as usize,
+            seen_len: seen_len.bounded("seen_len", 1, 1_000_000)? as usize,
+            impression_capacity: impression_capacity.bounded(
+                "impression_capacity",
+                1,
+                100_000_000,
+            )? as usize,
             tier_cadence_s: cadence,
             shared: redis_url.map(|url| RedisOptions {
                 url,
@@ -415,32 +459,29 @@ impl PyFeedPipeline {
             ..PipelineOptions::default()
         };
         let log = event_log.as_ref().map(|l| l.get().inner.clone());
-        let p = Pipeline::new(
-            index.get().inner.clone(),
-            ranker_set(ranker)?,
-            reranker.get().inner.clone(),
-            split_ref.clone(),
-            log,
-            cfg,
-            &key,
-            opts,
-        )
-        .map_err(to_py)?;
+        let (index, rankers) = (index.get().inner.clone(), ranker_set(ranker)?);
+        let (reranker, split) = (reranker.get().inner.clone(), split_ref.clone());
+        // may connect to Redis: off the GIL
+        let p = run_detached(py, move || {
+            Pipeline::new(index, rankers, reranker, split, log, cfg, &key, opts)
+        })?;
         Ok(Self {
             inner: Arc::new(p),
             _log: event_log.map(|l| l.unbind()),
         })
     }
 
-    #[pyo3(signature = (user_id, request_id, n=20, now=None))]
+    #[pyo3(signature = (user_id, request_id, n=AnyInt::of(20), now=None),
+           text_signature = "($self, user_id, request_id, n=20, now=None)")]
     fn feed(
         &self,
         py: Python<'_>,
         user_id: &str,
         request_id: &str,
-        n: usize,
+        n: AnyInt,
         now: Option<f64>,
     ) -> PyResult<PyFeedResponse> {
+        let n = n.bounded("n", 1, MAX_FEED_N as i128)? as usize;
         let now = now_or(now)?;
         let p = &self.inner;
         let inner = run_detached(py, || p.feed(user_id, request_id, n, now))?;
@@ -448,25 +489,27 @@ impl PyFeedPipeline {
     }
 
     /// One new item: into the index, the feature store and the fresh pool (servable at once).
-    #[pyo3(signature = (item_id, embedding, topic, creator, category=0, ts=None))]
+    #[pyo3(signature = (item_id, embedding, topic, creator, category=AnyInt::of(0), ts=None),
+           text_signature = "($self, item_id, embedding, topic, creator, category=0, ts=None)")]
     #[allow(clippy::too_many_arguments)]
     fn upload(
         &self,
         py: Python<'_>,
-        item_id: u64,
+        item_id: AnyInt,
         embedding: &Bound<'_, PyAny>,
-        topic: u32,
-        creator: u64,
-        category: u32,
+        topic: AnyInt,
+        creator: AnyInt,
+        category: AnyInt,
         ts: Option<f64>,
     ) -> PyResult<()> {
         let e = f32_vector(embedding, "embedding")?;
         let e = e.as_slice()?;
+        let u64_max = i128::from(u64::MAX);
         let info = [ItemInfo {
-            id: item_id,
-            topic,
-            creator,
-            category,
+            id: item_id.bounded("item_id", 0, u64_max)? as u64,
+            topic: topic.bounded("topic", 0, i128::from(MAX_TOPIC))? as u32,
+            creator: creator.bounded("creator", 0, u64_max)? as u64,
+            category: category.bounded("category", 0, i128::from(MAX_TOPIC))? as u32,
             upload_ts: now_or(ts)?,
         }];
         let p = &self.inner;
@@ -516,6 +559,7 @@ impl PyFeedPipeline {
     #[allow(clippy::too_many_arguments)]
     fn engage(
         &self,
+        py: Python<'_>,
         impression_id: &str,
         watched_seconds: f32,
         completed: bool,
@@ -524,17 +568,19 @@ impl PyFeedPipeline {
         followed: bool,
         now: Option<f64>,
     ) -> PyResult<()> {
-        self.inner
-            .engage(
+        let now = now_or(now)?;
+        let p = &self.inner;
+        run_detached(py, || {
+            p.engage(
                 impression_id,
                 watched_seconds,
                 completed,
                 liked,
                 shared,
                 followed,
-                now_or(now)?,
+                now,
             )
-            .map_err(to_py)
+        })
     }
 
     /// Adds long-term (batch tier) user embeddings, one row per user id, to a copy of the batch
@@ -584,7 +630,7 @@ impl PyFeedPipeline {
             user_embeddings,
             creator_ids,
             creator_authority,
-            fyp_core::serve::store::UserStore::key,
+            |u| UserStore::key_of_token(&self.inner.user_token(u)),
         )?;
         let p = &self.inner;
         run_detached(py, || p.set_batch(batch))
@@ -652,19 +698,85 @@ impl PyFeedPipeline {
 
     /// Changes some config keys at run time (atomic; later requests see all of them).
     fn update_config(&self, changes: &Bound<'_, PyDict>) -> PyResult<()> {
-        let cfg = apply_config((*self.inner.config()).clone(), changes)?;
-        self.inner.set_config(cfg).map_err(to_py)
+        let changes = config_changes(changes)?;
+        self.inner.update_config(&changes, None).map_err(to_py)
     }
 
+    /// Swaps in a new retrieval snapshot (atomically, with its version): `index` holds the
+    /// item tower's vectors of the catalogue, built offline; `user_tower` maps the user block of
+    /// the features (`2*dim+4`) to the index space and runs per request; `item_tower` maps an
+    /// item's content embedding (`dim`) to the index space and embeds every later upload. Pass
+    /// both towers or neither (then the index holds content embeddings). Items uploaded or
+    /// taken down since the index was built are reconciled before the swap.
+    #[pyo3(signature = (version, index, user_tower=None, item_tower=None))]
+    fn set_retrieval(
+        &self,
+        py: Python<'_>,
+        version: &str,
+        index: &Bound<'_, PyHnswIndex>,
+        user_tower: Option<&Bound<'_, PyMlpRanker>>,
+        item_tower: Option<&Bound<'_, PyMlpRanker>>,
+    ) -> PyResult<()> {
+        if version.is_empty() {
+            return Err(PyValueError::new_err("version must be a non-empty string"));
+        }
+        let next = Retrieval {
+            version: version.to_owned(),
+            user_tower: user_tower.map(|t| t.get().inner.clone()),
+            item_tower: item_tower.map(|t| t.get().inner.clone()),
+            index: index.get().inner.clone(),
+        };
+        let p = &self.inner;
+        run_detached(py, move || p.set_retrieval(next))
+    }
+
+    /// The models served now: ``{"live": version, "shadows": [versions], "history": [versions
+    /// rollback would restore, oldest first]}``.
+    #[getter]
+    fn model_versions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snap = self.inner.rankers.snapshot();
+        let d = PyDict::new(py);
+        d.set_item("live", snap.live_version())?;
+        d.set_item("shadows", snap.shadow_versions())?;
+        d.set_item("history", self.inner.rankers.history())?;
+        Ok(d)
+    }
+
+    /// The version of the retrieval snapshot served ("content" until `set_retrieval`).
+    #[getter]
+    fn retrieval_version(&self) -> String {
+        self.inner.retrieval().version.clone()
+    }
+
+    /// Routes the users of `variant` in experiment `layer` to the shadow model `version`
+    /// (``None`` removes the route). Exploration slots are untouched: they are carved before
+    /// routing, and their frozen predictions stay the live model's.
+    #[pyo3(signature = (layer, variant, version=None))]
+    fn set_route(&self, layer: &str, variant: &str, version: Option<&str>) -> PyResult<()> {
+        self.inner.set_route(layer, variant, version).map_err(to_py)
+    }
+
+    /// The experiment routes: a list of ``(layer, variant, version)``.
+    #[getter]
+    fn routes(&self) -> Vec<(String, String, String)> {
+        self.inner
+            .routes()
+            .iter()
+            .map(|r| (r.layer.clone(), r.variant.clone(), r.version.clone()))
+            .collect()
+    }
+
+    /// Adds a shadow model: it scores every served row (logged, never served). Refused when
+    /// it predicts other tasks than the live model and the event log record.
     fn add_shadow(&self, ranker: &Bound<'_, PyMlpRanker>) -> PyResult<()> {
         self.inner
-            .rankers
             .add_shadow(ranker.get().inner.clone())
             .map_err(to_py)
     }
 
+    /// Makes shadow `version` the live model (the old live model is kept for `rollback`).
     fn promote(&self, version: &str) -> PyResult<()> {
-        self.inner.rankers.promote(version).map_err(to_py)
+        self.inner.promote(version).map_err(to_py)
     }
 
     fn rollback(&self) -> PyResult<String> {
@@ -700,9 +812,21 @@ impl PyFeedPipeline {
         d.set_item("relaxed_responses", s.relaxed_responses.load(Relaxed))?;
         let fr = s.requests_with_fresh_candidates.load(Relaxed) as f64 / (req.max(1)) as f64;
         d.set_item("fresh_retrieval_rate", fr)?;
-        d.set_item("index_items", self.inner.index.len())?;
+        d.set_item("index_items", self.inner.index().len())?;
         d.set_item("store_items", self.inner.items.read().n_live())?;
         d.set_item("users", self.inner.users.len())?;
+        d.set_item("log_rejected", s.log_rejected.load(Relaxed))?;
+        d.set_item("log_rows_rejected", s.log_rows_rejected.load(Relaxed))?;
+        d.set_item(
+            "engagements_on_removed",
+            s.engagements_on_removed.load(Relaxed),
+        )?;
+        d.set_item(
+            "impressions_on_removed",
+            s.impressions_on_removed.load(Relaxed),
+        )?;
+        d.set_item("routed_requests", s.routed_requests.load(Relaxed))?;
+        d.set_item("shadows_skipped", s.shadows_skipped.load(Relaxed))?;
         if let Some(log) = self.inner.event_log() {
             let st = log.stats();
             d.set_item("log_queue_depth", st.queue_depth)?;
@@ -718,6 +842,7 @@ impl PyFeedPipeline {
             r.set_item("write_errors", st.write_errors)?;
             r.set_item("skipped_while_down", st.skipped_while_down)?;
             r.set_item("fallbacks", s.shared_fallbacks.load(Relaxed))?;
+            r.set_item("write_failures", s.shared_write_failures.load(Relaxed))?;
             r.set_item("served_from_shared", s.shared_reads.load(Relaxed))?;
             d.set_item("redis", r)?;
         }
@@ -737,7 +862,7 @@ impl PyFeedPipeline {
         format!(
             "FeedPipeline(items={}, index={})",
             self.inner.items.read().n_live(),
-            self.inner.index.len()
+            self.inner.index().len()
         )
     }
 }

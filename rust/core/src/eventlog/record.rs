@@ -133,6 +133,14 @@ pub enum FeatureEventKind {
     Upload = 2,
     /// Items taken down.
     Remove = 3,
+    /// Long-term (batch tier) embedding of one user set while serving (`user_token`,
+    /// `embedding`).
+    BatchUsers = 4,
+    /// Creator authority set while serving (`item_ids` = creator ids, `embedding` = scores).
+    BatchAuthority = 5,
+    /// The batch tier replaced by a snapshot (`request_id` = its version, `item_ids` = its
+    /// checksum): the snapshot lives in its files; the replay is handed it by version.
+    BatchSwap = 6,
 }
 
 impl FeatureEventKind {
@@ -142,6 +150,9 @@ impl FeatureEventKind {
             FeatureEventKind::Engagement => "engagement",
             FeatureEventKind::Upload => "upload",
             FeatureEventKind::Remove => "remove",
+            FeatureEventKind::BatchUsers => "batch_users",
+            FeatureEventKind::BatchAuthority => "batch_authority",
+            FeatureEventKind::BatchSwap => "batch_swap",
         }
     }
 
@@ -151,9 +162,13 @@ impl FeatureEventKind {
             "engagement" => FeatureEventKind::Engagement,
             "upload" => FeatureEventKind::Upload,
             "remove" => FeatureEventKind::Remove,
+            "batch_users" => FeatureEventKind::BatchUsers,
+            "batch_authority" => FeatureEventKind::BatchAuthority,
+            "batch_swap" => FeatureEventKind::BatchSwap,
             _ => {
                 return Err(invalid!(
-                    "unknown feature event kind {s:?} (impression, engagement, upload or remove)"
+                    "unknown feature event kind {s:?} (impression, engagement, upload, remove, \
+                     batch_users, batch_authority or batch_swap)"
                 ))
             }
         })
@@ -165,6 +180,9 @@ impl FeatureEventKind {
             FeatureEventKind::Engagement,
             FeatureEventKind::Upload,
             FeatureEventKind::Remove,
+            FeatureEventKind::BatchUsers,
+            FeatureEventKind::BatchAuthority,
+            FeatureEventKind::BatchSwap,
         ]
         .get(v as usize)
         .copied()
@@ -452,11 +470,34 @@ impl Record {
                         nonempty("request_id", &r.request_id)?;
                         check_token(&r.user_token)?;
                     }
-                    FeatureEventKind::Upload | FeatureEventKind::Remove => {
-                        if !r.user_token.is_empty() {
-                            return Err(invalid!("an item event carries no user_token"));
+                    FeatureEventKind::BatchUsers => {
+                        check_token(&r.user_token)?;
+                        if r.embedding.is_empty() {
+                            return Err(invalid!("a batch_users event holds an embedding"));
                         }
                     }
+                    FeatureEventKind::Upload
+                    | FeatureEventKind::Remove
+                    | FeatureEventKind::BatchAuthority
+                    | FeatureEventKind::BatchSwap => {
+                        if !r.user_token.is_empty() {
+                            return Err(invalid!("an item or batch event carries no user_token"));
+                        }
+                    }
+                }
+                if r.kind == FeatureEventKind::BatchAuthority
+                    && r.item_ids.len() != r.embedding.len()
+                {
+                    return Err(invalid!(
+                        "a batch_authority event holds one score per creator id"
+                    ));
+                }
+                if r.kind == FeatureEventKind::BatchSwap
+                    && (r.request_id.is_empty() || r.item_ids.len() != 1)
+                {
+                    return Err(invalid!(
+                        "a batch_swap event holds the snapshot's version and checksum"
+                    ));
                 }
                 if r.kind == FeatureEventKind::Upload
                     && (r.item_ids.len() != 1 || r.embedding.is_empty())

@@ -7,12 +7,14 @@ mod dpp;
 mod kernel;
 mod lazy;
 mod mmr;
+mod pinned;
 mod policy;
 mod reranker;
 mod scratch;
 
 pub use dpp::dpp_greedy;
 pub use mmr::mmr_greedy;
+pub use pinned::{FullKeys, PinnedCaps};
 pub use policy::{
     cap_count, unknown_key, CategoryCap, Diversity, Policy, Rule, MAX_WINDOW, POLICY_KEYS,
 };

@@ -142,6 +142,18 @@ impl Reranker {
     }
 
     /// A copy of the current policy.
+    pub(super) fn compiled_caps(&self) -> super::pinned::PinnedCaps {
+        let c = self.current.read().clone();
+        super::pinned::PinnedCaps::new(
+            c.policy.window,
+            c.topic_cap,
+            c.creator_cap,
+            c.blocked.clone(),
+            c.cap_keys.clone(),
+            c.cap_limits.iter().map(|l| l.0).collect(),
+        )
+    }
+
     pub fn policy(&self) -> Policy {
         self.current.read().policy.clone()
     }

@@ -249,11 +249,11 @@ pub fn user_block(
     let stats = &mut out[2 * dim..];
     let (n, watch, likes) = user.map_or((0usize, 0.0f32, 0.0f32), |u| {
         let n = u.history.len();
+        // fold from +0.0: `sum()` of no f32 is -0.0, which the replay would not reproduce
         let w: f32 = u
             .history
             .iter()
-            .map(|i| i.watched_frac.clamp(0.0, 1.0))
-            .sum();
+            .fold(0.0, |a, i| a + i.watched_frac.clamp(0.0, 1.0));
         let l = u.history.iter().filter(|i| i.liked).count() as f32;
         (n, w, l)
     });
@@ -340,7 +340,7 @@ mod tests {
             .unwrap();
         items.record(5, 0.0, true, true, false).unwrap();
         let users = UserStore::new(4, 4).unwrap();
-        let k = UserStore::key("u");
+        let k = UserStore::key_of_token("u");
         users.record_interaction(
             k,
             Interaction {

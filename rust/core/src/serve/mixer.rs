@@ -1,57 +1,64 @@
 //! The mixer's parts: slot sources and the exploration draw. An exploration slot (decided first
 //! by the TrafficSplit) shows a uniformly random eligible item, chosen by a hash-seeded draw so it
-//! is reproducible, with its propensity; `pipeline.rs` zips those slots with the re-ranked order.
+//! is reproducible, with its propensity; `pipeline/feed.rs` zips those slots with the re-ranked order.
 
 use super::idhash::{splitmix64, IdSet};
 use super::store::Items;
+use crate::rerank::FullKeys;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    Ranked,
-    Exploration,
-    Fresh,
-}
+/// Where a slot's item came from: one enum for the pipeline and the log's `source` column.
+pub use crate::eventlog::Source;
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Ranked => "ranked",
-            Source::Exploration => "exploration",
-            Source::Fresh => "fresh",
-        }
-    }
-}
-
-/// Draws one exploration item uniformly from the live items whose category is not blocked and
-/// that are not already in the response, by rejection sampling over the dense item slots
-/// (expected tries = slots / eligible). Returns (slot, propensity = 1/|eligible|).
+/// Draws one exploration item uniformly from the admissible items: live, category not blocked,
+/// not already in the response, and not breaking a cap that the items pinned before it fill
+/// (`full`), by rejection sampling over the dense item slots (expected tries = slots /
+/// admissible). Returns (slot, propensity = 1/|admissible|), the conditional probability of
+/// the draw given the slots drawn before it. `full` is usually empty; when it is not, the
+/// admissible set is counted exactly by one scan of the item table.
 pub fn draw_exploration(
     items: &Items,
     seed: u64,
     blocked_categories: &[u32],
     chosen: &IdSet,
+    full: &FullKeys,
     max_tries: usize,
 ) -> Option<(usize, f64)> {
     let blocked: usize = blocked_categories
         .iter()
         .map(|&c| items.live_in_category(c))
         .sum();
-    let already = chosen.len();
-    let eligible = items
+    let eligible = |s: usize| {
+        items.is_live(s)
+            && !blocked_categories.contains(&items.category(s))
+            && !chosen.contains(&items.id(s))
+    };
+    let hits = |s: usize| {
+        full.hits(
+            u64::from(items.topic(s)),
+            items.creator(s),
+            u64::from(items.category(s)),
+        )
+    };
+    let over_cap = if full.is_empty() {
+        0
+    } else {
+        (0..items.slots())
+            .filter(|&s| eligible(s) && hits(s))
+            .count()
+    };
+    let admissible = items
         .n_live()
         .saturating_sub(blocked)
-        .saturating_sub(already);
-    if eligible == 0 || items.slots() == 0 {
+        .saturating_sub(chosen.len())
+        .saturating_sub(over_cap);
+    if admissible == 0 || items.slots() == 0 {
         return None;
     }
     let mut state = seed;
     for _ in 0..max_tries {
         let slot = (splitmix64(&mut state) % items.slots() as u64) as usize;
-        if items.is_live(slot)
-            && !blocked_categories.contains(&items.category(slot))
-            && !chosen.contains(&items.id(slot))
-        {
-            return Some((slot, 1.0 / eligible as f64));
+        if eligible(slot) && !hits(slot) {
+            return Some((slot, 1.0 / admissible as f64));
         }
     }
     None
@@ -80,7 +87,8 @@ mod tests {
         let mut counts = [0usize; 10];
         let chosen = IdSet::default();
         for seed in 0..70_000u64 {
-            let (slot, p) = draw_exploration(&items, seed, &[1], &chosen, 64).unwrap();
+            let (slot, p) =
+                draw_exploration(&items, seed, &[1], &chosen, &FullKeys::default(), 64).unwrap();
             assert!((p - 1.0 / 7.0).abs() < 1e-12);
             counts[slot] += 1;
         }

@@ -12,6 +12,7 @@ use super::scorer::{user_embedding, ServingConfig};
 use super::store::{BatchTier, Interaction, ItemInfo, ItemStore, UserStore};
 use crate::eventlog::{FeatureEvent, FeatureEventKind};
 use crate::{invalid, Result};
+use parking_lot::RwLock;
 
 /// Rows produced by a replay: one per served item of each impression event.
 #[derive(Debug, Default, Clone)]
@@ -26,13 +27,18 @@ pub struct ReplayRows {
     /// Served items the replayed state did not hold (their rows are NaN): a sign that the
     /// starting state or the event stream is not the one the pipeline had.
     pub missing_items: usize,
+    /// Impressions and engagements of items taken down before the event (the pipeline counts
+    /// them too: `impressions_on_removed`, `engagements_on_removed`).
+    pub events_on_removed: usize,
 }
 
 /// Replays a feature changelog through the serving feature definitions.
 pub struct Replayer {
     items: ItemStore,
     users: UserStore,
-    batch: BatchTier,
+    batch: RwLock<BatchTier>,
+    /// Batch snapshots the changelog may switch to (`batch_swap` events), by version.
+    snapshots: Vec<BatchTier>,
     history_len: usize,
 }
 
@@ -42,9 +48,52 @@ impl Replayer {
         Ok(Replayer {
             items: ItemStore::new(batch.dim(), windows)?,
             users: UserStore::new(history_len, 1)?,
-            batch,
+            batch: RwLock::new(batch),
+            snapshots: Vec::new(),
             history_len,
         })
+    }
+
+    /// Batch snapshots a `batch_swap` event may name (besides the starting one).
+    pub fn with_snapshots(mut self, snapshots: Vec<BatchTier>) -> Result<Self> {
+        let dim = self.batch.read().dim();
+        if let Some(b) = snapshots.iter().find(|b| b.dim() != dim) {
+            return Err(invalid!(
+                "batch snapshot {:?} has dim {}, the replay's embeddings have {dim}",
+                b.version,
+                b.dim()
+            ));
+        }
+        self.snapshots = snapshots;
+        Ok(self)
+    }
+
+    /// A `batch_swap` event: the snapshot it names (the current one when the checksum already
+    /// matches, e.g. the starting catalogue), verified by checksum.
+    fn swap_batch(&self, ev: &FeatureEvent) -> Result<()> {
+        let want = ev.item_ids.first().copied().unwrap_or(0);
+        if self.batch.read().checksum() == want {
+            return Ok(());
+        }
+        let found = self.snapshots.iter().find(|b| b.version == ev.request_id);
+        match found {
+            Some(b) if b.checksum() == want => {
+                *self.batch.write() = b.clone();
+                Ok(())
+            }
+            Some(b) => Err(invalid!(
+                "the batch snapshot given for version {:?} has checksum {:016x}; the log \
+                 served {want:016x}: it is not the snapshot the pipeline loaded",
+                ev.request_id,
+                b.checksum()
+            )),
+            None => Err(invalid!(
+                "the log switches to batch snapshot {:?} (checksum {want:016x}) at ts_us {}: \
+                 pass it to the replay (training_set(batches={{version: catalogue}}))",
+                ev.request_id,
+                ev.ts_us
+            )),
+        }
     }
 
     /// The catalogue the pipeline started from (not in the changelog).
@@ -62,7 +111,7 @@ impl Replayer {
                 events.len()
             ));
         }
-        let dim = self.batch.dim();
+        let dim = self.batch.read().dim();
         let (uw, iw) = (user_width(dim), item_width(dim));
         let mut out = ReplayRows {
             width: uw + iw,
@@ -78,8 +127,10 @@ impl Replayer {
                         self.emit_rows(ev, e, now, &mut ublock, &mut out)?;
                     }
                     for &id in &ev.item_ids {
-                        // an item taken down meanwhile: the pipeline ignores it too
-                        let _ = self.items.record(id, now, true, false, false);
+                        // an item taken down meanwhile: the pipeline counts it too
+                        if self.items.record(id, now, true, false, false).is_err() {
+                            out.events_on_removed += 1;
+                        }
                     }
                 }
                 FeatureEventKind::Engagement => {
@@ -92,7 +143,7 @@ impl Replayer {
                         ));
                     };
                     self.users.record_interaction(
-                        UserStore::key(&ev.user_token),
+                        UserStore::key_of_token(&ev.user_token),
                         Interaction {
                             item_id: item,
                             watched_frac: ev.watched_frac,
@@ -100,7 +151,13 @@ impl Replayer {
                             ts: now,
                         },
                     );
-                    let _ = self.items.record(item, now, false, ev.completed, ev.liked);
+                    if self
+                        .items
+                        .record(item, now, false, ev.completed, ev.liked)
+                        .is_err()
+                    {
+                        out.events_on_removed += 1;
+                    }
                 }
                 FeatureEventKind::Upload => {
                     let &[id] = ev.item_ids.as_slice() else {
@@ -123,6 +180,16 @@ impl Replayer {
                 FeatureEventKind::Remove => {
                     self.items.remove(&ev.item_ids);
                 }
+                FeatureEventKind::BatchUsers => {
+                    let key = UserStore::key_of_token(&ev.user_token);
+                    self.batch.write().add_users(&[key], &ev.embedding)?;
+                }
+                FeatureEventKind::BatchAuthority => {
+                    self.batch
+                        .write()
+                        .set_authority(&ev.item_ids, &ev.embedding)?;
+                }
+                FeatureEventKind::BatchSwap => self.swap_batch(ev)?,
             }
         }
         Ok(out)
@@ -136,7 +203,7 @@ impl Replayer {
         ublock: &mut [f32],
         out: &mut ReplayRows,
     ) -> Result<()> {
-        let dim = self.batch.dim();
+        let dim = self.batch.read().dim();
         let (uw, iw) = (user_width(dim), item_width(dim));
         let cfg = ServingConfig {
             long_term_weight: ev.long_term_weight,
@@ -144,8 +211,9 @@ impl Replayer {
             ..ServingConfig::default()
         };
         let items = self.items.read();
-        let key = UserStore::key(&ev.user_token);
-        let long_term = self.batch.long_term(key);
+        let batch = self.batch.read();
+        let key = UserStore::key_of_token(&ev.user_token);
+        let long_term = batch.long_term(key);
         let uemb = self.users.with_user(key, |u| {
             let e = user_embedding(u, long_term, &items, &cfg);
             let zero = vec![0.0; dim];
@@ -171,7 +239,7 @@ impl Replayer {
             match (*slot, nrt.next()) {
                 (Some(s), Some(n)) => item_block(
                     &items,
-                    &self.batch,
+                    &batch,
                     s,
                     q,
                     now,

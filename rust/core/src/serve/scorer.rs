@@ -41,7 +41,75 @@ impl Default for ServingConfig {
     }
 }
 
+/// A config value as a host passes it (parsed from Python, JSON or TOML by the caller).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigValue {
+    Int(i64),
+    Float(f64),
+    Floats(Vec<f64>),
+}
+
+impl ConfigValue {
+    fn float(&self, key: &str) -> Result<f64> {
+        match *self {
+            ConfigValue::Int(i) => Ok(i as f64),
+            ConfigValue::Float(f) => Ok(f),
+            ConfigValue::Floats(_) => Err(invalid!("config {key:?} must be a number, got a list")),
+        }
+    }
+    fn count(&self, key: &str, max: usize) -> Result<usize> {
+        match *self {
+            ConfigValue::Int(i) if (0..=max as i64).contains(&i) => Ok(i as usize),
+            ConfigValue::Int(i) => Err(invalid!("config {key:?} must be in [0, {max}], got {i}")),
+            _ => Err(invalid!("config {key:?} must be an integer")),
+        }
+    }
+}
+
+/// The largest candidate set and HNSW search breadth a config may ask for.
+pub const MAX_CANDIDATES: usize = 100_000;
+
 impl ServingConfig {
+    /// The keys `set` accepts.
+    pub const KEYS: [&'static str; 8] = [
+        "explore_rate",
+        "fresh_budget",
+        "fresh_max_age_s",
+        "candidates",
+        "ef",
+        "task_weights",
+        "long_term_weight",
+        "recency_half_life",
+    ];
+
+    /// Sets one key (the value is range-checked by `validate`).
+    pub fn set(&mut self, key: &str, v: &ConfigValue) -> Result<()> {
+        match key {
+            "explore_rate" => self.explore_rate = v.float(key)?,
+            "fresh_budget" => self.fresh_budget = v.float(key)?,
+            "fresh_max_age_s" => self.fresh_max_age_s = v.float(key)?,
+            "candidates" => self.candidates = v.count(key, MAX_CANDIDATES)?,
+            "ef" => self.ef = v.count(key, MAX_CANDIDATES)?,
+            "long_term_weight" => self.long_term_weight = v.float(key)? as f32,
+            "recency_half_life" => self.recency_half_life = v.float(key)? as f32,
+            "task_weights" => match v {
+                ConfigValue::Floats(w) => self.task_weights = w.iter().map(|&x| x as f32).collect(),
+                _ => {
+                    return Err(invalid!(
+                        "config \"task_weights\" must be a list of numbers"
+                    ))
+                }
+            },
+            other => {
+                return Err(invalid!(
+                    "unknown config key {other:?}; valid keys: {}",
+                    Self::KEYS.join(", ")
+                ))
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.explore_rate) {
             return Err(invalid!(
@@ -61,8 +129,17 @@ impl ServingConfig {
                 self.fresh_max_age_s
             ));
         }
-        if self.candidates == 0 {
-            return Err(invalid!("candidates must be > 0"));
+        if self.candidates == 0 || self.candidates > MAX_CANDIDATES {
+            return Err(invalid!(
+                "candidates must be in [1, {MAX_CANDIDATES}], got {}",
+                self.candidates
+            ));
+        }
+        if self.ef > MAX_CANDIDATES {
+            return Err(invalid!(
+                "ef must be in [0, {MAX_CANDIDATES}], got {}",
+                self.ef
+            ));
         }
         if self.task_weights.iter().any(|w| !w.is_finite()) {
             return Err(invalid!("task_weights must be finite"));
@@ -159,7 +236,7 @@ mod tests {
             .upsert(&[info(1), info(2)], &[1.0, 0.0, 0.0, 1.0])
             .unwrap();
         let users = UserStore::new(10, 10).unwrap();
-        let k = UserStore::key("u");
+        let k = UserStore::key_of_token("u");
         let cfg = ServingConfig::default();
         assert!(users
             .with_user(k, |u| user_embedding(u, None, &items.read(), &cfg))

@@ -22,6 +22,32 @@ pub struct ItemInfo {
     pub upload_ts: f64,
 }
 
+/// Topics and categories are `u32` in the core and `int32` in the event log's Parquet schema
+/// (DESIGN §4): the values both can hold are `[0, 2**31)`.
+pub const MAX_TOPIC: u32 = i32::MAX as u32;
+
+impl ItemInfo {
+    /// Refuses a topic or category the log could not record, and a non-finite upload time.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("topic", self.topic), ("category", self.category)] {
+            if v > MAX_TOPIC {
+                return Err(invalid!(
+                    "item {}: {name} {v} is outside [0, 2**31) (the log stores it as int32)",
+                    self.id
+                ));
+            }
+        }
+        if !self.upload_ts.is_finite() {
+            return Err(invalid!(
+                "item {}: upload_ts must be finite seconds since the epoch, got {}",
+                self.id,
+                self.upload_ts
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Event kinds counted per item and per topic: impressions, completions, likes.
 pub const ITEM_KINDS: usize = 3;
 
@@ -458,8 +484,11 @@ impl UserStore {
     }
 
     /// The store's key for a user id (xxh3-64 of its UTF-8 bytes).
-    pub fn key(user_id: &str) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(user_id.as_bytes())
+    /// The one user key of every store (in process, Redis, batch tier, replay): xxh3_64 of the
+    /// keyed user token (HMAC-SHA256 of the id, `eventlog::UserTokenizer`), never of a raw id,
+    /// so nothing keyed by it can be linked to a user without the token secret.
+    pub fn key_of_token(user_token: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(user_token.as_bytes())
     }
 
     fn shard(&self, key: u64) -> &RwLock<IdMap<UserState>> {
@@ -524,7 +553,7 @@ pub struct BatchTier {
 }
 
 impl BatchTier {
-    /// `user_keys[i]` (see [`UserStore::key`]) owns row i of `user_emb` (`n x dim`);
+    /// `user_keys[i]` (see [`UserStore::key_of_token`]) owns row i of `user_emb` (`n x dim`);
     /// `creators[j]` has authority `authority[j]`.
     pub fn new(
         version: &str,
@@ -636,6 +665,34 @@ impl BatchTier {
     pub fn authority(&self, creator: u64) -> f32 {
         self.authority.get(&creator).copied().unwrap_or(0.0)
     }
+
+    /// A checksum of what the features read (user keys and embeddings, creator authority),
+    /// independent of insertion order: the feature changelog references a snapshot by version
+    /// and checksum, and the replay refuses a snapshot whose checksum differs.
+    pub fn checksum(&self) -> u64 {
+        let mut users: Vec<(u64, u32)> = self.users.iter().map(|(&k, &r)| (k, r)).collect();
+        users.sort_unstable();
+        let mut auth: Vec<(u64, u32)> = self
+            .authority
+            .iter()
+            .map(|(&c, &a)| (c, a.to_bits()))
+            .collect();
+        auth.sort_unstable();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(self.dim as u64).to_le_bytes());
+        for (k, r) in users {
+            h.update(&k.to_le_bytes());
+            let r = r as usize;
+            for x in &self.user_emb[r * self.dim..(r + 1) * self.dim] {
+                h.update(&x.to_bits().to_le_bytes());
+            }
+        }
+        for (c, a) in auth {
+            h.update(&c.to_le_bytes());
+            h.update(&a.to_le_bytes());
+        }
+        h.digest()
+    }
 }
 
 #[cfg(test)]
@@ -700,7 +757,7 @@ mod tests {
     #[test]
     fn user_history_and_seen_are_bounded() {
         let u = UserStore::new(3, 4).unwrap();
-        let k = UserStore::key("alice");
+        let k = UserStore::key_of_token("alice");
         for i in 0..5 {
             u.record_interaction(
                 k,
@@ -721,7 +778,7 @@ mod tests {
             );
             assert!(!s.has_seen(1) && s.has_seen(5) && s.seen().len() == 4);
         });
-        assert!(u.with_user(UserStore::key("bob"), |s| s.is_none()));
+        assert!(u.with_user(UserStore::key_of_token("bob"), |s| s.is_none()));
     }
 
     #[test]
