@@ -34,6 +34,9 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-inflight", type=int, default=64,
                    help="concurrent requests before answering 503 (default 64)")
+    v.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
+                   help="on SIGTERM/SIGINT, wait at most S seconds for in-flight requests "
+                   "before closing the event log (default 10)")
 
     c = sub.add_parser("catalogue", help="export the demo world as a catalogue, or check one")
     csub = c.add_subparsers(dest="catalogue_command")

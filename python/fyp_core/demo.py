@@ -139,7 +139,8 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     activity /= activity.sum()
     n_req = args.requests
     user_rows = rng.choice(len(world.user_ids), size=n_req, p=activity)
-    total_ms, stage_ms = [], {}
+    total_ms: list[float] = []
+    stage_ms: dict[str, list[float]] = {}
     explore = slots = 0
     worst_topic_share = 0.0
     relaxed: Counter[str] = Counter()
@@ -289,22 +290,40 @@ def serving_source(args: argparse.Namespace) -> Any:
     return make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the signal it caught once it has drained and run the lifespan shutdown;
+    # turning it into SystemExit lets `finally` blocks and atexit hooks run instead of dying.
+    raise SystemExit(0)
+
+
 def run_server(args: argparse.Namespace) -> int:
-    """``fyp-core serve``: a catalogue (or the demo world) behind the reference ASGI host."""
+    """``fyp-core serve``: a catalogue (or the demo world) behind the reference ASGI host.
+
+    An orderly stop (SIGTERM, SIGINT) stops accepting, drains the in-flight requests for at
+    most ``--drain-timeout`` seconds, then flushes and closes the event log."""
+    import signal
+
     import uvicorn
 
     from fyp_core.server import create_app
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     source = serving_source(args)
     pipe = build_pipeline(source, args, args.log_dir)
     print(f"serving {source.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
     try:
-        uvicorn.run(
-            create_app(pipe, max_inflight=args.max_inflight),
+        app = create_app(pipe, max_inflight=args.max_inflight)
+        config = uvicorn.Config(
+            app,
             host=args.host,
             port=args.port,
             log_level="warning",
+            timeout_graceful_shutdown=args.drain_timeout,
         )
+        try:
+            uvicorn.Server(config).run()
+        except KeyboardInterrupt:  # SIGINT re-raised by uvicorn after its orderly shutdown
+            pass
     finally:
-        pipe.close()
+        pipe.close()  # idempotent: the lifespan shutdown already closed it unless forced
     return 0

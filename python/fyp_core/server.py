@@ -8,10 +8,12 @@ pipeline releases the GIL, so requests run on a thread pool in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import threading
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import numpy as np
@@ -156,10 +158,38 @@ class _Metrics:
         return generate_latest(self.registry)
 
 
-def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
-    """The ASGI app. `max_inflight` bounds concurrent pipeline calls; beyond it: 503."""
+_log = logging.getLogger("fyp_core.server")
+
+
+async def close_pipeline(pipeline: Any, timeout_s: float) -> bool:
+    """Flush and close the pipeline's event log on a worker thread, waiting at most `timeout_s`.
+    Runs after the server has drained its in-flight requests (uvicorn sends the lifespan
+    shutdown last), so every response already sent has its rows queued. False on timeout."""
+    with anyio.move_on_after(timeout_s) as scope:
+        await anyio.to_thread.run_sync(pipeline.close, abandon_on_cancel=True)
+    if scope.cancelled_caught:
+        _log.error("event log not closed within %.1f s; rows still queued may be lost", timeout_s)
+        return False
+    return True
+
+
+def create_app(
+    pipeline: Any,
+    max_inflight: int = 64,
+    close_on_shutdown: bool = True,
+    close_timeout_s: float = 30.0,
+) -> Starlette:
+    """The ASGI app. `max_inflight` bounds concurrent pipeline calls; beyond it: 503. With
+    `close_on_shutdown`, the lifespan shutdown flushes and closes the pipeline's event log."""
     if max_inflight <= 0:
         raise ValueError("max_inflight must be > 0")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            await close_pipeline(pipeline, close_timeout_s)
+
     metrics = _Metrics(pipeline)
     inflight = 0
     gate = threading.Lock()
@@ -276,11 +306,12 @@ def create_app(pipeline: Any, max_inflight: int = 64) -> Starlette:
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/feed", feed, methods=["POST"]),
             Route("/engage", engage, methods=["POST"]),
             Route("/upload", upload, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_route, methods=["GET"]),
-        ]
+        ],
     )
