@@ -32,8 +32,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--max-inflight", type=int, default=64,
-                   help="concurrent requests before answering 503 (default 64)")
+    v.add_argument("--max-inflight", type=int, default=None, metavar="N",
+                   help="pipeline calls at once before answering 503 (default: 4 per core, "
+                   "at most 32; docs/host.md says how to size it)")
+    v.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="B",
+                   help="larger request bodies get 413 (default 1 MiB)")
+    v.add_argument("--body-timeout", type=float, default=5.0, metavar="S",
+                   help="a body not received within S seconds gets 408 (default 5)")
     v.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
                    help="on SIGTERM/SIGINT, wait at most S seconds for in-flight requests "
                    "before closing the event log (default 10)")

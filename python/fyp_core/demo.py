@@ -305,14 +305,15 @@ def run_server(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from fyp_core.server import create_app
+    from fyp_core.server import HostLimits, create_app
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     source = serving_source(args)
     pipe = build_pipeline(source, args, args.log_dir)
     print(f"serving {source.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
     try:
-        app = create_app(pipe, max_inflight=args.max_inflight)
+        limits = HostLimits(args.max_inflight or 0, args.max_body_bytes, args.body_timeout)
+        app = create_app(pipe, limits=limits, embedding_dim=source.dim)
         config = uvicorn.Config(
             app,
             host=args.host,
