@@ -86,7 +86,7 @@ def test_body_above_the_limit_is_413(pipe, chunked) -> None:
             b'{"item_id": 1, "topic": 0, "creator": 0, "embedding": [' + b"9" * 401 + b"]}",
             "embedding",
         ),
-        ("/upload", b'{"item_id": 1, "topic": 0, "creator": 0, "embedding": [1e300]}', "float32"),
+        ("/upload", b'{"item_id": 1, "topic": 0, "creator": 0, "embedding": [1e300]}', "embedding"),
         ("/feed", b"[" * 100_000 + b"]" * 100_000, "nests deeper"),
         ("/feed", b'{"user_id": "u", "request_id": "r", "n": ' + b"1" * 5000 + b"}", "JSON"),
         ("/feed", b'{"user_id": "\xff"}', "UTF-8"),

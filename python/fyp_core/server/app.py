@@ -26,6 +26,7 @@ from fyp_core.server.models import (
     Health,
     Ok,
     UploadRequest,
+    exact_integer_bounds,
     upload_model,
 )
 
@@ -157,6 +158,7 @@ def create_app(
         # pipeline calls and JSON parsing share anyio's pool: keep room beyond max_inflight
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(THREAD_POOL, host.admission.limit + 8)
+        host.admission.draining = False
         yield
         host.admission.draining = True
         if close_on_shutdown:
@@ -169,10 +171,22 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.route_class = bounded_route(host.limits)
+    app.openapi = _exact_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     _add_routes(app, host)
     app.state.host = host
     return app
+
+
+def _exact_openapi(app: FastAPI) -> Callable[[], Dict[str, Any]]:
+    generate = app.openapi
+
+    def openapi() -> Dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = exact_integer_bounds(generate())
+        return app.openapi_schema
+
+    return openapi
 
 
 def _version() -> str:

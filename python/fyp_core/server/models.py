@@ -4,22 +4,52 @@ types, unknown fields refused, so a client's typo is named instead of ignored.""
 
 from __future__ import annotations
 
-from typing import Annotated, Dict, List, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 U64_MAX = 2**64 - 1
+# ids sent to the host are int64-safe (Java long, SQL bigint); 2**64-1 is the index's "no item"
+ID_LIMIT = 2**63
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def exact_integer_bounds(node: Any) -> Any:
+    """FastAPI's OpenAPI model stores numeric bounds as floats (2**63 becomes 9.22e18), which
+    makes generators and clients round; publish the bounds of integer fields as integers."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for k in _BOUNDS:
+                if isinstance(node.get(k), float) and node[k].is_integer():
+                    node[k] = int(node[k])
+        for v in node.values():
+            exact_integer_bounds(v)
+    elif isinstance(node, list):
+        for v in node:
+            exact_integer_bounds(v)
+    return node
+
+
 _STRICT = ConfigDict(strict=True, extra="forbid")
 
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+Float32 = Annotated[float, Field(allow_inf_nan=False, ge=-3.4e38, le=3.4e38)]
+
+
+def _integral(v: object) -> object:
+    # JSON Schema counts 7.0 as an integer; strict pydantic would not. A fraction stays refused.
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
 
 
 class FeedRequest(BaseModel):
     model_config = _STRICT
     user_id: Id = Field(description="the caller's user id (hashed before anything is logged)")
     request_id: Id = Field(description="unique per request; impression ids derive from it")
-    n: int = Field(20, ge=1, le=200, description="slots to return")
+    n: Int = Field(20, ge=1, le=200, description="slots to return")
 
 
 class EngageRequest(BaseModel):
@@ -34,13 +64,13 @@ class EngageRequest(BaseModel):
 
 class UploadRequest(BaseModel):
     model_config = _STRICT
-    item_id: int = Field(ge=0, lt=U64_MAX, description="new or replaced item; 2**64-1 is reserved")
-    embedding: List[Finite] = Field(
+    item_id: Int = Field(ge=0, lt=ID_LIMIT, description="new or replaced item id")
+    embedding: List[Float32] = Field(
         min_length=1, max_length=4096, description="the item embedding (the index dimension)"
     )
-    topic: int = Field(ge=0, lt=2**31)
-    creator: int = Field(ge=0, le=U64_MAX)
-    category: int = Field(0, ge=0, lt=2**31)
+    topic: Int = Field(ge=0, lt=2**31)
+    creator: Int = Field(ge=0, lt=ID_LIMIT)
+    category: Int = Field(0, ge=0, lt=2**31)
 
 
 def upload_model(dim: Optional[int]) -> type[UploadRequest]:
@@ -48,7 +78,7 @@ def upload_model(dim: Optional[int]) -> type[UploadRequest]:
     published schema says exactly what the host accepts."""
     if dim is None:
         return UploadRequest
-    emb = (List[Finite], Field(min_length=dim, max_length=dim, description=f"{dim} numbers"))
+    emb = (List[Float32], Field(min_length=dim, max_length=dim, description=f"{dim} numbers"))
     return create_model(  # type: ignore[call-overload,no-any-return]
         "UploadRequest", __base__=UploadRequest, embedding=emb
     )
