@@ -110,14 +110,12 @@ def test_metrics_prometheus_format(client) -> None:
     client.post("/feed", json={"user_id": "user-2", "request_id": "m-1"})
     text = client.get("/metrics").text
     for name in (
-        "fyp_request_latency_ms_bucket",
-        "fyp_feed_stage_latency_ms_bucket{",
-        "fyp_exploration_share",
+        "fyp_request_duration_seconds_bucket{",
+        "fyp_feed_stage_duration_seconds_bucket{",
+        "fyp_feed_exploration_slots_total",
         "fyp_index_items",
-        "fyp_event_log_queue_depth",
-        "fyp_fresh_retrieval_rate",
-        'fyp_feature_age_seconds{tier="real_time"}',
-        'fyp_feature_age_p99_seconds{tier="near_real_time"}',
+        "fyp_fresh_retrieval_ratio",
+        'fyp_feature_age_seconds{tier="near_real_time"}',
         'fyp_feature_stale{tier="batch"}',
     ):
         assert name in text, name

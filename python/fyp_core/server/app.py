@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from fyp_core.server import errors
 from fyp_core.server.limits import THREAD_POOL, Admission, HostLimits, bounded_route
-from fyp_core.server.metrics import Metrics
+from fyp_core.server.metrics import Metrics, MetricsMiddleware
 from fyp_core.server.models import (
     EngageRequest,
     ErrorBody,
@@ -53,7 +53,7 @@ class _Host:
     def __init__(self, pipeline: Any, limits: HostLimits, embedding_dim: Optional[int]) -> None:
         self.pipeline, self.limits, self.embedding_dim = pipeline, limits, embedding_dim
         self.admission = Admission(limits.max_inflight)
-        self.metrics = Metrics(pipeline, self.admission)
+        self.metrics = Metrics(pipeline, self.admission, version=_version())
 
     async def call(self, route: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(*args)` on a worker thread if a slot is free; 503 at once otherwise.
@@ -63,10 +63,7 @@ class _Host:
             raise HTTPException(503, "overloaded, retry later", headers={"Retry-After": "1"})
         self.metrics.inflight.set(self.admission.inflight)
         try:
-            with self.metrics.latency.labels(route.strip("/")).time():
-                out = await anyio.to_thread.run_sync(fn, *args)
-            self.metrics.requests.labels(route.strip("/"), "200").inc()
-            return out
+            return await anyio.to_thread.run_sync(fn, *args)
         except KeyError as e:
             raise HTTPException(404, str(e.args[0]) if e.args else "not found") from None
         except (ValueError, TypeError, OverflowError) as e:
@@ -174,6 +171,8 @@ def create_app(
     app.openapi = _exact_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     _add_routes(app, host)
+    endpoints = [r.path for r in app.routes if hasattr(r, "path")]
+    app.add_middleware(MetricsMiddleware, metrics=host.metrics, endpoints=endpoints)
     app.state.host = host
     return app
 
