@@ -63,9 +63,10 @@ def test_scrape_under_load_agrees_with_the_clients() -> None:
     count = next(x.value for x in s["fyp_request_duration_seconds_count"] if x.labels == feed_ok)
     total = next(x.value for x in s["fyp_request_duration_seconds_sum"] if x.labels == feed_ok)
     assert count == len(lat) == 160
-    # the server's span of a request sits inside the client's: never longer in sum, and every
-    # bucket holds at least the requests the clients saw complete within its bound
-    assert 0.2 * sum(lat) < total <= sum(lat)
+    # the server's span of a request sits inside the client's and holds the pipeline's own
+    # stages: stage time <= server time <= client time, all in seconds
+    stages = sum(x.value for x in s["fyp_feed_stage_duration_seconds_sum"])
+    assert 0 < stages <= total <= sum(lat)
     buckets = [
         x
         for x in s["fyp_request_duration_seconds_bucket"]
@@ -75,8 +76,6 @@ def test_scrape_under_load_agrees_with_the_clients() -> None:
     for b in buckets:
         assert b.value >= sum(1 for t in lat if t <= float(b.labels["le"])), b.labels["le"]
     assert any(b.labels["le"] == "0.2" for b in buckets)  # a bucket edge at the 200 ms SLO
-    stage = s["fyp_feed_stage_duration_seconds_sum"]
-    assert all(x.value < total for x in stage)  # stages were ms, now seconds
 
 
 def test_names_labels_and_no_invented_values(pipe) -> None:
