@@ -69,7 +69,7 @@ class _PipelineCollector(Collector):
         redis = st.get("redis")
         if redis is not None:  # Redis configured: report it; otherwise say nothing about it
             yield GaugeMetricFamily(
-                "fyp_redis_up",
+                "fyp_redis_available",
                 "1 while the shared Redis tier answers",
                 value=float(redis["available"]),
             )
