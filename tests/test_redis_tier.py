@@ -230,7 +230,7 @@ def test_metrics_report_the_shared_tier(server, world) -> None:
         assert client.post("/feed", json={"user_id": "m", "request_id": "m1"}).status_code == 200
         text = client.get("/metrics").text
     assert "fyp_redis_available 1.0" in text
-    assert "fyp_redis_fallbacks 0.0" in text
+    assert "fyp_redis_fallbacks_total 0.0" in text
 
 
 def test_concurrent_requests_over_redis(server, world) -> None:

@@ -16,9 +16,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="serve a feed over a synthetic catalogue and print figures")
-    from fyp_core.demo import add_arguments
+    from fyp_core.demo import DEMO_LOG_DIR, add_arguments, add_serve_arguments
 
-    add_arguments(d)
+    add_arguments(d, log_dir_default=DEMO_LOG_DIR)
     v = sub.add_parser(
         "serve", help="run the reference HTTP host over a catalogue (default: the demo world)"
     )
@@ -30,10 +30,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="serve this catalogue directory (docs/catalogue.md) instead of the synthetic demo "
         "world; --items and --users are then ignored",
     )
-    v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8000)
-    v.add_argument("--max-inflight", type=int, default=64,
-                   help="concurrent requests before answering 503 (default 64)")
+    add_serve_arguments(v)
 
     c = sub.add_parser("catalogue", help="export the demo world as a catalogue, or check one")
     csub = c.add_subparsers(dest="catalogue_command")
@@ -137,6 +134,23 @@ def _catalogue(args: argparse.Namespace) -> int:
     return 2
 
 
+def _serve_or_demo(args: argparse.Namespace) -> int:
+    """``serve`` and ``demo``: arguments checked before any build; a bad argument, a busy port
+    or a bad catalogue is one line and exit 2; Ctrl-C stops with one line, exit 130."""
+    from fyp_core.demo import check_args, run_demo, run_server
+
+    name = f"fyp-core {args.command}"
+    try:
+        check_args(args, args.command)
+        return run_server(args) if args.command == "serve" else run_demo(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.version:
@@ -150,18 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "simulate": _simulate,
         "catalogue": _catalogue,
     }
-    if args.command == "serve":
-        from fyp_core.demo import run_server
-
-        try:
-            return run_server(args)
-        except (ValueError, FileNotFoundError) as e:  # a bad catalogue: say what to fix
-            print(f"fyp-core serve: {e}", file=sys.stderr)
-            return 2
-    if args.command == "demo":
-        from fyp_core.demo import run_demo
-
-        return run_demo(args)
+    if args.command in ("serve", "demo"):
+        return _serve_or_demo(args)
     if args.command in handlers:
         try:
             return handlers[args.command](args)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
+import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from typing import Any
@@ -123,13 +125,18 @@ def run_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     world = make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
-    with tempfile.TemporaryDirectory(prefix="fyp-demo-log-") as tmp:
-        log_dir = args.log_dir or (None if args.no_log else tmp)
-        pipe = build_pipeline(world, args, log_dir)
-        setup_s = time.perf_counter() - t0
+    log_dir = None if args.no_log else args.log_dir
+    pipe = build_pipeline(world, args, log_dir)
+    setup_s = time.perf_counter() - t0
+    try:
         figures = _serve(world, pipe, args)
-        pipe.close()
-    _print(figures, args, setup_s, log_dir if args.log_dir else None)
+    finally:
+        pipe.close()  # flushes the log, also when interrupted
+    _print(figures, args, setup_s)
+    from fyp_core.demo_story import print_headline, print_next_steps
+
+    print_headline(figures, args, log_dir)
+    print_next_steps(args, log_dir)
     return 0
 
 
@@ -139,7 +146,8 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     activity /= activity.sum()
     n_req = args.requests
     user_rows = rng.choice(len(world.user_ids), size=n_req, p=activity)
-    total_ms, stage_ms = [], {}
+    total_ms: list[float] = []
+    stage_ms: dict[str, list[float]] = {}
     explore = slots = 0
     worst_topic_share = 0.0
     relaxed: Counter[str] = Counter()
@@ -148,6 +156,7 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     engaged = {"ranked": [0, 0], "exploration": [0, 0], "fresh": [0, 0]}
     bar = _Progress("serving requests", n_req)
     start = time.time()
+    t_serve = time.perf_counter()
     for i in range(n_req):
         # uploads arrive at a fixed wall-clock rate while requests are served
         while args.upload_rate > 0 and len(uploads) < (time.time() - start) * args.upload_rate:
@@ -192,10 +201,12 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
                 followed=bool(outcome["followed"][j]),
             )
         bar.update(i + 1)
-    retrieved = pipe.first_candidate_times([i for i, _ in uploads])
+    serve_s = time.perf_counter() - t_serve
+    retrieved = pipe.first_candidate_times(np.array([i for i, _ in uploads], dtype=np.uint64))
     fresh_ok = sum(1 for (_, ts), r in zip(uploads, retrieved) if r is not None and r - ts <= 60.0)
     return {
         "total_ms": np.array(total_ms),
+        "serve_s": serve_s,
         "stage_ms": {k: np.array(v) for k, v in stage_ms.items()},
         "explore": explore,
         "slots": slots,
@@ -211,9 +222,7 @@ def _serve(world: Any, pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _print(
-    f: dict[str, Any], args: argparse.Namespace, setup_s: float, log_dir: str | None
-) -> None:
+def _print(f: dict[str, Any], args: argparse.Namespace, setup_s: float) -> None:
     n = len(f["total_ms"])
     print(
         f"\n== fyp-core demo: {args.items:,} items, {args.users:,} users, "
@@ -249,11 +258,12 @@ def _print(
             f"feature age, {tier:<17} p99 {t['p99_age_s']:10.1f} s "
             f"(cadence {t['cadence_s']:.0f} s){alert}"
         )
-    if log_dir:
-        print(f"event log written to {log_dir}")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+DEMO_LOG_DIR = "fyp-demo-log"
+
+
+def add_arguments(p: argparse.ArgumentParser, log_dir_default: str | None = None) -> None:
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
     p.add_argument("--users", type=int, default=100_000, help="users (default 100k)")
     p.add_argument("--requests", type=int, default=3_000, help="feed requests to serve")
@@ -265,7 +275,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--upload-rate", type=float, default=5.0, help="new uploads per second of serving"
     )
-    p.add_argument("--log-dir", default=None, help="keep the event log here (default: temp dir)")
+    where = f"default ./{log_dir_default}" if log_dir_default else "default: no log"
+    p.add_argument("--log-dir", default=log_dir_default, help=f"write the event log here ({where})")
     p.add_argument("--no-log", action="store_true", help="serve without the event log")
     p.add_argument("--seed", type=int, default=0)
 
@@ -289,22 +300,133 @@ def serving_source(args: argparse.Namespace) -> Any:
     return make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
 
 
+def add_serve_arguments(v: argparse.ArgumentParser) -> None:
+    """The host's own options of ``fyp-core serve`` (limits, shutdown, logging)."""
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument(
+        "--max-inflight",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pipeline calls at once before answering 503 (default: 4 per core, "
+        "at most 32; docs/host.md says how to size it)",
+    )
+    v.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="B",
+        help="larger request bodies get 413 (default 1 MiB)",
+    )
+    v.add_argument(
+        "--body-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="a body not received within S seconds gets 408 (default 5)",
+    )
+    v.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, wait at most S seconds for in-flight requests "
+        "before closing the event log (default 10)",
+    )
+    v.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn and host log level (default warning)",
+    )
+    v.add_argument("--access-log", action="store_true", help="log one line per request")
+
+
+def check_args(args: argparse.Namespace, command: str) -> None:
+    """Refuse bad arguments before any expensive work, with one line saying what to change."""
+    rules: list[tuple[str, bool, str]] = [
+        ("--n", 1 <= args.n <= 200, "in [1, 200]"),
+        ("--explore-rate", 0.0 <= args.explore_rate <= 1.0, "in [0, 1]"),
+        ("--candidates", args.candidates >= 1, ">= 1"),
+        ("--ef", args.ef >= 1, ">= 1"),
+        ("--ef-construction", args.ef_construction >= 1, ">= 1"),
+        ("--upload-rate", args.upload_rate >= 0, ">= 0"),
+    ]
+    if not getattr(args, "catalogue", None):
+        rules += [("--items", args.items >= 1, ">= 1"), ("--users", args.users >= 1, ">= 1")]
+    if command == "demo":
+        rules.append(("--requests", args.requests >= 1, ">= 1"))
+    if command == "serve":
+        rules += [
+            ("--port", 0 <= args.port <= 65535, "in [0, 65535]"),
+            ("--max-inflight", args.max_inflight is None or args.max_inflight >= 1, ">= 1"),
+            ("--max-body-bytes", args.max_body_bytes >= 1, ">= 1"),
+            ("--body-timeout", args.body_timeout > 0, "> 0"),
+            ("--drain-timeout", args.drain_timeout > 0, "> 0"),
+        ]
+    for flag, ok, rule in rules:
+        if not ok:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            raise ValueError(f"{flag} must be {rule}, got {value}")
+    if args.log_dir and os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
+        raise ValueError(f"--log-dir {args.log_dir} exists and is not a directory")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, so a busy port fails in a second, not after the build;
+    uvicorn then serves on this very socket."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # uvicorn re-raises the signal it caught once it has drained and run the lifespan shutdown;
+    # turning it into SystemExit lets `finally` blocks and atexit hooks run instead of dying.
+    raise SystemExit(0)
+
+
 def run_server(args: argparse.Namespace) -> int:
-    """``fyp-core serve``: a catalogue (or the demo world) behind the reference ASGI host."""
+    """``fyp-core serve``: a catalogue (or the demo world) behind the reference ASGI host.
+
+    An orderly stop (SIGTERM, SIGINT) stops accepting, drains the in-flight requests for at
+    most ``--drain-timeout`` seconds, then flushes and closes the event log."""
     import uvicorn
 
-    from fyp_core.server import create_app
+    from fyp_core.server import HostLimits, create_app
 
+    check_args(args, "serve")
+    sock = bind(args.host, args.port)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     source = serving_source(args)
-    pipe = build_pipeline(source, args, args.log_dir)
-    print(f"serving {source.n_items:,} items on http://{args.host}:{args.port}", file=sys.stderr)
+    pipe = build_pipeline(source, args, None if args.no_log else args.log_dir)
     try:
-        uvicorn.run(
-            create_app(pipe, max_inflight=args.max_inflight),
-            host=args.host,
-            port=args.port,
-            log_level="warning",
+        limits = HostLimits(args.max_inflight or 0, args.max_body_bytes, args.body_timeout)
+        app = create_app(pipe, limits=limits, embedding_dim=source.dim)
+        config = uvicorn.Config(
+            app,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            timeout_graceful_shutdown=args.drain_timeout,
         )
+        print(
+            f"serving {source.n_items:,} items on http://{args.host}:{args.port} "
+            f"(max in flight {app.state.host.admission.limit}; API at /docs)",
+            file=sys.stderr,
+        )
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:  # SIGINT re-raised by uvicorn after its orderly shutdown
+            pass
     finally:
-        pipe.close()
+        pipe.close()  # idempotent: the lifespan shutdown already closed it unless forced
+        sock.close()
+    print("fyp-core serve: stopped, event log closed", file=sys.stderr)
     return 0

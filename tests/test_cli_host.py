@@ -1,0 +1,97 @@
+"""``fyp-core demo`` and ``fyp-core serve`` from a fresh interpreter: bad arguments and a busy
+port are refused in one line (exit 2) before any build, Ctrl-C stops promptly with one line, and
+the demo keeps its log, prints a headline and the next commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from _serve_proc import cli
+
+# a world big enough that reaching the build would take far longer than the asserted bound
+BIG = ["--items", "1000000", "--users", "100000"]
+
+
+def _run(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
+    t = time.monotonic()
+    out = subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout)
+    return out, time.monotonic() - t
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["demo", "--n", "0"], "--n must be in [1, 200], got 0"),
+        (["demo", "--explore-rate", "2"], "--explore-rate must be in [0, 1], got 2.0"),
+        (["demo", "--requests", "0"], "--requests must be >= 1, got 0"),
+        (["serve", "--n", "0"], "--n must be in [1, 200]"),
+        (["serve", "--max-inflight", "0"], "--max-inflight must be >= 1"),
+        (["serve", "--port", "70000"], "--port must be in [0, 65535]"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_before_the_build(args, fragment) -> None:
+    out, took = _run(*args, *BIG)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fyp-core {args[0]}: {fragment}"), lines
+    assert "Traceback" not in out.stderr and took < 20
+
+
+def test_busy_port_fails_in_one_line_before_the_build() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out, took = _run("serve", *BIG, "--port", str(port))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], out.stderr
+    assert took < 20
+
+
+def test_ctrl_c_stops_the_build_promptly() -> None:
+    proc = subprocess.Popen(
+        cli("demo", "--items", "400000", "--users", "1000", "--ef-construction", "32"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)  # inside the world build or the index build
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    t = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t < 10
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == "fyp-core demo: interrupted"
+    assert "Traceback" not in err
+
+
+def test_demo_keeps_its_log_and_tells_the_story(tmp_path) -> None:
+    args = (
+        "demo --items 2000 --users 200 --requests 300 --candidates 200 --ef-construction 32 "
+        "--explore-rate 0.2 --upload-rate 0"
+    ).split()
+    out = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    log = tmp_path / "fyp-demo-log"
+    assert any(p.suffix == ".parquet" for p in (log / "impressions").rglob("*"))
+    text = out.stdout
+    for fragment in (
+        "== headline ==",
+        "ranked vs exploration lift",
+        "95% CI",
+        "requests/s",
+        "GB peak resident",
+        "latency budget",
+        "fyp-core report fyp-demo-log --out report.html",
+        "fyp-core serve --items 2000 --users 200",
+    ):
+        assert fragment in text, fragment
+    assert ("PASS" in text) != ("FAIL: p99" in text)
+    assert os.path.isdir(log)
