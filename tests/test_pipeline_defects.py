@@ -25,8 +25,9 @@ def world():
     return make_world(n_items=3000, n_users=200, seed=5, now=NOW)
 
 
-def ranker(world, version="v1", tasks=len(TASKS)):
+def ranker(world, version="v1", tasks=None):
     w, b, o = demo_ranker_weights(world.dim)
+    tasks = len(TASKS) if tasks is None else tasks
     if tasks != len(TASKS):
         w = list(w)
         b = list(b)

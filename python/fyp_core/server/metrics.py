@@ -5,7 +5,6 @@ from the pipeline at scrape time, versions as labels on `*_info` gauges, no sent
 from __future__ import annotations
 
 import math
-import threading
 import time
 from typing import Any, Iterable, Iterator
 
@@ -58,6 +57,23 @@ class _PipelineCollector(Collector):
                 "Sampled log rows dropped under backpressure",
                 value=st.get("log_dropped", 0),
             )
+        if "log_rows_rejected" in st:
+            yield CounterMetricFamily(
+                "fyp_event_log_rows_rejected",
+                "Log rows the event log refused (invalid, or the log closed): missing from the log",
+                value=st["log_rows_rejected"],
+            )
+        versions = getattr(self._pipeline, "model_versions", None)
+        if versions is not None:
+            info = GaugeMetricFamily(
+                "fyp_model_info",
+                "Ranker versions in use (role: live | shadow)",
+                labels=["role", "version"],
+            )
+            info.add_metric(["live", versions["live"]], 1)
+            for v in versions["shadows"]:
+                info.add_metric(["shadow", v], 1)
+            yield info
         for key, name, doc in (
             ("requests", "fyp_feed_requests", "feed() calls served by the pipeline"),
             ("slots", "fyp_feed_slots", "Slots served"),
@@ -157,14 +173,6 @@ class Metrics:
         self.max_inflight.set(admission.limit)
         self.build = Gauge("fyp_build_info", "fyp-core build", ["version"], registry=r)
         self.build.labels(version).set(1)
-        self.model = Gauge(
-            "fyp_model_info",
-            "Ranker versions in use (role: live | shadow)",
-            ["role", "version"],
-            registry=r,
-        )
-        self._models: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     def shed(self, endpoint: str) -> None:
         self.shed_total.labels(endpoint).inc()
@@ -172,15 +180,6 @@ class Metrics:
     def observe_feed(self, resp: Any) -> None:
         for stage, ms in resp.timings.items():
             self.stage.labels(stage).observe(ms / 1e3)
-        models = {("live", resp.model_version)}
-        models.update(("shadow", v) for v in resp.shadow_predictions)
-        if models != self._models:
-            with self._lock:
-                for role, version in self._models - models:
-                    self.model.remove(role, version)
-                for role, version in models:
-                    self.model.labels(role, version).set(1)
-                self._models = models
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
