@@ -4,7 +4,7 @@
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Union, final
+from typing import Any, TypedDict, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,57 @@ __version__: str
 _StrArg = Union[str, Sequence[str], npt.NDArray[np.str_], npt.NDArray[np.object_]]
 _IntArg = Union[int, Sequence[int], npt.NDArray[np.integer]]
 _BoolArg = Union[bool, Sequence[bool], npt.NDArray[np.bool_], npt.NDArray[np.integer]]
+
+class _RedisStats(TypedDict):
+    available: bool
+    reads: int
+    read_errors: int
+    writes: int
+    write_errors: int
+    skipped_while_down: int
+    fallbacks: int
+    write_failures: int
+    served_from_shared: int
+
+class _PipelineStats(TypedDict, total=False):
+    """`FeedPipeline.stats()`: counters since construction (all ints unless noted)."""
+
+    requests: int
+    slots: int
+    exploration_slots: int
+    fresh_slots: int
+    cold_starts: int
+    relaxed_responses: int
+    fresh_retrieval_rate: float
+    index_items: int
+    store_items: int
+    users: int
+    log_rejected: int
+    log_rows_rejected: int
+    engagements_on_removed: int
+    impressions_on_removed: int
+    routed_requests: int
+    shadows_skipped: int
+    log_queue_depth: int  # with an event log
+    log_dropped: int  # with an event log
+    redis: _RedisStats  # with a Redis tier
+
+class _TierFreshness(TypedDict):
+    age_s: float
+    p99_age_s: float
+    cadence_s: float
+    alert: bool
+
+class _BatchInfo(TypedDict):
+    version: str
+    as_of: float
+    n_users: int
+    n_creators: int
+
+class _ModelVersions(TypedDict):
+    live: str
+    shadows: list[str]
+    history: list[str]
 
 class CorruptFileError(ValueError):
     """A file is truncated, corrupted, or not a fyp_core file of the expected kind."""
@@ -515,8 +566,8 @@ class FeedPipeline:
         self, creator_ids: npt.ArrayLike, authority: npt.ArrayLike
     ) -> None: ...
     @property
-    def batch_info(self) -> dict[str, Any]: ...
-    def freshness(self, now: float | None = None) -> dict[str, dict[str, Any]]: ...
+    def batch_info(self) -> _BatchInfo: ...
+    def freshness(self, now: float | None = None) -> dict[str, _TierFreshness]: ...
     @property
     def feature_set_version(self) -> str: ...
     @property
@@ -534,7 +585,7 @@ class FeedPipeline:
     @property
     def retrieval_version(self) -> str: ...
     @property
-    def model_versions(self) -> dict[str, Any]: ...
+    def model_versions(self) -> _ModelVersions: ...
     def set_route(self, layer: str, variant: str, version: str | None = None) -> None: ...
     @property
     def routes(self) -> list[tuple[str, str, str]]: ...
@@ -543,7 +594,7 @@ class FeedPipeline:
     def rollback(self) -> str: ...
     def user_token(self, user_id: str) -> str: ...
     def first_candidate_times(self, ids: npt.ArrayLike) -> list[float | None]: ...
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> _PipelineStats: ...
     def close(self) -> None: ...
 
 # ---- feature store (rust/py/src/features.rs)

@@ -25,6 +25,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+__all__ = [
+    "Catalogue",
+    "FORMAT",
+    "VERSION",
+    "apply_catalogue",
+    "catalogue_from_world",
+    "load_catalogue",
+    "save_catalogue",
+]
+
 FORMAT = "fyp_core.catalogue"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -611,8 +621,7 @@ def _column(t: pa.Table, p: Path, name: str, required: bool = True) -> Optional[
         if not required:
             return None
         raise ValueError(
-            f"{p} has no column {name!r} (columns: {t.column_names}); add it, see "
-            f"docs/catalogue.md"
+            f"{p} has no column {name!r} (columns: {t.column_names}); add it, see docs/catalogue.md"
         )
     col = t.column(name)
     if col.null_count:

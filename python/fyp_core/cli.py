@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+__all__ = ["main"]
+
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fyp-core", description=__doc__)
@@ -40,10 +42,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ce.add_argument("--users", type=int, default=100_000, help="users (default 100k)")
     ce.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     ce.add_argument("--seed", type=int, default=0)
-    ce.add_argument("--now", type=float, default=None,
-                    help="snapshot time, seconds since epoch (default: now)")
-    ce.add_argument("--no-creators", action="store_true",
-                    help="leave out creators.parquet (creator authority)")
+    ce.add_argument(
+        "--now", type=float, default=None, help="snapshot time, seconds since epoch (default: now)"
+    )
+    ce.add_argument(
+        "--no-creators", action="store_true", help="leave out creators.parquet (creator authority)"
+    )
     ce.add_argument("--overwrite", action="store_true", help="replace an existing catalogue")
     cc = csub.add_parser("check", help="validate a catalogue directory and print a summary")
     cc.add_argument("dir")
@@ -51,14 +55,27 @@ def _build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write the static HTML analytics report of a log directory")
     r.add_argument("logdir", help="event log root (LOGDIR/<table>/dt=.../hour=.../*.parquet)")
     r.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
-    r.add_argument("--window-hours", type=float, default=24.0,
-                   help="late-engagement window (default 24)")
-    r.add_argument("--young-days", type=int, default=7,
-                   help="a creator younger than this is 'young' (default 7)")
-    r.add_argument("--fresh-hours", type=float, default=24.0,
-                   help="a new item shown within this many hours counts as retrieved (default 24)")
-    r.add_argument("--explore-setpoint", type=float, default=0.05,
-                   help="configured exploration share (default 0.05)")
+    r.add_argument(
+        "--window-hours", type=float, default=24.0, help="late-engagement window (default 24)"
+    )
+    r.add_argument(
+        "--young-days",
+        type=int,
+        default=7,
+        help="a creator younger than this is 'young' (default 7)",
+    )
+    r.add_argument(
+        "--fresh-hours",
+        type=float,
+        default=24.0,
+        help="a new item shown within this many hours counts as retrieved (default 24)",
+    )
+    r.add_argument(
+        "--explore-setpoint",
+        type=float,
+        default=0.05,
+        help="configured exploration share (default 0.05)",
+    )
 
     t = sub.add_parser("retention", help="roll up, then delete raw partitions older than N days")
     t.add_argument("logdir")
@@ -77,9 +94,14 @@ def _build_parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     from fyp_core.report import write_report
 
-    path = write_report(args.logdir, args.out, window_hours=args.window_hours,
-                        young_days=args.young_days, fresh_hours=args.fresh_hours,
-                        explore_setpoint=args.explore_setpoint)
+    path = write_report(
+        args.logdir,
+        args.out,
+        window_hours=args.window_hours,
+        young_days=args.young_days,
+        fresh_hours=args.fresh_hours,
+        explore_setpoint=args.explore_setpoint,
+    )
     print(f"wrote {path}")
     return 0
 
@@ -87,12 +109,15 @@ def _report(args: argparse.Namespace) -> int:
 def _retention(args: argparse.Namespace) -> int:
     from fyp_core.retention import run_retention
 
-    res = run_retention(args.logdir, days=args.days, dry_run=args.dry_run,
-                        window_hours=args.window_hours)
+    res = run_retention(
+        args.logdir, days=args.days, dry_run=args.dry_run, window_hours=args.window_hours
+    )
     verb = "would delete" if res.dry_run else "deleted"
-    print(f"cutoff {res.cutoff}: rolled up {len(res.rolled_up)} day(s) "
-          f"({res.rollup_rows} rollup rows), {verb} {len(res.deleted)} partition(s), "
-          f"{res.bytes_freed / 1e6:.1f} MB")
+    print(
+        f"cutoff {res.cutoff}: rolled up {len(res.rolled_up)} day(s) "
+        f"({res.rollup_rows} rollup rows), {verb} {len(res.deleted)} partition(s), "
+        f"{res.bytes_freed / 1e6:.1f} MB"
+    )
     return 0
 
 
@@ -100,9 +125,11 @@ def _simulate(args: argparse.Namespace) -> int:
     from fyp_core.analytics.synthetic import generate_log
 
     truth = generate_log(args.logdir, n_requests=args.requests, days=args.days, seed=args.seed)
-    print(f"wrote {truth.n_impressions_logged} impressions to {args.logdir}; true lift "
-          f"{truth.lift:.3f}, ranked rate {truth.ranked_rate:.4f}, "
-          f"exploration rate {truth.exploration_rate:.4f}")
+    print(
+        f"wrote {truth.n_impressions_logged} impressions to {args.logdir}; true lift "
+        f"{truth.lift:.3f}, ranked rate {truth.ranked_rate:.4f}, "
+        f"exploration rate {truth.exploration_rate:.4f}"
+    )
     return 0
 
 
@@ -116,19 +143,25 @@ def _catalogue(args: argparse.Namespace) -> int:
 
         t = time.perf_counter()
         now = time.time() if args.now is None else args.now
-        world = make_world(n_items=args.items, n_users=args.users, dim=args.dim,
-                           seed=args.seed, now=now)
-        path = catalogue_from_world(world, args.dir, overwrite=args.overwrite,
-                                    creator_authority=not args.no_creators)
-        print(f"wrote {world.n_items:,} items (dim {world.dim}) to {path} "
-              f"in {time.perf_counter() - t:.1f} s")
+        world = make_world(
+            n_items=args.items, n_users=args.users, dim=args.dim, seed=args.seed, now=now
+        )
+        path = catalogue_from_world(
+            world, args.dir, overwrite=args.overwrite, creator_authority=not args.no_creators
+        )
+        print(
+            f"wrote {world.n_items:,} items (dim {world.dim}) to {path} "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         return 0
     if args.catalogue_command == "check":
         t = time.perf_counter()
         cat = load_catalogue(args.dir)
-        print(f"{args.dir}: ok, format version {cat.manifest['version']}, {cat.n_items:,} items, "
-              f"{cat.n_users:,} users, {cat.n_creators:,} creators, dim {cat.dim}, "
-              f"as_of {cat.as_of:.0f} (checked in {time.perf_counter() - t:.2f} s)")
+        print(
+            f"{args.dir}: ok, format version {cat.manifest['version']}, {cat.n_items:,} items, "
+            f"{cat.n_users:,} users, {cat.n_creators:,} creators, dim {cat.dim}, "
+            f"as_of {cat.as_of:.0f} (checked in {time.perf_counter() - t:.2f} s)"
+        )
         return 0
     print("fyp-core catalogue: pick a subcommand: export DIR | check DIR", file=sys.stderr)
     return 2

@@ -23,6 +23,18 @@ import numpy as np
 
 from fyp_core import TrafficSplit
 
+__all__ = [
+    "DEMO_LOG_DIR",
+    "add_arguments",
+    "add_serve_arguments",
+    "bind",
+    "build_pipeline",
+    "check_args",
+    "run_demo",
+    "run_server",
+    "serving_source",
+]
+
 
 class _Progress:
     """A minimal terminal progress bar (stderr), so the demo needs no extra dependency."""

@@ -22,6 +22,8 @@ import numpy as np
 
 from fyp_core._core import MlpRanker
 
+__all__ = ["from_onnx", "from_torch", "to_onnx"]
+
 _HIDDEN = {"Relu": "relu", "Gelu": "gelu"}
 _OUTPUT = {"Sigmoid": "sigmoid", "Softplus": "softplus"}
 

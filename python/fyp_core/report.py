@@ -16,9 +16,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fyp_core import analytics
 
+__all__ = ["Thresholds", "Tile", "build_report", "write_report"]
+
 GREEN, AMBER, RED, GREY = "ok", "warn", "bad", "na"
-PALETTE = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#bf8700", "#0a7ea4", "#d63384",
-           "#57606a", "#116329", "#953800"]
+PALETTE = [
+    "#0969da",
+    "#bc4c00",
+    "#1a7f37",
+    "#8250df",
+    "#bf8700",
+    "#0a7ea4",
+    "#d63384",
+    "#57606a",
+    "#116329",
+    "#953800",
+]
 NEGATIVE = "#cf222e"
 
 
@@ -74,9 +86,17 @@ def _fmt_tick(v: float, pct: bool) -> str:
 class _Plot:
     """A minimal SVG x/y plot: axes, gridlines, legend; callers add series."""
 
-    def __init__(self, x_range: Tuple[float, float], y_range: Tuple[float, float],
-                 x_labels: Optional[Sequence[Tuple[float, str]]] = None, y_pct: bool = False,
-                 x_title: str = "", y_title: str = "", width: int = 460, height: int = 260):
+    def __init__(
+        self,
+        x_range: Tuple[float, float],
+        y_range: Tuple[float, float],
+        x_labels: Optional[Sequence[Tuple[float, str]]] = None,
+        y_pct: bool = False,
+        x_title: str = "",
+        y_title: str = "",
+        width: int = 460,
+        height: int = 260,
+    ):
         self.w, self.h = width, height
         self.ml, self.mr, self.mt, self.mb = 56, 12, 26, 44
         self.x0, self.x1 = x_range
@@ -93,26 +113,40 @@ class _Plot:
         a = self.parts
         for t in ticks:
             y = self.sy(t)
-            a.append(f'<line x1="{self.ml}" x2="{self.ml + pw}" y1="{y:.1f}" y2="{y:.1f}" '
-                     'class="grid"/>')
-            a.append(f'<text x="{self.ml - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
-                     f'{_fmt_tick(t, y_pct)}</text>')
+            a.append(
+                f'<line x1="{self.ml}" x2="{self.ml + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            )
+            a.append(
+                f'<text x="{self.ml - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+                f"{_fmt_tick(t, y_pct)}</text>"
+            )
         for x, label in x_labels or [(v, f"{v:g}") for v in _nice_ticks(self.x0, self.x1, 6)]:
             px = self.sx(x)
-            a.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.mt + ph}" '
-                     f'y2="{self.mt + ph + 4}" class="axis"/>')
-            a.append(f'<text x="{px:.1f}" y="{self.mt + ph + 16}" text-anchor="middle" '
-                     f'class="tick">{html.escape(label)}</text>')
-        a.append(f'<line x1="{self.ml}" x2="{self.ml + pw}" y1="{self.mt + ph}" '
-                 f'y2="{self.mt + ph}" class="axis"/>')
-        a.append(f'<line x1="{self.ml}" x2="{self.ml}" y1="{self.mt}" y2="{self.mt + ph}" '
-                 'class="axis"/>')
+            a.append(
+                f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.mt + ph}" '
+                f'y2="{self.mt + ph + 4}" class="axis"/>'
+            )
+            a.append(
+                f'<text x="{px:.1f}" y="{self.mt + ph + 16}" text-anchor="middle" '
+                f'class="tick">{html.escape(label)}</text>'
+            )
+        a.append(
+            f'<line x1="{self.ml}" x2="{self.ml + pw}" y1="{self.mt + ph}" '
+            f'y2="{self.mt + ph}" class="axis"/>'
+        )
+        a.append(
+            f'<line x1="{self.ml}" x2="{self.ml}" y1="{self.mt}" y2="{self.mt + ph}" class="axis"/>'
+        )
         if x_title:
-            a.append(f'<text x="{self.ml + pw / 2}" y="{self.h - 6}" text-anchor="middle" '
-                     f'class="atitle">{html.escape(x_title)}</text>')
+            a.append(
+                f'<text x="{self.ml + pw / 2}" y="{self.h - 6}" text-anchor="middle" '
+                f'class="atitle">{html.escape(x_title)}</text>'
+            )
         if y_title:
-            a.append(f'<text transform="translate(13 {self.mt + ph / 2}) rotate(-90)" '
-                     f'text-anchor="middle" class="atitle">{html.escape(y_title)}</text>')
+            a.append(
+                f'<text transform="translate(13 {self.mt + ph / 2}) rotate(-90)" '
+                f'text-anchor="middle" class="atitle">{html.escape(y_title)}</text>'
+            )
 
     def sx(self, x: float) -> float:
         return self.ml + (x - self.x0) / (self.x1 - self.x0) * self.pw
@@ -120,54 +154,75 @@ class _Plot:
     def sy(self, y: float) -> float:
         return self.mt + self.ph - (y - self.y0) / (self.y1 - self.y0) * self.ph
 
-    def line(self, xs: Sequence[float], ys: Sequence[Optional[float]], color: str, label: str,
-             dashed: bool = False, points: bool = True) -> None:
-        pts = [(self.sx(x), self.sy(y)) for x, y in zip(xs, ys)
-               if y is not None and math.isfinite(y)]
+    def line(
+        self,
+        xs: Sequence[float],
+        ys: Sequence[Optional[float]],
+        color: str,
+        label: str,
+        dashed: bool = False,
+        points: bool = True,
+    ) -> None:
+        pts = [
+            (self.sx(x), self.sy(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)
+        ]
         if not pts:
             return
         d = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
         dash = ' stroke-dasharray="5 4"' if dashed else ""
-        self.parts.append(f'<polyline points="{d}" fill="none" stroke="{color}" '
-                          f'stroke-width="2"{dash}/>')
+        self.parts.append(
+            f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2"{dash}/>'
+        )
         if points and len(pts) <= 40:
-            self.parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.8" fill="{color}"/>'
-                              for x, y in pts)
+            self.parts.extend(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.8" fill="{color}"/>' for x, y in pts
+            )
         if label:
             self.legend.append((label, color))
 
-    def band(self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float],
-             color: str) -> None:
+    def band(
+        self, xs: Sequence[float], lo: Sequence[float], hi: Sequence[float], color: str
+    ) -> None:
         up = [f"{self.sx(x):.1f},{self.sy(y):.1f}" for x, y in zip(xs, hi)]
         down = [f"{self.sx(x):.1f},{self.sy(y):.1f}" for x, y in zip(reversed(xs), reversed(lo))]
-        self.parts.append(f'<polygon points="{" ".join(up + down)}" fill="{color}" '
-                          'fill-opacity="0.15" stroke="none"/>')
+        self.parts.append(
+            f'<polygon points="{" ".join(up + down)}" fill="{color}" '
+            'fill-opacity="0.15" stroke="none"/>'
+        )
 
     def hline(self, y: float, color: str, label: str = "") -> None:
         py = self.sy(y)
-        self.parts.append(f'<line x1="{self.ml}" x2="{self.ml + self.pw}" y1="{py:.1f}" '
-                          f'y2="{py:.1f}" stroke="{color}" stroke-dasharray="4 3"/>')
+        self.parts.append(
+            f'<line x1="{self.ml}" x2="{self.ml + self.pw}" y1="{py:.1f}" '
+            f'y2="{py:.1f}" stroke="{color}" stroke-dasharray="4 3"/>'
+        )
         if label:
             self.legend.append((label, color))
 
     def whisker(self, x: float, y: float, lo: float, hi: float, color: str) -> None:
         px = self.sx(x)
-        self.parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.sy(lo):.1f}" '
-                          f'y2="{self.sy(hi):.1f}" stroke="{color}" stroke-width="2"/>')
+        self.parts.append(
+            f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.sy(lo):.1f}" '
+            f'y2="{self.sy(hi):.1f}" stroke="{color}" stroke-width="2"/>'
+        )
         self.parts.append(f'<circle cx="{px:.1f}" cy="{self.sy(y):.1f}" r="4" fill="{color}"/>')
 
     def svg(self, title: str) -> str:
         leg = []
         x = float(self.ml + 8)
         for label, color in self.legend:
-            leg.append(f'<rect x="{x}" y="4" width="10" height="10" '
-                       f'fill="{color}"/><text x="{x + 14}" y="13" class="leg">'
-                       f'{html.escape(label)}</text>')
+            leg.append(
+                f'<rect x="{x}" y="4" width="10" height="10" '
+                f'fill="{color}"/><text x="{x + 14}" y="13" class="leg">'
+                f"{html.escape(label)}</text>"
+            )
             x += 22 + 6.5 * len(label)
         body = "".join(self.parts + leg)
-        return (f'<figure><figcaption>{html.escape(title)}</figcaption>'
-                f'<svg viewBox="0 0 {self.w} {self.h}" width="{self.w}" height="{self.h}" '
-                f'role="img" aria-label="{html.escape(title)}">{body}</svg></figure>')
+        return (
+            f"<figure><figcaption>{html.escape(title)}</figcaption>"
+            f'<svg viewBox="0 0 {self.w} {self.h}" width="{self.w}" height="{self.h}" '
+            f'role="img" aria-label="{html.escape(title)}">{body}</svg></figure>'
+        )
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -185,10 +240,15 @@ def _safe(name: str, root: str, **kw: Any) -> Optional[List[dict]]:
     return analytics.run(name, root, None, **kw).to_pylist()
 
 
-def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
-                 fresh_hours: float = 24.0, explore_setpoint: float = 0.05,
-                 thresholds: Thresholds = Thresholds(), title: str = "fyp_core feed report"
-                 ) -> str:
+def build_report(
+    root: str,
+    window_hours: float = 24.0,
+    young_days: int = 7,
+    fresh_hours: float = 24.0,
+    explore_setpoint: float = 0.05,
+    thresholds: Thresholds = Thresholds(),
+    title: str = "fyp_core feed report",
+) -> str:
     """Run the analytics over ``root`` and return the report as one HTML string."""
     if not analytics.available_queries(root):
         raise ValueError(f"no impressions/engagements found under {root!r}")
@@ -211,21 +271,35 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
     if total and total["lift"] is not None:
         lo, hi = total["lift_lo"], total["lift_hi"]
         st = RED if hi < 0 else AMBER if lo <= 0 else GREEN
-        bad_topics = [r["topic"] for r in lift if r["topic"] is not None
-                      and r["lift_hi"] is not None and r["lift_hi"] < 0]
+        bad_topics = [
+            r["topic"]
+            for r in lift
+            if r["topic"] is not None and r["lift_hi"] is not None and r["lift_hi"] < 0
+        ]
         if st == GREEN and bad_topics:
             st = AMBER
-        tiles.append(Tile("Live model lift", f"{total['lift']:+.1%}",
-                          f"95% CI [{lo:+.1%}, {hi:+.1%}] vs uniform exploration; "
-                          f"ranked {_fmt_pct(total['ranked_rate'])} vs exploration "
-                          f"{_fmt_pct(total['exploration_rate'])}"
-                          + (f"; negative in topic(s) {bad_topics}" if bad_topics else ""), st))
+        tiles.append(
+            Tile(
+                "Live model lift",
+                f"{total['lift']:+.1%}",
+                f"95% CI [{lo:+.1%}, {hi:+.1%}] vs uniform exploration; "
+                f"ranked {_fmt_pct(total['ranked_rate'])} vs exploration "
+                f"{_fmt_pct(total['exploration_rate'])}"
+                + (f"; negative in topic(s) {bad_topics}" if bad_topics else ""),
+                st,
+            )
+        )
         per = [r for r in lift if r["topic"] is not None and r["lift"] is not None]
         if per:
             vals = [v for r in per for v in (r["lift_lo"], r["lift_hi"]) if v is not None]
-            p = _Plot((-0.7, len(per) - 0.3), (min(0.0, *vals), max(0.0, *vals)),
-                      x_labels=[(i, str(r["topic"])) for i, r in enumerate(per)], y_pct=True,
-                      x_title="topic cluster", y_title="lift over exploration")
+            p = _Plot(
+                (-0.7, len(per) - 0.3),
+                (min(0.0, *vals), max(0.0, *vals)),
+                x_labels=[(i, str(r["topic"])) for i, r in enumerate(per)],
+                y_pct=True,
+                x_title="topic cluster",
+                y_title="lift over exploration",
+            )
             p.hline(0.0, "#57606a")
             p.hline(total["lift"], PALETTE[0], "all topics")
             for i, r in enumerate(per):
@@ -238,15 +312,26 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
     # live calibration and shadow readiness
     if shadow:
         ece = shadow[0]["live_ece"]
-        tiles.append(Tile("Live calibration", f"ECE {ece:.3f}",
-                          f"{shadow[0]['live_version']}: log-loss {shadow[0]['live_log_loss']:.4f},"
-                          f" AUC {shadow[0]['live_auc']:.3f}",
-                          _level(ece, *th.calibration_ece)))
+        tiles.append(
+            Tile(
+                "Live calibration",
+                f"ECE {ece:.3f}",
+                f"{shadow[0]['live_version']}: log-loss {shadow[0]['live_log_loss']:.4f},"
+                f" AUC {shadow[0]['live_auc']:.3f}",
+                _level(ece, *th.calibration_ece),
+            )
+        )
         verdicts = {r["shadow_version"]: r["verdict"] for r in shadow}
         ready = [v for v, x in verdicts.items() if x == "ready"]
         st = GREEN if ready else AMBER if "inconclusive" in verdicts.values() else GREY
-        tiles.append(Tile("Shadow readiness", f"{len(ready)}/{len(verdicts)} ready",
-                          "; ".join(f"{k}: {v}" for k, v in verdicts.items()), st))
+        tiles.append(
+            Tile(
+                "Shadow readiness",
+                f"{len(ready)}/{len(verdicts)} ready",
+                "; ".join(f"{k}: {v}" for k, v in verdicts.items()),
+                st,
+            )
+        )
     else:
         tiles.append(Tile("Shadow readiness", "n/a", "no ranker_scores logged", GREY))
 
@@ -255,50 +340,89 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
         slots = sum(r["slots"] for r in daily)
         share = sum(r["slots"] * (r["exploration_share"] or 0) for r in daily) / slots
         sig = math.sqrt(explore_setpoint * (1 - explore_setpoint) / slots)
-        off = [r["day"] for r in daily
-               if abs((r["exploration_share"] or 0) - explore_setpoint)
-               > 3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])]
+        off = [
+            r["day"]
+            for r in daily
+            if abs((r["exploration_share"] or 0) - explore_setpoint)
+            > 3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])
+        ]
         st = RED if abs(share - explore_setpoint) > 3 * sig else AMBER if off else GREEN
-        tiles.append(Tile("Exploration share", _fmt_pct(share, 2),
-                          f"setpoint {_fmt_pct(explore_setpoint, 1)} ± {_fmt_pct(3 * sig, 2)} "
-                          f"(3σ); {len(off)} day(s) outside their own 3σ band", st))
+        tiles.append(
+            Tile(
+                "Exploration share",
+                _fmt_pct(share, 2),
+                f"setpoint {_fmt_pct(explore_setpoint, 1)} ± {_fmt_pct(3 * sig, 2)} "
+                f"(3σ); {len(off)} day(s) outside their own 3σ band",
+                st,
+            )
+        )
         days = [r["day"] for r in daily]
         xs, xl = _days_axis(days)
-        band = [3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])
-                for r in daily]
+        band = [
+            3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"]) for r in daily
+        ]
         ys = [r["exploration_share"] for r in daily]
         hi = max([explore_setpoint + b for b in band] + [y or 0 for y in ys])
         lo = min([explore_setpoint - b for b in band] + [y or 0 for y in ys])
-        p = _Plot((0, max(xs[-1], 1)), (max(0.0, lo), hi), x_labels=xl, y_pct=True,
-                  x_title="day (UTC)", y_title="share of slots")
-        p.band(xs, [explore_setpoint - b for b in band], [explore_setpoint + b for b in band],
-               PALETTE[2])
+        p = _Plot(
+            (0, max(xs[-1], 1)),
+            (max(0.0, lo), hi),
+            x_labels=xl,
+            y_pct=True,
+            x_title="day (UTC)",
+            y_title="share of slots",
+        )
+        p.band(
+            xs,
+            [explore_setpoint - b for b in band],
+            [explore_setpoint + b for b in band],
+            PALETTE[2],
+        )
         p.hline(explore_setpoint, PALETTE[2], "setpoint ± 3σ")
         p.line(xs, ys, PALETTE[0], "exploration")
         figs.append(p.svg("Exploration share per day"))
         late = [r["late_share"] for r in daily if r["late_share"] is not None]
         if late:
             lv = sum(late) / len(late)
-            tiles.append(Tile("Late engagements", _fmt_pct(lv),
-                              f"engaged impressions reporting after the {window_hours:g} h window",
-                              _level(lv, *th.late_share)))
+            tiles.append(
+                Tile(
+                    "Late engagements",
+                    _fmt_pct(lv),
+                    f"engaged impressions reporting after the {window_hours:g} h window",
+                    _level(lv, *th.late_share),
+                )
+            )
 
     # position bias
     if posb:
-        p = _Plot((0, max(r["position"] for r in posb)),
-                  (0.0, max(r["rel_to_top"] or 0 for r in posb)),
-                  x_title="position (0 = top)", y_title="rate / rate at position 0")
+        p = _Plot(
+            (0, max(r["position"] for r in posb)),
+            (0.0, max(r["rel_to_top"] or 0 for r in posb)),
+            x_title="position (0 = top)",
+            y_title="rate / rate at position 0",
+        )
         for i, arm in enumerate(("exploration", "ranked", "all")):
             rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
             if rs:
-                p.line([r["position"] for r in rs], [r["rel_to_top"] for r in rs],
-                       PALETTE[i], arm, dashed=arm == "all")
+                p.line(
+                    [r["position"] for r in rs],
+                    [r["rel_to_top"] for r in rs],
+                    PALETTE[i],
+                    arm,
+                    dashed=arm == "all",
+                )
         figs.append(p.svg("Position bias: engagement by position (exploration = causal)"))
         ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
         if ex:
-            tiles.append(Tile("Position bias", f"{ex[-1]['rel_to_top']:.2f}×",
-                              f"exploration engagement at position {ex[-1]['position']} "
-                              "relative to the top slot", GREY))
+            tiles.append(
+                Tile(
+                    "Position bias",
+                    f"{ex[-1]['rel_to_top']:.2f}×",
+                    f"exploration engagement at position {ex[-1]['position']} "
+                    "relative to the top slot",
+                    GREY,
+                )
+            )
 
     # cohort diversity
     if cohorts:
@@ -311,33 +435,60 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
             if len(rs) > 1 and rs[0]["mean_topics"] > 0:
                 drops.append(1 - rs[-1]["mean_topics"] / rs[0]["mean_topics"])
         worst = max(drops) if drops else 0.0
-        tiles.append(Tile("Content diversity", f"{cohorts[-1]['mean_topics']:.2f} topics",
-                          f"per user-week (newest cohort); largest drop as a cohort ages: "
-                          f"{_fmt_pct(worst)}", _level(worst, *th.diversity_drop)))
+        tiles.append(
+            Tile(
+                "Content diversity",
+                f"{cohorts[-1]['mean_topics']:.2f} topics",
+                f"per user-week (newest cohort); largest drop as a cohort ages: {_fmt_pct(worst)}",
+                _level(worst, *th.diversity_drop),
+            )
+        )
         maxage = max(r["age_weeks"] for r in cohorts)
-        p = _Plot((0, max(maxage, 1)), (0.0, max(r["mean_topics"] for r in cohorts)),
-                  x_labels=[(a, str(a)) for a in range(maxage + 1)],
-                  x_title="weeks since the cohort's first week", y_title="topics / user-week")
+        p = _Plot(
+            (0, max(maxage, 1)),
+            (0.0, max(r["mean_topics"] for r in cohorts)),
+            x_labels=[(a, str(a)) for a in range(maxage + 1)],
+            x_title="weeks since the cohort's first week",
+            y_title="topics / user-week",
+        )
         for i, (week, rs) in enumerate(sorted(by.items())):
-            p.line([r["age_weeks"] for r in rs], [r["mean_topics"] for r in rs],
-                   PALETTE[i % len(PALETTE)], f"cohort {week:%m-%d}")
+            p.line(
+                [r["age_weeks"] for r in rs],
+                [r["mean_topics"] for r in rs],
+                PALETTE[i % len(PALETTE)],
+                f"cohort {week:%m-%d}",
+            )
         figs.append(p.svg("Content diversity by cohort"))
 
     # creator gini
     if gini:
         valid = [r for r in gini if not r["censored"]] or gini
         g = valid[-1]["gini"]
-        tiles.append(Tile("Creator Gini", f"{g:.3f}",
-                          f"latest day; young (<{young_days} d) creators got "
-                          f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions",
-                          _level(g, *th.creator_gini)))
+        tiles.append(
+            Tile(
+                "Creator Gini",
+                f"{g:.3f}",
+                f"latest day; young (<{young_days} d) creators got "
+                f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions",
+                _level(g, *th.creator_gini),
+            )
+        )
         days = [r["day"] for r in gini]
         xs, xl = _days_axis(days)
-        p = _Plot((0, max(xs[-1], 1)), (0.0, 1.0), x_labels=xl, x_title="day (UTC)",
-                  y_title="Gini / share")
+        p = _Plot(
+            (0, max(xs[-1], 1)),
+            (0.0, 1.0),
+            x_labels=xl,
+            x_title="day (UTC)",
+            y_title="Gini / share",
+        )
         p.line(xs, [r["gini"] for r in gini], PALETTE[3], "Gini of impressions")
-        p.line(xs, [None if r["censored"] else r["young_creator_share"] for r in gini],
-               PALETTE[4], f"share to creators < {young_days} d")
+        p.line(
+            xs,
+            [None if r["censored"] else r["young_creator_share"] for r in gini],
+            PALETTE[4],
+            f"share to creators < {young_days} d",
+        )
         figs.append(p.svg("Creator concentration over time"))
 
     # fresh items
@@ -345,18 +496,36 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
         valid = [r for r in fresh if not r["censored"] and r["retrieval_rate"] is not None]
         if valid:
             rate = sum(r["retrieval_rate"] * r["new_items"] for r in valid) / sum(
-                r["new_items"] for r in valid)
+                r["new_items"] for r in valid
+            )
             lag = sorted(r["lag_p50_hours"] for r in valid if r["lag_p50_hours"] is not None)
-            tiles.append(Tile("Fresh-item retrieval", _fmt_pct(rate),
-                              f"new items shown within {fresh_hours:g} h of first appearance; "
-                              f"median lag {lag[len(lag) // 2]:.1f} h" if lag else "",
-                              _level(rate, *th.fresh_retrieval, higher_is_bad=False)))
+            tiles.append(
+                Tile(
+                    "Fresh-item retrieval",
+                    _fmt_pct(rate),
+                    f"new items shown within {fresh_hours:g} h of first appearance; "
+                    f"median lag {lag[len(lag) // 2]:.1f} h"
+                    if lag
+                    else "",
+                    _level(rate, *th.fresh_retrieval, higher_is_bad=False),
+                )
+            )
             days = [r["day"] for r in fresh]
             xs, xl = _days_axis(days)
-            p = _Plot((0, max(xs[-1], 1)), (0.0, 1.0), x_labels=xl, y_pct=True,
-                      x_title="day of first appearance (UTC)", y_title="share")
-            p.line(xs, [None if r["censored"] else r["retrieval_rate"] for r in fresh],
-                   PALETTE[0], "new items retrieved")
+            p = _Plot(
+                (0, max(xs[-1], 1)),
+                (0.0, 1.0),
+                x_labels=xl,
+                y_pct=True,
+                x_title="day of first appearance (UTC)",
+                y_title="share",
+            )
+            p.line(
+                xs,
+                [None if r["censored"] else r["retrieval_rate"] for r in fresh],
+                PALETTE[0],
+                "new items retrieved",
+            )
             p.line(xs, [r["fresh_slot_share"] for r in fresh], PALETTE[2], "fresh slot share")
             figs.append(p.svg("Fresh-item retrieval rate"))
 
@@ -364,13 +533,21 @@ def build_report(root: str, window_hours: float = 24.0, young_days: int = 7,
     if calib:
         models = sorted({r["model_version"] for r in calib})
         top = max(max(r["mean_pred"], r["observed"]) for r in calib)
-        p = _Plot((0, top), (0, top), x_title="mean predicted finish rate (decile)",
-                  y_title="observed finish rate")
+        p = _Plot(
+            (0, top),
+            (0, top),
+            x_title="mean predicted finish rate (decile)",
+            y_title="observed finish rate",
+        )
         p.line([0, top], [0, top], "#8c959f", "perfect", dashed=True, points=False)
         for i, m in enumerate(models):
             rs = [r for r in calib if r["model_version"] == m]
-            p.line([r["mean_pred"] for r in rs], [r["observed"] for r in rs],
-                   PALETTE[i % len(PALETTE)], m)
+            p.line(
+                [r["mean_pred"] for r in rs],
+                [r["observed"] for r in rs],
+                PALETTE[i % len(PALETTE)],
+                m,
+            )
         figs.append(p.svg("Calibration by decile (reliability diagram)"))
 
     return _page(title, root, daily, tiles, figs, lift, shadow)
@@ -426,39 +603,72 @@ th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}th{background:#e
 LABELS = {GREEN: "OK", AMBER: "WATCH", RED: "ALERT", GREY: "INFO"}
 
 
-def _page(title: str, root: str, daily: List[dict], tiles: List[Tile], figs: List[str],
-          lift: List[dict], shadow: Optional[List[dict]]) -> str:
+def _page(
+    title: str,
+    root: str,
+    daily: List[dict],
+    tiles: List[Tile],
+    figs: List[str],
+    lift: List[dict],
+    shadow: Optional[List[dict]],
+) -> str:
     span = f"{daily[0]['day']} to {daily[-1]['day']}" if daily else "no days"
     slots = sum(r["slots"] for r in daily)
     rows = sum(r["rows_logged"] for r in daily)
     tile_html = "".join(
         f'<div class="tile {t.status}"><span class="s">{LABELS[t.status]}</span>'
         f'<div class="t">{html.escape(t.title)}</div><div class="v">{html.escape(t.value)}</div>'
-        f'<div class="d">{html.escape(t.detail)}</div></div>' for t in tiles)
+        f'<div class="d">{html.escape(t.detail)}</div></div>'
+        for t in tiles
+    )
     parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<div class="meta">{html.escape(root)} · {span} · {rows:,} impressions logged '
         f"({slots:,.0f} slots after sampling reweight) · generated "
         f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</div>",
         f'<div class="tiles">{tile_html}</div>',
-        "<h2>Plots</h2>", f'<div class="figs">{"".join(figs)}</div>',
+        "<h2>Plots</h2>",
+        f'<div class="figs">{"".join(figs)}</div>',
     ]
     if lift:
-        parts += ["<h2>Lift by topic</h2>", _table(lift, [
-            ("topic", "topic", ""), ("ranked_rows", "ranked rows", ","),
-            ("ranked_rate", "ranked rate", "pct"), ("exploration_rows", "exploration rows", ","),
-            ("exploration_rate", "exploration rate", "pct"), ("lift", "lift", "spct"),
-            ("lift_lo", "95% lo", "spct"), ("lift_hi", "95% hi", "spct")])]
+        parts += [
+            "<h2>Lift by topic</h2>",
+            _table(
+                lift,
+                [
+                    ("topic", "topic", ""),
+                    ("ranked_rows", "ranked rows", ","),
+                    ("ranked_rate", "ranked rate", "pct"),
+                    ("exploration_rows", "exploration rows", ","),
+                    ("exploration_rate", "exploration rate", "pct"),
+                    ("lift", "lift", "spct"),
+                    ("lift_lo", "95% lo", "spct"),
+                    ("lift_hi", "95% hi", "spct"),
+                ],
+            ),
+        ]
     if shadow:
-        parts += ["<h2>Shadow vs live (identical impressions)</h2>", _table(shadow, [
-            ("shadow_version", "shadow", ""), ("live_version", "live", ""), ("n", "n", ","),
-            ("shadow_log_loss", "log-loss shadow", ".4f"),
-            ("live_log_loss", "log-loss live", ".4f"),
-            ("shadow_auc", "AUC shadow", ".3f"), ("live_auc", "AUC live", ".3f"),
-            ("shadow_ece", "ECE shadow", ".3f"), ("live_ece", "ECE live", ".3f"),
-            ("ll_diff", "Δ log-loss", "+.4f"), ("verdict", "verdict", "")])]
+        parts += [
+            "<h2>Shadow vs live (identical impressions)</h2>",
+            _table(
+                shadow,
+                [
+                    ("shadow_version", "shadow", ""),
+                    ("live_version", "live", ""),
+                    ("n", "n", ","),
+                    ("shadow_log_loss", "log-loss shadow", ".4f"),
+                    ("live_log_loss", "log-loss live", ".4f"),
+                    ("shadow_auc", "AUC shadow", ".3f"),
+                    ("live_auc", "AUC live", ".3f"),
+                    ("shadow_ece", "ECE shadow", ".3f"),
+                    ("live_ece", "ECE live", ".3f"),
+                    ("ll_diff", "Δ log-loss", "+.4f"),
+                    ("verdict", "verdict", ""),
+                ],
+            ),
+        ]
     parts.append("</body></html>")
     return "".join(parts)
 

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+__all__ = ["DAY", "TASKS", "World", "demo_ranker_weights", "make_world"]
+
 DAY = 86_400.0
 TASKS = ("finish", "like", "share", "follow", "comment", "watch_seconds")
 

@@ -188,11 +188,12 @@ pub fn apply_output(kernel: Kernel, o: OutputTransform, v: &mut [f32]) {
 
 fn apply_map(kernel: Kernel, act: Map, v: &mut [f32]) {
     match kernel {
-        // SAFETY: a `Kernel` other than Scalar is only selected when the CPU supports it.
+        // SAFETY: the instruction set is checked at run time (`available`, cached by std): a
+        // `Kernel` value a caller builds on a CPU without it takes the portable path.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { apply_avx512(act, v) },
+        Kernel::Avx512 if kernel.available() => unsafe { apply_avx512(act, v) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { apply_avx2(act, v) },
+        Kernel::Avx2 if kernel.available() => unsafe { apply_avx2(act, v) },
         _ => apply_generic(act, v),
     }
 }

@@ -248,7 +248,12 @@ pub fn prefix_bias(kernel: Kernel, u: &[f32], w: &[f32], m: usize, bias: &[f32],
     out[..m].copy_from_slice(&bias[..m]);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx2 => unsafe { x86::prefix_fma(u, w, m, out) },
+        // SAFETY: `prefix_fma` needs AVX2 + FMA, checked here at run time (cached by std), so
+        // a `Kernel` value built by a caller on a CPU without them falls back to the scalar
+        // loop instead of executing unsupported instructions.
+        Kernel::Avx512 | Kernel::Avx2 if Kernel::Avx2.available() => unsafe {
+            x86::prefix_fma(u, w, m, out)
+        },
         _ => {
             for (kk, &uk) in u.iter().enumerate() {
                 let wr = &w[kk * m..kk * m + m];
