@@ -76,8 +76,9 @@ def day(tmp_path_factory):
 
 def _bits_equal(served, train) -> None:
     def key(t):
-        return np.array([f"{r}/{i}" for r, i in zip(t["request_id"].to_pylist(),
-                                                    t["item_id"].to_pylist())])
+        return np.array(
+            [f"{r}/{i}" for r, i in zip(t["request_id"].to_pylist(), t["item_id"].to_pylist())]
+        )
 
     ks, kt = key(served), key(train)
     s_order, t_order = np.argsort(ks), np.argsort(kt)
@@ -109,13 +110,19 @@ def test_replay_follows_batch_changes_bit_for_bit(day) -> None:
 
 def test_replay_without_the_snapshot_names_it(day) -> None:
     with pytest.raises(ValueError, match="snap-2"):
-        fs.training_set(day["root"] / "log", day["root"] / "cat", user_token_key=KEY,
-                        history_len=10)
+        fs.training_set(
+            day["root"] / "log", day["root"] / "cat", user_token_key=KEY, history_len=10
+        )
 
 
 def test_replay_refuses_a_different_snapshot_under_the_same_version(day) -> None:
     other = dict(day["snapshot"])
     other["creator_authority"] = other["creator_authority"] + 1
     with pytest.raises(ValueError, match="checksum"):
-        fs.training_set(day["root"] / "log", day["root"] / "cat", user_token_key=KEY,
-                        history_len=10, batches={"snap-2": other})
+        fs.training_set(
+            day["root"] / "log",
+            day["root"] / "cat",
+            user_token_key=KEY,
+            history_len=10,
+            batches={"snap-2": other},
+        )

@@ -25,6 +25,10 @@ class _RedisStats(TypedDict):
     fallbacks: int
     write_failures: int
     served_from_shared: int
+    catalog_published: int
+    catalog_publish_failures: int
+    catalog_applied: int
+    catalog_gaps: int
 
 class _PipelineStats(TypedDict, total=False):
     """`FeedPipeline.stats()`: counters since construction (all ints unless noted)."""
@@ -60,6 +64,12 @@ class _BatchInfo(TypedDict):
     as_of: float
     n_users: int
     n_creators: int
+
+class _SyncReport(TypedDict):
+    applied: int
+    own: int
+    gap: bool
+    position: str
 
 class _ModelVersions(TypedDict):
     live: str
@@ -582,6 +592,7 @@ class FeedPipeline:
         user_tower: MlpRanker | None = None,
         item_tower: MlpRanker | None = None,
     ) -> None: ...
+    def sync_catalog(self, max_entries: int = 10000) -> _SyncReport: ...
     @property
     def retrieval_version(self) -> str: ...
     @property

@@ -6,6 +6,7 @@ and closes the event log."""
 
 import contextlib
 import logging
+import threading
 from typing import Any, AsyncIterator, Callable, Dict, Optional, Union
 
 import anyio
@@ -129,6 +130,40 @@ def _add_routes(app: FastAPI, host: _Host) -> None:
         return Response(data, media_type=ctype)
 
 
+class CatalogSyncThread:
+    """Applies the catalogue changes other hosts publish (uploads, take-downs) every `period_s`
+    seconds while the host runs; only with a Redis tier. Failures (Redis down) are counted on
+    `errors` and retried at the next tick; the pipeline counts gaps itself."""
+
+    def __init__(self, pipeline: Any, period_s: float) -> None:
+        if not (period_s > 0):
+            raise ValueError(f"catalog_sync_s must be > 0, got {period_s}")
+        self.pipeline = pipeline
+        self.period_s = period_s
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        has_tier = "redis" in getattr(self.pipeline, "stats", dict)()
+        if has_tier and hasattr(self.pipeline, "sync_catalog"):
+            self._thread = threading.Thread(target=self._run, name="fyp-catalog-sync", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                while self.pipeline.sync_catalog()["applied"]:
+                    pass
+            except OSError:
+                self.errors += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+
 def create_app(
     pipeline: Any,
     max_inflight: Optional[int] = None,
@@ -137,12 +172,15 @@ def create_app(
     close_on_shutdown: bool = True,
     close_timeout_s: float = 30.0,
     embedding_dim: Optional[int] = None,
+    catalog_sync_s: float = 0.2,
 ) -> FastAPI:
     """The ASGI app over `pipeline`. `limits` bounds each request (`HostLimits`);
     `max_inflight` overrides `limits.max_inflight` (default: sized from the cores, see
     `default_max_inflight`). With `close_on_shutdown`, the lifespan shutdown flushes and closes
     the pipeline's event log, waiting at most `close_timeout_s`. `embedding_dim` (the index
-    dimension) makes the published schema pin the length of `/upload`'s embedding."""
+    dimension) makes the published schema pin the length of `/upload`'s embedding. With a
+    Redis tier, a thread applies the other hosts' catalogue changes every `catalog_sync_s`
+    seconds (`FeedPipeline.sync_catalog`)."""
     lim = limits or HostLimits()
     if max_inflight is not None:
         if max_inflight <= 0:
@@ -156,8 +194,11 @@ def create_app(
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(THREAD_POOL, host.admission.limit + 8)
         host.admission.draining = False
+        sync = CatalogSyncThread(pipeline, catalog_sync_s)
+        sync.start()
         yield
         host.admission.draining = True
+        sync.stop()
         if close_on_shutdown:
             await close_pipeline(pipeline, close_timeout_s)
 

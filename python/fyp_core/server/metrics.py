@@ -100,6 +100,13 @@ class _PipelineCollector(Collector):
                 "Redis read and write errors",
                 value=redis["read_errors"] + redis["write_errors"],
             )
+            for key, doc in (
+                ("catalog_published", "Catalogue changes this host published to the stream"),
+                ("catalog_publish_failures", "Catalogue changes that could not be published"),
+                ("catalog_applied", "Other hosts' catalogue changes applied here"),
+                ("catalog_gaps", "Times entries were trimmed before this host read them"),
+            ):
+                yield CounterMetricFamily(f"fyp_{key}", doc, value=redis[key])
         yield from self._freshness()
 
     def _freshness(self) -> Iterable[Any]:

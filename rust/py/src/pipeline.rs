@@ -742,6 +742,25 @@ impl PyFeedPipeline {
         Ok(d)
     }
 
+    /// Applies up to `max_entries` catalogue changes (uploads, take-downs) that other hosts
+    /// sharing the Redis namespace published since the last call; returns ``{"applied", "own",
+    /// "gap", "position"}``. ``gap`` is True when entries were trimmed from the stream before
+    /// this host read them (reload a catalogue snapshot). Without ``redis_url`` it does nothing.
+    /// Raises ``OSError`` while Redis is unreachable (the position does not move).
+    #[pyo3(signature = (max_entries=AnyInt::of(10_000)),
+           text_signature = "($self, max_entries=10000)")]
+    fn sync_catalog<'py>(&self, py: Python<'py>, max_entries: AnyInt) -> PyResult<Bound<'py, PyDict>> {
+        let max = max_entries.bounded("max_entries", 1, 100_000)? as usize;
+        let p = &self.inner;
+        let r = run_detached(py, || p.sync_catalog(max))?;
+        let d = PyDict::new(py);
+        d.set_item("applied", r.applied)?;
+        d.set_item("own", r.own)?;
+        d.set_item("gap", r.gap)?;
+        d.set_item("position", r.position)?;
+        Ok(d)
+    }
+
     /// The version of the retrieval snapshot served ("content" until `set_retrieval`).
     #[getter]
     fn retrieval_version(&self) -> String {
@@ -843,6 +862,11 @@ impl PyFeedPipeline {
             r.set_item("skipped_while_down", st.skipped_while_down)?;
             r.set_item("fallbacks", s.shared_fallbacks.load(Relaxed))?;
             r.set_item("write_failures", s.shared_write_failures.load(Relaxed))?;
+            let [published, publish_failures, applied, gaps] = self.inner.catalog_stats();
+            r.set_item("catalog_published", published)?;
+            r.set_item("catalog_publish_failures", publish_failures)?;
+            r.set_item("catalog_applied", applied)?;
+            r.set_item("catalog_gaps", gaps)?;
             r.set_item("served_from_shared", s.shared_reads.load(Relaxed))?;
             d.set_item("redis", r)?;
         }

@@ -834,5 +834,10 @@ fn check_family<const K: usize>(family: &str, widths: &[f64]) -> Result<()> {
     Ok(())
 }
 
+mod stream;
+pub use stream::{
+    check_upload_dim, CatalogChange, CatalogEntry, CatalogRead, STREAM_MAXLEN,
+};
+
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,19 @@ impl Pipeline {
         index: bool,
         log_events: bool,
     ) -> Result<()> {
+        self.upsert(infos, embeddings, index, log_events, log_events)
+    }
+
+    /// `publish`: send the upload to the other hosts (live uploads; not a bulk load, not an
+    /// upload another host published).
+    pub(super) fn upsert(
+        &self,
+        infos: &[ItemInfo],
+        embeddings: &[f32],
+        index: bool,
+        log_events: bool,
+        publish: bool,
+    ) -> Result<()> {
         let dim = self.items.dim();
         if embeddings.len() != infos.len() * dim {
             return Err(invalid!(
@@ -77,11 +90,19 @@ impl Pipeline {
                 .collect();
             self.submit(rows);
         }
+        if publish {
+            self.publish_changes(Self::upload_changes(infos, embeddings, dim));
+        }
         Ok(())
     }
 
-    /// Takes items down everywhere at once; returns how many were live.
+    /// Takes items down everywhere at once (this host, and the others through the catalogue
+    /// stream); returns how many were live here.
     pub fn remove_items(&self, ids: &[u64], now: f64) -> Result<usize> {
+        self.remove(ids, now, true)
+    }
+
+    pub(super) fn remove(&self, ids: &[u64], now: f64, publish: bool) -> Result<usize> {
         if !now.is_finite() {
             return Err(invalid!(
                 "now must be finite seconds since the epoch, got {now}"
@@ -93,6 +114,13 @@ impl Pipeline {
             let mut ev = self.feature_event(FeatureEventKind::Remove, micros(now));
             ev.item_ids = ids.to_vec();
             self.submit(vec![elog::Record::FeatureEvent(ev)]);
+        }
+        if publish {
+            let removal = super::super::redis_tier::CatalogChange::Removal {
+                ids: ids.to_vec(),
+                ts: now,
+            };
+            self.publish_changes(vec![removal]);
         }
         Ok(n)
     }

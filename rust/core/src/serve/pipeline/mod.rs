@@ -15,6 +15,7 @@
 //!
 //! One call does the whole request; the Python binding releases the GIL once around it.
 
+mod catalog_sync;
 mod feed;
 mod freshness;
 mod ingest;
@@ -24,6 +25,7 @@ mod sources;
 #[cfg(test)]
 mod tests;
 
+pub use self::catalog_sync::SyncReport;
 pub use self::freshness::{TierFreshness, FRESHNESS_TIERS};
 pub use self::ingest::impression_id;
 pub use self::retrieval::Retrieval;
@@ -290,6 +292,7 @@ pub struct Pipeline {
     feature_set_version: String,
     freshness: Freshness,
     shared: Option<RedisTier>,
+    catalog: catalog_sync::CatalogSync,
     pub stats: PipelineStats,
 }
 
@@ -399,6 +402,7 @@ impl Pipeline {
             feature_set_version: feature_set_version(dim),
             freshness: Freshness::default(),
             shared,
+            catalog: catalog_sync::CatalogSync::default(),
             stats: PipelineStats::default(),
         })
     }
@@ -634,6 +638,12 @@ impl Pipeline {
     /// The shared (Redis) tier, when one is attached.
     pub fn shared_tier(&self) -> Option<&RedisTier> {
         self.shared.as_ref()
+    }
+
+    /// Catalogue replication counters: (published, publish failures, applied, gaps).
+    pub fn catalog_stats(&self) -> [u64; 4] {
+        let c = &self.catalog;
+        [&c.published, &c.publish_failures, &c.applied, &c.gaps].map(|a| a.load(Ordering::Relaxed))
     }
 
     fn count(c: &AtomicU64, by: u64) {

@@ -1,0 +1,120 @@
+//! Catalogue replication between serving hosts over the shared tier's catalogue stream: every
+//! live upload and take-down is published; `sync_catalog` applies the other hosts' entries
+//! (idempotently: upserts and removals by item id) and remembers its stream position.
+
+use super::Pipeline;
+use crate::serve::redis_tier::{check_upload_dim, CatalogChange};
+use crate::serve::store::ItemInfo;
+use crate::Result;
+use parking_lot::Mutex;
+use std::sync::atomic::AtomicU64;
+
+/// Replication state and counters (on `stats()` and `/metrics`).
+pub(super) struct CatalogSync {
+    /// The last stream id applied (or skipped as our own), and how many entries this host
+    /// consumed since the stream began (to detect entries trimmed before it read them).
+    position: Mutex<(String, u64)>,
+    pub published: AtomicU64,
+    pub publish_failures: AtomicU64,
+    pub applied: AtomicU64,
+    pub gaps: AtomicU64,
+}
+
+impl Default for CatalogSync {
+    fn default() -> Self {
+        CatalogSync {
+            position: Mutex::new(("0-0".to_owned(), 0)),
+            published: AtomicU64::new(0),
+            publish_failures: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What one `sync_catalog` call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncReport {
+    /// Other hosts' changes applied.
+    pub applied: usize,
+    /// This host's own entries passed over (already applied when published).
+    pub own: usize,
+    /// Entries after our position were trimmed from the stream before we read them: changes
+    /// were missed and the host must reload a catalogue snapshot (counted, and reported).
+    pub gap: bool,
+    /// The stream position after the call.
+    pub position: String,
+}
+
+impl Pipeline {
+    /// Publishes live catalogue changes to the shared tier (when attached); a failure is
+    /// counted (`catalog_publish_failures`): the change is applied here, the other hosts miss
+    /// it until they reload a snapshot.
+    pub(super) fn publish_changes(&self, changes: Vec<CatalogChange>) {
+        let Some(tier) = &self.shared else { return };
+        let n = changes.len() as u64;
+        match tier.publish_catalog(&self.stream, &changes) {
+            Ok(_) => Self::count(&self.catalog.published, n),
+            Err(_) => Self::count(&self.catalog.publish_failures, n),
+        }
+    }
+
+    pub(super) fn upload_changes(infos: &[ItemInfo], embeddings: &[f32], dim: usize) -> Vec<CatalogChange> {
+        infos
+            .iter()
+            .zip(embeddings.chunks_exact(dim.max(1)))
+            .map(|(i, e)| CatalogChange::Upload {
+                info: *i,
+                embedding: e.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Applies up to `max_entries` catalogue changes other hosts published since the last
+    /// call. Without a shared tier there is nothing to sync (an empty report). Calls are
+    /// serialised; an unreachable tier is an error (the position does not move).
+    pub fn sync_catalog(&self, max_entries: usize) -> Result<SyncReport> {
+        let Some(tier) = &self.shared else {
+            return Ok(SyncReport::default());
+        };
+        let mut pos = self.catalog.position.lock();
+        let read = tier.read_catalog(&pos.0, max_entries)?;
+        // entries trimmed that this host never consumed: it missed changes (reported once)
+        let gap = read.trimmed > pos.1;
+        pos.1 = pos.1.max(read.trimmed);
+        let mut report = SyncReport {
+            gap,
+            ..SyncReport::default()
+        };
+        if gap {
+            Self::count(&self.catalog.gaps, 1);
+        }
+        let dim = self.items.dim();
+        for e in read.entries {
+            if e.origin == self.stream {
+                report.own += 1;
+            } else {
+                check_upload_dim(&e, dim)?;
+                match &e.change {
+                    CatalogChange::Upload { info, embedding } => {
+                        self.upsert(std::slice::from_ref(info), embedding, true, true, false)?
+                    }
+                    CatalogChange::Removal { ids, ts } => {
+                        self.remove(ids, *ts, false)?;
+                    }
+                }
+                report.applied += 1;
+                Self::count(&self.catalog.applied, 1);
+            }
+            pos.0 = e.id;
+            pos.1 += 1;
+        }
+        report.position = pos.0.clone();
+        Ok(report)
+    }
+
+    /// This host's name in the catalogue stream and the feature changelog.
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+}
