@@ -252,3 +252,58 @@ pub fn bool_vector<'py>(
         .call_method1("reshape", (-1i64,))?;
     Ok(conv.cast_into::<PyArray1<bool>>()?.readonly())
 }
+
+/// Any config object (dict / mapping, list / tuple / array, str, int, float, bool, None,
+/// numpy scalars) as the core's config [`Value`](fyp_core::config::Value); the schemas are
+/// parsed in the core. Nesting is bounded.
+pub fn config_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<fyp_core::config::Value> {
+    use fyp_core::config::{Value, MAX_DEPTH};
+    use pyo3::types::{PyBool, PyDict, PyFloat, PyString};
+    if depth > MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "config is nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    if v.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return Ok(Value::Str(s.to_cow()?.into_owned()));
+    }
+    if v.is_instance_of::<PyBool>() {
+        return Ok(Value::Bool(v.is_truthy()?));
+    }
+    if v.is_instance_of::<PyFloat>() {
+        return Ok(Value::Float(v.extract()?));
+    }
+    if let Ok(i) = v.extract::<i128>() {
+        return Ok(Value::Int(i));
+    }
+    if let Ok(f) = v.extract::<f64>() {
+        return Ok(Value::Float(f));
+    }
+    let items = match v.cast::<PyDict>() {
+        Ok(d) => Some(d.items().into_any()),
+        Err(_) => v.call_method0("items").ok(),
+    };
+    if let Some(items) = items {
+        let mut m = Vec::new();
+        for kv in items.try_iter()? {
+            let (k, val): (Bound<'_, PyAny>, Bound<'_, PyAny>) = kv?.extract()?;
+            m.push((config_value(&k, depth + 1)?, config_value(&val, depth + 1)?));
+        }
+        return Ok(Value::Map(m));
+    }
+    if let Ok(it) = v.try_iter() {
+        let l = it
+            .map(|x| config_value(&x?, depth + 1))
+            .collect::<PyResult<Vec<_>>>()?;
+        return Ok(Value::List(l));
+    }
+    Err(PyValueError::new_err(format!(
+        "config values are dicts, lists, str, numbers, bools or None; got {}",
+        v.get_type()
+            .name()
+            .map_or_else(|_| "?".into(), |n| n.to_string())
+    )))
+}

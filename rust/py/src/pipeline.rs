@@ -2,19 +2,20 @@
 //! One GIL release per request: `feed` converts its three arguments, runs the whole request
 //! detached, then builds the response object.
 
-use crate::convert::{f32_matrix, f32_vector, i64_vector, str_list, u64_vector};
+use crate::convert::{config_value, f32_matrix, f32_vector, i64_vector, str_list, u64_vector};
 use crate::errors::{run_detached, to_py};
 use crate::eventlog::PyEventLog;
 use crate::hnsw::PyHnswIndex;
 use crate::ranker::{PyMlpRanker, PyRankerSet};
 use crate::rerank::PyReranker;
 use crate::split::PyTrafficSplit;
+use fyp_core::config::Value;
 use fyp_core::rank::RankerSet;
 use fyp_core::serve::pipeline::{
     FeedResponse, Pipeline, PipelineOptions, Retrieval, MAX_FEED_N, STAGES,
 };
 use fyp_core::serve::redis_tier::RedisOptions;
-use fyp_core::serve::scorer::{ConfigValue, ServingConfig};
+use fyp_core::serve::scorer::ServingConfig;
 use fyp_core::serve::store::{ItemInfo, UserStore, MAX_TOPIC};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -22,33 +23,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use std::sync::Arc;
 
-/// A Python config dict -> typed key/value changes; the core checks keys, types and ranges.
-fn config_changes(d: &Bound<'_, PyDict>) -> PyResult<Vec<(String, ConfigValue)>> {
+/// A Python config dict -> (key, value) changes; the core checks keys, types and ranges.
+fn config_changes(d: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Value)>> {
     let mut out = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
         let key: String = k
             .extract()
             .map_err(|_| PyTypeError::new_err("config keys must be str"))?;
-        let bad = || {
-            PyValueError::new_err(format!(
-                "config {key:?}: expected a number or a list of numbers, got {}",
-                v.get_type()
-                    .name()
-                    .map_or_else(|_| "?".into(), |n| n.to_string())
-            ))
-        };
-        let value = if v.is_instance_of::<pyo3::types::PyBool>() {
-            return Err(bad());
-        } else if let Ok(i) = v.extract::<i64>() {
-            ConfigValue::Int(i)
-        } else if let Ok(f) = v.extract::<f64>() {
-            ConfigValue::Float(f)
-        } else if let Ok(l) = v.extract::<Vec<f64>>() {
-            ConfigValue::Floats(l)
-        } else {
-            return Err(bad());
-        };
-        out.push((key, value));
+        out.push((key, config_value(&v, 1)?));
     }
     Ok(out)
 }
@@ -749,7 +731,11 @@ impl PyFeedPipeline {
     /// Raises ``OSError`` while Redis is unreachable (the position does not move).
     #[pyo3(signature = (max_entries=AnyInt::of(10_000)),
            text_signature = "($self, max_entries=10000)")]
-    fn sync_catalog<'py>(&self, py: Python<'py>, max_entries: AnyInt) -> PyResult<Bound<'py, PyDict>> {
+    fn sync_catalog<'py>(
+        &self,
+        py: Python<'py>,
+        max_entries: AnyInt,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let max = max_entries.bounded("max_entries", 1, 100_000)? as usize;
         let p = &self.inner;
         let r = run_detached(py, || p.sync_catalog(max))?;

@@ -1,185 +1,29 @@
 //! Binding for `fyp_core.Reranker`, `RerankPolicy`, `RerankResult`, `dpp_greedy` and
-//! `mmr_greedy` (core: `fyp_core::rerank`). Policies arrive as dicts or TOML and are converted
-//! key by key into the core `Policy`, which validates them.
+//! `mmr_greedy` (core: `fyp_core::rerank`). Policies arrive as dicts or TOML, are converted to
+//! the core's config `Value` and parsed and validated by the core (`Policy::apply`).
 
-use crate::convert::{bool_vector, f32_matrix, f32_vector, u64_vector};
+use crate::convert::{bool_vector, config_value, f32_matrix, f32_vector, u64_vector};
 use crate::errors::{run_detached, to_py};
-use fyp_core::rerank::{
-    dpp_greedy, mmr_greedy, unknown_key, Candidates, CategoryCap, Diversity, Policy, Relaxed,
-    Reranker, POLICY_KEYS,
-};
+use fyp_core::rerank::{dpp_greedy, mmr_greedy, Candidates, Policy, Relaxed, Reranker};
 use numpy::PyUntypedArrayMethods;
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyString};
+use pyo3::types::PyDict;
 use std::sync::Arc;
 
 fn bad(msg: String) -> PyErr {
     PyValueError::new_err(msg)
 }
 
-fn type_name(v: &Bound<'_, PyAny>) -> String {
-    v.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_default()
-}
-
-fn int_value(v: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
-    if v.is_instance_of::<PyBool>() {
-        return Err(bad(format!("{name} must be an int, got a bool")));
-    }
-    v.extract::<i64>()
-        .map_err(|_| bad(format!("{name} must be an int, got {}", type_name(v))))
-}
-
-fn count_value(v: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
-    let x = int_value(v, name)?;
-    usize::try_from(x).map_err(|_| bad(format!("{name} must be >= 0, got {x}")))
-}
-
-fn float_value(v: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
-    if v.is_instance_of::<PyBool>() {
-        return Err(bad(format!("{name} must be a number, got a bool")));
-    }
-    v.extract::<f64>()
-        .map_err(|_| bad(format!("{name} must be a number, got {}", type_name(v))))
-}
-
-/// A category id: a non-negative int, or a str of one (TOML table keys are strings).
-fn category_id(v: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
-    if let Ok(s) = v.cast::<PyString>() {
-        let s = s.to_cow()?;
-        return s.trim().parse::<u64>().map_err(|_| {
-            bad(format!(
-                "{name}: category {s:?} is not an id; categories are non-negative ints"
-            ))
-        });
-    }
-    if v.is_instance_of::<PyBool>() {
-        return Err(bad(format!("{name}: categories are ints, got a bool")));
-    }
-    v.extract::<u64>().map_err(|_| {
-        bad(format!(
-            "{name}: categories are non-negative ints, got {}",
-            v.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))
-    })
-}
-
-fn category_caps(v: &Bound<'_, PyAny>) -> PyResult<Vec<CategoryCap>> {
-    if v.is_none() {
-        return Ok(vec![]);
-    }
-    let d = v.cast::<PyDict>().map_err(|_| {
-        bad(
-            "category_caps must be a dict {category: share | {\"share\": float, \"safety\": bool}}"
-                .into(),
-        )
-    })?;
-    let mut out = Vec::with_capacity(d.len());
-    for (k, cap) in d.iter() {
-        let category = category_id(&k, "category_caps")?;
-        let key = format!("category_caps[{category}]");
-        let (share, safety) = if let Ok(spec) = cap.cast::<PyDict>() {
-            let mut share = None;
-            let mut safety = false;
-            for (sk, sv) in spec.iter() {
-                let sk: String = sk.extract().unwrap_or_default();
-                match sk.as_str() {
-                    "share" => share = Some(float_value(&sv, &format!("{key}.share"))?),
-                    "safety" => {
-                        safety = sv.cast::<PyBool>().map(|b| b.is_true()).map_err(|_| {
-                            bad(format!(
-                                "{key}.safety must be a bool, got {}",
-                                type_name(&sv)
-                            ))
-                        })?
-                    }
-                    _ => {
-                        return Err(bad(format!(
-                            "{key}: unknown key {sk:?}; valid keys are share, safety"
-                        )))
-                    }
-                }
-            }
-            let share = share.ok_or_else(|| bad(format!("{key} needs a \"share\"")))?;
-            (share, safety)
-        } else {
-            (float_value(&cap, &key)?, false)
-        };
-        out.push(CategoryCap {
-            category,
-            share,
-            safety,
-        });
-    }
-    Ok(out)
-}
-
-fn set_key(p: &mut Policy, key: &str, v: &Bound<'_, PyAny>) -> PyResult<()> {
-    match key {
-        "window" => p.window = count_value(v, key)?,
-        "max_topic_share" => {
-            p.max_topic_share = if v.is_none() {
-                None
-            } else {
-                Some(float_value(v, key)?)
-            }
-        }
-        "max_per_creator" => {
-            p.max_per_creator = if v.is_none() {
-                None
-            } else {
-                Some(count_value(v, key)?)
-            }
-        }
-        "blocked_categories" => {
-            p.blocked_categories = if v.is_none() {
-                vec![]
-            } else if v.is_instance_of::<PyString>() {
-                return Err(bad(
-                    "blocked_categories must be a list of category ids".into()
-                ));
-            } else {
-                v.try_iter()
-                    .map_err(|_| bad("blocked_categories must be a list of category ids".into()))?
-                    .map(|c| category_id(&c?, key))
-                    .collect::<PyResult<_>>()?
-            }
-        }
-        "category_caps" => p.category_caps = category_caps(v)?,
-        "fresh_floor" => p.fresh_floor = count_value(v, key)?,
-        "diversity" => {
-            let s: String = v
-                .extract()
-                .map_err(|_| bad("diversity must be one of \"none\", \"mmr\", \"dpp\"".into()))?;
-            p.diversity = Diversity::parse(&s).map_err(to_py)?;
-        }
-        "mmr_lambda" => p.mmr_lambda = float_value(v, key)?,
-        "dpp_alpha" => p.dpp_alpha = float_value(v, key)?,
-        _ => return Err(to_py(unknown_key(key))),
-    }
-    Ok(())
-}
-
-/// Applies the keys of a mapping to `p`, then validates the result.
+/// Applies the keys of a mapping to `p` (parsed and validated in the core).
 fn apply(p: &mut Policy, d: &Bound<'_, PyAny>) -> PyResult<()> {
-    let items = d
-        .call_method0("items")
-        .map_err(|_| PyTypeError::new_err("a policy must be a dict (or RerankPolicy)"))?;
-    for kv in items.try_iter()? {
-        let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = kv?.extract()?;
-        let key: String = k.extract().map_err(|_| {
-            bad(format!(
-                "policy keys must be str; valid keys are: {}",
-                POLICY_KEYS.join(", ")
-            ))
-        })?;
-        set_key(p, &key, &v)?;
+    if !d.hasattr("items")? {
+        return Err(PyTypeError::new_err(
+            "a policy must be a dict (or RerankPolicy)",
+        ));
     }
-    Ok(())
+    p.apply(&config_value(d, 0)?).map_err(to_py)
 }
 
 /// A dict, a mapping or a RerankPolicy, as a validated core policy.
@@ -189,7 +33,6 @@ fn to_policy(obj: &Bound<'_, PyAny>) -> PyResult<Policy> {
     }
     let mut p = Policy::default();
     apply(&mut p, obj)?;
-    p.validate().map_err(to_py)?;
     Ok(p)
 }
 

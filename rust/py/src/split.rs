@@ -1,106 +1,22 @@
 //! Binding for `fyp_core.TrafficSplit` (core: `fyp_core::split`).
 
-use crate::convert::{i64_vector, str_arg};
+use crate::convert::{config_value, i64_vector, str_arg};
 use crate::errors::{run_detached, to_py};
-use fyp_core::split::{Layer, TrafficSplit, Variant};
+use fyp_core::split::{layers_from_value, Layer, TrafficSplit};
 use numpy::{IntoPyArray, PyArray1};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 
 #[pyclass(name = "TrafficSplit", module = "fyp_core", frozen)]
 pub struct PyTrafficSplit {
     pub inner: TrafficSplit,
 }
 
-fn parse_variant(layer: &str, name: String, range: &Bound<'_, PyAny>) -> PyResult<Variant> {
-    let pair: Vec<i64> = range.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "layer {layer:?} variant {name:?}: range must be a pair [start, end) of ints"
-        ))
-    })?;
-    let [start, end] = pair[..] else {
-        return Err(PyValueError::new_err(format!(
-            "layer {layer:?} variant {name:?}: range must have exactly 2 ints [start, end), got {}",
-            pair.len()
-        )));
-    };
-    let ok = |x: i64| u32::try_from(x).ok();
-    match (ok(start), ok(end)) {
-        (Some(start), Some(end)) => Ok(Variant { name, start, end }),
-        _ => Err(PyValueError::new_err(format!(
-            "layer {layer:?} variant {name:?} has bucket range [{start}, {end}); ranges must satisfy 0 <= start < end <= 10000"
-        ))),
-    }
-}
-
-/// Layers as `[{"name": str, "variants": {variant: [start, end), ...}}, ...]`, or a dict
-/// `{layer: {variant: [start, end)}}`.
+/// Layers as the core parses them (`fyp_core::split::layers_from_value`).
 fn parse_layers(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Layer>> {
     let Some(obj) = obj else { return Ok(vec![]) };
-    if obj.is_none() {
-        return Ok(vec![]);
-    }
-    let mut out = Vec::new();
-    let parse_variants = |lname: &str, v: &Bound<'_, PyAny>| -> PyResult<Vec<Variant>> {
-        let d = v.cast::<PyDict>().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "layer {lname:?}: variants must be a dict {{variant_name: [start, end)}}"
-            ))
-        })?;
-        d.iter()
-            .map(|(k, r)| {
-                let name: String = k.extract().map_err(|_| {
-                    PyTypeError::new_err(format!("layer {lname:?}: variant names must be str"))
-                })?;
-                parse_variant(lname, name, &r)
-            })
-            .collect()
-    };
-    if let Ok(d) = obj.cast::<PyDict>() {
-        for (k, v) in d.iter() {
-            let name: String = k
-                .extract()
-                .map_err(|_| PyTypeError::new_err("layer names must be str"))?;
-            let variants = parse_variants(&name, &v)?;
-            out.push(Layer { name, variants });
-        }
-        return Ok(out);
-    }
-    let list = obj.cast::<PyList>().map_err(|_| {
-        PyTypeError::new_err(
-            "layers must be a list of {'name': str, 'variants': {name: [start, end)}} or a dict",
-        )
-    })?;
-    for item in list.iter() {
-        let d = item.cast::<PyDict>().map_err(|_| {
-            PyTypeError::new_err("each layer must be a dict with keys 'name' and 'variants'")
-        })?;
-        for key in d.keys() {
-            let k: String = key.extract().unwrap_or_default();
-            if k != "name" && k != "variants" {
-                return Err(PyValueError::new_err(format!(
-                    "unknown layer key {k:?}; valid keys are 'name' and 'variants'"
-                )));
-            }
-        }
-        let name: String = match d.get_item("name")? {
-            Some(n) => n
-                .extract()
-                .map_err(|_| PyTypeError::new_err("layer 'name' must be str"))?,
-            None => return Err(PyValueError::new_err("a layer is missing its 'name'")),
-        };
-        let variants = match d.get_item("variants")? {
-            Some(v) => parse_variants(&name, &v)?,
-            None => {
-                return Err(PyValueError::new_err(format!(
-                    "layer {name:?} is missing 'variants'"
-                )))
-            }
-        };
-        out.push(Layer { name, variants });
-    }
-    Ok(out)
+    layers_from_value(&config_value(obj, 0)?).map_err(to_py)
 }
 
 #[pymethods]

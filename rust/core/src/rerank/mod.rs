@@ -9,6 +9,7 @@ mod lazy;
 mod mmr;
 mod pinned;
 mod policy;
+mod policy_parse;
 mod reranker;
 mod scratch;
 

@@ -835,9 +835,7 @@ fn check_family<const K: usize>(family: &str, widths: &[f64]) -> Result<()> {
 }
 
 mod stream;
-pub use stream::{
-    check_upload_dim, CatalogChange, CatalogEntry, CatalogRead, STREAM_MAXLEN,
-};
+pub use stream::{check_upload_dim, CatalogChange, CatalogEntry, CatalogRead, STREAM_MAXLEN};
 
 #[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 //! which is product config that can change at run time.
 
 use super::store::{Items, UserState};
+use crate::config::Value;
 use crate::{invalid, Result};
 
 /// Product configuration of the serving path. Swapped atomically as a whole by the pipeline.
@@ -41,31 +42,6 @@ impl Default for ServingConfig {
     }
 }
 
-/// A config value as a host passes it (parsed from Python, JSON or TOML by the caller).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConfigValue {
-    Int(i64),
-    Float(f64),
-    Floats(Vec<f64>),
-}
-
-impl ConfigValue {
-    fn float(&self, key: &str) -> Result<f64> {
-        match *self {
-            ConfigValue::Int(i) => Ok(i as f64),
-            ConfigValue::Float(f) => Ok(f),
-            ConfigValue::Floats(_) => Err(invalid!("config {key:?} must be a number, got a list")),
-        }
-    }
-    fn count(&self, key: &str, max: usize) -> Result<usize> {
-        match *self {
-            ConfigValue::Int(i) if (0..=max as i64).contains(&i) => Ok(i as usize),
-            ConfigValue::Int(i) => Err(invalid!("config {key:?} must be in [0, {max}], got {i}")),
-            _ => Err(invalid!("config {key:?} must be an integer")),
-        }
-    }
-}
-
 /// The largest candidate set and HNSW search breadth a config may ask for.
 pub const MAX_CANDIDATES: usize = 100_000;
 
@@ -83,17 +59,29 @@ impl ServingConfig {
     ];
 
     /// Sets one key (the value is range-checked by `validate`).
-    pub fn set(&mut self, key: &str, v: &ConfigValue) -> Result<()> {
+    pub fn set(&mut self, key: &str, v: &Value) -> Result<()> {
+        let count = |v: &Value| {
+            let n = v.count(key)?;
+            if n > MAX_CANDIDATES {
+                return Err(invalid!("{key} must be in [0, {MAX_CANDIDATES}], got {n}"));
+            }
+            Ok(n)
+        };
         match key {
             "explore_rate" => self.explore_rate = v.float(key)?,
             "fresh_budget" => self.fresh_budget = v.float(key)?,
             "fresh_max_age_s" => self.fresh_max_age_s = v.float(key)?,
-            "candidates" => self.candidates = v.count(key, MAX_CANDIDATES)?,
-            "ef" => self.ef = v.count(key, MAX_CANDIDATES)?,
+            "candidates" => self.candidates = count(v)?,
+            "ef" => self.ef = count(v)?,
             "long_term_weight" => self.long_term_weight = v.float(key)? as f32,
             "recency_half_life" => self.recency_half_life = v.float(key)? as f32,
             "task_weights" => match v {
-                ConfigValue::Floats(w) => self.task_weights = w.iter().map(|&x| x as f32).collect(),
+                Value::List(w) => {
+                    self.task_weights = w
+                        .iter()
+                        .map(|x| x.float("task_weights").map(|f| f as f32))
+                        .collect::<Result<_>>()?
+                }
                 _ => {
                     return Err(invalid!(
                         "config \"task_weights\" must be a list of numbers"
@@ -139,6 +127,12 @@ impl ServingConfig {
             return Err(invalid!(
                 "ef must be in [0, {MAX_CANDIDATES}], got {}",
                 self.ef
+            ));
+        }
+        if self.task_weights.len() > 64 {
+            return Err(invalid!(
+                "task_weights has {} entries (at most 64)",
+                self.task_weights.len()
             ));
         }
         if self.task_weights.iter().any(|w| !w.is_finite()) {

@@ -59,7 +59,11 @@ impl Pipeline {
         }
     }
 
-    pub(super) fn upload_changes(infos: &[ItemInfo], embeddings: &[f32], dim: usize) -> Vec<CatalogChange> {
+    pub(super) fn upload_changes(
+        infos: &[ItemInfo],
+        embeddings: &[f32],
+        dim: usize,
+    ) -> Vec<CatalogChange> {
         infos
             .iter()
             .zip(embeddings.chunks_exact(dim.max(1)))

@@ -37,9 +37,10 @@ use super::features::{feature_set_version, item_width, user_width};
 use super::fresh::FreshPool;
 use super::idhash::IdMap;
 use super::redis_tier::{RedisOptions, RedisTier};
-use super::scorer::{ConfigValue, ServingConfig};
+use super::scorer::ServingConfig;
 use super::store::{BatchTier, ItemStore, UserStore};
 use crate::ann::HnswIndex;
+use crate::config::Value;
 use crate::eventlog::{EventLog, FeatureEvent, FeatureEventKind, UserTokenizer};
 use crate::rank::RankerSet;
 use crate::rerank::Reranker;
@@ -429,7 +430,7 @@ impl Pipeline {
     /// traffic split in one snapshot. Concurrent updates are serialised, so none is lost.
     pub fn update_config(
         &self,
-        changes: &[(String, ConfigValue)],
+        changes: &[(String, Value)],
         replace: Option<ServingConfig>,
     ) -> Result<()> {
         let _g = self.serving_update.lock();

@@ -252,14 +252,14 @@ fn impression_ids_are_unique_per_user_and_stable_per_retry() {
 #[test]
 fn config_updates_are_one_snapshot() {
     let w = world(100, 0.05, Policy::default(), |i| i);
-    let ch = |k: &str, v: ConfigValue| (k.to_owned(), v);
+    let ch = |k: &str, v: Value| (k.to_owned(), v);
     std::thread::scope(|s| {
         for t in 0..4 {
             let p = &w.pipe;
             s.spawn(move || {
                 for i in 0..200 {
                     let rate = f64::from((t * 200 + i) % 100) / 100.0;
-                    p.update_config(&[ch("explore_rate", ConfigValue::Float(rate))], None)
+                    p.update_config(&[ch("explore_rate", Value::Float(rate))], None)
                         .unwrap();
                     let sv = p.serving();
                     assert_eq!(sv.config.explore_rate, sv.split.explore_rate());
@@ -271,12 +271,12 @@ fn config_updates_are_one_snapshot() {
     assert_eq!(sv.config.explore_rate, sv.split.explore_rate());
     let e = w
         .pipe
-        .update_config(&[ch("candidates", ConfigValue::Int(-1))], None)
+        .update_config(&[ch("candidates", Value::Int(-1))], None)
         .unwrap_err();
     assert!(e.to_string().contains("candidates"));
     let e = w
         .pipe
-        .update_config(&[ch("nope", ConfigValue::Int(1))], None)
+        .update_config(&[ch("nope", Value::Int(1))], None)
         .unwrap_err();
     assert!(e.to_string().contains("unknown config key"));
 }

@@ -191,8 +191,9 @@ impl RedisTier {
     /// Up to `count` entries after stream id `after` ("0-0" = from the start), oldest first,
     /// and whether entries after `after` were trimmed before they could be read (a gap).
     pub fn read_catalog(&self, after: &str, count: usize) -> Result<CatalogRead> {
-        parse_id(after)
-            .ok_or_else(|| invalid!("stream position must look like 1700000000000-0, got {after:?}"))?;
+        parse_id(after).ok_or_else(|| {
+            invalid!("stream position must look like 1700000000000-0, got {after:?}")
+        })?;
         if count == 0 || count > 100_000 {
             return Err(invalid!("count must be in [1, 100000], got {count}"));
         }
@@ -209,7 +210,11 @@ impl RedisTier {
         let entries = self.entries(&range)?;
         // one reply per call, so a missing stream (an error reply) leaves the connection clean
         let info: Option<Value> = self.run(Op::Read, "read_catalog", |con| {
-            match redis::cmd("XINFO").arg("STREAM").arg(&key).query::<Value>(con) {
+            match redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&key)
+                .query::<Value>(con)
+            {
                 Ok(v) => Ok(Some(v)),
                 Err(e) if e.to_string().contains("no such key") => Ok(None),
                 Err(e) => Err(e),
@@ -230,14 +235,20 @@ impl RedisTier {
             other => return Err(self.corrupt(format!("XINFO STREAM replied {other:?}"))),
         };
         let int = |name: &[u8]| {
-            pairs.iter().find(|(k, _)| bytes(k) == Some(name)).and_then(|(_, v)| match v {
-                Value::Int(n) => u64::try_from(*n).ok(),
-                _ => None,
-            })
+            pairs
+                .iter()
+                .find(|(k, _)| bytes(k) == Some(name))
+                .and_then(|(_, v)| match v {
+                    Value::Int(n) => u64::try_from(*n).ok(),
+                    _ => None,
+                })
         };
         match (int(b"entries-added"), int(b"length")) {
             (Some(added), Some(len)) => Ok(added.saturating_sub(len)),
-            _ => Err(self.corrupt("XINFO STREAM has no entries-added/length (Redis >= 7 needed)".into())),
+            _ => {
+                Err(self
+                    .corrupt("XINFO STREAM has no entries-added/length (Redis >= 7 needed)".into()))
+            }
         }
     }
 
