@@ -11,10 +11,11 @@ import uuid
 import numpy as np
 import pytest
 from _redis import SKIP, Server, _free_port
+from conftest import build_pipeline
 
 from fyp_core import FeedPipeline, HnswIndex, MlpRanker, Reranker, TrafficSplit
-from fyp_core.catalog import Catalogue, apply_catalogue
-from fyp_core.synth import TASKS, demo_ranker_weights, make_world
+from fyp_core.catalog import Catalogue
+from fyp_core.synth import demo_ranker_weights, make_world
 
 pytestmark = SKIP
 NOW = 1.8e9
@@ -35,23 +36,10 @@ def world():
 
 
 def host(world, url, ns) -> FeedPipeline:
-    cat = Catalogue.from_world(world)
-    index = HnswIndex(cat.dim, metric="ip", ef_construction=32)
-    index.add(cat.item_ids, cat.item_embeddings)
-    w, b, o = demo_ranker_weights(cat.dim)
-    ranker = MlpRanker(w, b, activation="relu", outputs=o, version="v1", task_names=list(TASKS))
-    pipe = FeedPipeline(
-        index,
-        ranker,
-        Reranker({"window": 10}),
-        TrafficSplit(0.0),
-        config={"candidates": 100, "fresh_max_age_s": 3600.0, "fresh_budget": 0.5},
-        user_token_key=KEY,
-        redis_url=url,
-        redis_namespace=ns,
+    config = {"candidates": 100, "fresh_max_age_s": 3600.0, "fresh_budget": 0.5}
+    return build_pipeline(
+        world, explore_rate=0.0, config=config, key=KEY, redis_url=url, redis_namespace=ns
     )
-    apply_catalogue(pipe, cat, index=False)
-    return pipe
 
 
 def test_an_upload_on_one_host_is_servable_on_the_others(server, world) -> None:

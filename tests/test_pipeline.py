@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import build_pipeline
 
 from fyp_core import (
-    EventLog,
     FeedPipeline,
     HnswIndex,
     MlpRanker,
@@ -36,32 +36,15 @@ def world():
 
 
 def build(world, log_dir=None, explore_rate=0.05, layers=None, candidates=300):
-    index = HnswIndex(world.dim, metric="ip", ef_construction=64, capacity=10_000)
-    index.add(world.item_ids, world.item_emb)
-    w, b, o = demo_ranker_weights(world.dim)
-    ranker = MlpRanker(w, b, activation="relu", outputs=o, version="v1", task_names=list(TASKS))
-    log = EventLog(str(log_dir), tasks=list(TASKS)) if log_dir else None
-    pipe = FeedPipeline(
-        index,
-        ranker,
-        Reranker(POLICY),
-        TrafficSplit(explore_rate, layers=layers),
-        event_log=log,
-        config={"candidates": candidates, "fresh_max_age_s": 3600.0},
-        user_token_key=b"0123456789abcdef",
+    config = {"candidates": candidates, "fresh_max_age_s": 3600.0}
+    return build_pipeline(
+        world,
+        log_dir=log_dir,
+        policy=POLICY,
+        explore_rate=explore_rate,
+        layers=layers,
+        config=config,
     )
-    pipe.load_items(
-        world.item_ids,
-        world.item_emb,
-        world.item_topic,
-        world.item_creator,
-        world.item_category,
-        world.item_upload_ts,
-        index=False,
-    )
-    users = np.flatnonzero(world.user_has_long_term)
-    pipe.set_user_embeddings([world.user_ids[u] for u in users], world.user_long_term[users])
-    return pipe
 
 
 @pytest.fixture(scope="module")

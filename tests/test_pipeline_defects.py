@@ -12,6 +12,7 @@ import threading
 import duckdb
 import numpy as np
 import pytest
+from conftest import build_pipeline
 
 from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker, TrafficSplit
 from fyp_core.synth import TASKS, demo_ranker_weights, make_world
@@ -38,28 +39,8 @@ def ranker(world, version="v1", tasks=None):
     return MlpRanker(w, b, activation="relu", outputs=o, version=version, task_names=names)
 
 
-def build(world, log=None, policy=None, explore_rate=0.05, creators=None):
-    index = HnswIndex(world.dim, metric="ip", ef_construction=64)
-    index.add(world.item_ids, world.item_emb)
-    pipe = FeedPipeline(
-        index,
-        ranker(world),
-        Reranker(policy or {"window": 20, "max_topic_share": 0.4, "max_per_creator": 2}),
-        TrafficSplit(explore_rate),
-        event_log=log,
-        config={"candidates": 300},
-        user_token_key=KEY,
-    )
-    pipe.load_items(
-        world.item_ids,
-        world.item_emb,
-        world.item_topic,
-        world.item_creator if creators is None else creators,
-        world.item_category,
-        world.item_upload_ts,
-        index=False,
-    )
-    return pipe
+def build(world, log_dir=None, explore_rate=0.05, creators=None):
+    return build_pipeline(world, log_dir=log_dir, explore_rate=explore_rate, creators=creators)
 
 
 def count(logdir, table):
@@ -68,8 +49,7 @@ def count(logdir, table):
 
 
 def test_a_shadow_with_other_tasks_is_refused_and_rows_keep_flowing(world, tmp_path):
-    log = EventLog(str(tmp_path), tasks=list(TASKS))
-    pipe = build(world, log=log)
+    pipe = build(world, log_dir=tmp_path)
     with pytest.raises(ValueError, match="tasks"):
         pipe.add_shadow(ranker(world, "v5", tasks=len(TASKS) - 1))
     for q in range(30):
@@ -82,16 +62,24 @@ def test_a_shadow_with_other_tasks_is_refused_and_rows_keep_flowing(world, tmp_p
 
 def test_an_event_log_with_other_tasks_is_refused(world, tmp_path):
     log = EventLog(str(tmp_path), tasks=["a", "b"])
+    index = HnswIndex(world.dim)
+    index.add(world.item_ids, world.item_emb)
     with pytest.raises(ValueError, match="EventLog"):
-        build(world, log=log)
+        FeedPipeline(
+            index,
+            ranker(world),
+            Reranker({}),
+            TrafficSplit(0.05),
+            event_log=log,
+            user_token_key=KEY,
+        )
     log.close()
 
 
 def test_rows_refused_by_a_closed_log_are_counted(world, tmp_path):
-    log = EventLog(str(tmp_path), tasks=list(TASKS))
-    pipe = build(world, log=log)
+    pipe = build(world, log_dir=tmp_path)
     pipe.feed("u1", "r1", n=10, now=NOW)
-    log.close()
+    pipe.close()
     r = pipe.feed("u1", "r2", n=10, now=NOW + 1)
     pipe.engage(r.impression_ids[0], watched_seconds=3.0, now=NOW + 2)
     st = pipe.stats()

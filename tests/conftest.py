@@ -1,0 +1,66 @@
+"""Shared test set-up: one way to build a `FeedPipeline` over a synthetic world or a catalogue
+(the index, the demo ranker, a re-ranker, the split, an optional event log and Redis tier),
+instead of a copy per test module."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker, TrafficSplit
+from fyp_core import features as fs
+from fyp_core.catalog import Catalogue, apply_catalogue
+from fyp_core.synth import TASKS, demo_ranker_weights
+
+DEFAULT_POLICY = {"window": 20, "max_topic_share": 0.4, "max_per_creator": 2}
+
+
+def demo_ranker(dim: int, version: str = "v1") -> MlpRanker:
+    """The demo's hand-made multi-task ranker for embedding dim `dim`."""
+    w, b, o = demo_ranker_weights(dim)
+    return MlpRanker(w, b, activation="relu", outputs=o, version=version, task_names=list(TASKS))
+
+
+def build_pipeline(
+    source: Any,
+    *,
+    log_dir: Any = None,
+    policy: Optional[Mapping[str, Any]] = None,
+    explore_rate: float = 0.05,
+    layers: Any = None,
+    config: Optional[Mapping[str, Any]] = None,
+    key: bytes = b"0123456789abcdef",
+    creators: Optional[np.ndarray] = None,
+    **pipeline_kw: Any,
+) -> FeedPipeline:
+    """A pipeline over `source` (a `synth.World` or a `Catalogue`): items indexed and loaded
+    (with the catalogue's batch tier for a catalogue), `log_dir` attaches an `EventLog` with the
+    ranker's tasks and the feature names; `creators` overrides the item creators."""
+    cat = source if isinstance(source, Catalogue) else Catalogue.from_world(source)
+    if creators is not None:
+        cat = Catalogue.from_arrays(
+            cat.item_ids,
+            cat.item_embeddings,
+            cat.topics,
+            creators,
+            cat.upload_ts,
+            categories=cat.categories,
+        )
+    index = HnswIndex(cat.dim, metric="ip", ef_construction=64, capacity=cat.n_items + 1000)
+    index.add(cat.item_ids, cat.item_embeddings)
+    log = None
+    if log_dir is not None:
+        log = EventLog(str(log_dir), tasks=list(TASKS), feature_names=fs.feature_names(cat.dim))
+    pipe = FeedPipeline(
+        index,
+        demo_ranker(cat.dim),
+        Reranker(dict(policy or DEFAULT_POLICY)),
+        TrafficSplit(explore_rate, layers=layers),
+        event_log=log,
+        config=dict(config or {"candidates": 300}),
+        user_token_key=key,
+        **pipeline_kw,
+    )
+    apply_catalogue(pipe, cat, index=False)
+    return pipe
