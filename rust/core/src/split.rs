@@ -298,6 +298,80 @@ fn validate_layer(layer: &Layer) -> Result<()> {
     Ok(())
 }
 
+/// Experiment layers from a config value: a list `[{"name": str, "variants": {variant:
+/// [start, end)}}, ...]` or a map `{layer: {variant: [start, end)}}`; `Null` = none. The
+/// ranges are checked by [`TrafficSplit::new`].
+pub fn layers_from_value(v: &crate::config::Value) -> Result<Vec<Layer>> {
+    use crate::config::Value;
+    match v {
+        Value::Null => Ok(vec![]),
+        Value::Map(m) => m
+            .iter()
+            .map(|(k, vars)| {
+                let name = k.key("layer")?.to_owned();
+                let variants = variants_from_value(&name, vars)?;
+                Ok(Layer { name, variants })
+            })
+            .collect(),
+        Value::List(l) => l.iter().map(layer_from_entry).collect(),
+        _ => Err(invalid!(
+            "layers must be a list of {{'name': str, 'variants': {{name: [start, end)}}}} or a dict"
+        )),
+    }
+}
+
+fn layer_from_entry(item: &crate::config::Value) -> Result<Layer> {
+    let m = item.map("each layer must be a dict with keys 'name' and 'variants'")?;
+    let (mut name, mut variants) = (None, None);
+    for (k, v) in m {
+        match k.key("layer")? {
+            "name" => name = Some(v.str("layer 'name'")?.to_owned()),
+            "variants" => variants = Some(v),
+            other => {
+                return Err(invalid!(
+                    "unknown layer key {other:?}; valid keys are 'name' and 'variants'"
+                ))
+            }
+        }
+    }
+    let name = name.ok_or_else(|| invalid!("a layer is missing its 'name'"))?;
+    let v = variants.ok_or_else(|| invalid!("layer {name:?} is missing 'variants'"))?;
+    let variants = variants_from_value(&name, v)?;
+    Ok(Layer { name, variants })
+}
+
+fn variants_from_value(layer: &str, v: &crate::config::Value) -> Result<Vec<Variant>> {
+    use crate::config::Value;
+    let what = format!("layer {layer:?}: variants must be a dict {{variant_name: [start, end)}}");
+    v.map(&what)?
+        .iter()
+        .map(|(k, range)| {
+            let name = k.key(&format!("layer {layer:?}: variant"))?.to_owned();
+            let pair = match range {
+                Value::List(p) => p,
+                _ => {
+                    return Err(invalid!(
+                        "layer {layer:?} variant {name:?}: range must be a pair [start, end) of ints"
+                    ))
+                }
+            };
+            let [s, e] = pair.as_slice() else {
+                return Err(invalid!(
+                    "layer {layer:?} variant {name:?}: range must have exactly 2 ints [start, end), got {}",
+                    pair.len()
+                ));
+            };
+            let (start, end) = (s.int("range start")?, e.int("range end")?);
+            match (u32::try_from(start), u32::try_from(end)) {
+                (Ok(start), Ok(end)) => Ok(Variant { name, start, end }),
+                _ => Err(invalid!(
+                    "layer {layer:?} variant {name:?} has bucket range [{start}, {end}); ranges must satisfy 0 <= start < end <= 10000"
+                )),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,78 +484,4 @@ mod tests {
             Err(Error::NotFound(_))
         ));
     }
-}
-
-/// Experiment layers from a config value: a list `[{"name": str, "variants": {variant:
-/// [start, end)}}, ...]` or a map `{layer: {variant: [start, end)}}`; `Null` = none. The
-/// ranges are checked by [`TrafficSplit::new`].
-pub fn layers_from_value(v: &crate::config::Value) -> Result<Vec<Layer>> {
-    use crate::config::Value;
-    match v {
-        Value::Null => Ok(vec![]),
-        Value::Map(m) => m
-            .iter()
-            .map(|(k, vars)| {
-                let name = k.key("layer")?.to_owned();
-                let variants = variants_from_value(&name, vars)?;
-                Ok(Layer { name, variants })
-            })
-            .collect(),
-        Value::List(l) => l.iter().map(layer_from_entry).collect(),
-        _ => Err(invalid!(
-            "layers must be a list of {{'name': str, 'variants': {{name: [start, end)}}}} or a dict"
-        )),
-    }
-}
-
-fn layer_from_entry(item: &crate::config::Value) -> Result<Layer> {
-    let m = item.map("each layer must be a dict with keys 'name' and 'variants'")?;
-    let (mut name, mut variants) = (None, None);
-    for (k, v) in m {
-        match k.key("layer")? {
-            "name" => name = Some(v.str("layer 'name'")?.to_owned()),
-            "variants" => variants = Some(v),
-            other => {
-                return Err(invalid!(
-                    "unknown layer key {other:?}; valid keys are 'name' and 'variants'"
-                ))
-            }
-        }
-    }
-    let name = name.ok_or_else(|| invalid!("a layer is missing its 'name'"))?;
-    let v = variants.ok_or_else(|| invalid!("layer {name:?} is missing 'variants'"))?;
-    let variants = variants_from_value(&name, v)?;
-    Ok(Layer { name, variants })
-}
-
-fn variants_from_value(layer: &str, v: &crate::config::Value) -> Result<Vec<Variant>> {
-    use crate::config::Value;
-    let what = format!("layer {layer:?}: variants must be a dict {{variant_name: [start, end)}}");
-    v.map(&what)?
-        .iter()
-        .map(|(k, range)| {
-            let name = k.key(&format!("layer {layer:?}: variant"))?.to_owned();
-            let pair = match range {
-                Value::List(p) => p,
-                _ => {
-                    return Err(invalid!(
-                        "layer {layer:?} variant {name:?}: range must be a pair [start, end) of ints"
-                    ))
-                }
-            };
-            let [s, e] = pair.as_slice() else {
-                return Err(invalid!(
-                    "layer {layer:?} variant {name:?}: range must have exactly 2 ints [start, end), got {}",
-                    pair.len()
-                ));
-            };
-            let (start, end) = (s.int("range start")?, e.int("range end")?);
-            match (u32::try_from(start), u32::try_from(end)) {
-                (Ok(start), Ok(end)) => Ok(Variant { name, start, end }),
-                _ => Err(invalid!(
-                    "layer {layer:?} variant {name:?} has bucket range [{start}, {end}); ranges must satisfy 0 <= start < end <= 10000"
-                )),
-            }
-        })
-        .collect()
 }
