@@ -114,6 +114,7 @@ def test_metrics_prometheus_format(client) -> None:
         "fyp_exploration_share",
         "fyp_index_items",
         "fyp_event_log_queue_depth",
+        "fyp_event_log_not_durable",
         "fyp_fresh_retrieval_rate",
         'fyp_feature_age_seconds{tier="real_time"}',
         'fyp_feature_age_p99_seconds{tier="near_real_time"}',

@@ -95,6 +95,11 @@ class _Metrics:
         self.log_dropped = Gauge(
             "fyp_event_log_dropped", "Sampled records dropped under backpressure", registry=r
         )
+        self.log_not_durable = Gauge(
+            "fyp_event_log_not_durable",
+            "Durable rows acknowledged while their write-ahead append failed (in memory only)",
+            registry=r,
+        )
         self.feature_age = Gauge(
             "fyp_feature_age_seconds",
             "Age of each feature tier's newest data",
@@ -144,6 +149,7 @@ class _Metrics:
         self.fresh_rate.set(st.get("fresh_retrieval_rate", 0.0))
         self.queue_depth.set(st.get("log_queue_depth", 0))
         self.log_dropped.set(st.get("log_dropped", 0))
+        self.log_not_durable.set(st.get("log_not_durable", 0))
         if "redis" in st:
             self.redis_available.set(float(st["redis"]["available"]))
             self.redis_fallbacks.set(st["redis"]["fallbacks"])

@@ -679,7 +679,9 @@ fn _close_all_event_logs(py: Python<'_>) {
         .collect();
     py.detach(move || {
         for l in logs {
-            let _ = l.close();
+            if let Err(e) = l.close() {
+                eprintln!("fyp_core: EventLog.close at exit: {e} (the write-ahead file keeps its rows for the next session)");
+            }
         }
     });
 }

@@ -580,7 +580,13 @@ impl Worker {
                         let name = e.file_name();
                         let name = name.to_string_lossy();
                         if name.starts_with(&prefix) && name.ends_with(".tmp") {
-                            let _ = fs::remove_file(e.path());
+                            if let Err(err) = fs::remove_file(e.path()) {
+                                // hidden from readers; only the disk space is lost
+                                self.sh.record_error(format!(
+                                    "cannot remove stale {}: {err}",
+                                    e.path().display()
+                                ));
+                            }
                         }
                     }
                 }

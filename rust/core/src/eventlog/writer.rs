@@ -211,8 +211,12 @@ fn check_writable(dir: &Path, what: &str) -> Result<()> {
     let probe = dir.join(format!(".fyp-probe-{}", std::process::id()));
     fs::write(&probe, b"")
         .map_err(|e| Error::Io(format!("{what} {} is not writable: {e}", dir.display())))?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
+    fs::remove_file(&probe).map_err(|e| {
+        Error::Io(format!(
+            "{what} {}: cannot remove a probe file: {e}",
+            dir.display()
+        ))
+    })
 }
 
 impl EventLog {
@@ -547,6 +551,9 @@ fn refame_flag(buf: &mut [u8], start: usize, flag: u8) {
 
 impl Drop for EventLog {
     fn drop(&mut self) {
-        let _ = self.close();
+        // nobody is left to return the error to; the write-ahead file keeps the rows
+        if let Err(e) = self.close() {
+            eprintln!("fyp_core: EventLog dropped: {e} (the write-ahead file keeps its rows for the next session)");
+        }
     }
 }
