@@ -140,14 +140,28 @@ def drop_dac_caps() -> None:
 
 
 def spawn(args: list, user: bool = False, stdin: bool = False) -> subprocess.Popen:
-    return subprocess.Popen(
+    """stderr goes to a file, so `communicate()` reads the rest of stdout through its buffer
+    (with two pipes it reads the raw descriptors and loses what iteration had buffered)."""
+    err = tempfile.TemporaryFile()
+    p = subprocess.Popen(
         [sys.executable, "-c", CHILD, *map(str, args)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=err,
         stdin=subprocess.PIPE if stdin else None,
         text=True,
         preexec_fn=drop_dac_caps if user and os.geteuid() == 0 else None,
     )
+    ERRFILES[p.pid] = err
+    return p
+
+
+ERRFILES: dict = {}
+
+
+def stderr_of(p: subprocess.Popen) -> str:
+    f = ERRFILES.pop(p.pid)
+    f.seek(0)
+    return f.read().decode(errors="replace")[-2000:]
 
 
 def kill9_round(tmp: str, rng: random.Random, t: dict) -> None:
@@ -170,7 +184,7 @@ def kill9_round(tmp: str, rng: random.Random, t: dict) -> None:
         rest, _ = p.communicate(timeout=30)
         for line in rest.splitlines():
             if not line.endswith("]"):
-                continue  # a line cut by the kill: its call may not have returned
+                continue  # the last line, cut by the kill
             k, m = json.loads(line)
             acked.append(k)
             if m:
@@ -196,8 +210,8 @@ def rlimit_round(tmp: str, rng: random.Random, t: dict) -> None:
         if m:
             mem.add(k)
     os.kill(p.pid, signal.SIGKILL)
-    _, err = p.communicate(timeout=30)
-    assert len(acked) == 1100, err[-2000:]
+    p.communicate(timeout=30)
+    assert len(acked) == 1100, stderr_of(p)
     tally(t, acked, mem, recover(root), "crash")
     t["acknowledged"] += len(acked)
     t["not_durable"] += len(mem)
