@@ -41,9 +41,19 @@ def ref(truth):
         cols[flag] = t <= j["its"].to_numpy().astype(float) + win
         cols[flag + "_late"] = t > j["its"].to_numpy().astype(float) + win
     imp = imp.sort_by("impression_id")
-    out = {c: imp[c].to_numpy(zero_copy_only=False) for c in
-           ("impression_id", "user_token", "position", "source", "topic", "creator_id", "item_id",
-            "sampled_pct")}
+    out = {
+        c: imp[c].to_numpy(zero_copy_only=False)
+        for c in (
+            "impression_id",
+            "user_token",
+            "position",
+            "source",
+            "topic",
+            "creator_id",
+            "item_id",
+            "sampled_pct",
+        )
+    }
     out["ts"] = imp["ts"].cast(pa.int64()).to_numpy()
     out["w"] = 100.0 / out["sampled_pct"]
     out["engaged"] = cols["pos_any"]
@@ -81,8 +91,9 @@ def test_daily_summary_reweights_to_the_served_slots(truth, ref):
     for r, day in zip(d, np.unique(ref["day"])):
         m = ref["day"] == day
         assert r["slots"] == pytest.approx(w[m].sum())
-        assert r["exploration_share"] == pytest.approx(w[m & (src == "exploration")].sum()
-                                                       / w[m].sum())
+        assert r["exploration_share"] == pytest.approx(
+            w[m & (src == "exploration")].sum() / w[m].sum()
+        )
         assert r["engagement_rate"] == pytest.approx(wrate(w, ref["engaged"], m))
     # reweighting recovers the slots actually served (sampling drops ~half the firehose rows)
     assert sum(r["slots"] for r in d) == pytest.approx(truth.n_slots, rel=0.02)
@@ -168,7 +179,7 @@ def test_cohort_diversity(truth, ref):
     age = (k_week - cohort[k_user]) // 7
     assert len(t) == len({(c, a) for c, a in zip(cohort[k_user], age)})
     for r in t:
-        c = (np.datetime64(r["cohort_week"], "D").astype(int))
+        c = np.datetime64(r["cohort_week"], "D").astype(int)
         m = (cohort[k_user] == c) & (age == r["age_weeks"])
         assert r["users"] == m.sum()
         assert r["mean_topics"] == pytest.approx(topics[m].mean())
@@ -198,6 +209,12 @@ def test_creator_gini(truth, ref):
     assert all(0 <= r["gini"] < 1 for r in t)
 
 
+def test_young_creator_share_is_zero_not_null_without_young_creators(truth):
+    """young_days=0: no creator is young on any day, so the share is 0.0 on every day."""
+    t = rows(analytics.creator_gini(truth.root, young_days=0))
+    assert t and all(r["young_creator_share"] == 0.0 for r in t), t[:2]
+
+
 def weighted_auc(p, y, w):
     order = np.argsort(p, kind="stable")
     p, y, w = p[order], y[order], w[order]
@@ -210,8 +227,9 @@ def weighted_auc(p, y, w):
 
 @pytest.fixture(scope="module")
 def scores(truth, ref):
-    s = analytics.read_table(truth.root, "ranker_scores",
-                             ["impression_id", "model_version", "is_shadow", "pred_finish"])
+    s = analytics.read_table(
+        truth.root, "ranker_scores", ["impression_id", "model_version", "is_shadow", "pred_finish"]
+    )
     return s
 
 
@@ -236,8 +254,9 @@ def test_shadow_vs_live(truth, ref, scores):
             ll[role] = -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum()
             assert r[f"{role}_log_loss"] == pytest.approx(ll[role], rel=1e-9)
             # AUC over predictions binned at 1e-4 (exact Mann-Whitney on the bins) ...
-            assert r[f"{role}_auc"] == pytest.approx(weighted_auc(np.floor(p * 1e4), y, w),
-                                                     rel=1e-9)
+            assert r[f"{role}_auc"] == pytest.approx(
+                weighted_auc(np.floor(p * 1e4), y, w), rel=1e-9
+            )
             # ... which is within 1e-3 of the AUC on the raw predictions
             assert r[f"{role}_auc"] == pytest.approx(weighted_auc(p, y, w), abs=1e-3)
             assert r[f"{role}_brier"] == pytest.approx((w * (p - y) ** 2).sum() / w.sum())

@@ -237,6 +237,20 @@ def test_parity_report_over_the_served_log(day) -> None:
     assert set(rep.flagged) <= short, rep.to_markdown()
 
 
+def test_training_set_and_served_log_share_one_feature_names_encoding(day) -> None:
+    """`fyp.feature_names` is a JSON list in both, so the served-log reader reads either."""
+    from fyp_core.parity import served_features_matrix
+
+    logdir = day["root"] / "log"
+    names = fs.feature_names(16)
+    train = fs.training_set(logdir, day["cat"], user_token_key=KEY, history_len=20)
+    t_mat, t_names = served_features_matrix(train)
+    s_mat, s_names = served_features_matrix(fs.served_features(logdir))
+    assert t_names == s_names == names
+    assert t_mat.shape == s_mat.shape == (day["served"], len(names))
+    assert np.array_equal(t_mat, fs.features_matrix(train))
+
+
 def test_concurrent_batch_updates_lose_nothing(day) -> None:
     import threading
 

@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+#: Every table the event log writes, in the Rust schema's order (one source of truth).
+EVENTLOG_TABLES: tuple[str, ...]
 
 _StrArg = Union[str, Sequence[str], npt.NDArray[np.str_], npt.NDArray[np.object_]]
 _IntArg = Union[int, Sequence[int], npt.NDArray[np.integer]]
@@ -51,6 +53,7 @@ class _PipelineStats(TypedDict, total=False):
     shadows_skipped: int
     log_queue_depth: int  # with an event log
     log_dropped: int  # with an event log
+    log_not_durable: int  # with an event log
     redis: _RedisStats  # with a Redis tier
 
 class _TierFreshness(TypedDict):

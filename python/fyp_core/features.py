@@ -11,6 +11,7 @@ at that instant, joined with its engagement labels. See docs/feature_store.md.
 from __future__ import annotations
 
 import glob
+import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -113,8 +114,9 @@ def training_set(
 
     Returns one row per served item of every logged request: ``request_id``, ``ts``,
     ``user_token``, ``item_id``, ``position``, ``impression_id``, ``features`` (list<float32>,
-    names in the schema metadata ``fyp.feature_names``) and, with ``labels``, the engagement
-    labels ``completed, liked, shared, followed`` (bool) and ``watched_seconds``.
+    names in the schema metadata ``fyp.feature_names``, a JSON list as in the served log) and,
+    with ``labels``, the engagement labels ``completed, liked, shared, followed`` (bool) and
+    ``watched_seconds``.
     """
     files = _files(logdir, "feature_events")
     if not files:
@@ -168,7 +170,8 @@ def training_set(
     if labels:
         table = _join_labels(table, logdir)
     meta = {
-        "fyp.feature_names": ",".join(out["feature_names"]),
+        # one encoding with the served log (the event log writes a JSON list)
+        "fyp.feature_names": json.dumps(list(out["feature_names"])),
         "fyp.feature_set_version": out["feature_set_version"],
         "fyp.missing_items": str(out["missing_items"]),
         "fyp.events": str(out["n_events"]),

@@ -1,6 +1,8 @@
 """Retention of the counterfactual log: roll raw partitions up, then delete them.
 
-``fyp-core retention LOGDIR --days 30`` keeps raw tables for ``days`` days. Older dt partitions are
+``fyp-core retention LOGDIR --days 30`` keeps raw tables for ``days`` days: every table the event
+log writes (``fyp_core._core.EVENTLOG_TABLES``, the Rust schema's own list, so a new table is
+covered the day it is added; ``feature_events`` carries user tokens too). Older dt partitions are
 first summarised into de-identified rollups (per user_token, day and topic: reweighted impression
 and engagement counts; no item, request, creator or impression ids), written atomically under
 ``LOGDIR/rollups/user_day_topic/dt=YYYY-MM-DD/``, and only then deleted. Rerunning is safe: an
@@ -17,9 +19,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fyp_core import analytics
+from fyp_core._core import EVENTLOG_TABLES
 
 ROLLUP_DIR = os.path.join("rollups", "user_day_topic")
 ROLLUP_FILE = "part-rollup.parquet"
@@ -37,7 +41,7 @@ class RetentionResult:
 
 def _partitions(root: str) -> List[Path]:
     out: List[Path] = []
-    for table in analytics.TABLES:
+    for table in EVENTLOG_TABLES:
         base = Path(root) / table
         if base.is_dir():
             out.extend(p for p in base.iterdir() if p.is_dir() and p.name.startswith("dt="))
@@ -69,8 +73,13 @@ def rollup_path(root: str, dt: str) -> Path:
     return Path(root) / ROLLUP_DIR / f"dt={dt}" / ROLLUP_FILE
 
 
-def run_retention(root: str, days: int = 30, now: Optional[_dt.datetime] = None,
-                  dry_run: bool = False, window_hours: float = 24.0) -> RetentionResult:
+def run_retention(
+    root: str,
+    days: int = 30,
+    now: Optional[_dt.datetime] = None,
+    dry_run: bool = False,
+    window_hours: float = 24.0,
+) -> RetentionResult:
     """Roll up, then delete, every raw dt partition older than ``days`` days (UTC)."""
     if not os.path.isdir(root):
         raise ValueError(f"log directory {root!r} does not exist")
@@ -84,11 +93,14 @@ def run_retention(root: str, days: int = 30, now: Optional[_dt.datetime] = None,
     todo = [d for d in imp_days if not rollup_path(root, d).exists()]
     if todo and not dry_run:
         t = analytics.rollup_user_day_topic(root, todo[0], todo[-1], window_hours=window_hours)
-        md = {"fyp.schema_version": "1", "fyp.table": "rollup_user_day_topic",
-              "fyp.window_hours": str(window_hours)}
+        md = {
+            "fyp.schema_version": "1",
+            "fyp.table": "rollup_user_day_topic",
+            "fyp.window_hours": str(window_hours),
+        }
         dts = t.column("dt")
         for d in todo:  # one file per day
-            part = t.filter(pa.compute.equal(dts, d))
+            part = t.filter(pc.equal(dts, d))
             part = part.replace_schema_metadata(md)
             _write_atomic(part, rollup_path(root, d))
             res.rollup_rows += part.num_rows

@@ -57,6 +57,12 @@ class _PipelineCollector(Collector):
                 "Sampled log rows dropped under backpressure",
                 value=st.get("log_dropped", 0),
             )
+        if "log_not_durable" in st:
+            yield CounterMetricFamily(
+                "fyp_event_log_not_durable",
+                "Durable rows acknowledged while their write-ahead append failed (in memory only)",
+                value=st["log_not_durable"],
+            )
         if "log_rows_rejected" in st:
             yield CounterMetricFamily(
                 "fyp_event_log_rows_rejected",

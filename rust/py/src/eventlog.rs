@@ -115,6 +115,8 @@ fn stats_dict<'py>(py: Python<'py>, s: &StatsSnapshot) -> PyResult<Bound<'py, Py
     d.set_item("write_errors", s.write_errors)?;
     d.set_item("wal_errors", s.wal_errors)?;
     d.set_item("wal_bad_tails", s.wal_bad_tails)?;
+    d.set_item("wal_skipped_bytes", s.wal_skipped_bytes)?;
+    d.set_item("not_durable", s.not_durable)?;
     d.set_item("wal_bytes", s.wal_bytes)?;
     d.set_item("checkpoints", s.checkpoints)?;
     d.set_item("last_error", s.last_error.clone())?;
@@ -677,7 +679,9 @@ fn _close_all_event_logs(py: Python<'_>) {
         .collect();
     py.detach(move || {
         for l in logs {
-            let _ = l.close();
+            if let Err(e) = l.close() {
+                eprintln!("fyp_core: EventLog.close at exit: {e} (the write-ahead file keeps its rows for the next session)");
+            }
         }
     });
 }
@@ -686,6 +690,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEventLog>()?;
     m.add_class::<PyUserTokenizer>()?;
     m.add_function(wrap_pyfunction!(user_token, m)?)?;
+    // the log's own table list: retention and readers derive theirs from it
+    let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+    m.add("EVENTLOG_TABLES", PyTuple::new(m.py(), names)?)?;
     let hook = wrap_pyfunction!(_close_all_event_logs, m)?;
     m.add_function(hook.clone())?;
     m.py().import("atexit")?.call_method1("register", (hook,))?;

@@ -836,6 +836,7 @@ impl PyFeedPipeline {
             let st = log.stats();
             d.set_item("log_queue_depth", st.queue_depth)?;
             d.set_item("log_dropped", st.dropped.iter().sum::<u64>())?;
+            d.set_item("log_not_durable", st.not_durable)?;
         }
         if let Some(t) = self.inner.shared_tier() {
             let st = t.stats();

@@ -4,6 +4,7 @@
 //! engagements) are journaled to a write-ahead file first, so backpressure and kill -9 lose none.
 //! On-disk contract: docs/eventlog_schema.md.
 
+mod fsio;
 mod parquet_io;
 pub mod record;
 pub mod schema;
@@ -24,5 +25,7 @@ pub use token::{user_token, UserTokenizer};
 pub(crate) use worker::json_str;
 pub use writer::{keep_request, now_us, EventLog, EventLogConfig};
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! `.part-*.tmp` name, fsynced, renamed, directory fsynced. Also reads the dedupe keys of
 //! committed files back for write-ahead replay.
 
+use super::fsio::{FsIo, IoFile};
 use super::record::Record;
 use super::schema::{arrow_schema, Table, SCHEMA_VERSION};
 use crate::{Error, Result};
@@ -16,7 +17,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -254,37 +255,12 @@ pub fn to_batch(table: Table, rows: &[Record], tasks: &[String]) -> Result<Recor
     })
 }
 
-/// fsyncs a directory so a rename in it survives a power cut.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::Io(format!("cannot fsync directory {}: {e}", dir.display())))
-}
-
-/// Writes `batch` as `dir/name` (zstd), visible only once complete. Returns the final path.
-pub fn write_atomic(
-    dir: &Path,
-    name: &str,
+/// The writer properties and schema metadata of one table's files.
+fn writer_props(
     table: Table,
-    batch: &RecordBatch,
     extra_meta: &[(String, String)],
     zstd_level: i32,
-) -> Result<PathBuf> {
-    let io = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
-        Error::Io(format!("{what} {}: {e}", p.display()))
-    };
-    fs::create_dir_all(dir).map_err(|e| io("cannot create directory", dir, &e))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let dst = dir.join(name);
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io("cannot create", &tmp, &e))?;
-    let sync_handle = file
-        .try_clone()
-        .map_err(|e| io("cannot clone handle of", &tmp, &e))?;
+) -> Result<(WriterProperties, std::collections::HashMap<String, String>)> {
     let mut kv = vec![
         KeyValue::new("fyp.schema_version".to_string(), SCHEMA_VERSION.to_string()),
         KeyValue::new("fyp.table".to_string(), table.name().to_string()),
@@ -294,7 +270,8 @@ pub fn write_atomic(
             .iter()
             .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
     );
-    let kv_pairs: Vec<(String, String)> = kv
+    // the same pairs also go into the embedded Arrow schema, so pyarrow's schema.metadata shows them
+    let meta = kv
         .iter()
         .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
         .collect();
@@ -318,29 +295,77 @@ pub fn write_atomic(
         Table::ServedFeatures | Table::FeatureEvents => props,
     }
     .build();
-    // the same pairs also go into the embedded Arrow schema, so pyarrow's schema.metadata shows them
-    let meta: std::collections::HashMap<String, String> = kv_pairs.into_iter().collect();
+    Ok((props, meta))
+}
+
+/// A file that became visible.
+pub struct Written {
+    pub path: PathBuf,
+    /// The file is renamed into place (visible, survives kill -9) but fsyncing its directory
+    /// failed, so the rename may not survive a power cut.
+    pub dir_sync_error: Option<String>,
+}
+
+/// Writes `batch` as `dir/name` (zstd), visible only once complete: written under a hidden
+/// temporary name, fsynced, renamed, directory fsynced. `Err` means no file became visible.
+pub fn write_atomic(
+    io: &FsIo,
+    dir: &Path,
+    name: &str,
+    table: Table,
+    batch: &RecordBatch,
+    extra_meta: &[(String, String)],
+    zstd_level: i32,
+) -> Result<Written> {
+    let err = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+        Error::Io(format!("{what} {}: {e}", p.display()))
+    };
+    fs::create_dir_all(dir).map_err(|e| err("cannot create directory", dir, &e))?;
+    let (props, meta) = writer_props(table, extra_meta, zstd_level)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
+    let file = io
+        .create_truncate(&tmp)
+        .map_err(|e| err("cannot create", &tmp, &e))?;
+    let sync_handle = file
+        .try_clone()
+        .map_err(|e| err("cannot clone handle of", &tmp, &e))?;
     let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(meta));
+    let sink = IoFile {
+        file,
+        path: tmp.clone(),
+        io: io.clone(),
+    };
     let result = (|| -> std::result::Result<(), String> {
         let batch = batch
             .clone()
             .with_schema(schema.clone())
             .map_err(|e| e.to_string())?;
-        let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| e.to_string())?;
+        let mut w = ArrowWriter::try_new(sink, schema, Some(props)).map_err(|e| e.to_string())?;
         w.write(&batch).map_err(|e| e.to_string())?;
         w.close().map_err(|e| e.to_string())?;
-        sync_handle.sync_all().map_err(|e| e.to_string())
-    })();
+        io.sync_all(&sync_handle, &tmp).map_err(|e| e.to_string())
+    })()
+    .and_then(|()| {
+        io.rename(&tmp, &dst)
+            .map_err(|e| format!("cannot rename into place: {e}"))
+    });
     if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io("cannot write", &tmp, &e));
+        return Err(match io.remove(&tmp) {
+            Ok(()) => err("cannot write", &tmp, &e),
+            Err(r) if r.kind() == std::io::ErrorKind::NotFound => err("cannot write", &tmp, &e),
+            // a leftover temporary is hidden from readers and removed at the next start
+            Err(r) => err("cannot write", &tmp, &format!("{e} (removing it: {r})")),
+        });
     }
-    fs::rename(&tmp, &dst).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io("cannot rename into", &dst, &e)
-    })?;
-    sync_dir(dir)?;
-    Ok(dst)
+    let dir_sync_error = io
+        .sync_dir(dir)
+        .err()
+        .map(|e| format!("cannot fsync directory {}: {e}", dir.display()));
+    Ok(Written {
+        path: dst,
+        dir_sync_error,
+    })
 }
 
 /// The dedupe keys ([`Record::dedupe_key`]) of every row of a committed file.
@@ -492,7 +517,10 @@ mod tests {
             let t = r.table();
             let b = to_batch(t, std::slice::from_ref(&r), &tasks).unwrap();
             assert_eq!(b.num_rows(), 1);
-            let p = write_atomic(&d, &format!("{}.parquet", t.name()), t, &b, &[], 1).unwrap();
+            let io = FsIo::default();
+            let p = write_atomic(&io, &d, &format!("{}.parquet", t.name()), t, &b, &[], 1)
+                .unwrap()
+                .path;
             assert!(p.exists());
             assert_eq!(read_keys(&p, t).unwrap(), vec![r.dedupe_key()]);
             if let Record::FeatureEvent(ev) = &r {

@@ -20,8 +20,12 @@ pub struct Stats {
     pub write_errors: AtomicU64,
     pub wal_errors: AtomicU64,
     pub wal_bad_tails: AtomicU64,
+    pub wal_skipped_bytes: AtomicU64,
+    pub not_durable: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// Passes of the writer loop (tests check an idle writer stays asleep).
+    pub writer_passes: AtomicU64,
 }
 
 impl Stats {
@@ -60,6 +64,11 @@ pub struct StatsSnapshot {
     pub wal_errors: u64,
     /// Write-ahead segments whose tail was torn or corrupt (a crash mid-append).
     pub wal_bad_tails: u64,
+    /// Bytes of damaged frames the replay skipped to reach later valid frames.
+    pub wal_skipped_bytes: u64,
+    /// Durable rows acknowledged while their write-ahead append failed (disk full, I/O
+    /// error): held in memory only, so a crash before they reach a visible file loses them.
+    pub not_durable: u64,
     /// Bytes appended to write-ahead files by this session.
     pub wal_bytes: u64,
     pub checkpoints: u64,
@@ -84,6 +93,8 @@ impl Stats {
             write_errors: self.write_errors.load(Relaxed),
             wal_errors: self.wal_errors.load(Relaxed),
             wal_bad_tails: self.wal_bad_tails.load(Relaxed),
+            wal_skipped_bytes: self.wal_skipped_bytes.load(Relaxed),
+            not_durable: self.not_durable.load(Relaxed),
             wal_bytes: self.wal_bytes.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             last_error: None,

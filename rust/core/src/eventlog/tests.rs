@@ -11,13 +11,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn tmp(name: &str) -> PathBuf {
+pub(super) fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fyp-evlog-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     d
 }
 
-const T0: i64 = 1_700_000_000_000_000;
+pub(super) const T0: i64 = 1_700_000_000_000_000;
 
 fn request(req: usize, slots: usize, explore_every: usize) -> RequestRecords {
     let rid = format!("req-{req}");
@@ -81,7 +81,7 @@ fn request(req: usize, slots: usize, explore_every: usize) -> RequestRecords {
 }
 
 /// Every key of every visible file of `table`, with multiplicity.
-fn keys(root: &Path, table: Table) -> HashMap<String, usize> {
+pub(super) fn keys(root: &Path, table: Table) -> HashMap<String, usize> {
     let mut out = HashMap::new();
     let tdir = root.join(table.name());
     let Ok(days) = fs::read_dir(&tdir) else {
@@ -208,7 +208,7 @@ fn replay_recovers_and_dedupes_against_committed_files() {
         log.submit_batch(first).unwrap();
         log.close().unwrap();
     }
-    let mut w = WalWriter::create(&wal_dir, 1, 0, false).unwrap();
+    let mut w = WalWriter::create(&wal_dir, 1, 0, false, &Default::default()).unwrap();
     let mut buf = Vec::new();
     for r in &rows {
         wal::frame(&mut buf, FLAG_QUEUED, r);
@@ -298,7 +298,8 @@ fn perf_breakdown() {
     let b = to_batch(Table::Impressions, &rows, &tasks).unwrap();
     let t_batch = t.elapsed();
     let t = Instant::now();
-    write_atomic(&root, "x.parquet", Table::Impressions, &b, &[], 1).unwrap();
+    let io = super::fsio::FsIo::default();
+    write_atomic(&io, &root, "x.parquet", Table::Impressions, &b, &[], 1).unwrap();
     let t_write = t.elapsed();
     println!(
         "{n} impressions: to_batch {:.1} ms ({:.2} M rows/s), parquet+fsync {:.1} ms ({:.2} M rows/s)",

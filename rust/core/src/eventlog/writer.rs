@@ -2,6 +2,7 @@
 //! write-ahead file and hands everything to a bounded in-memory queue; it never waits for the
 //! writer and never fails because the writer is slow. The background half is `worker.rs`.
 
+use super::fsio::FsIo;
 use super::record::{Record, RequestRecords};
 use super::schema::{Table, DEFAULT_TASKS};
 use super::stats::{Stats, StatsSnapshot};
@@ -50,6 +51,8 @@ pub struct EventLogConfig {
     pub wal_segment_bytes: u64,
     /// Test hook: the writer sleeps this long on every pass, to provoke backpressure.
     pub debug_write_delay_ms: u64,
+    /// File operations of the write-ahead and Parquet paths (tests inject faults here).
+    pub(crate) io: FsIo,
 }
 
 impl EventLogConfig {
@@ -69,6 +72,7 @@ impl EventLogConfig {
             wal_sync: false,
             wal_segment_bytes: 64 << 20,
             debug_write_delay_ms: 0,
+            io: FsIo::default(),
         }
     }
 
@@ -153,6 +157,9 @@ pub(crate) struct Shared {
     pub done: Condvar,
     pub wal: Mutex<Option<WalWriter>>,
     pub spill_pending: AtomicU64,
+    /// The current write-ahead segment is broken (a torn frame it could not cut off): the
+    /// writer thread must start a new one.
+    pub rotate_now: AtomicBool,
     pub stats: Stats,
     pub last_error: Mutex<Option<String>>,
 }
@@ -204,8 +211,12 @@ fn check_writable(dir: &Path, what: &str) -> Result<()> {
     let probe = dir.join(format!(".fyp-probe-{}", std::process::id()));
     fs::write(&probe, b"")
         .map_err(|e| Error::Io(format!("{what} {} is not writable: {e}", dir.display())))?;
-    let _ = fs::remove_file(&probe);
-    Ok(())
+    fs::remove_file(&probe).map_err(|e| {
+        Error::Io(format!(
+            "{what} {}: cannot remove a probe file: {e}",
+            dir.display()
+        ))
+    })
 }
 
 impl EventLog {
@@ -230,7 +241,7 @@ impl EventLog {
                 .max()
                 .map_or(0, |s| s + 1),
         );
-        let writer = WalWriter::create(&wal_dir, session, 0, cfg.wal_sync)?;
+        let writer = WalWriter::create(&wal_dir, session, 0, cfg.wal_sync, &cfg.io)?;
         let shared = Arc::new(Shared {
             cfg,
             wal_dir,
@@ -248,6 +259,7 @@ impl EventLog {
             done: Condvar::new(),
             wal: Mutex::new(Some(writer)),
             spill_pending: AtomicU64::new(0),
+            rotate_now: AtomicBool::new(false),
             stats: Stats::default(),
             last_error: Mutex::new(None),
         });
@@ -345,6 +357,9 @@ impl EventLog {
         if !firehose.is_empty() {
             let n = firehose.len();
             let mut q = self.shared.queue.lock();
+            if q.stop {
+                return Err(invalid!("this EventLog is closed"));
+            }
             if q.rows + n <= cfg.queue_capacity {
                 for r in &firehose {
                     Stats::add_t(&stats.enqueued, r.table(), 1);
@@ -362,14 +377,16 @@ impl EventLog {
             }
         }
         if !durable.is_empty() {
-            self.submit_durable(durable);
+            self.submit_durable(durable)?;
             accepted += accepted_durable;
         }
         Ok(accepted)
     }
 
     /// Journals durable rows, then queues them, or (queue full) leaves them only in the journal.
-    fn submit_durable(&self, rows: Vec<Record>) {
+    /// A failed append leaves nothing of the batch in the journal; the rows are then queued in
+    /// memory (even past capacity: durable rows are never dropped) and counted `not_durable`.
+    fn submit_durable(&self, rows: Vec<Record>) -> Result<()> {
         let sh = &self.shared;
         let n = rows.len();
         // encode outside every lock, as queued; the rare spill path rewrites the flags
@@ -379,18 +396,23 @@ impl EventLog {
             starts.push(buf.len());
             wal::frame(&mut buf, FLAG_QUEUED, r);
         }
-        for r in &rows {
-            Stats::add_t(&sh.stats.enqueued, r.table(), 1);
-        }
         let mut wal_guard = sh.wal.lock();
         let room = {
             let mut q = sh.queue.lock();
+            // checked under the write-ahead lock: once close() has set it, nothing more is
+            // appended, so the final checkpoint sees every journaled row
+            if q.stop {
+                return Err(invalid!("this EventLog is closed"));
+            }
             let room = q.rows + n <= sh.cfg.queue_capacity;
             if room {
                 q.rows += n; // reserve now so the decision cannot be invalidated
             }
             room
         };
+        for r in &rows {
+            Stats::add_t(&sh.stats.enqueued, r.table(), 1);
+        }
         if !room {
             for &s in &starts {
                 refame_flag(&mut buf, s, FLAG_SPILLED);
@@ -404,29 +426,31 @@ impl EventLog {
                 }
                 Err(e) => {
                     Stats::add(&sh.stats.wal_errors, 1);
-                    sh.record_error(format!("write-ahead append failed: {e}"));
+                    sh.record_error(e.to_string());
+                    if w.is_broken() {
+                        sh.rotate_now.store(true, Relaxed);
+                    }
                     false
                 }
             },
             None => false,
         };
+        if !journaled {
+            Stats::add(&sh.stats.not_durable, n as u64);
+        }
         if room || !journaled {
-            // queued (or the journal failed: keep them in memory even past capacity, because
-            // durable rows are never dropped)
             let mut q = sh.queue.lock();
             if !room {
                 q.rows += n;
             }
             q.items.push_back(rows);
-            drop(q);
-            drop(wal_guard);
-            sh.work.notify_one();
         } else {
             Stats::add(&sh.stats.spilled, n as u64);
             sh.spill_pending.fetch_add(n as u64, Relaxed);
-            drop(wal_guard);
-            sh.work.notify_one();
         }
+        drop(wal_guard);
+        sh.work.notify_one();
+        Ok(())
     }
 
     /// Blocks until everything submitted before the call is in visible files (spilled rows
@@ -462,8 +486,10 @@ impl EventLog {
         }
     }
 
-    /// Flushes, stops the writer thread, removes the (now empty) write-ahead segment and
-    /// releases the write-ahead lock. Idempotent; later submits fail with `InvalidArgument`.
+    /// Flushes, stops the writer thread, removes every write-ahead segment (when everything
+    /// reached visible files; otherwise they stay for the next session's replay and this
+    /// returns the error) and releases the write-ahead lock. Idempotent; later submits fail
+    /// with `InvalidArgument`.
     pub fn close(&self) -> Result<()> {
         if self.closed.swap(true, Relaxed) {
             return Ok(());
@@ -499,6 +525,12 @@ impl EventLog {
         s
     }
 
+    /// Passes the writer loop has made (an idle writer makes few).
+    #[cfg(test)]
+    pub(crate) fn writer_passes(&self) -> u64 {
+        self.shared.stats.writer_passes.load(Relaxed)
+    }
+
     /// The table a name refers to, or a clear error listing the valid names.
     pub fn table(name: &str) -> Result<Table> {
         Table::from_name(name).ok_or_else(|| {
@@ -519,6 +551,9 @@ fn refame_flag(buf: &mut [u8], start: usize, flag: u8) {
 
 impl Drop for EventLog {
     fn drop(&mut self) {
-        let _ = self.close();
+        // nobody is left to return the error to; the write-ahead file keeps the rows
+        if let Err(e) = self.close() {
+            eprintln!("fyp_core: EventLog dropped: {e} (the write-ahead file keeps its rows for the next session)");
+        }
     }
 }
