@@ -41,9 +41,19 @@ def ref(truth):
         cols[flag] = t <= j["its"].to_numpy().astype(float) + win
         cols[flag + "_late"] = t > j["its"].to_numpy().astype(float) + win
     imp = imp.sort_by("impression_id")
-    out = {c: imp[c].to_numpy(zero_copy_only=False) for c in
-           ("impression_id", "user_token", "position", "source", "topic", "creator_id", "item_id",
-            "sampled_pct")}
+    out = {
+        c: imp[c].to_numpy(zero_copy_only=False)
+        for c in (
+            "impression_id",
+            "user_token",
+            "position",
+            "source",
+            "topic",
+            "creator_id",
+            "item_id",
+            "sampled_pct",
+        )
+    }
     out["ts"] = imp["ts"].cast(pa.int64()).to_numpy()
     out["w"] = 100.0 / out["sampled_pct"]
     out["engaged"] = cols["pos_any"]
@@ -81,8 +91,9 @@ def test_daily_summary_reweights_to_the_served_slots(truth, ref):
     for r, day in zip(d, np.unique(ref["day"])):
         m = ref["day"] == day
         assert r["slots"] == pytest.approx(w[m].sum())
-        assert r["exploration_share"] == pytest.approx(w[m & (src == "exploration")].sum()
-                                                       / w[m].sum())
+        assert r["exploration_share"] == pytest.approx(
+            w[m & (src == "exploration")].sum() / w[m].sum()
+        )
         assert r["engagement_rate"] == pytest.approx(wrate(w, ref["engaged"], m))
     # reweighting recovers the slots actually served (sampling drops ~half the firehose rows)
     assert sum(r["slots"] for r in d) == pytest.approx(truth.n_slots, rel=0.02)
@@ -168,7 +179,7 @@ def test_cohort_diversity(truth, ref):
     age = (k_week - cohort[k_user]) // 7
     assert len(t) == len({(c, a) for c, a in zip(cohort[k_user], age)})
     for r in t:
-        c = (np.datetime64(r["cohort_week"], "D").astype(int))
+        c = np.datetime64(r["cohort_week"], "D").astype(int)
         m = (cohort[k_user] == c) & (age == r["age_weeks"])
         assert r["users"] == m.sum()
         assert r["mean_topics"] == pytest.approx(topics[m].mean())
@@ -210,8 +221,9 @@ def weighted_auc(p, y, w):
 
 @pytest.fixture(scope="module")
 def scores(truth, ref):
-    s = analytics.read_table(truth.root, "ranker_scores",
-                             ["impression_id", "model_version", "is_shadow", "pred_finish"])
+    s = analytics.read_table(
+        truth.root, "ranker_scores", ["impression_id", "model_version", "is_shadow", "pred_finish"]
+    )
     return s
 
 
@@ -236,8 +248,9 @@ def test_shadow_vs_live(truth, ref, scores):
             ll[role] = -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum()
             assert r[f"{role}_log_loss"] == pytest.approx(ll[role], rel=1e-9)
             # AUC over predictions binned at 1e-4 (exact Mann-Whitney on the bins) ...
-            assert r[f"{role}_auc"] == pytest.approx(weighted_auc(np.floor(p * 1e4), y, w),
-                                                     rel=1e-9)
+            assert r[f"{role}_auc"] == pytest.approx(
+                weighted_auc(np.floor(p * 1e4), y, w), rel=1e-9
+            )
             # ... which is within 1e-3 of the AUC on the raw predictions
             assert r[f"{role}_auc"] == pytest.approx(weighted_auc(p, y, w), abs=1e-3)
             assert r[f"{role}_brier"] == pytest.approx((w * (p - y) ** 2).sum() / w.sum())
@@ -299,13 +312,41 @@ def test_fresh_items(truth, ref):
     assert np.mean(fresh) == pytest.approx(truth.fresh_rate, rel=0.15)
 
 
-def test_sql_files_are_standalone_and_share_one_prelude():
-    prelude = (analytics.SQL_DIR / "_prelude.sql").read_text()
+def test_sql_files_are_generated_from_one_source():
+    """sql/<name>.sql are the standalone renderings of queries/ (none hand-edited or stale)."""
+    from fyp_core.analytics import sqlsource
+
+    assert sqlsource.main(["--check"]) == 0
+    views = [name for name, _ in sqlsource.views()]
+    assert views == ["imp", "eng", "outcomes"]
     for name in analytics.QUERIES:
         text = analytics.sql_text(name)
-        assert prelude in text, f"{name}.sql: prelude drifted from _prelude.sql"
+        assert text == sqlsource.standalone(name)
         assert "SET VARIABLE root" in text.split("WITH")[0], f"{name}.sql: document root"
         assert not re.search(r"\{\w+\}", text.replace("{'dt'", ""))
+        # the query source reads the shared views, never the files itself
+        assert "read_parquet" not in (sqlsource.QUERY_DIR / f"{name}.sql").read_text()
+    stale = analytics.SQL_DIR / "lift_by_topic.sql"
+    keep = stale.read_text()
+    try:
+        stale.write_text(keep.replace("1.959964", "1.96"))
+        assert sqlsource.main(["--check"]) == 1
+    finally:
+        stale.write_text(keep)
+
+
+def test_duckdb_connection_creates_the_views_once(truth):
+    con = analytics.connect(truth.root, window_hours=24.0)
+    got = {
+        r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()
+    }
+    assert {"imp", "eng", "outcomes", "impressions", "engagements", "ranker_scores"} <= got
+    a = analytics.lift_by_topic(truth.root, con=con).to_pylist()
+    b = analytics.lift_by_topic(truth.root, window_hours=1e-4, con=con).to_pylist()
+    assert a == analytics.lift_by_topic(truth.root).to_pylist()
+    assert b[-1]["ranked_rate"] < 0.05 * a[-1]["ranked_rate"]  # the view sees the new window
+    with pytest.raises(ValueError, match="engine must be one of"):
+        analytics.connect(truth.root, engine="trino")
 
 
 def test_sql_runs_in_a_bare_duckdb_connection(truth):

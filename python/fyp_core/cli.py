@@ -76,6 +76,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="configured exploration share (default 0.05)",
     )
+    r.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="query engine (default duckdb; spark needs the [spark] extra and Java 17)",
+    )
 
     t = sub.add_parser("retention", help="roll up, then delete raw partitions older than N days")
     t.add_argument("logdir")
@@ -101,6 +107,7 @@ def _report(args: argparse.Namespace) -> int:
         young_days=args.young_days,
         fresh_hours=args.fresh_hours,
         explore_setpoint=args.explore_setpoint,
+        engine=args.engine,
     )
     print(f"wrote {path}")
     return 0
