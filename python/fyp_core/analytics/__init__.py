@@ -10,8 +10,10 @@ function returns a ``pyarrow.Table``. The schema read is ``docs/eventlog_schema.
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -19,6 +21,13 @@ import pyarrow as pa
 from fyp_core.analytics.sqlsource import QUERIES, SQL_DIR, TABLES
 
 ENGINES = ("duckdb", "spark")
+# A file listed by a query and gone when it is opened (a compaction swapped its partition, see
+# fyp_core.compact): the query is rerun and lists the partition afresh.
+_FILE_VANISHED = re.compile(
+    r"No such file|FileNotFound|FILE_NOT_EXIST|PATH_NOT_FOUND|No files found that match"
+)
+_ATTEMPTS = 8
+T = TypeVar("T")
 
 __all__ = [
     "ENGINES",
@@ -66,13 +75,33 @@ def read_table(root: str, table: str, columns: Optional[List[str]] = None) -> pa
 
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-    files = table_files(root, table)
-    if not files:
-        raise ValueError(f"no files for table {table!r} under {root!r}")
-    part = ds.partitioning(pa.schema([("dt", pa.string()), ("hour", pa.int32())]), flavor="hive")
-    return ds.dataset(
-        files, format="parquet", partitioning=part, partition_base_dir=str(Path(root) / table)
-    ).to_table(columns=columns)
+
+    def read() -> pa.Table:
+        files = table_files(root, table)
+        if not files:
+            raise ValueError(f"no files for table {table!r} under {root!r}")
+        part = ds.partitioning(
+            pa.schema([("dt", pa.string()), ("hour", pa.int32())]), flavor="hive"
+        )
+        return ds.dataset(
+            files, format="parquet", partitioning=part, partition_base_dir=str(Path(root) / table)
+        ).to_table(columns=columns)
+
+    return _retrying(read)
+
+
+def _retrying(fn: Callable[[], T]) -> T:
+    """``fn()``, rerun when a file it listed vanished before it was read (see ``compact``)."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return fn()
+        except ValueError:
+            raise
+        except Exception as e:  # both engines' and Arrow's I/O errors
+            if attempt + 1 == _ATTEMPTS or not _FILE_VANISHED.search(str(e)):
+                raise
+            time.sleep(0.05 * 2**attempt)  # a bulk compaction swaps partitions back to back
+    raise AssertionError("unreachable")
 
 
 def available_queries(root: str) -> List[str]:
@@ -130,8 +159,8 @@ def run(
     if isinstance(con, duckdb.DuckDBPyConnection):
         from fyp_core.analytics.duck import run_duckdb
 
-        return run_duckdb(con, name, QUERIES[name], params)
-    return _run_other(con, name, params)
+        return _retrying(lambda: run_duckdb(con, name, QUERIES[name], params))
+    return _retrying(lambda: _run_other(con, name, params))
 
 
 def _run_other(con: Any, name: str, params: Any) -> pa.Table:
