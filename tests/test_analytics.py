@@ -318,13 +318,41 @@ def test_fresh_items(truth, ref):
     assert np.mean(fresh) == pytest.approx(truth.fresh_rate, rel=0.15)
 
 
-def test_sql_files_are_standalone_and_share_one_prelude():
-    prelude = (analytics.SQL_DIR / "_prelude.sql").read_text()
+def test_sql_files_are_generated_from_one_source():
+    """sql/<name>.sql are the standalone renderings of queries/ (none hand-edited or stale)."""
+    from fyp_core.analytics import sqlsource
+
+    assert sqlsource.main(["--check"]) == 0
+    views = [name for name, _ in sqlsource.views()]
+    assert views == ["imp", "eng", "outcomes"]
     for name in analytics.QUERIES:
         text = analytics.sql_text(name)
-        assert prelude in text, f"{name}.sql: prelude drifted from _prelude.sql"
+        assert text == sqlsource.standalone(name)
         assert "SET VARIABLE root" in text.split("WITH")[0], f"{name}.sql: document root"
         assert not re.search(r"\{\w+\}", text.replace("{'dt'", ""))
+        # the query source reads the shared views, never the files itself
+        assert "read_parquet" not in (sqlsource.QUERY_DIR / f"{name}.sql").read_text()
+    stale = analytics.SQL_DIR / "lift_by_topic.sql"
+    keep = stale.read_text()
+    try:
+        stale.write_text(keep.replace("1.959964", "1.96"))
+        assert sqlsource.main(["--check"]) == 1
+    finally:
+        stale.write_text(keep)
+
+
+def test_duckdb_connection_creates_the_views_once(truth):
+    con = analytics.connect(truth.root, window_hours=24.0)
+    got = {
+        r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()
+    }
+    assert {"imp", "eng", "outcomes", "impressions", "engagements", "ranker_scores"} <= got
+    a = analytics.lift_by_topic(truth.root, con=con).to_pylist()
+    b = analytics.lift_by_topic(truth.root, window_hours=1e-4, con=con).to_pylist()
+    assert a == analytics.lift_by_topic(truth.root).to_pylist()
+    assert b[-1]["ranked_rate"] < 0.05 * a[-1]["ranked_rate"]  # the view sees the new window
+    with pytest.raises(ValueError, match="engine must be one of"):
+        analytics.connect(truth.root, engine="trino")
 
 
 def test_sql_runs_in_a_bare_duckdb_connection(truth):

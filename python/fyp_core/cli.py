@@ -2,6 +2,7 @@
 HTTP host (over a catalogue directory or the demo world), ``catalogue`` exports the demo world as a
 catalogue directory or checks one, ``report`` writes the
 static HTML dashboard of a log directory, ``retention`` rolls up and expires old raw partitions,
+``compact`` merges the small files of closed hour partitions atomically,
 ``simulate`` writes a simulated log directory (schema v1) to try them on."""
 
 from __future__ import annotations
@@ -76,12 +77,30 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.05,
         help="configured exploration share (default 0.05)",
     )
+    r.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="query engine (default duckdb; spark needs the [spark] extra and Java 17)",
+    )
 
     t = sub.add_parser("retention", help="roll up, then delete raw partitions older than N days")
     t.add_argument("logdir")
     t.add_argument("--days", type=int, default=30, help="days of raw logs to keep (default 30)")
     t.add_argument("--dry-run", action="store_true", help="list what would go, change nothing")
     t.add_argument("--window-hours", type=float, default=24.0)
+
+    k = sub.add_parser("compact", help="merge the small files of closed hour partitions")
+    k.add_argument("logdir")
+    k.add_argument("--table", default=None, help="one table (default: every table)")
+    k.add_argument("--dt", default=None, help="the partition's day, YYYY-MM-DD (with --hour)")
+    k.add_argument("--hour", type=int, default=None, help="the partition's hour, 0-23")
+    k.add_argument(
+        "--older-than-hours",
+        type=float,
+        default=None,
+        help="compact every partition whose hour ended more than N hours ago",
+    )
 
     s = sub.add_parser("simulate", help="write a simulated log directory with known ground truth")
     s.add_argument("logdir")
@@ -101,6 +120,7 @@ def _report(args: argparse.Namespace) -> int:
         young_days=args.young_days,
         fresh_hours=args.fresh_hours,
         explore_setpoint=args.explore_setpoint,
+        engine=args.engine,
     )
     print(f"wrote {path}")
     return 0
@@ -117,6 +137,26 @@ def _retention(args: argparse.Namespace) -> int:
         f"cutoff {res.cutoff}: rolled up {len(res.rolled_up)} day(s) "
         f"({res.rollup_rows} rollup rows), {verb} {len(res.deleted)} partition(s), "
         f"{res.bytes_freed / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from fyp_core.compact import compact
+
+    if args.dt is None and args.hour is None and args.older_than_hours is None:
+        raise ValueError("give --table T --dt D --hour H, or --older-than-hours N")
+    res = compact(
+        args.logdir,
+        table=args.table,
+        dt=args.dt,
+        hour=args.hour,
+        older_than_hours=args.older_than_hours,
+    )
+    print(
+        f"compacted {len(res.merged)} partition(s): {res.files_before} files -> "
+        f"{len(res.merged)}, {res.rows} rows, {res.bytes_before / 1e6:.1f} MB -> "
+        f"{res.bytes_after / 1e6:.1f} MB; {len(res.skipped)} partition(s) already one file"
     )
     return 0
 
@@ -194,6 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handlers = {
         "report": _report,
         "retention": _retention,
+        "compact": _compact,
         "simulate": _simulate,
         "catalogue": _catalogue,
     }

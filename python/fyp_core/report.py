@@ -234,10 +234,10 @@ def _days_axis(days: Sequence[_dt.date]) -> Tuple[List[float], List[Tuple[float,
     return xs, [(float(i), d.strftime("%m-%d")) for i, d in enumerate(days) if i % step == 0]
 
 
-def _safe(name: str, root: str, **kw: Any) -> Optional[List[dict]]:
+def _safe(name: str, root: str, con: Any = None, **kw: Any) -> Optional[List[dict]]:
     if name not in analytics.available_queries(root):
         return None
-    return analytics.run(name, root, None, **kw).to_pylist()
+    return analytics.run(name, root, con, **kw).to_pylist()
 
 
 def build_report(
@@ -248,20 +248,24 @@ def build_report(
     explore_setpoint: float = 0.05,
     thresholds: Thresholds = Thresholds(),
     title: str = "fyp_core feed report",
+    engine: str = "duckdb",
 ) -> str:
-    """Run the analytics over ``root`` and return the report as one HTML string."""
+    """Run the analytics over ``root`` on ``engine`` ("duckdb" or "spark") and return the report
+    as one HTML string."""
     if not analytics.available_queries(root):
         raise ValueError(f"no impressions/engagements found under {root!r}")
     th = thresholds
+    con = analytics.connect(root, engine=engine)
     wh = dict(window_hours=window_hours)
-    daily = _safe("daily_summary", root, **wh) or []
-    lift = _safe("lift_by_topic", root, **wh) or []
-    posb = _safe("position_bias", root, **wh) or []
-    cohorts = _safe("cohort_diversity", root) or []
-    gini = _safe("creator_gini", root, young_days=int(young_days)) or []
-    shadow = _safe("shadow_vs_live", root, **wh)
-    calib = _safe("shadow_calibration", root, **wh)
-    fresh = _safe("fresh_items", root, fresh_hours=float(fresh_hours))
+    daily = _safe("daily_summary", root, con, **wh) or []
+    lift = _safe("lift_by_topic", root, con, **wh) or []
+    posb = _safe("position_bias", root, con, **wh) or []
+    cohorts = _safe("cohort_diversity", root, con) or []
+    gini = _safe("creator_gini", root, con, young_days=int(young_days)) or []
+    shadow = _safe("shadow_vs_live", root, con, **wh)
+    calib = _safe("shadow_calibration", root, con, **wh)
+    fresh = _safe("fresh_items", root, con, fresh_hours=float(fresh_hours))
+    con.close()
 
     tiles: List[Tile] = []
     figs: List[str] = []

@@ -1,47 +1,61 @@
-"""Offline analytics over the counterfactual event log: DuckDB SQL files shipped in this package.
+"""Offline analytics over the counterfactual event log, on DuckDB (default) or Apache Spark.
 
-Each ``sql/<name>.sql`` runs standalone in the DuckDB CLI with the log root as a DuckDB variable
-(``SET VARIABLE root = '/path/to/LOGDIR'``); these functions set the variables, run the file and
-return a ``pyarrow.Table``. The schema read is ``docs/eventlog_schema.md`` (version 1).
+Each query is written once, in DuckDB's dialect (``queries/<name>.sql`` over the shared views of
+``queries/views.sql``, see ``sqlsource``). DuckDB runs it as is; Spark runs it transpiled by
+``sqlglot`` (``transpile``), over the same Hive-partitioned Parquet files. ``sql/<name>.sql`` are
+generated standalone files for the DuckDB CLI (``SET VARIABLE root = '/path/to/LOGDIR'``). Every
+function returns a ``pyarrow.Table``. The schema read is ``docs/eventlog_schema.md`` (version 1).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, List, Optional, TypeVar
 
 import duckdb
 import pyarrow as pa
 
-SQL_DIR = Path(__file__).parent / "sql"
-TABLES = ("impressions", "engagements", "exploration_events", "ranker_scores", "requests",
-          "served_features")
-#: query name -> tables it reads (a missing table makes the query unavailable, not an error)
-QUERIES: Dict[str, tuple] = {
-    "impression_outcomes": ("impressions", "engagements"),
-    "daily_summary": ("impressions", "engagements"),
-    "lift_by_topic": ("impressions", "engagements"),
-    "position_bias": ("impressions", "engagements"),
-    "slot_residuals": ("impressions", "engagements"),
-    "cohort_diversity": ("impressions", "engagements"),
-    "creator_gini": ("impressions", "engagements"),
-    "shadow_vs_live": ("impressions", "engagements", "ranker_scores"),
-    "shadow_calibration": ("impressions", "engagements", "ranker_scores"),
-    "fresh_items": ("impressions", "engagements", "requests"),
-    "rollup_user_day_topic": ("impressions", "engagements"),
-}
+from fyp_core.analytics.sqlsource import QUERIES, SQL_DIR, TABLES
+
+ENGINES = ("duckdb", "spark")
+# A file listed by a query and gone when it is opened (a compaction swapped its partition, see
+# fyp_core.compact): the query is rerun and lists the partition afresh.
+_FILE_VANISHED = re.compile(
+    r"No such file|FileNotFound|FILE_NOT_EXIST|PATH_NOT_FOUND|No files found that match"
+)
+_ATTEMPTS = 8
+T = TypeVar("T")
 
 __all__ = [
-    "QUERIES", "SQL_DIR", "available_queries", "cohort_diversity", "connect", "creator_gini",
-    "daily_summary", "fresh_items", "impression_outcomes", "lift_by_topic", "position_bias",
-    "rollup_user_day_topic", "run", "shadow_calibration", "shadow_vs_live", "slot_residuals",
-    "read_table", "sql_text", "table_files",
+    "ENGINES",
+    "QUERIES",
+    "SQL_DIR",
+    "TABLES",
+    "available_queries",
+    "cohort_diversity",
+    "connect",
+    "creator_gini",
+    "daily_summary",
+    "fresh_items",
+    "impression_outcomes",
+    "lift_by_topic",
+    "position_bias",
+    "rollup_user_day_topic",
+    "run",
+    "shadow_calibration",
+    "shadow_vs_live",
+    "slot_residuals",
+    "read_table",
+    "sql_text",
+    "table_files",
 ]
 
 
 def sql_text(name: str) -> str:
-    """The text of ``sql/<name>.sql`` (for reading, or running it elsewhere)."""
+    """The standalone DuckDB text of ``sql/<name>.sql`` (for reading, or running it elsewhere)."""
     if name not in QUERIES:
         raise ValueError(f"unknown query {name!r}; known: {', '.join(sorted(QUERIES))}")
     return (SQL_DIR / f"{name}.sql").read_text()
@@ -61,12 +75,33 @@ def read_table(root: str, table: str, columns: Optional[List[str]] = None) -> pa
 
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; known: {', '.join(TABLES)}")
-    files = table_files(root, table)
-    if not files:
-        raise ValueError(f"no files for table {table!r} under {root!r}")
-    part = ds.partitioning(pa.schema([("dt", pa.string()), ("hour", pa.int32())]), flavor="hive")
-    return ds.dataset(files, format="parquet", partitioning=part,
-                      partition_base_dir=str(Path(root) / table)).to_table(columns=columns)
+
+    def read() -> pa.Table:
+        files = table_files(root, table)
+        if not files:
+            raise ValueError(f"no files for table {table!r} under {root!r}")
+        part = ds.partitioning(
+            pa.schema([("dt", pa.string()), ("hour", pa.int32())]), flavor="hive"
+        )
+        return ds.dataset(
+            files, format="parquet", partitioning=part, partition_base_dir=str(Path(root) / table)
+        ).to_table(columns=columns)
+
+    return _retrying(read)
+
+
+def _retrying(fn: Callable[[], T]) -> T:
+    """``fn()``, rerun when a file it listed vanished before it was read (see ``compact``)."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return fn()
+        except ValueError:
+            raise
+        except Exception as e:  # both engines' and Arrow's I/O errors
+            if attempt + 1 == _ATTEMPTS or not _FILE_VANISHED.search(str(e)):
+                raise
+            time.sleep(0.05 * 2**attempt)  # a bulk compaction swaps partitions back to back
+    raise AssertionError("unreachable")
 
 
 def available_queries(root: str) -> List[str]:
@@ -75,96 +110,121 @@ def available_queries(root: str) -> List[str]:
     return [q for q, needs in QUERIES.items() if set(needs) <= have]
 
 
-def connect(root: str, threads: Optional[int] = None, **params: Any) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with ``root`` and ``params`` set as DuckDB variables."""
-    if not os.path.isdir(root):
-        raise ValueError(f"log directory {root!r} does not exist")
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    # results are ordered by ORDER BY where it matters; let DuckDB collect rows in parallel
-    con.execute("SET preserve_insertion_order = false")
-    if threads is not None:
-        con.execute(f"SET threads = {int(threads)}")
-    for k, v in {"root": os.path.abspath(root), **params}.items():
-        if v is None:
-            continue
-        if not k.isidentifier():
-            raise ValueError(f"parameter name {k!r} is not an identifier")
-        con.execute(f"SET VARIABLE {k} = ?", [v])
-    return con
+def connect(
+    root: str,
+    engine: str = "duckdb",
+    threads: Optional[int] = None,
+    spark: Any = None,
+    **params: Any,
+) -> Any:
+    """A connection over the log in ``root`` with the shared views created once.
+
+    ``engine="duckdb"`` (default): an in-memory ``duckdb.DuckDBPyConnection``, ``params`` set as
+    DuckDB variables. ``engine="spark"``: a ``spark.SparkAnalytics`` on ``spark`` (a SparkSession;
+    default the active one, else a local one). Pass the result to ``run(..., con=...)``.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "spark":
+        from fyp_core.analytics.spark import SparkAnalytics
+
+        return SparkAnalytics(root, spark=spark, **params)
+    from fyp_core.analytics.duck import connect_duckdb
+
+    return connect_duckdb(root, threads=threads, params=params)
 
 
-def run(name: str, root: str, con: Optional[duckdb.DuckDBPyConnection] = None,
-        **params: Any) -> pa.Table:
-    """Run ``sql/<name>.sql`` over the logs in ``root`` and return the result as Arrow."""
-    text = sql_text(name)
+#: the query functions below take ``con``: a connection from ``connect`` (any engine), or None
+
+
+def run(
+    name: str, root: str, con: Any = None, engine: Optional[str] = None, **params: Any
+) -> pa.Table:
+    """Run query ``name`` over the logs in ``root`` and return the result as Arrow.
+
+    ``con`` is a connection from ``connect`` (its engine wins); without one a new connection of
+    ``engine`` (default DuckDB) is made for this call.
+    """
+    if name not in QUERIES:
+        raise ValueError(f"unknown query {name!r}; known: {', '.join(sorted(QUERIES))}")
+    if engine is not None and engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not os.path.isdir(root):
         raise ValueError(f"log directory {root!r} does not exist")
     missing = [t for t in QUERIES[name] if not table_files(root, t)]
     if missing:
         raise ValueError(f"query {name!r} needs table(s) {missing} with files under {root!r}")
     if con is None:
-        con = connect(root, **params)
-    else:
-        for k, v in params.items():
-            if v is not None:
-                con.execute(f"SET VARIABLE {k} = ?", [v])
-    return con.sql(text).to_arrow_table()
+        con = connect(root, engine=engine or "duckdb", **params)
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        from fyp_core.analytics.duck import run_duckdb
+
+        return _retrying(lambda: run_duckdb(con, name, QUERIES[name], params))
+    return _retrying(lambda: _run_other(con, name, params))
 
 
-def impression_outcomes(root: str, window_hours: float = 24.0) -> pa.Table:
+def _run_other(con: Any, name: str, params: Any) -> pa.Table:
+    from fyp_core.analytics.spark import SparkAnalytics
+
+    if not isinstance(con, SparkAnalytics):
+        raise ValueError(f"con must come from analytics.connect, got {type(con).__name__}")
+    return con.run(name, **params)
+
+
+def impression_outcomes(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """One row per logged impression with its outcome flags within ``window_hours`` and weight w."""
-    return run("impression_outcomes", root, window_hours=window_hours)
+    return run("impression_outcomes", root, con, window_hours=window_hours)
 
 
-def daily_summary(root: str, window_hours: float = 24.0) -> pa.Table:
+def daily_summary(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Per UTC day: slots, exploration/fresh share, engagement rate per arm, late share."""
-    return run("daily_summary", root, window_hours=window_hours)
+    return run("daily_summary", root, con, window_hours=window_hours)
 
 
-def lift_by_topic(root: str, window_hours: float = 24.0) -> pa.Table:
+def lift_by_topic(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Causal lift of ranked over exploration slots per topic (topic NULL = all), with a 95% CI."""
-    return run("lift_by_topic", root, window_hours=window_hours)
+    return run("lift_by_topic", root, con, window_hours=window_hours)
 
 
-def position_bias(root: str, window_hours: float = 24.0) -> pa.Table:
+def position_bias(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Engagement rate by position per arm ('ranked', 'exploration', 'fresh', 'all')."""
-    return run("position_bias", root, window_hours=window_hours)
+    return run("position_bias", root, con, window_hours=window_hours)
 
 
-def slot_residuals(root: str, window_hours: float = 24.0) -> pa.Table:
+def slot_residuals(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Each impression's outcome relative to the reweighted engagement rate of its position."""
-    return run("slot_residuals", root, window_hours=window_hours)
+    return run("slot_residuals", root, con, window_hours=window_hours)
 
 
-def cohort_diversity(root: str) -> pa.Table:
+def cohort_diversity(root: str, con: Any = None) -> pa.Table:
     """Distinct topics per user-week by first-week cohort and age in weeks."""
-    return run("cohort_diversity", root)
+    return run("cohort_diversity", root, con)
 
 
-def creator_gini(root: str, young_days: int = 7) -> pa.Table:
+def creator_gini(root: str, young_days: int = 7, con: Any = None) -> pa.Table:
     """Per day: Gini of impressions over creators, share to creators younger than young_days."""
-    return run("creator_gini", root, young_days=int(young_days))
+    return run("creator_gini", root, con, young_days=int(young_days))
 
 
-def shadow_vs_live(root: str, window_hours: float = 24.0) -> pa.Table:
+def shadow_vs_live(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Per shadow model: paired metrics vs the live model on identical impressions + verdict."""
-    return run("shadow_vs_live", root, window_hours=window_hours)
+    return run("shadow_vs_live", root, con, window_hours=window_hours)
 
 
-def shadow_calibration(root: str, window_hours: float = 24.0) -> pa.Table:
+def shadow_calibration(root: str, window_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Per model_version and prediction decile: mean prediction vs observed finish rate."""
-    return run("shadow_calibration", root, window_hours=window_hours)
+    return run("shadow_calibration", root, con, window_hours=window_hours)
 
 
-def fresh_items(root: str, fresh_hours: float = 24.0) -> pa.Table:
+def fresh_items(root: str, fresh_hours: float = 24.0, con: Any = None) -> pa.Table:
     """Per day: new items, share shown within fresh_hours, freshness lag, fresh slot share."""
-    return run("fresh_items", root, fresh_hours=float(fresh_hours))
+    return run("fresh_items", root, con, fresh_hours=float(fresh_hours))
 
 
-def rollup_user_day_topic(root: str, dt_from: str, dt_to: str,
-                          window_hours: float = 24.0) -> pa.Table:
+def rollup_user_day_topic(
+    root: str, dt_from: str, dt_to: str, window_hours: float = 24.0, con: Any = None
+) -> pa.Table:
     """De-identified (user_token, dt, topic) counts for partitions dt_from..dt_to inclusive."""
-    return run("rollup_user_day_topic", root, dt_from=dt_from, dt_to=dt_to,
-               window_hours=window_hours)
+    return run(
+        "rollup_user_day_topic", root, con, dt_from=dt_from, dt_to=dt_to, window_hours=window_hours
+    )

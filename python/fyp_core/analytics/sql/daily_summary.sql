@@ -2,9 +2,13 @@
 -- and the share of engaged impressions whose engagement arrived after the window (late).
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read daily_summary.sql"
+-- Generated from queries/views.sql and queries/daily_summary.sql by
+-- `python -m fyp_core.analytics.sqlsource`: edit those, not this file.
 SET TimeZone = 'UTC';
 
--- <prelude> (identical in every analytics file, tests check it)
+-- <prelude>
+-- The views every analytics query reads (one source: the engines create them once per connection
+-- or session, the standalone files in sql/ inline them as common table expressions).
 -- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
 -- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
@@ -13,12 +17,21 @@ SET TimeZone = 'UTC';
 -- late engagements), watched_seconds sums the impression's engagement rows when its first row is
 -- within the window.
 WITH
+impressions AS (
+    SELECT * FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
+                               hive_partitioning = true,
+                               hive_types = {'dt': VARCHAR, 'hour': INTEGER})
+),
+engagements AS (
+    SELECT * FROM read_parquet(getvariable('root') || '/engagements/*/*/*.parquet',
+                               hive_partitioning = true,
+                               hive_types = {'dt': VARCHAR, 'hour': INTEGER})
+),
 imp AS (
     SELECT impression_id, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day, request_id,
            user_token, item_id, position, source, propensity, model_version, topic, creator_id,
            sampled_pct, 100.0 / sampled_pct AS w
-    FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
-                      hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
+    FROM impressions
 ),
 eng AS (
     SELECT impression_id,
@@ -29,8 +42,7 @@ eng AS (
            epoch_us(min(ts) FILTER (WHERE shared)) AS t_shared,
            epoch_us(min(ts) FILTER (WHERE followed)) AS t_followed,
            sum(watched_seconds) AS watched_seconds
-    FROM read_parquet(getvariable('root') || '/engagements/*/*/*.parquet',
-                      hive_partitioning = true, hive_types = {'dt': VARCHAR, 'hour': INTEGER})
+    FROM engagements
     GROUP BY impression_id
 ),
 outcomes AS (

@@ -1,0 +1,78 @@
+"""The DuckDB engine of ``fyp_core.analytics`` (the default): an in-memory connection with the log
+tables and the shared views (``queries/views.sql``) created once, parameters as DuckDB variables.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import duckdb
+import pyarrow as pa
+
+from fyp_core.analytics.sqlsource import TABLES, query_body, raw_table_sql, views
+
+__all__ = ["connect_duckdb", "install_views", "run_duckdb"]
+
+
+def _set_params(con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> None:
+    for k, v in params.items():
+        if v is None:
+            continue
+        if not k.isidentifier():
+            raise ValueError(f"parameter name {k!r} is not an identifier")
+        con.execute(f"SET VARIABLE {k} = ?", [v])
+
+
+def install_views(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """Create (or replace) the table views of ``root`` that have files, then the shared views."""
+    from fyp_core.analytics import table_files
+
+    have = [t for t in TABLES if table_files(root, t)]
+    for t in have:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {t} AS {raw_table_sql(t)}")
+    if {"impressions", "engagements"} <= set(have):
+        for name, body in views():
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+
+
+def connect_duckdb(
+    root: str, threads: Optional[int] = None, params: Optional[Mapping[str, Any]] = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection over ``root`` with the views and ``params`` set."""
+    if not os.path.isdir(root):
+        raise ValueError(f"log directory {root!r} does not exist")
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    # results are ordered by ORDER BY where it matters; let DuckDB collect rows in parallel
+    con.execute("SET preserve_insertion_order = false")
+    if threads is not None:
+        if int(threads) != threads or threads < 1:
+            raise ValueError(f"threads must be a positive whole number, got {threads}")
+        con.execute(f"SET threads = {int(threads)}")
+    _set_params(con, {"root": os.path.abspath(root), **(params or {})})
+    install_views(con, root)
+    return con
+
+
+def _has_views(con: duckdb.DuckDBPyConnection, names: tuple) -> bool:
+    got = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE temporary AND view_name IN "
+        f"({', '.join('?' * len(names))})",
+        list(names),
+    ).fetchall()
+    return got[0][0] == len(names)
+
+
+def run_duckdb(
+    con: duckdb.DuckDBPyConnection, name: str, needs: tuple, params: Mapping[str, Any]
+) -> pa.Table:
+    """Run one query on a connection from ``connect_duckdb`` (views made if a table appeared)."""
+    _set_params(con, params)
+    if not _has_views(con, needs + tuple(v for v, _ in views())):
+        root = con.execute("SELECT getvariable('root')").fetchall()[0]
+        if root[0] is None:
+            raise ValueError("the DuckDB connection has no root variable; use analytics.connect")
+        install_views(con, root[0])
+    return con.sql(query_body(name)).to_arrow_table()
