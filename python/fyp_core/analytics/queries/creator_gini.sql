@@ -26,8 +26,9 @@ gini AS (
 ),
 young AS (
     SELECT day,
-           sum(w) FILTER (WHERE ts_us - first_seen_us
-                          < coalesce(getvariable('young_days'), 7) * 86400e6)
+           -- coalesce: a day without young-creator impressions has share 0.0, not NULL
+           coalesce(sum(w) FILTER (WHERE ts_us - first_seen_us
+                                   < coalesce(getvariable('young_days'), 7) * 86400e6), 0)
                / sum(w) AS young_creator_share
     FROM imp
     JOIN first_seen USING (creator_id)
