@@ -34,10 +34,12 @@ class PromotionRule:
     min_ess: float = 30.0
     min_lift: float = 0.0
     rollback_days: int = 1
-    #: topic entropy below (1 - this) x the day-0 value is flagged in the reasons
+    #: the guardrails' reference day (day 0 is a cold start: no user has a history yet)
+    reference_day: int = 1
+    #: topic entropy below (1 - this) x the reference day's is flagged in the reasons
     entropy_drop: float = 0.05
-    #: creator Gini above the day-0 value + this is flagged in the reasons
-    gini_rise: float = 0.02
+    #: creator Gini above the reference day's + this is flagged in the reasons
+    gini_rise: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,23 @@ class LoopConfig:
     epochs: int = 15
     #: OPE target: a Boltzmann selector over the explored items with this temperature, in units
     #: of the standard deviation of the model's value score
-    ope_temperature: float = 0.5
+    ope_temperature: float = 1.0
     #: the experiment layer the candidate would be routed to, and its share of users
     layer: str = "ranker"
     layer_share: float = 0.01
     break_: Optional[str] = None
-    #: the day a --break option takes effect (day 0 is the clean baseline)
-    break_day: int = 1
+    #: the day a --break option takes effect; None: day 1, or for "diversity" the day after the
+    #: guardrails' reference day (so the reference is clean)
+    break_day: Optional[int] = None
     task_weights: tuple = (1.0, 0.5, 1.0, 1.0, 0.3, 0.02)
     rule: PromotionRule = field(default_factory=PromotionRule)
+
+    @property
+    def break_from(self) -> int:
+        """The day the ``break_`` option takes effect."""
+        if self.break_day is not None:
+            return int(self.break_day)
+        return self.rule.reference_day + 1 if self.break_ == "diversity" else 1
 
     def __post_init__(self) -> None:
         for name in (

@@ -180,6 +180,13 @@ def _content_tower(width: int, dim: int, version: str, fsv: str) -> MlpRanker:
     )
 
 
+def _check_tower_args(item_tower: str, temperature: float) -> None:
+    if item_tower not in ("mlp", "content"):
+        raise ValueError(f"item_tower must be 'mlp' or 'content', got {item_tower!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def _examples(
     examples: Any, fsv: Optional[str], positive: Sequence[str], batch_size: int
 ) -> tuple[str, Any, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -227,10 +234,7 @@ def fit_two_tower(
     the serving index as it is); ``out_dim`` defaults to the content width. ``ValueError``
     before training on a feature-set mismatch, NaN features or too few positives.
     """
-    if item_tower not in ("mlp", "content"):
-        raise ValueError(f"item_tower must be 'mlp' or 'content', got {item_tower!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_tower_args(item_tower, temperature)
     fsv, table, u, v, codes, dim = _examples(examples, feature_set_version, positive, batch_size)
     out = int(out_dim or dim)
     if item_tower == "content" and out != dim:
