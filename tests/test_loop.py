@@ -169,3 +169,19 @@ def test_loop_config_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="days must be > 0"):
         LoopConfig(days=0)
     assert np.isclose(LoopConfig().layer_share, 0.01)
+
+
+def test_diversity_measures_against_hand_computed_values() -> None:
+    from fyp_core.loop import evaluate as ev
+
+    # two responses: topics [1, 1, 2, 2] (entropy ln 2) and [3, 3] (entropy 0)
+    req = np.array([0, 0, 0, 0, 1, 1])
+    top = np.array([1, 1, 2, 2, 3, 3])
+    assert np.isclose(ev.topic_entropy(req, top), np.log(2) / 2)
+    assert ev.creator_gini(np.array([5, 6, 7, 8])) == 0.0
+    # one creator has every impression, three more exist: Gini = (n - 1) / n = 0.75
+    assert np.isclose(ev.creator_gini(np.array([5, 5, 5]), np.array([5, 6, 7, 8])), 0.75)
+    assert ev.fresh_reach(np.array([1, 2, 3, 4], np.uint64), np.array([2, 4, 9])) == 0.5
+    assert ev.fresh_reach(np.zeros(0, np.uint64), np.array([1])) is None
+    w = ev.boltzmann_weights(np.array([0.1, 0.5, 0.2, 0.9]), 1.0)
+    assert np.isclose(w.mean(), 1.0) and np.argmax(w) == 3 and np.argmin(w) == 0

@@ -167,7 +167,12 @@ def layer_aa(served: Any, in_layer: np.ndarray) -> dict[str, Any]:
     y_t = y[ranked & in_layer]
     y_c = y[ranked & ~in_layer]
     if len(y_t) < 2 or len(y_c) < 2:
-        return {"diff": None, "ci": None, "n_layer": int(len(y_t))}
+        return {"routed": False, "diff": None, "ci": None, "n_layer": int(len(y_t))}
     d = float(y_t.mean() - y_c.mean())
     se = float(np.sqrt(y_t.var(ddof=1) / len(y_t) + y_c.var(ddof=1) / len(y_c)))
-    return {"diff": d, "ci": [d - Z95 * se, d + Z95 * se], "n_layer": int(len(y_t))}
+    return {
+        "routed": False,
+        "diff": d,
+        "ci": [d - Z95 * se, d + Z95 * se],
+        "n_layer": int(len(y_t)),
+    }

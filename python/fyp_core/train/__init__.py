@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from fyp_core.train._data import TASK_LABELS, model_feature_set_version
 from fyp_core.train.ranker import RankerFit, fit_ranker, ranker_outputs, train_ranker
+from fyp_core.train.two_tower import TwoTowerFit, fit_two_tower, recall_at_k, train_two_tower
 
 __all__ = [
     "TASK_LABELS",
     "RankerFit",
+    "TwoTowerFit",
     "fit_ranker",
+    "fit_two_tower",
     "model_feature_set_version",
     "ranker_outputs",
+    "recall_at_k",
     "train_ranker",
+    "train_two_tower",
 ]

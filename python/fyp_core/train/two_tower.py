@@ -22,9 +22,11 @@ from fyp_core.train import _data, _mlp
 
 __all__ = [
     "ITEM_STATS",
+    "catalogue_item_inputs",
     "TwoTowerFit",
     "fit_two_tower",
     "item_tower_inputs",
+    "l2_rows",
     "recall_at_k",
     "train_two_tower",
     "user_tower_inputs",
@@ -322,3 +324,22 @@ def recall_at_k(
     top_t = np.argpartition(-true_scores, k - 1, axis=1)[:, :k]
     hits = [len(np.intersect1d(a, b, assume_unique=True)) for a, b in zip(top_p, top_t)]
     return float(np.mean(hits) / k)
+
+
+def catalogue_item_inputs(item_ids: np.ndarray, item_emb: np.ndarray, table: Any) -> np.ndarray:
+    """Item-tower inputs for a whole catalogue (the offline pass that fills a new index):
+    content embedding plus ``ITEM_STATS`` from each item's latest served row in ``table``,
+    the empty-window values for items never served."""
+    names = _data.table_feature_names(table)
+    stats = np.tile(np.asarray(ITEM_STATS_PRIOR, np.float32), (len(item_ids), 1))
+    if table.num_rows:
+        x = _data.feature_matrix(table, "table")
+        cols = [names.index(s) for s in ITEM_STATS]
+        ts = np.asarray(table.column("ts").cast("int64").to_numpy(zero_copy_only=False))
+        served = np.asarray(table.column("item_id").to_numpy(zero_copy_only=False))
+        newest_first = np.argsort(-ts, kind="stable")
+        ids, first = np.unique(served[newest_first], return_index=True)
+        rows = np.searchsorted(item_ids, ids)
+        ok = (rows < len(item_ids)) & (item_ids[np.minimum(rows, len(item_ids) - 1)] == ids)
+        stats[rows[ok]] = x[newest_first[first[ok]]][:, cols]
+    return np.ascontiguousarray(np.hstack([item_emb.astype(np.float32), stats]))
