@@ -32,7 +32,13 @@ from fyp_core import features as fs
 from fyp_core.loop import LoopConfig, run, sim
 from fyp_core.synth import TASKS, demo_ranker_weights
 from fyp_core.train import fit_ranker, fit_two_tower, recall_at_k
-from fyp_core.train.two_tower import catalogue_item_inputs, l2_rows, user_tower_inputs
+from fyp_core.train.two_tower import (
+    catalogue_item_inputs,
+    l2_rows,
+    pooled_history,
+    user_tower_inputs,
+    user_vectors,
+)
 
 
 def auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -115,34 +121,34 @@ def one_seed(cfg: LoopConfig, train_days: int, tmp: str) -> dict[str, Any]:
 
 
 def recall(env: dict[str, Any], train: Any) -> dict[str, float]:
-    """recall@100 vs the true top-100 by affinity, for users with a logged request."""
+    """recall@100 vs the true top-100 by affinity, for users with a logged request: the served
+    heuristic (the blend at their latest request), the pooled logged history, the towers."""
     world = env["world"]
     fsv = env["pipe"].feature_set_version
     names = fs.feature_names(world.dim)
-    latest = _latest(train)
-    users = np.array([env["tokens"][t] for t in latest.column("user_token").to_pylist()])
-    u_in = user_tower_inputs(fs.features_matrix(latest), names)
+    ts = np.asarray(train.column("ts").cast("int64").to_numpy(zero_copy_only=False))
+    tok = np.asarray(train.column("user_token").to_pylist()).astype(str)
+    newest_first = np.argsort(-ts, kind="stable")
+    toks, first = np.unique(tok[newest_first], return_index=True)
+    rows = newest_first[first]
+    users = np.array([env["tokens"][t] for t in toks])
     truth = world.user_taste[users] @ world.item_emb.T
-    dim = world.dim
-    res = {"recall_heuristic": recall_at_k(l2_rows(u_in[:, :dim]), world.item_emb, truth)}
+    u_in = user_tower_inputs(fs.features_matrix(train)[rows], names)
+    res = {
+        "recall_heuristic": recall_at_k(l2_rows(u_in[:, : world.dim]), world.item_emb, truth),
+        "recall_history": recall_at_k(
+            pooled_history(train, point_in_time=False)[rows], world.item_emb, truth
+        ),
+    }
+    items = catalogue_item_inputs(world.item_ids, world.item_emb, train)
     for mode in ("mlp", "content"):
         tt = fit_two_tower(train, feature_set_version=fsv, item_tower=mode, seed=world.seed)
-        items = catalogue_item_inputs(world.item_ids, world.item_emb, train)
+        got, uv = user_vectors(tt, train)
+        assert list(got) == [str(t) for t in toks]
         iv = l2_rows(tt.item_tower.predict(items))
-        uv = l2_rows(tt.user_tower.predict(u_in))
         res[f"recall_tower_{mode}"] = recall_at_k(uv, iv, truth)
         res[f"tower_{mode}_s"] = tt.seconds
     return res
-
-
-def _latest(table: Any) -> Any:
-    import pyarrow as pa
-
-    ts = np.asarray(table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False))
-    tok = np.asarray(table.column("user_token").to_pylist()).astype(str)
-    newest_first = np.argsort(-ts, kind="stable")
-    _, first = np.unique(tok[newest_first], return_index=True)
-    return table.take(pa.array(np.sort(newest_first[first])))
 
 
 def calibration(cfg: LoopConfig, days: int) -> dict[str, Any]:
@@ -220,13 +226,14 @@ def report(per_seed: list[dict], cal: list[dict], cfg: LoopConfig, a: Any, secs:
     print(
         f"{'seed':>4} {'rows':>7} {'train s':>8} {'true day0':>10} {'true learned':>13} "
         f"{'AUC hand':>9} {'AUC trained':>12} {'LL hand':>8} {'LL trained':>11} "
-        f"{'R@100 heur':>10} {'R@100 tt':>9} {'R@100 tt-c':>10}"
+        f"{'R@100 heur':>10} {'R@100 hist':>10} {'R@100 tt':>9} {'R@100 tt-c':>10}"
     )
     for s, r in enumerate(per_seed):
         print(
             f"{s:>4} {r['rows']:>7} {r['train_s']:>8.1f} {r['true_day0']:>10.4f} "
             f"{r['true_learned']:>13.4f} {r['auc_hand']:>9.4f} {r['auc_trained']:>12.4f} "
             f"{r['ll_hand']:>8.4f} {r['ll_trained']:>11.4f} {r['recall_heuristic']:>10.4f} "
+            f"{r['recall_history']:>10.4f} "
             f"{r['recall_tower_mlp']:>9.4f} {r['recall_tower_content']:>10.4f}"
         )
     print(f"true-value lift of the learned policy: {m:+.4f} ± {h:.4f} (95% over seeds)")

@@ -208,3 +208,25 @@ def test_log_q_is_the_positive_share_and_recall_counts_the_true_top_k() -> None:
     assert recall_at_k(users, l2_rows(rng.standard_normal((300, 8))), truth, k=10) < 0.3
     with pytest.raises(ValueError, match="k must be"):
         recall_at_k(users, items, truth, k=0)
+
+
+def test_pooled_history_is_point_in_time(days) -> None:
+    from fyp_core.train.two_tower import pooled_history
+
+    table = days["tables"][0]
+    x = fs.features_matrix(table)
+    names = fs.feature_names(CFG.dim)
+    emb = x[:, [i for i, n in enumerate(names) if n.startswith("i_emb_")]].astype(np.float64)
+    tok = np.asarray(table.column("user_token").to_pylist())
+    ts = np.asarray(table.column("ts").cast("int64").to_numpy())
+    done = np.asarray(table.column("completed").to_numpy(zero_copy_only=False))
+    ph = pooled_history(table)
+    whole = pooled_history(table, point_in_time=False)
+    rng = np.random.default_rng(0)
+    for r in rng.choice(table.num_rows, 25, replace=False):
+        before = (tok == tok[r]) & (ts < ts[r]) & done  # never the row's own request
+        want = emb[before].sum(0)
+        want = want / np.linalg.norm(want) if before.any() else want
+        np.testing.assert_allclose(ph[r], want, atol=1e-5)
+        every = emb[(tok == tok[r]) & done].sum(0)
+        np.testing.assert_allclose(whole[r], every / np.linalg.norm(every), atol=1e-5)

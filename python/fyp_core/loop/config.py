@@ -64,6 +64,9 @@ class LoopConfig:
     #: re-train the two-tower every k days (0: never; long-term vectors then stay empty and the
     #: pipeline's history mean is the user embedding)
     two_tower_every: int = 2
+    #: the batch tier's long-term user vectors: "tower" (the user tower's offline pass) or
+    #: "history" (the pooled content embedding of the user's finished items in the log)
+    long_term: str = "tower"
     hidden: tuple = (64, 32)
     epochs: int = 15
     #: OPE target: a Boltzmann selector over the explored items with this temperature, in units
@@ -103,6 +106,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.break_ is not None and self.break_ not in BREAKS:
             raise ValueError(f"break must be one of {BREAKS} or None, got {self.break_!r}")
+        if self.long_term not in ("tower", "history"):
+            raise ValueError(f"long_term must be 'tower' or 'history', got {self.long_term!r}")
         if not 0.0 <= self.explore_rate < 1.0:
             raise ValueError(f"explore_rate must be in [0, 1), got {self.explore_rate}")
         if not 0.0 < self.layer_share < 1.0:

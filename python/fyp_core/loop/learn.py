@@ -86,18 +86,21 @@ def parity_flags(logdir: str, train: Any, day_table: Any) -> list[str]:
     return list(rep.flagged)
 
 
-def user_tower_pass(
-    env: dict[str, Any],
-    cfg: LoopConfig,
-    tables: list[Any],
-    batch: tuple[list[str], Optional[np.ndarray]],
-) -> tuple[list[str], Optional[np.ndarray]]:
-    """Trains the user tower (item side fixed to the content embedding, so it queries the
-    serving index) and writes each recent user's tower output into the batch tier. Users not
-    seen recently keep their previous vector. Returns the new (user_ids, embeddings)."""
-    from fyp_core.train.two_tower import fit_two_tower, l2_rows, user_tower_inputs
+def _long_term(
+    env: dict[str, Any], cfg: LoopConfig, table: Any
+) -> Optional[tuple[str, list[str], np.ndarray]]:
+    """(batch version, user tokens, unit vectors) from the user tower's offline pass, or from
+    the pooled logged history (``cfg.long_term``); None if the tower could not be trained."""
+    from fyp_core.train.two_tower import fit_two_tower, pooled_history, user_vectors
 
-    table = _concat(tables)
+    tag = f"s{cfg.seed}-{len(env['tables'])}"
+    if cfg.long_term == "history":
+        ts = np.asarray(table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False))
+        tok = np.asarray(table.column("user_token").to_pylist()).astype(str)
+        newest_first = np.argsort(-ts, kind="stable")
+        users, first = np.unique(tok[newest_first], return_index=True)
+        vecs = pooled_history(table, point_in_time=False)[newest_first[first]]
+        return f"history-{tag}", [str(u) for u in users], vecs
     try:
         fit = fit_two_tower(
             table,
@@ -105,29 +108,34 @@ def user_tower_pass(
             item_tower="content",
             epochs=cfg.epochs,
             seed=cfg.seed,
-            version=f"tt-s{cfg.seed}-{len(env['tables'])}",
+            version=f"tt-{tag}",
         )
     except ValueError:
+        return None
+    env["user_tower"] = fit.user_tower
+    return (fit.user_tower.version, *user_vectors(fit, table))
+
+
+def user_tower_pass(
+    env: dict[str, Any],
+    cfg: LoopConfig,
+    tables: list[Any],
+    batch: tuple[list[str], Optional[np.ndarray]],
+) -> tuple[list[str], Optional[np.ndarray]]:
+    """Writes the batch tier's long-term vectors: the user tower's offline pass (its item side
+    fixed to the content embedding, so it queries the serving index) over each recent user's
+    latest state and pooled logged history. Users not seen recently keep their previous vector.
+    Returns the new (user_ids, embeddings)."""
+    out = _long_term(env, cfg, _concat(tables))
+    if out is None:
         return batch
-    latest = _latest_rows(table)
-    x = fs.features_matrix(latest)
-    emb = l2_rows(fit.user_tower.predict(user_tower_inputs(x, table_feature_names(table))))
+    version, tokens, emb = out
     world = env["world"]
-    ids = [world.user_ids[env["tokens"][t]] for t in latest.column("user_token").to_pylist()]
+    ids = [world.user_ids[env["tokens"][t]] for t in tokens]
     merged = dict(zip(batch[0], batch[1])) if batch[1] is not None else {}
     merged.update(zip(ids, emb))
     users = sorted(merged)
     vecs = np.stack([merged[u] for u in users]).astype(np.float32)
     as_of = float(env["t0"] + len(env["tables"]) * DAY)
-    env["pipe"].load_batch(fit.user_tower.version, as_of, user_ids=users, user_embeddings=vecs)
-    env["user_tower"] = fit.user_tower
+    env["pipe"].load_batch(version, as_of, user_ids=users, user_embeddings=vecs)
     return users, vecs
-
-
-def _latest_rows(table: Any) -> Any:
-    """One row per user: their last request's first slot (the user block is per request)."""
-    ts = np.asarray(table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False))
-    tok = np.asarray(table.column("user_token").to_pylist(), dtype=object)
-    newest_first = np.argsort(-ts, kind="stable")
-    _, first = np.unique(tok[newest_first].astype(str), return_index=True)
-    return table.take(pa.array(np.sort(newest_first[first])))

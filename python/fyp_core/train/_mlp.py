@@ -55,3 +55,14 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> np.ndarr
     n_b = -(-n // bs)
     idx = np.resize(perm, n_b * bs)
     return idx.reshape(n_b, bs)
+
+
+def loop_config(lr: float, epochs: int, batch_size: int, patience: int, seed: int) -> dict:
+    """The training loop's settings as one dict."""
+    return {
+        "lr": lr,
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "patience": int(patience),
+        "seed": seed,
+    }

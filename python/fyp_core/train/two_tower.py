@@ -27,6 +27,9 @@ __all__ = [
     "fit_two_tower",
     "item_tower_inputs",
     "l2_rows",
+    "pooled_history",
+    "user_vectors",
+    "with_long_term",
     "recall_at_k",
     "train_two_tower",
     "user_tower_inputs",
@@ -48,6 +51,7 @@ class TwoTowerFit:
     item_params: Optional[_mlp.Params]  # None for the fixed content tower
     item_mode: str
     temperature: float
+    long_term: str
     user_mean: np.ndarray  # the user tower's input standardisation (folded into its layer 0)
     user_scale: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
@@ -182,7 +186,24 @@ def _content_tower(width: int, dim: int, version: str, fsv: str) -> MlpRanker:
     )
 
 
-def _check_tower_args(item_tower: str, temperature: float) -> None:
+def _init_params(
+    du: int,
+    dv: int,
+    user_hidden: Sequence[int],
+    item_hidden: Sequence[int],
+    out: int,
+    item_tower: str,
+    seed: int,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"user": _mlp.init_params([du, *user_hidden, out], seed)}
+    if item_tower == "mlp":
+        params["item"] = _mlp.init_params([dv, *item_hidden, out], seed + 1)
+    return params
+
+
+def _check_tower_args(item_tower: str, temperature: float, long_term: str) -> None:
+    if long_term not in ("pooled", "served"):
+        raise ValueError(f"long_term must be 'pooled' or 'served', got {long_term!r}")
     if item_tower not in ("mlp", "content"):
         raise ValueError(f"item_tower must be 'mlp' or 'content', got {item_tower!r}")
     if not temperature > 0:
@@ -220,6 +241,7 @@ def fit_two_tower(
     out_dim: Optional[int] = None,
     temperature: float = 0.05,
     positive: Sequence[str] = ("completed", "liked"),
+    long_term: str = "pooled",
     version: str = "tt-v1",
     epochs: int = 20,
     batch_size: int = 256,
@@ -233,11 +255,17 @@ def fit_two_tower(
     ``examples``: a ``fyp_core.features.training_set`` table; rows with any ``positive`` label
     are (user state, item) pairs. ``item_tower``: "mlp" (learned over content embedding +
     ``ITEM_STATS``) or "content" (fixed to the content embedding: the user tower then queries
-    the serving index as it is); ``out_dim`` defaults to the content width. ``ValueError``
+    the serving index as it is); ``out_dim`` defaults to the content width. ``long_term``:
+    "pooled" puts ``pooled_history`` (point in time) in the user block's long-term slot, so the
+    offline pass (``user_vectors``) can feed the user's whole logged history; "served" keeps
+    the logged batch vector. ``ValueError``
     before training on a feature-set mismatch, NaN features or too few positives.
     """
-    _check_tower_args(item_tower, temperature)
+    _check_tower_args(item_tower, temperature, long_term)
     fsv, table, u, v, codes, dim = _examples(examples, feature_set_version, positive, batch_size)
+    if long_term == "pooled":  # point in time, from the whole examples table (all rows)
+        names = _data.table_feature_names(examples)
+        u = with_long_term(u, names, pooled_history(examples)[_positives(examples, positive)])
     out = int(out_dim or dim)
     if item_tower == "content" and out != dim:
         raise ValueError(f"out_dim must equal the content dim {dim} with item_tower='content'")
@@ -248,16 +276,8 @@ def fit_two_tower(
     us = (u - mu_u) / sd_u
     vs = v if item_tower == "content" else (v - mu_v) / sd_v
     logq = _log_q(codes)
-    params: dict[str, Any] = {"user": _mlp.init_params([u.shape[1], *user_hidden, out], seed)}
-    if item_tower == "mlp":
-        params["item"] = _mlp.init_params([v.shape[1], *item_hidden, out], seed + 1)
-    cfg = {
-        "lr": lr,
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "patience": int(patience),
-        "seed": seed,
-    }
+    params = _init_params(u.shape[1], v.shape[1], user_hidden, item_hidden, out, item_tower, seed)
+    cfg = _mlp.loop_config(lr, epochs, batch_size, patience, seed)
     loss = _softmax_loss(temperature, item_tower, dim)
     best, history, best_epoch = _fit_loop(
         params,
@@ -281,6 +301,7 @@ def fit_two_tower(
         item_params=ip,
         item_mode=item_tower,
         temperature=temperature,
+        long_term=long_term,
         user_mean=mu_u,
         user_scale=sd_u,
         history=history,
@@ -343,3 +364,60 @@ def catalogue_item_inputs(item_ids: np.ndarray, item_emb: np.ndarray, table: Any
         ok = (rows < len(item_ids)) & (item_ids[np.minimum(rows, len(item_ids) - 1)] == ids)
         stats[rows[ok]] = x[newest_first[first[ok]]][:, cols]
     return np.ascontiguousarray(np.hstack([item_emb.astype(np.float32), stats]))
+
+
+def pooled_history(
+    table: Any, positive: Sequence[str] = ("completed",), point_in_time: bool = True
+) -> np.ndarray:
+    """Per row, the L2-normalised mean content embedding of the user's positive rows: the
+    user's long engagement history pooled from the log (zeros without any).
+
+    ``point_in_time``: only rows of earlier requests (``ts`` strictly before the row's), the
+    training input; otherwise every row of the user in ``table`` (the offline pass's input).
+    """
+    names = _data.table_feature_names(table)
+    emb = _data.feature_matrix(table, "table")[:, _columns(names, "i_emb_")].astype(np.float64)
+    pos = _positives(table, positive)
+    tok = np.asarray(table.column("user_token").to_pylist()).astype(str)
+    ts = np.asarray(table.column("ts").cast("int64").to_numpy(zero_copy_only=False))
+    order = np.lexsort((ts, tok))
+    t_s, k_s = ts[order], tok[order]
+    c = np.cumsum(emb[order] * pos[order, None], axis=0)
+    c = np.vstack([np.zeros((1, emb.shape[1])), c])  # c[i] = sum of rows before i
+    user_start = np.r_[0, np.flatnonzero(k_s[1:] != k_s[:-1]) + 1]
+    start_of = np.repeat(user_start, np.diff(np.r_[user_start, len(order)]))
+    if point_in_time:  # up to the first row of this (user, ts) group
+        new_group = np.r_[True, (k_s[1:] != k_s[:-1]) | (t_s[1:] != t_s[:-1])]
+        upto = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
+    else:  # the user's whole history in the table
+        user_end = np.r_[user_start[1:], len(order)]
+        upto = np.repeat(user_end, np.diff(np.r_[user_start, len(order)]))
+    out = np.empty_like(emb)
+    out[order] = c[upto] - c[start_of]
+    return l2_rows(out)
+
+
+def with_long_term(u: np.ndarray, names: list[str], long_term: np.ndarray) -> np.ndarray:
+    """User-tower inputs with the long-term slot (``u_long_*``) replaced by ``long_term``."""
+    out = u.copy()
+    user_names = [n for n in names if n.startswith("u_")]
+    cols = [i for i, n in enumerate(user_names) if n.startswith("u_long_")]
+    out[:, cols] = long_term
+    return out
+
+
+def user_vectors(fit: TwoTowerFit, table: Any) -> tuple[list[str], np.ndarray]:
+    """The user tower's offline pass: for each user in ``table``, the tower's output (unit
+    rows) on their latest logged user block, its long-term slot holding their pooled history
+    over the whole table when the tower was trained with ``long_term="pooled"``. Returns
+    (user tokens, vectors)."""
+    names = _data.table_feature_names(table)
+    ts = np.asarray(table.column("ts").cast("int64").to_numpy(zero_copy_only=False))
+    tok = np.asarray(table.column("user_token").to_pylist()).astype(str)
+    newest_first = np.argsort(-ts, kind="stable")
+    users, first = np.unique(tok[newest_first], return_index=True)
+    rows = newest_first[first]
+    u = user_tower_inputs(_data.feature_matrix(table, "table")[rows], names)
+    if fit.long_term == "pooled":
+        u = with_long_term(u, names, pooled_history(table, point_in_time=False)[rows])
+    return [str(x) for x in users], l2_rows(fit.user_tower.predict(u))
