@@ -150,9 +150,14 @@ def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path) -> None:
             "parity",
             "--json",
             str(out),
+            "--report",
+            str(tmp_path / "loop.html"),
         ]
     )
     assert rc == 0
+    page = (tmp_path / "loop.html").read_text()
+    assert "One line per day" in page and page.count("<tr>") == 4  # header + 3 days
+    assert f"parity: feature {BROKEN_FEATURE}" in page
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert recs[1]["parity_flagged"] == []  # trained on day 0, before the break
     last = recs[2]  # trained on day 2's log: broken

@@ -88,6 +88,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "detect it)")
     lp.add_argument("--json", dest="json_out", metavar="OUT", default=None,
                     help="write one JSON record per simulated day to OUT")
+    lp.add_argument("--report", metavar="HTML", default=None,
+                    help="write an HTML page of the daily series (one line per day)")
     return p
 
 
@@ -161,9 +163,13 @@ def _loop(args: argparse.Namespace) -> int:
               f"lift {lift_s} entropy {r['topic_entropy']:.3f} gini {r['creator_gini']:.3f} "
               f"-> {r['decision']}: {'; '.join(r['reasons'])}", flush=True)
 
-    run(days=args.days, seed=args.seed, items=args.items, users=args.users,
-        requests_per_day=args.requests, break_=args.break_, json_out=args.json_out,
-        progress=show)
+    records = run(days=args.days, seed=args.seed, items=args.items, users=args.users,
+                  requests_per_day=args.requests, break_=args.break_, json_out=args.json_out,
+                  progress=show)
+    if args.report:
+        from fyp_core.report import write_loop_report
+
+        print(f"wrote {write_loop_report(records, args.report)}")
     return 0
 
 
