@@ -174,6 +174,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--calibration-only", action="store_true", help="only the loop's OPE calibration"
+    )
     a = ap.parse_args()
     if a.quick:
         cfg = LoopConfig(
@@ -205,7 +208,7 @@ def main() -> None:
     t0 = time.perf_counter()
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="fyp-bench-loop-") as tmp:
-        for s in range(seeds):
+        for s in range(0 if a.calibration_only else seeds):
             import dataclasses
 
             per_seed.append(one_seed(dataclasses.replace(cfg, seed=s), train_days, tmp))
@@ -217,6 +220,30 @@ def main() -> None:
 
 
 def report(per_seed: list[dict], cal: list[dict], cfg: LoopConfig, a: Any, secs: float) -> None:
+    if per_seed:
+        report_policy(per_seed, cfg)
+    n = sum(c["days"] for c in cal)
+    cov = sum(c["covered"] for c in cal)
+    print(
+        f"OPE calibration: truth in the 95% CI on {cov}/{n} candidate-days; loop decisions "
+        f"{[c['decisions'] for c in cal]}; live true value by day "
+        f"{[c['true_values'] for c in cal]}"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"load {os.getloadavg()[0]:.2f}; {secs:.1f} s"
+    )
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(
+                {"per_seed": per_seed, "calibration": cal, "seconds": secs},
+                f,
+                indent=1,
+                default=lambda o: o.item() if hasattr(o, "item") else str(o),
+            )
+
+
+def report_policy(per_seed: list[dict], cfg: LoopConfig) -> None:
     lift = [r["true_learned"] - r["true_day0"] for r in per_seed]
     m, h = mean_ci(lift)
     print(
@@ -245,25 +272,6 @@ def report(per_seed: list[dict], cal: list[dict], cfg: LoopConfig, a: Any, secs:
         )
     else:
         print("ranker training on >= 100k rows: not measured at this size (run without --quick)")
-    n = sum(c["days"] for c in cal)
-    cov = sum(c["covered"] for c in cal)
-    print(
-        f"OPE calibration: truth in the 95% CI on {cov}/{n} candidate-days; loop decisions "
-        f"{[c['decisions'] for c in cal]}; live true value by day "
-        f"{[c['true_values'] for c in cal]}"
-    )
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-        f"load {os.getloadavg()[0]:.2f}; {secs:.1f} s"
-    )
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(
-                {"per_seed": per_seed, "calibration": cal, "seconds": secs},
-                f,
-                indent=1,
-                default=lambda o: o.item() if hasattr(o, "item") else str(o),
-            )
 
 
 if __name__ == "__main__":

@@ -89,10 +89,14 @@ def explore_arm(table: Any, explored: Any, served_true: dict[str, float]) -> Exp
 
 
 def boltzmann_weights(score: np.ndarray, temperature: float) -> np.ndarray:
-    """w_i proportional to exp(z_i / temperature), z the standardised score, mean 1: the target
-    re-selects explored items in proportion to exp(score), so pi_i = p_i * w_i."""
-    sd = score.std()
-    z = (score - score.mean()) / (sd if sd > 0 else 1.0)
+    """w_i proportional to exp(z_i / temperature), mean 1, where z is the *rank* of the score
+    among the explored items mapped to a unit-variance logistic quantile: the target re-selects
+    explored items by rank (pi_i = p_i * w_i), so two models with differently scaled value
+    scores are judged alike and one extreme score cannot take all the weight."""
+    _, inv, counts = np.unique(score, return_inverse=True, return_counts=True)
+    below = np.cumsum(counts) - counts
+    u = (below[inv] + 0.5 * (counts[inv] + 1)) / (len(score) + 1)  # mid-ranks in (0, 1)
+    z = np.log(u / (1.0 - u)) * (np.sqrt(3.0) / np.pi)
     e = np.exp((z - z.max()) / temperature)
     return e / e.mean()
 
