@@ -3,7 +3,8 @@ HTTP host (over a catalogue directory or the demo world), ``catalogue`` exports 
 catalogue directory or checks one, ``report`` writes the
 static HTML dashboard of a log directory, ``retention`` rolls up and expires old raw partitions,
 ``compact`` merges the small files of closed hour partitions atomically,
-``simulate`` writes a simulated log directory (schema v1) to try them on."""
+``simulate`` writes a simulated log directory (schema v1) to try them on, ``loop`` runs the
+learning loop over the synthetic world."""
 
 from __future__ import annotations
 
@@ -107,6 +108,21 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--requests", type=int, default=20_000)
     s.add_argument("--days", type=int, default=28)
     s.add_argument("--seed", type=int, default=0)
+
+    lp = sub.add_parser("loop", help="run the learning loop over the synthetic world, one "
+                        "simulated day at a time (docs/loop.md; needs fyp-core[train])")
+    lp.add_argument("--days", type=int, required=True, help="simulated days to run")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--items", type=int, default=20_000, help="catalogue size (default 20k)")
+    lp.add_argument("--users", type=int, default=2_000, help="users (default 2k)")
+    lp.add_argument("--requests", type=int, default=2_000, help="requests per day (default 2k)")
+    lp.add_argument("--break", dest="break_", choices=["diversity", "exploration", "parity"],
+                    default=None, help="remove one safeguard from day 1 on (the loop must "
+                    "detect it)")
+    lp.add_argument("--json", dest="json_out", metavar="OUT", default=None,
+                    help="write one JSON record per simulated day to OUT")
+    lp.add_argument("--report", metavar="HTML", default=None,
+                    help="write an HTML page of the daily series (one line per day)")
     return p
 
 
@@ -224,6 +240,26 @@ def _serve_or_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def _loop(args: argparse.Namespace) -> int:
+    from fyp_core.loop import run
+
+    def show(r: dict) -> None:
+        lift = r["lift"]
+        lift_s = "not measurable" if lift is None else f"{lift['value']:+.4f}"
+        print(f"day {r['day']}: live {r['live_version']} true value {r['true_value']:.4f} "
+              f"lift {lift_s} entropy {r['topic_entropy']:.3f} gini {r['creator_gini']:.3f} "
+              f"-> {r['decision']}: {'; '.join(r['reasons'])}", flush=True)
+
+    records = run(days=args.days, seed=args.seed, items=args.items, users=args.users,
+                  requests_per_day=args.requests, break_=args.break_, json_out=args.json_out,
+                  progress=show)
+    if args.report:
+        from fyp_core.report import write_loop_report
+
+        print(f"wrote {write_loop_report(records, args.report)}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.version:
@@ -237,6 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "compact": _compact,
         "simulate": _simulate,
         "catalogue": _catalogue,
+        "loop": _loop,
     }
     if args.command in ("serve", "demo"):
         return _serve_or_demo(args)

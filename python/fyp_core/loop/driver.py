@@ -1,0 +1,244 @@
+"""The learning loop, one simulated day at a time (DESIGN §7): serve -> log -> build the training
+set from the log -> train a candidate -> shadow + OPE on the exploration arm -> promote, keep,
+roll back or block by the written rule (``PromotionRule``) -> record the day."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from fyp_core import analytics
+from fyp_core import features as fs
+from fyp_core.loop import evaluate as ev
+from fyp_core.loop import sim
+from fyp_core.loop.config import LoopConfig
+from fyp_core.loop.decide import decide, diversity_flags
+from fyp_core.loop.learn import break_parity, parity_flags, train_candidate, user_tower_pass
+
+__all__ = ["run"]
+
+
+def _day_table(env: dict[str, Any], cfg: LoopConfig, served: sim.Served) -> Any:
+    """The day's training rows: the whole log replayed through the serving code from the start
+    catalogue plus the batch tier that was live that day, rows of that day's requests only."""
+    env["log"].flush()
+    cat = sim.catalogue_with_users(env["catalogue"], *env["batch"])
+    return fs.training_set(
+        env["logdir"],
+        cat,
+        user_token_key=sim.KEY,
+        history_len=cfg.history_len,
+        request_ids=served.request_ids,
+    )
+
+
+def _apply_break(env: dict[str, Any], cfg: LoopConfig, day: int) -> None:
+    if cfg.break_ is None or day != cfg.break_from:
+        return
+    if cfg.break_ == "diversity":
+        env["reranker"].set_policy(sim.NO_CAPS_POLICY)
+    elif cfg.break_ == "exploration":
+        env["pipe"].update_config({"explore_rate": 0.0})
+
+
+def _metrics(env: dict[str, Any], served: sim.Served) -> dict[str, Any]:
+    world = env["world"]
+    ranked = served.sources != "exploration"
+    return {
+        "true_value": float(served.true_p[ranked].mean()),
+        "observed_value": float(served.finished[ranked].mean()),
+        "topic_entropy": ev.topic_entropy(served.request_of, served.topics),
+        "creator_gini": ev.creator_gini(served.creators, world.item_creator),
+        "fresh_reach": ev.fresh_reach(served.uploads, world.item_ids[served.item_rows]),
+        "impressions": int(len(served.item_rows)),
+        "exploration_slots": int((~ranked).sum()),
+    }
+
+
+def _in_layer(env: dict[str, Any], cfg: LoopConfig, served: sim.Served) -> np.ndarray:
+    split, world, pipe = env["split"], env["world"], env["pipe"]
+    toks = [pipe.user_token(world.user_ids[u]) for u in range(cfg.users)]
+    member = np.array([split.variant(cfg.layer, t) == "candidate" for t in toks])
+    return member[served.user_rows]
+
+
+def _evaluate(env: dict[str, Any], cfg: LoopConfig, arm: ev.ExploreArm) -> dict[str, Any]:
+    """OPE of the candidate and of live on today's exploration arm, their paired lift, the
+    shadow head-to-head, and (after a recent promotion) live vs the model it replaced."""
+    out: dict[str, Any] = {"estimated": None, "lift": None, "shadow": None, "vs_previous": None}
+    cand = env["candidate"]
+    tw = np.asarray(cfg.task_weights, np.float32)
+    if len(arm) >= 2:
+        live = ev.ope_value(env["live"], arm, tw, cfg.ope_temperature)
+        out["live_estimate"] = live
+        if cand is not None and cand.get("model") is not None:
+            c = ev.ope_value(cand["model"], arm, tw, cfg.ope_temperature)
+            out["estimated"] = c
+            out["lift"] = ev.paired_lift(c, live, arm.r)
+        if env["previous"] is not None:
+            prev = ev.ope_value(env["previous"], arm, tw, cfg.ope_temperature)
+            out["vs_previous"] = ev.paired_lift(live, prev, arm.r)
+    if cand is not None and cand.get("model") is not None:
+        try:
+            t = analytics.shadow_vs_live(env["logdir"])
+            rows = [r for r in t.to_pylist() if r["shadow_version"] == cand["version"]]
+            out["shadow"] = rows[0] if rows else None
+        except ValueError:
+            out["shadow"] = None
+    return out
+
+
+def _apply(env: dict[str, Any], decision: str, day: int) -> None:
+    pipe, cand = env["pipe"], env["candidate"]
+    if decision == "promote":
+        pipe.promote(cand["version"])
+        env["previous"], env["live"], env["promoted_day"] = env["live"], cand["model"], day
+    elif decision == "rollback":
+        pipe.rollback()
+        env["live"], env["previous"] = env["previous"], None
+
+
+def _record(
+    day: int,
+    env: dict[str, Any],
+    live_version: str,
+    m: dict[str, Any],
+    e: dict[str, Any],
+    verdict: tuple[str, list[str]],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    cand = env["candidate"]
+    est = e["estimated"]
+    return {
+        "day": day,
+        "live_version": live_version,
+        "candidate_version": None if cand is None else cand["version"],
+        "true_value": m["true_value"],
+        "estimated_value": None if est is None or e["lift"] is None else est.record(),
+        "candidate_true_value": None if est is None else est.true_value,
+        "lift": e["lift"],
+        "topic_entropy": m["topic_entropy"],
+        "creator_gini": m["creator_gini"],
+        "fresh_reach": m["fresh_reach"],
+        "decision": verdict[0],
+        "reasons": verdict[1],
+        **extra,
+    }
+
+
+def _one_day(
+    env: dict[str, Any], cfg: LoopConfig, day: int, rng: np.random.Generator
+) -> dict[str, Any]:
+    _apply_break(env, cfg, day)
+    live_version = env["live"].version
+    batch = env["pipe"].batch_info
+    served = sim.serve_day(env, cfg, day, rng)
+    table = _day_table(env, cfg, served)
+    explored = analytics.read_table(
+        env["logdir"], "exploration_events", columns=["impression_id", "propensity"]
+    )
+    arm = ev.explore_arm(table, explored, dict(zip(served.impression_ids, served.true_p)))
+    m = _metrics(env, served)
+    if day == cfg.rule.reference_day:
+        env["baseline"] = m
+    e = _evaluate(
+        env,
+        cfg,
+        arm
+        if len(arm) >= cfg.rule.min_exploration_slots
+        else ev.ExploreArm(arm.x[:0], arm.r[:0], arm.p[:0], arm.true_p[:0]),
+    )
+    flags = diversity_flags(m, env["baseline"], cfg.rule)
+    verdict = decide(env, cfg, day, e, len(arm))
+    verdict = (verdict[0], verdict[1] + flags)
+    _apply(env, verdict[0], day)
+    extra = {
+        "parity_flagged": None
+        if env["candidate"] is None
+        else env["candidate"].get("parity_flagged"),
+        "observed_value": m["observed_value"],
+        "impressions": m["impressions"],
+        "exploration_slots": len(arm),
+        "layer": ev.layer_aa(served, _in_layer(env, cfg, served)),
+        "shadow_verdict": None if e["shadow"] is None else e["shadow"]["verdict"],
+        "batch": {"version": batch["version"], "n_users": batch["n_users"]},
+    }
+    rec = _record(day, env, live_version, m, e, verdict, extra)
+    _next_candidate(env, cfg, day, table)
+    return rec
+
+
+def _next_candidate(env: dict[str, Any], cfg: LoopConfig, day: int, table: Any) -> None:
+    """Trains tomorrow's candidate on the last ``train_days`` days, checks its training set's
+    parity against the served log, shadows it; every ``two_tower_every`` days re-runs the user
+    tower's offline pass into the batch tier."""
+    env["tables"] = (env["tables"] + [table])[-cfg.train_days :]
+    broken = cfg.break_ == "parity" and day >= cfg.break_from
+    tables = [break_parity(t) if broken else t for t in env["tables"]]
+    env["candidate"] = train_candidate(env, cfg, day, tables)
+    cand = env["candidate"]
+    if cand.get("model") is not None:
+        cand["parity_flagged"] = parity_flags(env["logdir"], tables[-1], table)
+        if not cand["parity_flagged"]:
+            env["pipe"].add_shadow(cand["model"])
+    if cfg.two_tower_every and (day + 1) % cfg.two_tower_every == 0:
+        env["batch"] = user_tower_pass(env, cfg, env["tables"], env["batch"])
+
+
+def run(
+    config: Optional[LoopConfig] = None,
+    *,
+    logdir: Optional[str] = None,
+    json_out: Optional[str] = None,
+    progress: Optional[Callable[[dict], None]] = None,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """Runs the loop for ``config.days`` simulated days and returns one record per day (also
+    written as JSON lines to ``json_out``). ``overrides`` replace ``LoopConfig`` fields, e.g.
+    ``run(days=3, break_="exploration")``. ``logdir`` keeps the event log (default: a
+    temporary directory removed at the end)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(config or LoopConfig(), **overrides)
+    with tempfile.TemporaryDirectory(prefix="fyp-loop-") as tmp:
+        root = logdir or os.path.join(tmp, "log")
+        env = sim.build(cfg, root)
+        env.update(
+            logdir=root,
+            tables=[],
+            candidate=None,
+            previous=None,
+            promoted_day=None,
+            batch=([], None),
+            baseline=None,
+        )
+        rng = np.random.default_rng(cfg.seed + 1)
+        records = []
+        try:
+            for day in range(cfg.days):
+                t = time.perf_counter()
+                rec = _one_day(env, cfg, day, rng)
+                rec["seconds"] = round(time.perf_counter() - t, 2)
+                records.append(rec)
+                if progress is not None:
+                    progress(rec)
+        finally:
+            env["pipe"].close()
+    if json_out:
+        with open(json_out, "w") as f:
+            for rec in records:
+                f.write(json.dumps(rec, default=_json_default) + "\n")
+    return records
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
