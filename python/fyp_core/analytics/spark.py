@@ -85,18 +85,27 @@ class SparkAnalytics:
             df = df.withColumn("hour", F.col("hour").cast("int"))
             df.createOrReplaceTempView(t)
 
+    def _prepare(self, tables: tuple, params: Dict[str, Any]) -> None:
+        self._register(tables)
+        if {"impressions", "engagements"} <= set(tables):
+            for view, body in views():
+                self.spark.sql(f"CREATE OR REPLACE TEMP VIEW {view} AS {to_spark(body, params)}")
+
     def sql(self, text: str, **params: Any) -> Any:
-        """A Spark DataFrame for one DuckDB-dialect SELECT over the views (run() set them)."""
-        return self.spark.sql(to_spark(text, {**self.params, **params}))
+        """A Spark DataFrame for one DuckDB-dialect SELECT over the tables that have files and
+        the shared views (the same names the queries read)."""
+        from fyp_core.analytics import table_files
+
+        p = {**self.params, **{k: v for k, v in params.items() if v is not None}}
+        self._prepare(tuple(t for t in TABLES if table_files(self.root, t)), p)
+        return self.spark.sql(to_spark(text, p))
 
     def run(self, name: str, **params: Any) -> pa.Table:
         """Run query ``name`` over the log and return its result as a ``pyarrow.Table``."""
         if name not in QUERIES:
             raise ValueError(f"unknown query {name!r}; known: {', '.join(sorted(QUERIES))}")
         p = {**self.params, **{k: v for k, v in params.items() if v is not None}}
-        self._register(tuple(t for t in TABLES if t in QUERIES[name]))
-        for view, body in views():
-            self.spark.sql(f"CREATE OR REPLACE TEMP VIEW {view} AS {to_spark(body, p)}")
+        self._prepare(tuple(t for t in TABLES if t in QUERIES[name]), p)
         return self.spark.sql(to_spark(query_body(name), p)).toArrow()
 
     def close(self) -> None:
