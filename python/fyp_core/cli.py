@@ -120,15 +120,18 @@ def _build_parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     from fyp_core.report import write_report
 
-    path = write_report(
-        args.logdir,
-        args.out,
-        window_hours=args.window_hours,
-        young_days=args.young_days,
-        fresh_hours=args.fresh_hours,
-        explore_setpoint=args.explore_setpoint,
-        engine=args.engine,
-    )
+    try:
+        path = write_report(
+            args.logdir,
+            args.out,
+            window_hours=args.window_hours,
+            young_days=args.young_days,
+            fresh_hours=args.fresh_hours,
+            explore_setpoint=args.explore_setpoint,
+            engine=args.engine,
+        )
+    except ImportError as e:  # engine="spark" without the [spark] extra: one line, exit 2
+        raise ValueError(str(e)) from e
     print(f"wrote {path}")
     return 0
 

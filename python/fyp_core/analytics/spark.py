@@ -9,6 +9,7 @@ SQL settings), set to DuckDB's semantics: UTC and NULL (not an error) on divisio
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -45,6 +46,11 @@ def spark_session(master: str = "local[2]", conf: Optional[Mapping[str, str]] = 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ValueError(
+            "engine='spark' needs a Java 17 runtime: no java on PATH and JAVA_HOME is unset "
+            "(Debian: apt-get install -y openjdk-17-jre-headless)"
+        )
     b = SparkSession.builder.master(master).appName("fyp_core.analytics")
     for k, v in {**LOCAL_CONF, **(conf or {})}.items():
         b = b.config(k, v)
