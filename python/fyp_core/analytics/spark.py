@@ -3,7 +3,7 @@
 The same Hive-partitioned Parquet the event log writes is read in place (no copy or conversion);
 the same DuckDB-dialect SQL (``queries/``) runs after ``transpile.to_spark``. Each connection is
 its own Spark session (``SparkSession.newSession``: shared SparkContext, private temp views and
-SQL settings), set to DuckDB's semantics: UTC and NULL (not an error) on division by zero.
+SQL settings), set to DuckDB's semantics: UTC, and no error on a division by zero.
 """
 
 from __future__ import annotations
