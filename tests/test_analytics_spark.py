@@ -1,5 +1,6 @@
 """fyp_core.analytics on Apache Spark (local[2]): every query equals DuckDB's on one simulated log
-(1% sampled days included), and ``fyp-core report --engine spark`` writes DuckDB's report."""
+(1% sampled days included), ``fyp-core report --engine spark`` writes DuckDB's report, and a
+query running during a compaction sees all old or all new files."""
 
 from __future__ import annotations
 
@@ -40,35 +41,78 @@ def _rows(t, name):
     return sorted(rows, key=lambda r: r["impression_id"]) if name in ROW_KEYED else rows
 
 
-def test_every_query_equals_duckdb(log, spark_con):
-    pct = set(
-        analytics.read_table(log.root, "impressions", ["sampled_pct"])["sampled_pct"].to_pylist()
-    )
-    assert {1.0, 25.0, 100.0} <= pct
+def test_report_and_every_query_equal_duckdb(log, spark_con, monkeypatch, tmp_path):
+    """`fyp-core report --engine spark` writes DuckDB's report byte for byte; every query it ran
+    on Spark, and the others, equal DuckDB's results to 1e-9 (the JVM is slow: one pass)."""
+    from fyp_core import cli
+
+    pct = analytics.read_table(log.root, "impressions", ["sampled_pct"])["sampled_pct"]
+    assert {1.0, 25.0, 100.0} <= set(pct.to_pylist())
+    ran, real_run = {}, analytics.run
+
+    def recording_run(name, root, con=None, engine=None, **kw):
+        out = real_run(name, root, con, engine, **kw)
+        ran[name] = (kw, out)
+        return out
+
+    monkeypatch.setattr(analytics, "run", recording_run)
+    out_s, out_d = tmp_path / "spark.html", tmp_path / "duck.html"
+    assert cli.main(["report", log.root, "--engine", "spark", "--out", str(out_s)]) == 0
+    monkeypatch.setattr(analytics, "run", real_run)
+    assert cli.main(["report", log.root, "--out", str(out_d)]) == 0
+    assert out_s.read_text() == out_d.read_text()
+    assert len(ran) == 8
     duck = analytics.connect(log.root)
     for name in analytics.QUERIES:
-        kw = PARAMS.get(name, {})
+        kw = ran[name][0] if name in ran else PARAMS.get(name, {})
+        got = ran[name][1] if name in ran else analytics.run(name, log.root, spark_con, **kw)
         want = _rows(analytics.run(name, log.root, duck, **kw), name)
-        got = _rows(analytics.run(name, log.root, spark_con, **kw), name)
         assert want, name
-        assert_rows_close(got, want, name)
+        assert_rows_close(_rows(got, name), want, name)
+
+
+def test_parameters_and_adhoc_sql(log, spark_con):
+    duck = analytics.connect(log.root)
+    q = "SELECT count(*) AS n, sum(w) AS slots, sum(w * engaged::INT) AS e FROM outcomes"
+    assert_rows_close(
+        spark_con.sql(q).toArrow().to_pylist(), duck.sql(q).to_arrow_table().to_pylist(), "sql"
+    )
     # a parameter reaches the shared views (window_hours lives in `outcomes`)
     short = analytics.lift_by_topic(log.root, window_hours=1e-4, con=spark_con).to_pylist()
-    assert_rows_close(
-        short,
-        analytics.lift_by_topic(log.root, window_hours=1e-4).to_pylist(),
-        "lift_by_topic(window_hours=1e-4)",
-    )
+    want = analytics.lift_by_topic(log.root, window_hours=1e-4).to_pylist()
+    assert_rows_close(short, want, "lift_by_topic(window_hours=1e-4)")
     assert (
         short[-1]["ranked_rate"] < analytics.lift_by_topic(log.root).to_pylist()[-1]["ranked_rate"]
     )
 
 
-def test_report_engine_spark_equals_duckdb(log, tmp_path):
-    from fyp_core import cli
+def test_spark_reader_during_compaction(tmp_path):
+    """A Spark query running while its partitions are compacted sees all old or all new files."""
+    import shutil
+    import threading
 
-    session()  # the report picks up the active session
-    out_s, out_d = tmp_path / "spark.html", tmp_path / "duck.html"
-    assert cli.main(["report", log.root, "--engine", "spark", "--out", str(out_s)]) == 0
-    assert cli.main(["report", log.root, "--out", str(out_d)]) == 0
-    assert out_s.read_text() == out_d.read_text()
+    from test_compact import NOW, split_files
+
+    from fyp_core.compact import compact
+
+    src = sim_log(n_requests=1_500, n_users=300, n_items=2_000, days=1, seed=5)
+    root = str(tmp_path / "log")
+    shutil.copytree(src.root, root)
+    split_files(root)
+    want = analytics.daily_summary(root).to_pylist()
+    con = analytics.connect(root, engine="spark", spark=session())
+    done = []
+    worker = threading.Thread(
+        target=lambda: done.extend(
+            compact(root, table=t, older_than_hours=2, now=NOW).merged
+            for t in ("engagements", "impressions")
+        )
+    )
+    worker.start()
+    try:
+        got = analytics.daily_summary(root, con=con).to_pylist()
+    finally:
+        worker.join()
+        con.close()
+    assert all(done) and len(done) == 2
+    assert_rows_close(got, want, "daily_summary during compaction")

@@ -10,9 +10,56 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = ["main"]
+
+
+def _add_report_parser(sub: Any) -> None:
+    r = sub.add_parser("report", help="write the static HTML analytics report of a log directory")
+    r.add_argument("logdir", help="event log root (LOGDIR/<table>/dt=.../hour=.../*.parquet)")
+    r.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
+    r.add_argument(
+        "--window-hours", type=float, default=24.0, help="late-engagement window (default 24)"
+    )
+    r.add_argument(
+        "--young-days",
+        type=int,
+        default=7,
+        help="a creator younger than this is 'young' (default 7)",
+    )
+    r.add_argument(
+        "--fresh-hours",
+        type=float,
+        default=24.0,
+        help="a new item shown within this many hours counts as retrieved (default 24)",
+    )
+    r.add_argument(
+        "--explore-setpoint",
+        type=float,
+        default=0.05,
+        help="configured exploration share (default 0.05)",
+    )
+    r.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="query engine (default duckdb; spark needs the [spark] extra and Java 17)",
+    )
+
+
+def _add_compact_parser(sub: Any) -> None:
+    k = sub.add_parser("compact", help="merge the small files of closed hour partitions")
+    k.add_argument("logdir")
+    k.add_argument("--table", default=None, help="one table (default: every table)")
+    k.add_argument("--dt", default=None, help="the partition's day, YYYY-MM-DD (with --hour)")
+    k.add_argument("--hour", type=int, default=None, help="the partition's hour, 0-23")
+    k.add_argument(
+        "--older-than-hours",
+        type=float,
+        default=None,
+        help="compact every partition whose hour ended more than N hours ago",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -54,54 +101,14 @@ def _build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("check", help="validate a catalogue directory and print a summary")
     cc.add_argument("dir")
 
-    r = sub.add_parser("report", help="write the static HTML analytics report of a log directory")
-    r.add_argument("logdir", help="event log root (LOGDIR/<table>/dt=.../hour=.../*.parquet)")
-    r.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
-    r.add_argument(
-        "--window-hours", type=float, default=24.0, help="late-engagement window (default 24)"
-    )
-    r.add_argument(
-        "--young-days",
-        type=int,
-        default=7,
-        help="a creator younger than this is 'young' (default 7)",
-    )
-    r.add_argument(
-        "--fresh-hours",
-        type=float,
-        default=24.0,
-        help="a new item shown within this many hours counts as retrieved (default 24)",
-    )
-    r.add_argument(
-        "--explore-setpoint",
-        type=float,
-        default=0.05,
-        help="configured exploration share (default 0.05)",
-    )
-    r.add_argument(
-        "--engine",
-        choices=("duckdb", "spark"),
-        default="duckdb",
-        help="query engine (default duckdb; spark needs the [spark] extra and Java 17)",
-    )
+    _add_report_parser(sub)
+    _add_compact_parser(sub)
 
     t = sub.add_parser("retention", help="roll up, then delete raw partitions older than N days")
     t.add_argument("logdir")
     t.add_argument("--days", type=int, default=30, help="days of raw logs to keep (default 30)")
     t.add_argument("--dry-run", action="store_true", help="list what would go, change nothing")
     t.add_argument("--window-hours", type=float, default=24.0)
-
-    k = sub.add_parser("compact", help="merge the small files of closed hour partitions")
-    k.add_argument("logdir")
-    k.add_argument("--table", default=None, help="one table (default: every table)")
-    k.add_argument("--dt", default=None, help="the partition's day, YYYY-MM-DD (with --hour)")
-    k.add_argument("--hour", type=int, default=None, help="the partition's hour, 0-23")
-    k.add_argument(
-        "--older-than-hours",
-        type=float,
-        default=None,
-        help="compact every partition whose hour ended more than N hours ago",
-    )
 
     s = sub.add_parser("simulate", help="write a simulated log directory with known ground truth")
     s.add_argument("logdir")
@@ -129,15 +136,18 @@ def _build_parser() -> argparse.ArgumentParser:
 def _report(args: argparse.Namespace) -> int:
     from fyp_core.report import write_report
 
-    path = write_report(
-        args.logdir,
-        args.out,
-        window_hours=args.window_hours,
-        young_days=args.young_days,
-        fresh_hours=args.fresh_hours,
-        explore_setpoint=args.explore_setpoint,
-        engine=args.engine,
-    )
+    try:
+        path = write_report(
+            args.logdir,
+            args.out,
+            window_hours=args.window_hours,
+            young_days=args.young_days,
+            fresh_hours=args.fresh_hours,
+            explore_setpoint=args.explore_setpoint,
+            engine=args.engine,
+        )
+    except ImportError as e:  # engine="spark" without the [spark] extra: one line, exit 2
+        raise ValueError(str(e)) from e
     print(f"wrote {path}")
     return 0
 

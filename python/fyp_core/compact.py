@@ -5,13 +5,17 @@ The swap is atomic for readers: the merged partition is built under ``LOGDIR/.co
 every table's glob) and exchanged with the live ``hour=H`` directory in one
 ``renameat2(RENAME_EXCHANGE)``, so a directory listing (DuckDB's glob, Spark's file index) sees
 either all old files or all new ones, never both and never neither. A reader that listed the old
-files and opens one after the swap gets "file not found"; ``fyp_core.analytics.run`` then reruns
-the query (it lists afresh). Only hours that ended ``min_age_hours`` ago are touched, so no writer
-is still renaming files into them. Retention is unaffected: the partition keeps its path.
+files and opens one after the swap gets "file not found"; ``fyp_core.analytics.run`` then waits
+for the compaction pass to end (``wait_for_compactions``: a pass holds its table's lock) and
+reruns the query, which lists afresh. Only hours that ended ``min_age_hours`` ago are touched, so
+no writer is still renaming files into them. Retention is unaffected: the partition keeps its
+path. A run that crashed leaves at most a staging directory, removed by the next run on that
+table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as _dt
 import fcntl
@@ -22,13 +26,13 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import pyarrow.parquet as pq
 
 from fyp_core.analytics.sqlsource import TABLES
 
-__all__ = ["CompactResult", "compact", "compact_partition", "exchange_dirs"]
+__all__ = ["CompactResult", "compact", "compact_partition", "exchange_dirs", "wait_for_compactions"]
 
 STAGING = ".compact"
 _AT_FDCWD = -100
@@ -107,6 +111,36 @@ def _merge_into(files: List[Path], out: Path) -> int:
     return rows
 
 
+@contextlib.contextmanager
+def _table_lock(root: str, table: str, mode: int = fcntl.LOCK_EX) -> Iterator[Path]:
+    """The table's compaction lock: exclusive for a compactor (one per table at a time, held for
+    a whole pass), shared for a reader waiting for a pass to end."""
+    staging_root = Path(root) / STAGING
+    staging_root.mkdir(exist_ok=True)
+    with open(staging_root / f"{table}.lock", "a") as lock:
+        fcntl.flock(lock, mode)
+        yield staging_root
+
+
+def wait_for_compactions(root: str) -> None:
+    """Block until no compaction pass is running on any table of ``root`` (readers call this
+    before rerunning a query whose files were swapped away)."""
+    for lock in sorted((Path(root) / STAGING).glob("*.lock")):
+        with _table_lock(root, lock.stem, fcntl.LOCK_SH):
+            pass
+
+
+def _closed_partition(
+    root: str, table: str, dt: str, hour: int, min_age_hours: float, now: _dt.datetime
+) -> Path:
+    part = _check_partition(root, table, dt, hour)
+    if min_age_hours < 0:
+        raise ValueError(f"min_age_hours must be >= 0, got {min_age_hours}")
+    if _hour_end(dt, hour) > now - _dt.timedelta(hours=min_age_hours):
+        raise ValueError(f"partition {part} ended less than min_age_hours={min_age_hours} ago")
+    return part
+
+
 def compact_partition(
     root: str,
     table: str,
@@ -114,35 +148,27 @@ def compact_partition(
     hour: int,
     min_age_hours: float = 2.0,
     now: Optional[_dt.datetime] = None,
-    result: Optional[CompactResult] = None,
 ) -> CompactResult:
     """Merge one hour partition's files into one, swapped in atomically (see the module doc)."""
-    res = result if result is not None else CompactResult()
-    part = _check_partition(root, table, dt, hour)
-    if min_age_hours < 0:
-        raise ValueError(f"min_age_hours must be >= 0, got {min_age_hours}")
+    res = CompactResult()
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    if _hour_end(dt, hour) > now - _dt.timedelta(hours=min_age_hours):
-        raise ValueError(f"partition {part} ended less than min_age_hours={min_age_hours} ago")
-    staging_root = Path(root) / STAGING
-    staging_root.mkdir(exist_ok=True)
-    lock = open(staging_root / f"{table}.lock", "w")  # one compactor per table at a time
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    part = _closed_partition(root, table, dt, hour, min_age_hours, now)
+    with _table_lock(root, table) as staging_root:
         _compact_locked(part, staging_root, res)
-    finally:
-        lock.close()
     return res
 
 
 def _compact_locked(part: Path, staging_root: Path, res: CompactResult) -> None:
+    table = part.parent.parent.name
+    for stale in staging_root.glob(f"{table}-*"):  # a crashed run's leftovers (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     files = _visible(part)
     if any(p.name.endswith(".tmp") for p in part.iterdir()):
         raise ValueError(f"partition {part} has a .tmp file: a writer is still writing it")
     if len(files) <= 1:
         res.skipped.append(str(part))
         return
-    stage = staging_root / uuid.uuid4().hex
+    stage = staging_root / f"{table}-{uuid.uuid4().hex}"
     new_part = stage / part.name
     new_part.mkdir(parents=True)
     try:
@@ -189,8 +215,16 @@ def compact(
     res = CompactResult()
     now = now or _dt.datetime.now(_dt.timezone.utc)
     for t in [table] if table else list(TABLES):
-        for part in sorted((Path(root) / str(t)).glob("dt=*/hour=*")):
-            d, h = part.parent.name[3:], int(part.name[5:])
-            if part.is_dir() and _hour_end(d, h) <= now - _dt.timedelta(hours=older_than_hours):
-                compact_partition(root, str(t), d, h, older_than_hours, now, res)
+        parts = sorted((Path(root) / str(t)).glob("dt=*/hour=*"))
+        if not parts:
+            continue
+        with _table_lock(root, str(t)) as staging_root:  # held for the pass: see _retrying
+            for part in parts:
+                d, h = part.parent.name[3:], int(part.name[5:])
+                if _hour_end(d, h) <= now - _dt.timedelta(hours=older_than_hours):
+                    _compact_locked(
+                        _closed_partition(root, str(t), d, h, older_than_hours, now),
+                        staging_root,
+                        res,
+                    )
     return res

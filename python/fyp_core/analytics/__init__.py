@@ -87,11 +87,12 @@ def read_table(root: str, table: str, columns: Optional[List[str]] = None) -> pa
             files, format="parquet", partitioning=part, partition_base_dir=str(Path(root) / table)
         ).to_table(columns=columns)
 
-    return _retrying(read)
+    return _retrying(read, root)
 
 
-def _retrying(fn: Callable[[], T]) -> T:
-    """``fn()``, rerun when a file it listed vanished before it was read (see ``compact``)."""
+def _retrying(fn: Callable[[], T], root: str) -> T:
+    """``fn()``, rerun when a file it listed vanished before it was read: a compaction swapped
+    its partition (``fyp_core.compact``); wait for that pass to end, then list afresh."""
     for attempt in range(_ATTEMPTS):
         try:
             return fn()
@@ -100,7 +101,10 @@ def _retrying(fn: Callable[[], T]) -> T:
         except Exception as e:  # both engines' and Arrow's I/O errors
             if attempt + 1 == _ATTEMPTS or not _FILE_VANISHED.search(str(e)):
                 raise
-            time.sleep(0.05 * 2**attempt)  # a bulk compaction swaps partitions back to back
+            from fyp_core.compact import wait_for_compactions
+
+            wait_for_compactions(root)
+            time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -159,8 +163,8 @@ def run(
     if isinstance(con, duckdb.DuckDBPyConnection):
         from fyp_core.analytics.duck import run_duckdb
 
-        return _retrying(lambda: run_duckdb(con, name, QUERIES[name], params))
-    return _retrying(lambda: _run_other(con, name, params))
+        return _retrying(lambda: run_duckdb(con, name, QUERIES[name], params), root)
+    return _retrying(lambda: _run_other(con, name, params), root)
 
 
 def _run_other(con: Any, name: str, params: Any) -> pa.Table:

@@ -3,12 +3,13 @@
 The same Hive-partitioned Parquet the event log writes is read in place (no copy or conversion);
 the same DuckDB-dialect SQL (``queries/``) runs after ``transpile.to_spark``. Each connection is
 its own Spark session (``SparkSession.newSession``: shared SparkContext, private temp views and
-SQL settings), set to DuckDB's semantics: UTC and NULL (not an error) on division by zero.
+SQL settings), set to DuckDB's semantics: UTC, and no error on a division by zero.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -45,6 +46,11 @@ def spark_session(master: str = "local[2]", conf: Optional[Mapping[str, str]] = 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ValueError(
+            "engine='spark' needs a Java 17 runtime: no java on PATH and JAVA_HOME is unset "
+            "(Debian: apt-get install -y openjdk-17-jre-headless)"
+        )
     b = SparkSession.builder.master(master).appName("fyp_core.analytics")
     for k, v in {**LOCAL_CONF, **(conf or {})}.items():
         b = b.config(k, v)
@@ -85,18 +91,27 @@ class SparkAnalytics:
             df = df.withColumn("hour", F.col("hour").cast("int"))
             df.createOrReplaceTempView(t)
 
+    def _prepare(self, tables: tuple, params: Dict[str, Any]) -> None:
+        self._register(tables)
+        if {"impressions", "engagements"} <= set(tables):
+            for view, body in views():
+                self.spark.sql(f"CREATE OR REPLACE TEMP VIEW {view} AS {to_spark(body, params)}")
+
     def sql(self, text: str, **params: Any) -> Any:
-        """A Spark DataFrame for one DuckDB-dialect SELECT over the views (run() set them)."""
-        return self.spark.sql(to_spark(text, {**self.params, **params}))
+        """A Spark DataFrame for one DuckDB-dialect SELECT over the tables that have files and
+        the shared views (the same names the queries read)."""
+        from fyp_core.analytics import table_files
+
+        p = {**self.params, **{k: v for k, v in params.items() if v is not None}}
+        self._prepare(tuple(t for t in TABLES if table_files(self.root, t)), p)
+        return self.spark.sql(to_spark(text, p))
 
     def run(self, name: str, **params: Any) -> pa.Table:
         """Run query ``name`` over the log and return its result as a ``pyarrow.Table``."""
         if name not in QUERIES:
             raise ValueError(f"unknown query {name!r}; known: {', '.join(sorted(QUERIES))}")
         p = {**self.params, **{k: v for k, v in params.items() if v is not None}}
-        self._register(tuple(t for t in TABLES if t in QUERIES[name]))
-        for view, body in views():
-            self.spark.sql(f"CREATE OR REPLACE TEMP VIEW {view} AS {to_spark(body, p)}")
+        self._prepare(tuple(t for t in TABLES if t in QUERIES[name]), p)
         return self.spark.sql(to_spark(query_body(name), p)).toArrow()
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 -- Exploration slots show a uniformly random eligible item, so their rate is the counterfactual
 -- "no algorithm" baseline on the same traffic. Rates are reweighted by 100 / sampled_pct, the 95%
 -- interval is the delta-method interval of log(ranked / exploration) with the linearised variance
--- of each weighted rate, sum(w^2 (y - p)^2) / sum(w)^2. topic IS NULL is the all-topics row.
+-- of each weighted rate, sum(w^2 (y - p)^2) / sum(w)^2 (NULL when a rate is 0). topic IS NULL is
+-- the all-topics row.
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read lift_by_topic.sql"
 WITH arms AS (
@@ -21,7 +22,8 @@ rates AS (
 pairs AS (
     SELECT r.topic, r.n_rows AS ranked_rows, r.s_w AS ranked_impressions, r.p AS ranked_rate,
            e.n_rows AS exploration_rows, e.s_w AS exploration_impressions, e.p AS exploration_rate,
-           sqrt(r.var / (r.p * r.p) + e.var / (e.p * e.p)) AS se_log_ratio
+           CASE WHEN r.p > 0 AND e.p > 0
+                THEN sqrt(r.var / (r.p * r.p) + e.var / (e.p * e.p)) END AS se_log_ratio
     FROM (SELECT * FROM rates WHERE source = 'ranked') r
     JOIN (SELECT * FROM rates WHERE source = 'exploration') e
       ON r.topic IS NOT DISTINCT FROM e.topic

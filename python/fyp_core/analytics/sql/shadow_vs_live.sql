@@ -124,7 +124,7 @@ metrics AS (
            sum(s_br) / sum(pos + neg) AS brier,
            sum(s_wp) / sum(pos + neg) AS mean_pred,
            sum(pos) / sum(pos + neg) AS observed,
-           sum(pos * (neg_below + 0.5 * neg)) / (sum(pos) * sum(neg)) AS auc
+           sum(pos * (neg_below + 0.5 * neg)) / nullif(sum(pos) * sum(neg), 0) AS auc
     FROM cum
     GROUP BY ALL
 ),
