@@ -25,15 +25,16 @@ __all__ = ["run"]
 
 def _day_table(env: dict[str, Any], cfg: LoopConfig, served: sim.Served) -> Any:
     """The day's training rows: the whole log replayed through the serving code from the start
-    catalogue plus the batch tier that was live that day, rows of that day's requests only."""
+    catalogue, following every batch-tier swap the changelog records (`env["batches"]`: each
+    snapshot the loop loaded, by version), rows of that day's requests only."""
     env["log"].flush()
-    cat = sim.catalogue_with_users(env["catalogue"], *env["batch"])
     return fs.training_set(
         env["logdir"],
-        cat,
+        env["catalogue"],
         user_token_key=sim.KEY,
         history_len=cfg.history_len,
         request_ids=served.request_ids,
+        batches=env.get("batches"),
     )
 
 
@@ -94,11 +95,16 @@ def _evaluate(env: dict[str, Any], cfg: LoopConfig, arm: ev.ExploreArm) -> dict[
 
 
 def _apply(env: dict[str, Any], decision: str, day: int) -> None:
+    """Applies the decision; a judged candidate that is not promoted leaves the ranker set
+    (and its experiment route) so tomorrow's candidate takes its place."""
     pipe, cand = env["pipe"], env["candidate"]
+    routed = env.pop("routed_version", None)
     if decision == "promote":
         pipe.promote(cand["version"])
         env["previous"], env["live"], env["promoted_day"] = env["live"], cand["model"], day
-    elif decision == "rollback":
+    elif routed is not None:
+        pipe.remove_shadow(routed)
+    if decision == "rollback":
         pipe.rollback()
         env["live"], env["previous"] = env["previous"], None
 
@@ -136,6 +142,7 @@ def _one_day(
 ) -> dict[str, Any]:
     _apply_break(env, cfg, day)
     live_version = env["live"].version
+    routed = env.get("routed_version") is not None
     batch = env["pipe"].batch_info
     served = sim.serve_day(env, cfg, day, rng)
     table = _day_table(env, cfg, served)
@@ -164,7 +171,7 @@ def _one_day(
         "observed_value": m["observed_value"],
         "impressions": m["impressions"],
         "exploration_slots": len(arm),
-        "layer": ev.layer_aa(served, _in_layer(env, cfg, served)),
+        "layer": ev.layer_ab(served, _in_layer(env, cfg, served), routed),
         "shadow_verdict": None if e["shadow"] is None else e["shadow"]["verdict"],
         "batch": {"version": batch["version"], "n_users": batch["n_users"]},
     }
@@ -186,6 +193,10 @@ def _next_candidate(env: dict[str, Any], cfg: LoopConfig, day: int, table: Any) 
         cand["parity_flagged"] = parity_flags(env["logdir"], tables[-1], table)
         if not cand["parity_flagged"]:
             env["pipe"].add_shadow(cand["model"])
+            # the candidate ranks the ranked slots of the experiment layer's users (1%);
+            # the exploration arm is carved before routing and never moves
+            env["pipe"].set_route(cfg.layer, "candidate", cand["version"])
+            env["routed_version"] = cand["version"]
     if cfg.two_tower_every and (day + 1) % cfg.two_tower_every == 0:
         env["batch"] = user_tower_pass(env, cfg, env["tables"], env["batch"])
 

@@ -19,7 +19,7 @@ __all__ = [
     "creator_gini",
     "explore_arm",
     "fresh_reach",
-    "layer_aa",
+    "layer_ab",
     "ope_value",
     "paired_lift",
     "topic_entropy",
@@ -163,19 +163,21 @@ def fresh_reach(uploads: np.ndarray, served_items: np.ndarray) -> Optional[float
     return float(np.isin(uploads, served_items).mean())
 
 
-def layer_aa(served: Any, in_layer: np.ndarray) -> dict[str, Any]:
-    """Finish-rate difference (layer users - others) on ranked slots with a 95% CI. With no
-    per-layer routing in the pipeline both sides are served by live: an A/A check."""
+def layer_ab(served: Any, in_layer: np.ndarray, routed: bool) -> dict[str, Any]:
+    """The experiment layer's read-out: finish-rate difference (layer users - others) on ranked
+    slots with a 95% CI. ``routed``: the layer's users were ranked by the candidate
+    (``FeedPipeline.set_route``), so this is the candidate's A/B against live; without a
+    candidate both sides are served by live and it is an A/A check."""
     ranked = served.sources != "exploration"
     y = served.finished.astype(np.float64)
     y_t = y[ranked & in_layer]
     y_c = y[ranked & ~in_layer]
     if len(y_t) < 2 or len(y_c) < 2:
-        return {"routed": False, "diff": None, "ci": None, "n_layer": int(len(y_t))}
+        return {"routed": routed, "diff": None, "ci": None, "n_layer": int(len(y_t))}
     d = float(y_t.mean() - y_c.mean())
     se = float(np.sqrt(y_t.var(ddof=1) / len(y_t) + y_c.var(ddof=1) / len(y_c)))
     return {
-        "routed": False,
+        "routed": routed,
         "diff": d,
         "ci": [d - Z95 * se, d + Z95 * se],
         "n_layer": int(len(y_t)),

@@ -138,4 +138,6 @@ def user_tower_pass(
     vecs = np.stack([merged[u] for u in users]).astype(np.float32)
     as_of = float(env["t0"] + len(env["tables"]) * DAY)
     env["pipe"].load_batch(version, as_of, user_ids=users, user_embeddings=vecs)
+    # the changelog records the switch by version and checksum; the replay needs the snapshot
+    env.setdefault("batches", {})[version] = {"user_ids": users, "user_embeddings": vecs}
     return users, vecs

@@ -222,10 +222,3 @@ def _collect(
         uploads=np.concatenate(uploads) if uploads else np.zeros(0, np.uint64),
         impression_ids=imp_ids,
     )
-
-
-def catalogue_with_users(cat: Catalogue, users: list[str], emb: np.ndarray | None) -> Catalogue:
-    """The start catalogue with a batch tier of long-term user vectors (for the replay)."""
-    if emb is None or not users:
-        return cat
-    return dataclasses.replace(cat, user_ids=list(users), user_embeddings=emb)

@@ -6,6 +6,7 @@ names the argument and says what would be right.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import numpy as np
@@ -28,10 +29,11 @@ def table_feature_set_version(table: Any) -> str:
 
 
 def table_feature_names(table: Any) -> list[str]:
-    """The feature column names stored in a training set's schema metadata."""
+    """The feature column names stored in a training set's schema metadata (a JSON list, the
+    same encoding as the served log's)."""
     meta = table.schema.metadata or {}
-    raw = meta.get(b"fyp.feature_names", b"").decode()
-    return raw.split(",") if raw else []
+    raw = meta.get(b"fyp.feature_names")
+    return [str(n) for n in json.loads(raw)] if raw else []
 
 
 def check_version(table: Any, feature_set_version: Optional[str], what: str) -> str:

@@ -779,6 +779,11 @@ impl PyFeedPipeline {
             .map_err(to_py)
     }
 
+    /// Removes shadow `version` (it stops scoring) and any experiment route to it.
+    fn remove_shadow(&self, version: &str) -> PyResult<()> {
+        self.inner.remove_shadow(version).map_err(to_py)
+    }
+
     /// Makes shadow `version` the live model (the old live model is kept for `rollback`).
     fn promote(&self, version: &str) -> PyResult<()> {
         self.inner.promote(version).map_err(to_py)

@@ -515,6 +515,16 @@ impl Pipeline {
         self.rankers.add_shadow(m)
     }
 
+    /// Removes a shadow (a judged candidate that was not promoted) and every experiment
+    /// route to it.
+    pub fn remove_shadow(&self, version: &str) -> Result<()> {
+        self.rankers.remove_shadow(version)?;
+        let mut routes: Vec<Route> = (*self.routes()).clone();
+        routes.retain(|r| r.version != version);
+        *self.routes.write() = Arc::new(routes);
+        Ok(())
+    }
+
     /// Promotes a shadow to live, refusing one this pipeline could not serve and log.
     pub fn promote(&self, version: &str) -> Result<()> {
         let snap = self.rankers.snapshot();
