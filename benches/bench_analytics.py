@@ -39,10 +39,19 @@ def run_query(root: str, name: str) -> int:
 def simulate(root: str, impressions: int, seed: int = 0) -> None:
     # everything sampled at 100% so the impressions table holds `impressions` rows
     n_req = max(impressions // SLOTS, 1000)
-    generate_log(root, n_requests=n_req, n_users=max(2_000, n_req // 10),
-                 n_items=max(20_000, n_req // 5), n_creators=max(1_500, n_req // 50),
-                 days=14, slots=SLOTS, n_candidates=20, sampled_pct_by_day=(100.0,),
-                 served_features=False, seed=seed)
+    generate_log(
+        root,
+        n_requests=n_req,
+        n_users=max(2_000, n_req // 10),
+        n_items=max(20_000, n_req // 5),
+        n_creators=max(1_500, n_req // 50),
+        days=14,
+        slots=SLOTS,
+        n_candidates=20,
+        sampled_pct_by_day=(100.0,),
+        served_features=False,
+        seed=seed,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +82,11 @@ def main() -> None:
         simulate(root, n)
         print(f"simulated {n:,} impressions into {root} in {time.perf_counter() - t0:.1f} s")
     rows = analytics.run("daily_summary", root)
-    print(f"log: {sum(rows['rows_logged'].to_pylist()):,} impressions, "
-          f"{len(analytics.table_files(root, 'ranker_scores'))} ranker_scores files; "
-          f"cpus={os.cpu_count()}; median of {reps}")
+    print(
+        f"log: {sum(rows['rows_logged'].to_pylist()):,} impressions, "
+        f"{len(analytics.table_files(root, 'ranker_scores'))} ranker_scores files; "
+        f"cpus={os.cpu_count()}; median of {reps}"
+    )
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     print(f"{'query':24s} {'wall s':>8s} {'cpu s':>8s} {'cpu/2 s':>8s} {'rows out':>12s}")
     for name in analytics.QUERIES:

@@ -18,8 +18,9 @@ def test_log_one_response(benchmark, tmp_path) -> None:
     def one() -> int:
         rid = f"r{next(counter)}"
         ids = [f"{rid}:{s}" for s in range(20)]
-        n = log.log_impressions(ids, rid, TOK, np.arange(20), np.arange(20), "ranked", 1.0,
-                                "m", 0, 0)
+        n = log.log_impressions(
+            ids, rid, TOK, np.arange(20), np.arange(20), "ranked", 1.0, "m", 0, 0
+        )
         return n + log.log_ranker_scores(ids, "m", preds[:, 0], preds, request_ids=rid)
 
     assert benchmark(one) == 40

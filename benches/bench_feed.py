@@ -15,8 +15,7 @@ from fyp_core.synth import make_world
 @pytest.fixture(scope="module")
 def pipe_world():
     world = make_world(n_items=5000, n_users=500, seed=0, now=time.time())
-    args = argparse.Namespace(ef_construction=48, seed=0, explore_rate=0.05, candidates=500,
-                              ef=500)
+    args = argparse.Namespace(ef_construction=48, seed=0, explore_rate=0.05, candidates=500, ef=500)
     return build_pipeline(world, args, None), world
 
 

@@ -14,8 +14,10 @@ DIMS = [256, 512, 256, 128, 6]
 @pytest.fixture(scope="module")
 def ranker() -> MlpRanker:
     rng = np.random.default_rng(0)
-    ws = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
-          for a, b in zip(DIMS, DIMS[1:])]
+    ws = [
+        (rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
+        for a, b in zip(DIMS, DIMS[1:])
+    ]
     bs = [np.zeros(b, np.float32) for b in DIMS[1:]]
     return MlpRanker(ws, bs, outputs=["sigmoid"] * 6, version="bench")
 
@@ -46,8 +48,9 @@ def test_assemble_features_1000(benchmark):
 
 def test_set_score_request_with_one_shadow(benchmark, ranker):
     s = RankerSet(ranker)
-    s.add_shadow(MlpRanker(ranker.weights(), ranker.biases(), outputs=ranker.outputs,
-                           version="shadow"))
+    s.add_shadow(
+        MlpRanker(ranker.weights(), ranker.biases(), outputs=ranker.outputs, version="shadow")
+    )
     rng = np.random.default_rng(3)
     user = rng.standard_normal(128).astype(np.float32)
     items = rng.standard_normal((1000, 128)).astype(np.float32)

@@ -56,9 +56,18 @@ def run_fyp(cols, batch: int, root: str) -> tuple[float, float]:
     for s in range(0, n, batch):
         e = min(n, s + batch)
         log.log_impressions(
-            cols["impression_ids"][s:e], cols["request_ids"][s:e], TOK, cols["item_ids"][s:e],
-            cols["positions"][s:e], "ranked", cols["propensities"][s:e], "m-2024-06-01",
-            cols["topics"][s:e], cols["creator_ids"][s:e], ts=cols["ts"][s:e])
+            cols["impression_ids"][s:e],
+            cols["request_ids"][s:e],
+            TOK,
+            cols["item_ids"][s:e],
+            cols["positions"][s:e],
+            "ranked",
+            cols["propensities"][s:e],
+            "m-2024-06-01",
+            cols["topics"][s:e],
+            cols["creator_ids"][s:e],
+            ts=cols["ts"][s:e],
+        )
     t_submit = time.perf_counter() - t0
     log.flush()
     t_all = time.perf_counter() - t0
@@ -75,21 +84,25 @@ def run_pyarrow(cols, batch: int, root: str) -> float:
     tables = []
     for s in range(0, n, batch):
         e = min(n, s + batch)
-        tables.append(pa.table({
-            "impression_id": pa.array(cols["impression_ids"][s:e], pa.string()),
-            "ts": pa.array(cols["ts"][s:e], pa.timestamp("us", tz="UTC")),
-            "request_id": pa.array(cols["request_ids"][s:e], pa.string()),
-            "user_token": pa.array(cols["user_tokens"][s:e], pa.string()),
-            "item_id": pa.array(cols["item_ids"][s:e]),
-            "position": pa.array(cols["positions"][s:e]),
-            "source": pa.array(cols["sources"][s:e], pa.string()),
-            "propensity": pa.array(cols["propensities"][s:e]),
-            "model_version": pa.array(cols["model_versions"][s:e], pa.string()),
-            "experiments": pa.array(["{}"] * (e - s), pa.string()),
-            "topic": pa.array(cols["topics"][s:e]),
-            "creator_id": pa.array(cols["creator_ids"][s:e]),
-            "sampled_pct": pa.array(np.full(e - s, 100.0)),
-        }))
+        tables.append(
+            pa.table(
+                {
+                    "impression_id": pa.array(cols["impression_ids"][s:e], pa.string()),
+                    "ts": pa.array(cols["ts"][s:e], pa.timestamp("us", tz="UTC")),
+                    "request_id": pa.array(cols["request_ids"][s:e], pa.string()),
+                    "user_token": pa.array(cols["user_tokens"][s:e], pa.string()),
+                    "item_id": pa.array(cols["item_ids"][s:e]),
+                    "position": pa.array(cols["positions"][s:e]),
+                    "source": pa.array(cols["sources"][s:e], pa.string()),
+                    "propensity": pa.array(cols["propensities"][s:e]),
+                    "model_version": pa.array(cols["model_versions"][s:e], pa.string()),
+                    "experiments": pa.array(["{}"] * (e - s), pa.string()),
+                    "topic": pa.array(cols["topics"][s:e]),
+                    "creator_id": pa.array(cols["creator_ids"][s:e]),
+                    "sampled_pct": pa.array(np.full(e - s, 100.0)),
+                }
+            )
+        )
     path = os.path.join(root, "part.parquet")
     pq.write_table(pa.concat_tables(tables), path, compression="zstd", compression_level=1)
     fd = os.open(path, os.O_RDONLY)
@@ -147,8 +160,10 @@ def main() -> None:
     print(f"  pyarrow build + write_table       {rate(m(arrow)):7.2f} M rows/s")
     print(f"  ratio end-to-end / pyarrow        {m(arrow) / m(full):7.2f}x")
     print(f"  ratio submit / pyarrow            {m(arrow) / m(sub):7.2f}x  (caller-thread cost)")
-    print(f"per-request hand-off (20 slots + 1000-candidate request row, 3 calls): "
-          f"p50 {p50:.1f} us, p99 {p99:.1f} us")
+    print(
+        f"per-request hand-off (20 slots + 1000-candidate request row, 3 calls): "
+        f"p50 {p50:.1f} us, p99 {p99:.1f} us"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,13 @@ def main() -> None:
     n_req = a.requests or (200 if a.quick else 2000)
     t0 = time.perf_counter()
     world = make_world(n_items=items, n_users=max(1000, items // 10), seed=0, now=time.time())
-    args = argparse.Namespace(ef_construction=100 if not a.quick else 48, seed=0,
-                              explore_rate=0.05, candidates=a.candidates, ef=a.candidates)
+    args = argparse.Namespace(
+        ef_construction=100 if not a.quick else 48,
+        seed=0,
+        explore_rate=0.05,
+        candidates=a.candidates,
+        ef=a.candidates,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         logged = build_pipeline(world, args, tmp)
         setup = time.perf_counter() - t0
@@ -71,12 +76,17 @@ def main() -> None:
             th.join()
         qps2 = n_req / (time.perf_counter() - t)
         logged.close()
-    print(f"feed(), {items:,} items, K={a.candidates}, n=20, "
-          f"ranker 268->512->256->128->6 (dim 64), DPP re-rank, {n_req} requests "
-          f"(setup {setup:.0f} s)")
+    print(
+        f"feed(), {items:,} items, K={a.candidates}, n=20, "
+        f"ranker 268->512->256->128->6 (dim 64), DPP re-rank, {n_req} requests "
+        f"(setup {setup:.0f} s)"
+    )
     print(f"{'ms':<26}{'p50':>8}{'p95':>8}{'p99':>8}{'p99.9':>8}")
-    for name, arr in [("end to end, log on", tot_l), ("end to end, log off", tot_n),
-                      *[(f"  stage {k}", v) for k, v in st_l.items()]]:
+    for name, arr in [
+        ("end to end, log on", tot_l),
+        ("end to end, log off", tot_n),
+        *[(f"  stage {k}", v) for k, v in st_l.items()],
+    ]:
         print(f"{name:<26}" + "".join(f"{pct(arr, q):8.2f}" for q in (50, 95, 99, 99.9)))
     overhead = np.median(tot_l - inner_l) / np.median(tot_l)
     print(f"python + binding overhead  {100 * overhead:.1f}% of the median call")

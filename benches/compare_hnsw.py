@@ -149,8 +149,14 @@ class USearch:
     def __init__(self, dim: int) -> None:
         from usearch.index import Index
 
-        self.ix = Index(ndim=dim, metric="ip", dtype="f32", connectivity=M,
-                        expansion_add=EF_CONSTRUCTION, expansion_search=64)
+        self.ix = Index(
+            ndim=dim,
+            metric="ip",
+            dtype="f32",
+            connectivity=M,
+            expansion_add=EF_CONSTRUCTION,
+            expansion_search=64,
+        )
 
     def build(self, data, ids, threads):
         self.ix.add(ids.astype(np.uint64), data, threads=threads)
@@ -346,8 +352,10 @@ def print_summary(res: dict) -> None:
         q = qps_at(r["curve"], 0.95)
         ratio = f"{oq / q:.2f}x" if (oq and q) else "-"
         qs = f"{q:.0f}" if q else "not reached"
-        print(f"- {name}: QPS@0.95 {qs}; ours/peer {ratio}; build {r['build_s']:.1f}s; "
-              f"{r['bytes_per_vector']:.0f} B/vec")
+        print(
+            f"- {name}: QPS@0.95 {qs}; ours/peer {ratio}; build {r['build_s']:.1f}s; "
+            f"{r['bytes_per_vector']:.0f} B/vec"
+        )
 
 
 if __name__ == "__main__":

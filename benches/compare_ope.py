@@ -53,8 +53,9 @@ def main() -> None:
             "snips": lambda g: ope.snips(g.r, g.p, g.pi),
             "dr": lambda g: ope.dr(g.r, g.p, g.pi, g.q_logged, g.q_target),
             "sndr": lambda g: ope.sndr(g.r, g.p, g.pi, g.q_logged, g.q_target),
-            "switch_dr tau=2": lambda g: ope.switch_dr(g.r, g.p, g.pi, g.q_logged, g.q_target,
-                                                       tau=2.0),
+            "switch_dr tau=2": lambda g: ope.switch_dr(
+                g.r, g.p, g.pi, g.q_logged, g.q_target, tau=2.0
+            ),
         }
         res = {k: [] for k in est}
         for s in range(logs):
@@ -67,9 +68,11 @@ def main() -> None:
         for k, v in res.items():
             vals = np.array([e.value for e in v])
             cov = np.mean([e.ci[0] <= truth <= e.ci[1] for e in v])
-            print(f"{k:16s} {vals.mean() - truth:+9.5f} "
-                  f"{np.sqrt(np.mean((vals - truth) ** 2)):9.5f} {cov:9.3f} "
-                  f"{np.mean([e.ess for e in v]):9.0f}")
+            print(
+                f"{k:16s} {vals.mean() - truth:+9.5f} "
+                f"{np.sqrt(np.mean((vals - truth) ** 2)):9.5f} {cov:9.3f} "
+                f"{np.mean([e.ess for e in v]):9.0f}"
+            )
     big = 200_000 if a.quick else 1_000_000
     g = BanditWorld(seed=1).sample(big, seed=0)
     reps = 3 if a.quick else 7
@@ -79,8 +82,10 @@ def main() -> None:
     v_vec = ope.dr(g.r, g.p, g.pi, g.q_logged, g.q_target)
     v_loop = loop_dr(*lists)
     assert abs(v_vec.value - v_loop[0]) < 1e-9 and abs(v_vec.stderr - v_loop[1]) < 1e-9
-    print(f"\ndr over {big:,} impressions (median of {reps}): fyp_core.ope {t_vec * 1e3:.1f} ms, "
-          f"python loop {t_loop * 1e3:.0f} ms ({t_loop / t_vec:.0f}x)")
+    print(
+        f"\ndr over {big:,} impressions (median of {reps}): fyp_core.ope {t_vec * 1e3:.1f} ms, "
+        f"python loop {t_loop * 1e3:.0f} ms ({t_loop / t_vec:.0f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ USER = 128
 
 def make_ranker(seed: int = 0) -> MlpRanker:
     rng = np.random.default_rng(seed)
-    ws = [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
-          for a, b in zip(DIMS, DIMS[1:])]
+    ws = [
+        (rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(np.float32)
+        for a, b in zip(DIMS, DIMS[1:])
+    ]
     bs = [(rng.standard_normal(b) * 0.1).astype(np.float32) for b in DIMS[1:]]
     return MlpRanker(ws, bs, "relu", ["sigmoid"] * DIMS[-1], version="bench")
 
@@ -48,6 +50,7 @@ def numpy_forward(ws, bs):
             if i + 1 < len(ws):
                 np.maximum(h, 0.0, out=h)
         return 1.0 / (1.0 + np.exp(-h))
+
     return run
 
 
@@ -61,6 +64,7 @@ def numpy_split(ws, bs):
         h += user @ w_user + bs[0]
         np.maximum(h, 0.0, out=h)
         return rest(h)
+
     return run
 
 
@@ -75,8 +79,9 @@ def ort_session(ranker: MlpRanker):
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    sess = ort.InferenceSession(to_onnx(ranker).SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        to_onnx(ranker).SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
     return lambda x: sess.run(None, {"features": x})[0]
 
 
@@ -98,6 +103,7 @@ def torch_forward(ranker: MlpRanker):
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return seq(torch.from_numpy(x)).numpy()
+
     return run
 
 
@@ -113,8 +119,10 @@ def round_robin(
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    return ({k: statistics.median(v) for k, v in times.items()},
-            {k: min(v) for k, v in times.items()})
+    return (
+        {k: statistics.median(v) for k, v in times.items()},
+        {k: min(v) for k, v in times.items()},
+    )
 
 
 def main() -> None:
@@ -137,13 +145,17 @@ def main() -> None:
         "onnxruntime (1 thread)": ort_session(ranker),
         "pytorch (1 thread)": torch_forward(ranker),
     }
-    print(f"MLP {'-'.join(map(str, DIMS))}, {flops / 1e6:.3f} MFLOP/row, reps={reps} (median), "
-          f"kernel={ranker.kernel}, measured FMA peak {peak:.1f} GFLOP/s/core "
-          f"(all: {info['peak_gflops']})")
+    print(
+        f"MLP {'-'.join(map(str, DIMS))}, {flops / 1e6:.3f} MFLOP/row, reps={reps} (median), "
+        f"kernel={ranker.kernel}, measured FMA peak {peak:.1f} GFLOP/s/core "
+        f"(all: {info['peak_gflops']})"
+    )
     for name, f in peers.items():
         if f is None:
-            print(f"  {name}: not installed, skipped"
-                  + (" (multi-GB download)" if "pytorch" in name else ""))
+            print(
+                f"  {name}: not installed, skipped"
+                + (" (multi-GB download)" if "pytorch" in name else "")
+            )
     live = {k: f for k, f in peers.items() if f is not None}
     ort_run = peers["onnxruntime (1 thread)"]
     rng = np.random.default_rng(1)
@@ -156,7 +168,9 @@ def main() -> None:
             assert np.abs(got - ref).max() <= 1e-4, f"{k} disagrees with MlpRanker"
         np.testing.assert_allclose(
             ranker.predict_request(user, items),
-            ranker.predict(np.hstack([np.broadcast_to(user, (n, USER)), items])), rtol=1e-5)
+            ranker.predict(np.hstack([np.broadcast_to(user, (n, USER)), items])),
+            rtol=1e-5,
+        )
 
         def concat(u=user, it=items, n=n):
             return np.hstack([np.broadcast_to(u, (n, USER)), it])
@@ -172,24 +186,30 @@ def main() -> None:
             fns["fyp_core predict [avx2 kernel]"] = lambda x=x, r2=r2: r2.predict(x)
         t, best = round_robin(fns, reps)
         print(f"\nbatch {n}")
-        print(f"  {'implementation':46s} {'ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs ORT':>7s}"
-              f" {'best ms':>8s}")
+        print(
+            f"  {'implementation':46s} {'ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs ORT':>7s}"
+            f" {'best ms':>8s}"
+        )
         ort_dense = t.get("onnxruntime (1 thread)")
         ort_req = t.get("onnxruntime (1 thread) on concat (request)")
         for k, v in t.items():
             g = flops * n / v / 1e9
             base = ort_req if "request" in k else ort_dense
             ratio = f"{base / v:6.2f}x" if base else "   n/a"
-            print(f"  {k:46s} {v * 1e3:8.3f} {g:8.1f} {g / peak:8.0%} {ratio:>7s}"
-                  f" {best[k] * 1e3:8.3f}")
+            print(
+                f"  {k:46s} {v * 1e3:8.3f} {g:8.1f} {g / peak:8.0%} {ratio:>7s}"
+                f" {best[k] * 1e3:8.3f}"
+            )
         if ort_run is not None and ort_dense and ort_req:
             dense = ort_dense / t["fyp_core predict"]
             req = ort_req / t["fyp_core predict_request"]
             bd = best["onnxruntime (1 thread)"] / best["fyp_core predict"]
             br = best["onnxruntime (1 thread) on concat (request)"]
             br /= best["fyp_core predict_request"]
-            print(f"  targets (medians): dense {dense:.2f}x ORT (>= 1.0x) | "
-                  f"shared-prefix {req:.2f}x ORT (>= 1.5x);  best-of: {bd:.2f}x | {br:.2f}x")
+            print(
+                f"  targets (medians): dense {dense:.2f}x ORT (>= 1.0x) | "
+                f"shared-prefix {req:.2f}x ORT (>= 1.5x);  best-of: {bd:.2f}x | {br:.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,19 @@ def impressions(log: EventLog, n_req: int, slots: int, explore_every: int = 0, t
             srcs.append("exploration" if explore_every and s % explore_every == 0 else "ranked")
     n = len(ids)
     props = np.where(np.array(srcs) == "exploration", 0.01, 1.0)
-    return log.log_impressions(ids, reqs, TOK, np.arange(n, dtype=np.uint64), np.arange(n) % slots,
-                               srcs, props, "m1", np.arange(n) % 7, np.arange(n) % 13, ts=ts)
+    return log.log_impressions(
+        ids,
+        reqs,
+        TOK,
+        np.arange(n, dtype=np.uint64),
+        np.arange(n) % slots,
+        srcs,
+        props,
+        "m1",
+        np.arange(n) % 7,
+        np.arange(n) % 13,
+        ts=ts,
+    )
 
 
 def test_round_trip_all_tables_schema_and_metadata(tmp_path):
@@ -61,12 +72,24 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
     feats = ["f0", "f1", "f2"]
     with EventLog(root, feature_names=feats) as log:
         assert impressions(log, 3, 4, explore_every=2) == 12
-        log.log_engagements(["req0:0", "req1:1"], TOK, watched_seconds=[3.5, 0.0],
-                            completed=[True, False], liked=True, ts=T0 + 5)
+        log.log_engagements(
+            ["req0:0", "req1:1"],
+            TOK,
+            watched_seconds=[3.5, 0.0],
+            completed=[True, False],
+            liked=True,
+            ts=T0 + 5,
+        )
         log.log_exploration(["req0:0", "req0:2"], TOK, [0, 2], [0, 2], [1, 2], 0.01, ts=T0)
         preds = np.arange(12 * 5, dtype=np.float32).reshape(12, 5) / 100
-        log.log_ranker_scores([f"req{i // 4}:{i % 4}" for i in range(12)], "m1",
-                              np.linspace(0, 1, 12), preds, is_shadow=False, ts=T0)
+        log.log_ranker_scores(
+            [f"req{i // 4}:{i % 4}" for i in range(12)],
+            "m1",
+            np.linspace(0, 1, 12),
+            preds,
+            is_shadow=False,
+            ts=T0,
+        )
         log.log_request("req0", TOK, [5, 6, 7], [0.5, 0.25, 0.125], [7, 5], ts=T0)
         log.log_served_features("req0", [5, 6], np.ones((2, 3)), "fs1", ts=T0)
     imp = read(root, "impressions").sort_by("impression_id")
@@ -83,11 +106,26 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
     assert eng.column("liked").to_pylist() == [True, True]
     assert eng.column("shared").to_pylist() == [False, False]
     sc = read(root, "ranker_scores").sort_by("impression_id")
-    assert sc.column_names == ["impression_id", "ts", "model_version", "is_shadow", "value_score",
-                               "pred_finish", "pred_like", "pred_share", "pred_follow",
-                               "pred_watch_seconds", "sampled_pct"]
-    got = np.stack([sc.column(f"pred_{t}").to_numpy() for t in
-                    ["finish", "like", "share", "follow", "watch_seconds"]], axis=1)
+    assert sc.column_names == [
+        "impression_id",
+        "ts",
+        "model_version",
+        "is_shadow",
+        "value_score",
+        "pred_finish",
+        "pred_like",
+        "pred_share",
+        "pred_follow",
+        "pred_watch_seconds",
+        "sampled_pct",
+    ]
+    got = np.stack(
+        [
+            sc.column(f"pred_{t}").to_numpy()
+            for t in ["finish", "like", "share", "follow", "watch_seconds"]
+        ],
+        axis=1,
+    )
     order = np.argsort([f"req{i // 4}:{i % 4}" for i in range(12)])
     np.testing.assert_array_equal(got, preds[order])
     req = read(root, "requests")
@@ -97,8 +135,14 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
     sf = read(root, "served_features")
     assert sf.column("features").to_pylist() == [[1.0] * 3] * 2
     # partitions and metadata per docs/eventlog_schema.md
-    for table in ["impressions", "engagements", "exploration_events", "ranker_scores",
-                  "requests", "served_features"]:
+    for table in [
+        "impressions",
+        "engagements",
+        "exploration_events",
+        "ranker_scores",
+        "requests",
+        "served_features",
+    ]:
         fs = files(root, table)
         assert fs, table
         for f in fs:
@@ -134,13 +178,23 @@ def test_sampling_is_per_request_and_matches_reference(tmp_path, pct):
         for r in range(400):
             log.log_request(f"req{r}", TOK, [1, 2], [0.1, 0.2], [2], ts=T0)
         ids = [f"req{i // 5}:{i % 5}" for i in range(2000)]
-        log.log_ranker_scores(ids, "m1", 0.5, np.zeros((2000, 5)),
-                              exploration=[i % 5 == 0 for i in range(2000)], ts=T0)
+        log.log_ranker_scores(
+            ids,
+            "m1",
+            0.5,
+            np.zeros((2000, 5)),
+            exploration=[i % 5 == 0 for i in range(2000)],
+            ts=T0,
+        )
         st_ = log.stats()
     imp = read(root, "impressions")
     kept_ids = set(imp.column("impression_id").to_pylist())
-    want = {f"req{r}:{s}" for r in range(400) for s in range(5)
-            if s == 0 or keep_reference(f"req{r}", pct)}
+    want = {
+        f"req{r}:{s}"
+        for r in range(400)
+        for s in range(5)
+        if s == 0 or keep_reference(f"req{r}", pct)
+    }
     assert kept_ids == want
     # exploration rows are never sampled and carry 100; the rest carry the rate in force
     for src, p in zip(imp.column("source").to_pylist(), imp.column("sampled_pct").to_pylist()):
@@ -193,8 +247,18 @@ def test_stats_counters_and_properties(tmp_path):
 
 def test_generic_log_and_unknown_table(tmp_path):
     with EventLog(tmp_path) as log:
-        assert log.log("exploration_events", impression_ids=["r:0"], user_tokens=TOK, item_ids=1,
-                       positions=0, topics=0, propensities=0.5) == 1
+        assert (
+            log.log(
+                "exploration_events",
+                impression_ids=["r:0"],
+                user_tokens=TOK,
+                item_ids=1,
+                positions=0,
+                topics=0,
+                propensities=0.5,
+            )
+            == 1
+        )
         with pytest.raises(ValueError, match='unknown table "clicks"'):
             log.log("clicks", impression_ids=["r:0"])
 
@@ -251,8 +315,9 @@ def test_bad_input_raises_clearly(tmp_path):
         log.log_engagements(["a:0"], TOK, watched_seconds=float("nan"))
     small = EventLog(tmp_path / "c", queue_capacity=5)
     with pytest.raises(ValueError, match="more than queue_capacity=5"):
-        small.log_impressions([f"a:{i}" for i in range(6)], "a", TOK, 1, 0, "ranked", 1.0, "m",
-                              0, 0)
+        small.log_impressions(
+            [f"a:{i}" for i in range(6)], "a", TOK, 1, 0, "ranked", 1.0, "m", 0, 0
+        )
     small.close()
     with pytest.raises(ValueError, match="timeout"):
         log.flush(timeout=-1)
@@ -269,8 +334,9 @@ def test_user_token_spec_and_tokenizer():
     assert user_token(KEY, "alice") == want
     t = UserTokenizer(KEY)
     ids = [f"user-{i}" for i in range(100)] + ["ünïcødé", ""]
-    assert t.tokens(ids) == [hmac.new(KEY, u.encode(), hashlib.sha256).hexdigest()[:32]
-                             for u in ids]
+    assert t.tokens(ids) == [
+        hmac.new(KEY, u.encode(), hashlib.sha256).hexdigest()[:32] for u in ids
+    ]
     assert t.token("alice") == want
     assert "kkkk" not in repr(t)
     with pytest.raises(ValueError, match="at least 16 bytes"):
@@ -289,8 +355,9 @@ def test_threads_log_concurrently(tmp_path):
             for b in range(20):
                 ids = [f"t{t}b{b}r{r}:{s}" for r in range(10) for s in range(5)]
                 reqs = [i.split(":")[0] for i in ids]
-                log.log_impressions(ids, reqs, TOK, 1, np.tile(np.arange(5), 10), "ranked", 1.0,
-                                    "m", 0, 0, ts=T0)
+                log.log_impressions(
+                    ids, reqs, TOK, 1, np.tile(np.arange(5), 10), "ranked", 1.0, "m", 0, 0, ts=T0
+                )
                 log.log_exploration(ids[::5], TOK, 1, 0, 0, 0.2, ts=T0)
                 if b % 7 == 0:
                     log.flush()

@@ -41,11 +41,20 @@ def log_request_batch(log, b, slots=20, explore_every=4):
     ids = [f"b{b}:{s}" for s in range(slots)]
     expl = np.arange(slots) % explore_every == 0
     src = np.where(expl, "exploration", "ranked").tolist()
-    log.log_impressions(ids, f"b{b}", TOK, np.arange(slots), np.arange(slots), src,
-                        np.where(expl, 0.01, 1.0), "m1", 0, 0)
+    log.log_impressions(
+        ids,
+        f"b{b}",
+        TOK,
+        np.arange(slots),
+        np.arange(slots),
+        src,
+        np.where(expl, 0.01, 1.0),
+        "m1",
+        0,
+        0,
+    )
     log.log_ranker_scores(ids, "m1", 0.5, np.zeros((slots, 5)), exploration=expl)
-    log.log_exploration([i for i, e in zip(ids, expl) if e], TOK, 1,
-                        np.flatnonzero(expl), 0, 0.01)
+    log.log_exploration([i for i, e in zip(ids, expl) if e], TOK, 1, np.flatnonzero(expl), 0, 0.01)
     log.log_request(f"b{b}", TOK, np.arange(50), np.zeros(50), np.arange(slots))
 
 
@@ -122,7 +131,9 @@ def test_kill9_mid_write_then_restart_replays_exactly_once(tmp_path, mode):
     for _ in range(ROUNDS):
         p = subprocess.Popen(
             [sys.executable, "-c", CHILD, root, mode, here, str(start_b)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         acked = -1
         target = start_b + 60 + int(rng.integers(0, 60))

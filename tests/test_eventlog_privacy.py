@@ -62,18 +62,48 @@ def write_day(log: EventLog, users: list[str], tok: UserTokenizer, rng, plant: s
             ts = DAY0 + hour * HOUR + r * 1000
             ids = [f"{rid}:{s}" for s in range(10)]
             expl = np.arange(10) % 5 == 0
-            log.log_impressions(ids, rid, tokens[u], rng.integers(0, 10**6, 10), np.arange(10),
-                                np.where(expl, "exploration", "ranked").tolist(),
-                                np.where(expl, 0.001, 1.0), "m1", rng.integers(0, 20, 10),
-                                rng.integers(0, 500, 10), experiments='{"ranker":"b"}', ts=ts)
-            log.log_ranker_scores(ids, "m1", rng.random(10), rng.random((10, 5)),
-                                  exploration=expl, ts=ts)
-            log.log_ranker_scores(ids, "shadow1", rng.random(10), rng.random((10, 5)),
-                                  is_shadow=True, exploration=expl, ts=ts)
-            log.log_exploration([i for i, e in zip(ids, expl) if e], tokens[u], 7,
-                                np.flatnonzero(expl), 3, 0.001, ts=ts)
-            log.log_engagements(ids[:3], tokens[u], watched_seconds=rng.random(3) * 30,
-                                completed=rng.random(3) < 0.5, ts=ts + 5_000_000)
+            log.log_impressions(
+                ids,
+                rid,
+                tokens[u],
+                rng.integers(0, 10**6, 10),
+                np.arange(10),
+                np.where(expl, "exploration", "ranked").tolist(),
+                np.where(expl, 0.001, 1.0),
+                "m1",
+                rng.integers(0, 20, 10),
+                rng.integers(0, 500, 10),
+                experiments='{"ranker":"b"}',
+                ts=ts,
+            )
+            log.log_ranker_scores(
+                ids, "m1", rng.random(10), rng.random((10, 5)), exploration=expl, ts=ts
+            )
+            log.log_ranker_scores(
+                ids,
+                "shadow1",
+                rng.random(10),
+                rng.random((10, 5)),
+                is_shadow=True,
+                exploration=expl,
+                ts=ts,
+            )
+            log.log_exploration(
+                [i for i, e in zip(ids, expl) if e],
+                tokens[u],
+                7,
+                np.flatnonzero(expl),
+                3,
+                0.001,
+                ts=ts,
+            )
+            log.log_engagements(
+                ids[:3],
+                tokens[u],
+                watched_seconds=rng.random(3) * 30,
+                completed=rng.random(3) < 0.5,
+                ts=ts + 5_000_000,
+            )
             log.log_request(rid, tokens[u], np.arange(100), rng.random(100), np.arange(10), ts=ts)
             log.log_served_features(rid, np.arange(10), rng.random((10, 8)), "fs1", ts=ts)
 

@@ -41,7 +41,8 @@ def test_textbook_formulas():
     assert ope.snips(r, p, pi).value == pytest.approx(np.sum(w * r) / np.sum(w))
     assert ope.dr(r, p, pi, ql, qt).value == pytest.approx(np.mean(qt + w * (r - ql)))
     assert ope.sndr(r, p, pi, ql, qt).value == pytest.approx(
-        np.mean(qt) + np.sum(w * (r - ql)) / np.sum(w))
+        np.mean(qt) + np.sum(w * (r - ql)) / np.sum(w)
+    )
     e = ope.ips(r, p, pi)
     assert e.ess == pytest.approx(w.sum() ** 2 / (w**2).sum())
     assert e.n == n and e.ci[0] < e.value < e.ci[1]
@@ -69,16 +70,19 @@ def test_clipping_and_switch():
     assert mid.clipped_share == pytest.approx(np.mean(~keep))
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (dict(p=[0.5, 0.0, 0.5]), "logging propensities"),
-    (dict(p=[0.5, 1.5, 0.5]), "logging propensities"),
-    (dict(pi=[0.5, -0.1, 0.5]), "target propensities"),
-    (dict(pi=[0.5, 1.1, 0.5]), "target propensities"),
-    (dict(r=[1.0, float("nan"), 0.0]), "finite"),
-    (dict(pi=[0.5, 0.5]), "2 elements"),
-    (dict(r=[1.0]), "at least 2"),
-    (dict(r=[[1.0, 0.0, 1.0]]), "1-D"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (dict(p=[0.5, 0.0, 0.5]), "logging propensities"),
+        (dict(p=[0.5, 1.5, 0.5]), "logging propensities"),
+        (dict(pi=[0.5, -0.1, 0.5]), "target propensities"),
+        (dict(pi=[0.5, 1.1, 0.5]), "target propensities"),
+        (dict(r=[1.0, float("nan"), 0.0]), "finite"),
+        (dict(pi=[0.5, 0.5]), "2 elements"),
+        (dict(r=[1.0]), "at least 2"),
+        (dict(r=[[1.0, 0.0, 1.0]]), "1-D"),
+    ],
+)
 def test_validation_messages(bad, msg):
     args = dict(r=[1.0, 0.0, 1.0], p=[0.5, 0.5, 0.5], pi=[0.2, 0.3, 0.4])
     args.update(bad)
@@ -105,13 +109,17 @@ prob = st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0.0, 1.0, math.nan]))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(finite, prob, prob, finite, finite),
-                min_size=0, max_size=12))
+@given(st.lists(st.tuples(finite, prob, prob, finite, finite), min_size=0, max_size=12))
 def test_fuzz_boundary(rows):
     """Any input either yields finite estimates or raises ValueError; nothing else escapes."""
     a = np.array(rows, dtype=float).reshape(-1, 5).T
-    for fn, args in [(ope.ips, a[:3]), (ope.snips, a[:3]), (ope.dr, a), (ope.sndr, a),
-                     (ope.switch_dr, a)]:
+    for fn, args in [
+        (ope.ips, a[:3]),
+        (ope.snips, a[:3]),
+        (ope.dr, a),
+        (ope.sndr, a),
+        (ope.switch_dr, a),
+    ]:
         try:
             e = fn(*args)
         except ValueError:
@@ -148,6 +156,12 @@ def test_simulation_study_200_logs():
 def test_dr_survives_bad_q_hat():
     """DR stays unbiased with a useless q-hat (correct propensities)."""
     world = BanditWorld(seed=2, q_noise=0.4)
-    v = np.array([ope.dr(*(lambda g: (g.r, g.p, g.pi, g.q_logged, g.q_target))(
-        world.sample(2000, seed=s))).value for s in range(100)])
+    v = np.array(
+        [
+            ope.dr(
+                *(lambda g: (g.r, g.p, g.pi, g.q_logged, g.q_target))(world.sample(2000, seed=s))
+            ).value
+            for s in range(100)
+        ]
+    )
     assert abs(v.mean() - world.true_value) < 3 * v.std(ddof=1) / 10

@@ -19,8 +19,9 @@ def logged():
     return truth, req, out
 
 
-def brute_force(req: pa.Table, imp: pa.Table, scores: np.ndarray, policy: str, temp: float,
-                eps: float) -> np.ndarray:
+def brute_force(
+    req: pa.Table, imp: pa.Table, scores: np.ndarray, policy: str, temp: float, eps: float
+) -> np.ndarray:
     reqs = req.to_pylist()
     row_of = {r["request_id"]: i for i, r in enumerate(reqs)}
     offs = np.r_[0, np.cumsum([len(r["candidate_item_ids"]) for r in reqs])]
@@ -34,7 +35,7 @@ def brute_force(req: pa.Table, imp: pa.Table, scores: np.ndarray, policy: str, t
             out.append(np.nan)
             continue
         cands = reqs[i]["candidate_item_ids"]
-        s = scores[offs[i]: offs[i + 1]]
+        s = scores[offs[i] : offs[i + 1]]
         if policy == "greedy":
             best = [cands[j] for j in sorted(range(len(cands)), key=lambda j: (-s[j], j))]
             v = float(best[x["position"]] == x["item_id"])
@@ -48,21 +49,27 @@ def brute_force(req: pa.Table, imp: pa.Table, scores: np.ndarray, policy: str, t
     return np.array(out)
 
 
-@pytest.mark.parametrize("policy,temp,eps", [("greedy", 1.0, 0.0), ("greedy", 1.0, 0.1),
-                                             ("softmax", 0.5, 0.0), ("softmax", 2.0, 0.2)])
+@pytest.mark.parametrize(
+    "policy,temp,eps",
+    [("greedy", 1.0, 0.0), ("greedy", 1.0, 0.1), ("softmax", 0.5, 0.0), ("softmax", 2.0, 0.2)],
+)
 def test_replay_matches_brute_force(logged, policy, temp, eps):
     _, req, out = logged
     req_s = req.slice(0, 150)
     ids = set(req_s.column("request_id").to_pylist()) | {"r-missing"}
     imp = out.filter(pa.compute.is_in(out.column("request_id"), pa.array(sorted(ids))))
     imp = imp.select(["request_id", "item_id", "position"])
-    extra = pa.table({"request_id": ["r-missing"], "item_id": pa.array([1], pa.uint64()),
-                      "position": pa.array([0], pa.int32())})
+    extra = pa.table(
+        {
+            "request_id": ["r-missing"],
+            "item_id": pa.array([1], pa.uint64()),
+            "position": pa.array([0], pa.int32()),
+        }
+    )
     imp = pa.concat_tables([imp, extra])
     rng = np.random.default_rng(0)
     scores = rng.normal(size=len(req_s.column("candidate_item_ids").combine_chunks().flatten()))
-    got = ope.replay_propensities(req_s, imp, scores, policy=policy, temperature=temp,
-                                  epsilon=eps)
+    got = ope.replay_propensities(req_s, imp, scores, policy=policy, temperature=temp, epsilon=eps)
     want = brute_force(req_s, imp, scores, policy, temp, eps)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     assert np.isnan(got[-1])
@@ -113,10 +120,25 @@ def test_ope_on_exploration_slots_recovers_true_value(logged, policy, temp):
         best = np.argsort(-rel_m, axis=1, kind="stable")[np.arange(len(row)), pos]
         value = p_slot[np.arange(len(row)), best].mean()
     else:  # per candidate conditional softmax over those not shown earlier (same as replay)
-        all_pi = np.stack([ope.replay_propensities(
-            req, pa.table({"request_id": exp_imp.column("request_id").filter(pa.array(ok)),
-                           "item_id": pa.array(cand_m[:, c]), "position": pa.array(pos)}),
-            np.log(rel), policy="softmax", temperature=temp) for c in range(k)], axis=1)
+        all_pi = np.stack(
+            [
+                ope.replay_propensities(
+                    req,
+                    pa.table(
+                        {
+                            "request_id": exp_imp.column("request_id").filter(pa.array(ok)),
+                            "item_id": pa.array(cand_m[:, c]),
+                            "position": pa.array(pos),
+                        }
+                    ),
+                    np.log(rel),
+                    policy="softmax",
+                    temperature=temp,
+                )
+                for c in range(k)
+            ],
+            axis=1,
+        )
         value = (all_pi * p_slot).sum(axis=1).mean()
     for e in (ope.ips(r, p, pi[ok]), ope.snips(r, p, pi[ok])):
         assert abs(e.value - value) < 3 * e.stderr, (e, value)

@@ -50,9 +50,11 @@ def test_ks_equals_scipy_ks_2samp(a: np.ndarray, b: np.ndarray) -> None:
 @pytest.mark.parametrize("n1,n2", [(1000, 1000), (5000, 777), (3, 20000)])
 def test_ks_equals_scipy_on_large_samples_with_ties(n1: int, n2: int) -> None:
     rng = np.random.default_rng(n1 + n2)
-    for a, b in [(rng.normal(size=n1), rng.normal(0.1, 1.2, size=n2)),
-                 (rng.poisson(4, n1).astype(float), rng.poisson(4.5, n2).astype(float)),
-                 (np.round(rng.normal(size=n1), 1), np.round(rng.normal(size=n2), 1))]:
+    for a, b in [
+        (rng.normal(size=n1), rng.normal(0.1, 1.2, size=n2)),
+        (rng.poisson(4, n1).astype(float), rng.poisson(4.5, n2).astype(float)),
+        (np.round(rng.normal(size=n1), 1), np.round(rng.normal(size=n2), 1)),
+    ]:
         assert ks_statistic(a, b) == pytest.approx(ks_2samp(a, b).statistic, abs=1e-12)
 
 
@@ -74,8 +76,9 @@ def test_js_equals_scipy_jensenshannon_base2(p: list, q: list) -> None:
     # the same through the report: categories as codes, counts as repetitions
     t = np.repeat(np.arange(k), p_.astype(int))
     s = np.repeat(np.arange(k), q_.astype(int))
-    fp = parity_report({"c": t}, {"c": s}, categorical=["c"],
-                       thresholds=ParityThresholds(min_rows=1))["c"]
+    fp = parity_report(
+        {"c": t}, {"c": s}, categorical=["c"], thresholds=ParityThresholds(min_rows=1)
+    )["c"]
     assert fp.js == pytest.approx(want, abs=1e-9)
     assert fp.kind == "categorical"
 
@@ -87,8 +90,10 @@ def test_js_of_string_categories_over_the_union() -> None:
     # union in sorted order: a, b, c, d
     assert fp.js == pytest.approx(jensenshannon([50, 30, 20, 0], [40, 40, 0, 20], base=2))
     assert fp.n_bins == 4
-    want_psi = sum((a - e) * math.log(a / e) for e, a in
-                   [(0.5, 0.4), (0.3, 0.4), (0.2, PSI_EPS), (PSI_EPS, 0.2)])
+    want_psi = sum(
+        (a - e) * math.log(a / e)
+        for e, a in [(0.5, 0.4), (0.3, 0.4), (0.2, PSI_EPS), (PSI_EPS, 0.2)]
+    )
     assert fp.psi == pytest.approx(want_psi)
     assert fp.verdict == "skew"
 
@@ -109,8 +114,9 @@ def test_psi_against_a_textbook_computation() -> None:
     want = sum((max(ai, 1e-4) - ei) * math.log(max(ai, 1e-4) / ei) for ei, ai in zip(e, a))
     assert want == pytest.approx(0.4 * math.log(2) + 2 * (1e-4 - 0.2) * math.log(1e-4 / 0.2))
     assert psi(train, served, bins=5) == pytest.approx(want, rel=1e-12)
-    fp = parity_report({"x": train}, {"x": served}, bins=5,
-                       thresholds=ParityThresholds(min_rows=1))["x"]
+    fp = parity_report(
+        {"x": train}, {"x": served}, bins=5, thresholds=ParityThresholds(min_rows=1)
+    )["x"]
     assert fp.psi == pytest.approx(want, rel=1e-12)
     assert fp.n_bins == 5
 
@@ -173,8 +179,11 @@ def _other_features(rng: np.random.Generator, n: int) -> dict:
         "is_follower": (rng.random(n) < 0.1).astype(float),
         "bias": near_constant,
         "dwell_ms_p50": with_nans,
-        "topic": rng.choice(np.array(["news", "music", "pets", "sport", "food", "diy"]), n,
-                            p=[0.3, 0.25, 0.2, 0.1, 0.1, 0.05]),
+        "topic": rng.choice(
+            np.array(["news", "music", "pets", "sport", "food", "diy"]),
+            n,
+            p=[0.3, 0.25, 0.2, 0.1, 0.1, 0.05],
+        ),
     }
 
 
@@ -244,9 +253,14 @@ def test_noise_floor_keeps_small_identical_samples_ok() -> None:
         oks += parity_report({"x": a}, {"x": b})["x"].verdict == "ok"
         # without the guard, ks > 0.1 happens by chance at n = 120 most of the time
     assert oks >= 19
-    unguarded = [parity_report({"x": rng.normal(size=120)}, {"x": rng.normal(size=120)},
-                               thresholds=ParityThresholds(alpha=1.0))["x"].verdict
-                 for _ in range(20)]
+    unguarded = [
+        parity_report(
+            {"x": rng.normal(size=120)},
+            {"x": rng.normal(size=120)},
+            thresholds=ParityThresholds(alpha=1.0),
+        )["x"].verdict
+        for _ in range(20)
+    ]
     assert unguarded.count("skew") >= 5
 
 
@@ -294,7 +308,8 @@ def test_all_nan_on_one_side_is_flagged() -> None:
     rng = np.random.default_rng(8)
     report = parity_report(
         {"dead": rng.normal(size=500), "both": np.full(500, np.nan), "ok": rng.normal(size=500)},
-        {"dead": np.full(300, np.nan), "both": np.full(300, np.nan), "ok": rng.normal(size=300)})
+        {"dead": np.full(300, np.nan), "both": np.full(300, np.nan), "ok": rng.normal(size=300)},
+    )
     assert report.flagged == ["dead"]
     assert report["dead"].reasons == ("all 300 served values are NaN/inf/null",)
     assert math.isnan(report["dead"].ks) and report["dead"].nonfinite_served == 1.0
@@ -305,10 +320,12 @@ def test_all_nan_on_one_side_is_flagged() -> None:
 
 
 def test_nulls_in_arrow_columns_and_missing_categories() -> None:
-    t = pa.table({"x": pa.array([1, 2, None, 4] * 50, pa.int64()),
-                  "c": pa.array(["a", None, "b", "a"] * 50)})
-    s = pa.table({"x": pa.array([1.0, 2.0, 3.0, 4.0] * 50),
-                  "c": pa.array(["a", "b", "b", "a"] * 50)})
+    t = pa.table(
+        {"x": pa.array([1, 2, None, 4] * 50, pa.int64()), "c": pa.array(["a", None, "b", "a"] * 50)}
+    )
+    s = pa.table(
+        {"x": pa.array([1.0, 2.0, 3.0, 4.0] * 50), "c": pa.array(["a", "b", "b", "a"] * 50)}
+    )
     report = parity_report(t, s, categorical=["c"], thresholds=ParityThresholds(nonfinite_skew=1))
     assert report["x"].nonfinite_train == pytest.approx(0.25) and report["x"].n_train == 150
     assert report["c"].nonfinite_train == pytest.approx(0.25) and report["c"].n_bins == 2
@@ -326,10 +343,10 @@ def test_table_dict_and_matrix_forms_agree() -> None:
     mt = rng.normal(size=(3000, 3)).astype(np.float32)
     ms = (rng.normal(size=(2000, 3)) + [0, 0.5, 0]).astype(np.float32)
     as_tuple = parity_report((mt, names), (ms, names))
-    as_dict = parity_report({n: mt[:, j] for j, n in enumerate(names)},
-                            {n: ms[:, j] for j, n in enumerate(names)})
-    as_table = parity_report(pa.table({n: mt[:, j] for j, n in enumerate(names)}),
-                             (ms, names))
+    as_dict = parity_report(
+        {n: mt[:, j] for j, n in enumerate(names)}, {n: ms[:, j] for j, n in enumerate(names)}
+    )
+    as_table = parity_report(pa.table({n: mt[:, j] for j, n in enumerate(names)}), (ms, names))
     assert as_tuple.features == as_dict.features == as_table.features
     assert as_tuple.flagged == ["b"]
 
@@ -338,8 +355,9 @@ def test_served_features_table_round_trip() -> None:
     names = ["quality", "age_hours", "bias"]
     rng = np.random.default_rng(10)
     m = rng.normal(size=(500, 3)).astype(np.float32)
-    feats = pa.ListArray.from_arrays(pa.array(np.arange(501, dtype=np.int32) * 3),
-                                     pa.array(m.ravel()))
+    feats = pa.ListArray.from_arrays(
+        pa.array(np.arange(501, dtype=np.int32) * 3), pa.array(m.ravel())
+    )
     table = pa.table({"request_id": pa.array([f"r{i}" for i in range(500)]), "features": feats})
     table = table.replace_schema_metadata({b"fyp.feature_names": b'["quality","age_hours","bias"]'})
     got, got_names = served_features_matrix(table)
@@ -371,10 +389,18 @@ def test_features_subset_and_order() -> None:
 
 def test_report_outputs() -> None:
     rng = np.random.default_rng(12)
-    t = {"fine": rng.normal(size=1000), "moved": rng.normal(size=1000),
-         "cat": rng.integers(0, 4, 1000), "few": rng.normal(size=50)}
-    s = {"fine": rng.normal(size=1000), "moved": rng.normal(1.0, 1.0, 1000),
-         "cat": rng.integers(0, 4, 1000), "few": rng.normal(size=50)}
+    t = {
+        "fine": rng.normal(size=1000),
+        "moved": rng.normal(size=1000),
+        "cat": rng.integers(0, 4, 1000),
+        "few": rng.normal(size=50),
+    }
+    s = {
+        "fine": rng.normal(size=1000),
+        "moved": rng.normal(1.0, 1.0, 1000),
+        "cat": rng.integers(0, 4, 1000),
+        "few": rng.normal(size=50),
+    }
     report = parity_report(t, s, categorical=["cat"])
     assert isinstance(report, ParityReport)
     table = report.to_table()
@@ -384,8 +410,12 @@ def test_report_outputs() -> None:
     assert math.isnan(table.column("ks").to_pylist()[2])  # no KS for a categorical
     md = report.to_markdown().splitlines()
     assert len(md) == 2 + 4
-    assert [row.split("|")[1].strip() for row in md[2:]] == ["moved", "few", "fine", "cat (cat)"] \
-        or [row.split("|")[1].strip() for row in md[2:]] == ["moved", "few", "cat (cat)", "fine"]
+    assert [row.split("|")[1].strip() for row in md[2:]] == [
+        "moved",
+        "few",
+        "fine",
+        "cat (cat)",
+    ] or [row.split("|")[1].strip() for row in md[2:]] == ["moved", "few", "cat (cat)", "fine"]
     assert all(row.count("|") == md[0].count("|") for row in md)
     text = str(report)
     assert text.startswith("feature parity: 4 features (1 skew, 1 insufficient, 2 ok)")
@@ -401,43 +431,74 @@ def test_exports() -> None:
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("train,served,kwargs,exc,match", [
-    ({"x": []}, {"x": [1.0]}, {}, ValueError, "empty training sample"),
-    ({"x": [1.0]}, {"x": np.array([])}, {}, ValueError, "empty served sample"),
-    ((np.zeros((5, 3)), ["a", "b"]), {"a": [1.0]}, {}, ValueError,
-     "3 columns but 2 names"),
-    ((np.zeros(5), ["a"]), {"a": [1.0]}, {}, ValueError, "must be 2-D"),
-    ((np.zeros((5, 2)), ["a", "a"]), {"a": [1.0]}, {}, ValueError, "duplicate feature names"),
-    ((np.zeros((5, 2)),), {"a": [1.0]}, {}, TypeError, r"\(matrix, names\)"),
-    ({"x": ["a", "b"]}, {"x": [1.0, 2.0]}, {}, TypeError,
-     "training feature 'x' is not numeric.*categorical="),
-    ({"x": [1.0]}, {"x": [1.0]}, {"features": ["x", "y"]}, ValueError,
-     "unknown features: 'y' \\(missing from training and served\\)"),
-    ({"x": [1.0], "y": [2.0]}, {"x": [1.0]}, {"features": ["y"]}, ValueError,
-     "'y' \\(missing from served\\)"),
-    ({"x": [1.0]}, {"z": [1.0]}, {}, ValueError, "no feature name in common"),
-    ({"x": [1.0]}, {"x": [1.0]}, {"categorical": ["nope"]}, ValueError, "categorical names"),
-    ({"x": [1, 2]}, {"x": ["1", "2"]}, {"categorical": ["x"]}, TypeError,
-     "integer codes in training and strings when served"),
-    ({"x": [1.5, 2.0]}, {"x": [1.0]}, {"categorical": ["x"]}, TypeError, "non-integer"),
-    ({"x": [1.0]}, {"x": [1.0]}, {"bins": 1}, ValueError, "bins must be an integer >= 2"),
-    ({"x": np.zeros((2, 2))}, {"x": [1.0]}, {}, ValueError, "must be 1-D"),
-    ([1.0, 2.0], {"x": [1.0]}, {}, TypeError, "training must be a pyarrow.Table"),
-    ({"x": [1.0]}, {"x": [1.0]}, {"thresholds": {"psi_skew": 1}}, TypeError, "ParityThresholds"),
-])
+@pytest.mark.parametrize(
+    "train,served,kwargs,exc,match",
+    [
+        ({"x": []}, {"x": [1.0]}, {}, ValueError, "empty training sample"),
+        ({"x": [1.0]}, {"x": np.array([])}, {}, ValueError, "empty served sample"),
+        ((np.zeros((5, 3)), ["a", "b"]), {"a": [1.0]}, {}, ValueError, "3 columns but 2 names"),
+        ((np.zeros(5), ["a"]), {"a": [1.0]}, {}, ValueError, "must be 2-D"),
+        ((np.zeros((5, 2)), ["a", "a"]), {"a": [1.0]}, {}, ValueError, "duplicate feature names"),
+        ((np.zeros((5, 2)),), {"a": [1.0]}, {}, TypeError, r"\(matrix, names\)"),
+        (
+            {"x": ["a", "b"]},
+            {"x": [1.0, 2.0]},
+            {},
+            TypeError,
+            "training feature 'x' is not numeric.*categorical=",
+        ),
+        (
+            {"x": [1.0]},
+            {"x": [1.0]},
+            {"features": ["x", "y"]},
+            ValueError,
+            "unknown features: 'y' \\(missing from training and served\\)",
+        ),
+        (
+            {"x": [1.0], "y": [2.0]},
+            {"x": [1.0]},
+            {"features": ["y"]},
+            ValueError,
+            "'y' \\(missing from served\\)",
+        ),
+        ({"x": [1.0]}, {"z": [1.0]}, {}, ValueError, "no feature name in common"),
+        ({"x": [1.0]}, {"x": [1.0]}, {"categorical": ["nope"]}, ValueError, "categorical names"),
+        (
+            {"x": [1, 2]},
+            {"x": ["1", "2"]},
+            {"categorical": ["x"]},
+            TypeError,
+            "integer codes in training and strings when served",
+        ),
+        ({"x": [1.5, 2.0]}, {"x": [1.0]}, {"categorical": ["x"]}, TypeError, "non-integer"),
+        ({"x": [1.0]}, {"x": [1.0]}, {"bins": 1}, ValueError, "bins must be an integer >= 2"),
+        ({"x": np.zeros((2, 2))}, {"x": [1.0]}, {}, ValueError, "must be 1-D"),
+        ([1.0, 2.0], {"x": [1.0]}, {}, TypeError, "training must be a pyarrow.Table"),
+        (
+            {"x": [1.0]},
+            {"x": [1.0]},
+            {"thresholds": {"psi_skew": 1}},
+            TypeError,
+            "ParityThresholds",
+        ),
+    ],
+)
 def test_bad_input_says_what_to_fix(train, served, kwargs, exc, match) -> None:
     with pytest.raises(exc, match=match):
         parity_report(train, served, **kwargs)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"psi_warn": 0.3, "psi_skew": 0.2}, "psi_warn"),
-    ({"var_ratio_low": 1.5}, "var_ratio_low"),
-    ({"alpha": 0.0}, "alpha"),
-    ({"min_rows": 0}, "min_rows"),
-    ({"ks_skew": float("nan")}, "ks_skew must be a finite number"),
-    ({"js_skew": -1.0}, "js_skew must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"psi_warn": 0.3, "psi_skew": 0.2}, "psi_warn"),
+        ({"var_ratio_low": 1.5}, "var_ratio_low"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"min_rows": 0}, "min_rows"),
+        ({"ks_skew": float("nan")}, "ks_skew must be a finite number"),
+        ({"js_skew": -1.0}, "js_skew must be >= 0"),
+    ],
+)
 def test_threshold_validation(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         ParityThresholds(**kwargs)
@@ -497,8 +558,15 @@ def test_200_features_by_200k_rows() -> None:
     assert report.flagged == ["f7"]
 
 
-_cat_values = st.lists(st.one_of(st.none(), st.integers(-2, 3), st.sampled_from(["a", "b", ""]),
-                                 st.floats(allow_nan=True, allow_infinity=True)), max_size=30)
+_cat_values = st.lists(
+    st.one_of(
+        st.none(),
+        st.integers(-2, 3),
+        st.sampled_from(["a", "b", ""]),
+        st.floats(allow_nan=True, allow_infinity=True),
+    ),
+    max_size=30,
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -506,8 +574,9 @@ _cat_values = st.lists(st.one_of(st.none(), st.integers(-2, 3), st.sampled_from(
 def test_fuzzed_categoricals_give_a_report_or_a_clear_error(a: list, b: list) -> None:
     arr_a, arr_b = np.array(a, dtype=object), np.array(b, dtype=object)
     try:
-        fp = parity_report({"c": arr_a}, {"c": arr_b}, categorical=["c"],
-                           thresholds=ParityThresholds(min_rows=1))["c"]
+        fp = parity_report(
+            {"c": arr_a}, {"c": arr_b}, categorical=["c"], thresholds=ParityThresholds(min_rows=1)
+        )["c"]
     except (TypeError, ValueError) as e:
         assert any(w in str(e) for w in ("empty", "encode both sides", "non-integer")), str(e)
         return

@@ -37,8 +37,10 @@ def test_matches_float64_numpy(kernel, seed):
     if seed % 4 == 0:
         d = dims[0]
         cross = [
-            ((rng.standard_normal((d, d)) / d).astype(np.float32),
-             (rng.standard_normal(d) * 0.1).astype(np.float32))
+            (
+                (rng.standard_normal((d, d)) / d).astype(np.float32),
+                (rng.standard_normal(d) * 0.1).astype(np.float32),
+            )
             for _ in range(2)
         ]
     x = rng.standard_normal((n, dims[0])).astype(np.float32)
@@ -136,8 +138,13 @@ def test_value_model_weights_change_at_run_time():
 def test_metadata_and_defaults():
     rng = np.random.default_rng(5)
     ws, bs = random_mlp(rng, [6, 4, 2])
-    m = MlpRanker(ws, bs, version="v9", task_names=["p_like", "watch"],
-                  input_schema=[("user", 2), ("item", 4)])
+    m = MlpRanker(
+        ws,
+        bs,
+        version="v9",
+        task_names=["p_like", "watch"],
+        input_schema=[("user", 2), ("item", 4)],
+    )
     assert (m.version, m.task_names, m.outputs) == ("v9", ["p_like", "watch"], ["identity"] * 2)
     assert (m.input_dim, m.n_tasks, m.activation) == (6, 2, "relu")
     assert m.input_schema == [("user", 2), ("item", 4)]
@@ -234,7 +241,7 @@ def test_assemble_features_matches_numpy():
     rows = rng.integers(0, 1000, size=300)
     dots = [(0, 0, 16), (16, 16, 8), (8, 32, 8)]
     got = assemble_features(user, table, rows, dots)
-    crosses = [table[rows, io:io + n] @ user[uo:uo + n] for uo, io, n in dots]
+    crosses = [table[rows, io : io + n] @ user[uo : uo + n] for uo, io, n in dots]
     want = np.hstack([table[rows], np.stack(crosses, axis=1)])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     full = assemble_features(user, table, rows, dots, include_user=True)

@@ -19,15 +19,20 @@ def model():
     ws, bs = random_mlp(rng, [10, 16, 3])
     cross = [(rng.standard_normal((10, 10)).astype(np.float32) * 0.1, np.zeros(10, np.float32))]
     return MlpRanker(
-        ws, bs, "silu", ["sigmoid", "softplus", "identity"], version="2026-11-23.1",
-        task_names=["p_finish", "watch_s", "raw"], cross_layers=cross,
+        ws,
+        bs,
+        "silu",
+        ["sigmoid", "softplus", "identity"],
+        version="2026-11-23.1",
+        task_names=["p_finish", "watch_s", "raw"],
+        cross_layers=cross,
         input_schema=[("user_emb", 4), ("item_emb", 4), ("ctx", 2)],
     )
 
 
 def read_header(raw: bytes) -> tuple[dict, int]:
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), 8 + n
+    return json.loads(raw[8 : 8 + n]), 8 + n
 
 
 def rewrite(raw: bytes, header: dict) -> bytes:
@@ -65,7 +70,7 @@ def test_file_is_safetensors_with_crc(tmp_path, model):
     t = header["layers.0.weight"]
     assert t["dtype"] == "F32" and t["shape"] == [10, 16]
     a, b = t["data_offsets"]
-    w = np.frombuffer(raw[start + a:start + b], "<f4").reshape(10, 16)
+    w = np.frombuffer(raw[start + a : start + b], "<f4").reshape(10, 16)
     np.testing.assert_array_equal(w, model.weights()[0])
     zeroed = raw.replace(meta["crc32"].encode(), b"00000000", 1)
     assert f"{zlib.crc32(zeroed):08x}" == meta["crc32"]
@@ -78,9 +83,11 @@ def test_corrupt_files_raise_corrupt_file_error(tmp_path, model):
     rng = np.random.default_rng(2)
     cuts = [0, 5, 8, 100, len(raw) // 2, len(raw) - 1]
     flips = [1, 9, 40, 200] + list(rng.integers(0, len(raw), 20))
-    for i, data in enumerate([raw[:c] for c in cuts] + [
-        raw[:f] + bytes([raw[f] ^ 0x04]) + raw[f + 1:] for f in flips
-    ] + [raw + b"\0\0\0\0", b"not a model at all"]):
+    for i, data in enumerate(
+        [raw[:c] for c in cuts]
+        + [raw[:f] + bytes([raw[f] ^ 0x04]) + raw[f + 1 :] for f in flips]
+        + [raw + b"\0\0\0\0", b"not a model at all"]
+    ):
         bad = tmp_path / f"bad{i}"
         bad.write_bytes(data)
         with pytest.raises(CorruptFileError):

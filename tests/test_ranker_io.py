@@ -25,8 +25,10 @@ def build_onnx(ws, bs, use_gemm: bool, final: str | None):
     nodes, inits, cur = [], [], "x"
     for i, (w, b) in enumerate(zip(ws, bs)):
         if use_gemm:  # torch.onnx style: weight stored (out, in) with transB=1
-            inits += [numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{i}"),
-                      numpy_helper.from_array(b, f"b{i}")]
+            inits += [
+                numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{i}"),
+                numpy_helper.from_array(b, f"b{i}"),
+            ]
             nodes.append(helper.make_node("Gemm", [cur, f"W{i}", f"b{i}"], [f"h{i}"], transB=1))
         else:
             inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -40,7 +42,8 @@ def build_onnx(ws, bs, use_gemm: bool, final: str | None):
         nodes.append(helper.make_node(final, [cur], ["y"]))
         cur = "y"
     g = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, ws[0].shape[0]])],
         [helper.make_tensor_value_info(cur, TensorProto.FLOAT, [None, ws[-1].shape[1]])],
         inits,
@@ -82,8 +85,12 @@ def test_onnx_import_from_path_and_errors(tmp_path):
 def test_to_onnx_round_trip_with_cross_and_mixed_outputs(activation):
     rng = np.random.default_rng(2)
     ws, bs = random_mlp(rng, [12, 20, 3])
-    cross = [(rng.standard_normal((12, 12)).astype(np.float32) * 0.2,
-              rng.standard_normal(12).astype(np.float32) * 0.1)]
+    cross = [
+        (
+            rng.standard_normal((12, 12)).astype(np.float32) * 0.2,
+            rng.standard_normal(12).astype(np.float32) * 0.1,
+        )
+    ]
     outs = ["sigmoid", "softplus", "identity"]
     r = MlpRanker(ws, bs, activation, outs, cross_layers=cross)
     x = rng.standard_normal((50, 12)).astype(np.float32)
@@ -101,8 +108,9 @@ def test_from_torch_sequential():
     torch = pytest.importorskip("torch")  # not installed in CI: a multi-GB optional dependency
     nn = torch.nn
     torch.manual_seed(0)
-    seq = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 3),
-                        nn.Sigmoid())
+    seq = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 3), nn.Sigmoid()
+    )
     r = from_torch(seq, version="torch-v1")
     x = np.random.default_rng(3).standard_normal((40, 16)).astype(np.float32)
     with torch.no_grad():

@@ -12,8 +12,9 @@ from fyp_core import MlpRanker, RankerSet
 
 def constant(version: str, value: float, tasks: int = 2, d: int = 6) -> MlpRanker:
     """A model whose every prediction equals `value`: identifies its version in the output."""
-    return MlpRanker([np.zeros((d, tasks), np.float32)], [np.full(tasks, value, np.float32)],
-                     version=version)
+    return MlpRanker(
+        [np.zeros((d, tasks), np.float32)], [np.full(tasks, value, np.float32)], version=version
+    )
 
 
 X = np.ones((17, 6), np.float32)

@@ -56,8 +56,15 @@ def test_report_is_self_contained(good, tmp_path):
     assert "<script" not in page and "@import" not in page and "url(" not in page
     assert page.count("<svg") >= 6
     t = tiles_of(page)
-    for name in ("Live model lift", "Shadow readiness", "Exploration share", "Content diversity",
-                 "Creator Gini", "Fresh-item retrieval", "Live calibration"):
+    for name in (
+        "Live model lift",
+        "Shadow readiness",
+        "Exploration share",
+        "Content diversity",
+        "Creator Gini",
+        "Fresh-item retrieval",
+        "Live calibration",
+    ):
         assert name in t, name
     assert t["Live model lift"] == "ok" and t["Exploration share"] == "ok"
     assert "shadow-v2: ready" in page and "shadow-v3: not ready" in page
@@ -65,7 +72,8 @@ def test_report_is_self_contained(good, tmp_path):
 
 def test_guardrails_turn_amber_and_red(tmp_path):
     bad_live = (ShadowSpec("live-bad", noise=0.7, slope=-1.0, is_shadow=False),) + tuple(
-        m for m in DEFAULT_MODELS if m.is_shadow)
+        m for m in DEFAULT_MODELS if m.is_shadow
+    )
     truth = sim_log(models=bad_live, days=4, n_requests=6000, seed=11)
     assert truth.lift < 0
     t = tiles_of(build_report(truth.root, explore_setpoint=0.10))
@@ -94,15 +102,30 @@ def test_renders_in_headless_chromium(good, tmp_path):
     main(["report", good.root, "--out", str(html_path)])
     png = tmp_path / "report.png"
     proc = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--window-size=1300,2400", f"--screenshot={png}", html_path.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1300,2400",
+            f"--screenshot={png}",
+            html_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a page, not a blank frame
     # the DOM Chromium built has every figure and tile (it parsed the page we wrote)
-    dom = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          html_path.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", html_path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0
     assert dom.stdout.count("<svg") == html_path.read_text().count("<svg")
     assert dom.stdout.count('class="tile ') >= 7

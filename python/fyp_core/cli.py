@@ -116,20 +116,36 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, default=28)
     s.add_argument("--seed", type=int, default=0)
 
-    lp = sub.add_parser("loop", help="run the learning loop over the synthetic world, one "
-                        "simulated day at a time (docs/loop.md; needs fyp-core[train])")
+    lp = sub.add_parser(
+        "loop",
+        help="run the learning loop over the synthetic world, one "
+        "simulated day at a time (docs/loop.md; needs fyp-core[train])",
+    )
     lp.add_argument("--days", type=int, required=True, help="simulated days to run")
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("--items", type=int, default=20_000, help="catalogue size (default 20k)")
     lp.add_argument("--users", type=int, default=2_000, help="users (default 2k)")
     lp.add_argument("--requests", type=int, default=2_000, help="requests per day (default 2k)")
-    lp.add_argument("--break", dest="break_", choices=["diversity", "exploration", "parity"],
-                    default=None, help="remove one safeguard from day 1 on (the loop must "
-                    "detect it)")
-    lp.add_argument("--json", dest="json_out", metavar="OUT", default=None,
-                    help="write one JSON record per simulated day to OUT")
-    lp.add_argument("--report", metavar="HTML", default=None,
-                    help="write an HTML page of the daily series (one line per day)")
+    lp.add_argument(
+        "--break",
+        dest="break_",
+        choices=["diversity", "exploration", "parity"],
+        default=None,
+        help="remove one safeguard from day 1 on (the loop must detect it)",
+    )
+    lp.add_argument(
+        "--json",
+        dest="json_out",
+        metavar="OUT",
+        default=None,
+        help="write one JSON record per simulated day to OUT",
+    )
+    lp.add_argument(
+        "--report",
+        metavar="HTML",
+        default=None,
+        help="write an HTML page of the daily series (one line per day)",
+    )
     return p
 
 
@@ -256,13 +272,23 @@ def _loop(args: argparse.Namespace) -> int:
     def show(r: dict) -> None:
         lift = r["lift"]
         lift_s = "not measurable" if lift is None else f"{lift['value']:+.4f}"
-        print(f"day {r['day']}: live {r['live_version']} true value {r['true_value']:.4f} "
-              f"lift {lift_s} entropy {r['topic_entropy']:.3f} gini {r['creator_gini']:.3f} "
-              f"-> {r['decision']}: {'; '.join(r['reasons'])}", flush=True)
+        print(
+            f"day {r['day']}: live {r['live_version']} true value {r['true_value']:.4f} "
+            f"lift {lift_s} entropy {r['topic_entropy']:.3f} gini {r['creator_gini']:.3f} "
+            f"-> {r['decision']}: {'; '.join(r['reasons'])}",
+            flush=True,
+        )
 
-    records = run(days=args.days, seed=args.seed, items=args.items, users=args.users,
-                  requests_per_day=args.requests, break_=args.break_, json_out=args.json_out,
-                  progress=show)
+    records = run(
+        days=args.days,
+        seed=args.seed,
+        items=args.items,
+        users=args.users,
+        requests_per_day=args.requests,
+        break_=args.break_,
+        json_out=args.json_out,
+        progress=show,
+    )
     if args.report:
         from fyp_core.report import write_loop_report
 

@@ -34,9 +34,11 @@ class Estimate:
     estimator: str = ""
 
     def __str__(self) -> str:
-        return (f"{self.estimator} {self.value:.5f} ± {Z95 * self.stderr:.5f} "
-                f"[{self.ci[0]:.5f}, {self.ci[1]:.5f}] n={self.n} ess={self.ess:.1f} "
-                f"max_w={self.max_weight:.2f} clipped={self.clipped_share:.2%}")
+        return (
+            f"{self.estimator} {self.value:.5f} ± {Z95 * self.stderr:.5f} "
+            f"[{self.ci[0]:.5f}, {self.ci[1]:.5f}] n={self.n} ess={self.ess:.1f} "
+            f"max_w={self.max_weight:.2f} clipped={self.clipped_share:.2%}"
+        )
 
 
 def _array(name: str, x: object, n: Optional[int]) -> np.ndarray:
@@ -81,9 +83,16 @@ def _finish(name: str, value: float, psi: np.ndarray, w: np.ndarray, clipped: fl
     n = psi.shape[0]
     se = float(np.sqrt(np.sum(psi * psi) / (n * (n - 1))))
     sw, sw2 = float(w.sum()), float((w * w).sum())
-    return Estimate(value=float(value), stderr=se, ci=(value - Z95 * se, value + Z95 * se), n=n,
-                    ess=(sw * sw / sw2) if sw2 > 0 else 0.0, max_weight=float(w.max()),
-                    clipped_share=clipped, estimator=name)
+    return Estimate(
+        value=float(value),
+        stderr=se,
+        ci=(value - Z95 * se, value + Z95 * se),
+        n=n,
+        ess=(sw * sw / sw2) if sw2 > 0 else 0.0,
+        max_weight=float(w.max()),
+        clipped_share=clipped,
+        estimator=name,
+    )
 
 
 def ips(r: object, p: object, pi: object, clip: Optional[float] = None) -> Estimate:
@@ -109,8 +118,14 @@ def _q(q_logged: object, q_target: object, n: int) -> Tuple[np.ndarray, np.ndarr
     return _array("q_logged", q_logged, n), _array("q_target", q_target, n)
 
 
-def dr(r: object, p: object, pi: object, q_logged: object, q_target: object,
-       clip: Optional[float] = None) -> Estimate:
+def dr(
+    r: object,
+    p: object,
+    pi: object,
+    q_logged: object,
+    q_target: object,
+    clip: Optional[float] = None,
+) -> Estimate:
     """Doubly robust: mean(q_target + w (r - q_logged)); unbiased if either p or q-hat is right."""
     r_, p_, pi_ = _inputs(r, p, pi)
     ql, qt = _q(q_logged, q_target, r_.shape[0])
@@ -133,8 +148,9 @@ def sndr(r: object, p: object, pi: object, q_logged: object, q_target: object) -
     return _finish("sndr", v, (qt - qt.mean()) + w * (d - c) / w.mean(), w, 0.0)
 
 
-def switch_dr(r: object, p: object, pi: object, q_logged: object, q_target: object,
-              tau: float = 10.0) -> Estimate:
+def switch_dr(
+    r: object, p: object, pi: object, q_logged: object, q_target: object, tau: float = 10.0
+) -> Estimate:
     """Switch-DR (Wang, Agarwal, Dudik 2017): the DR correction only where w <= tau; above it the
     model q_target alone. tau = inf is DR; tau -> 0 is the direct method. ``clipped_share`` is the
     share of impressions switched to the model."""
@@ -160,9 +176,12 @@ def _segment_ids(offsets: np.ndarray) -> np.ndarray:
 
 
 def replay_propensities(
-    requests: object, impressions: object,
+    requests: object,
+    impressions: object,
     scores: Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]],
-    policy: str = "greedy", temperature: float = 1.0, epsilon: float = 0.0,
+    policy: str = "greedy",
+    temperature: float = 1.0,
+    epsilon: float = 0.0,
 ) -> np.ndarray:
     """Target propensities of a candidate ranker replayed on the logged candidate sets.
 
@@ -206,8 +225,10 @@ def replay_propensities(
 
     # locate each impression's (request row, candidate index)
     n_imp = imp.num_rows
-    row = np.asarray(pc.index_in(imp.column("request_id"), value_set=req.column("request_id"))
-                     .fill_null(-1), dtype=np.int64)
+    row = np.asarray(
+        pc.index_in(imp.column("request_id"), value_set=req.column("request_id")).fill_null(-1),
+        dtype=np.int64,
+    )
     item = np.asarray(imp.column("item_id"), dtype=np.uint64)
     pos = np.asarray(imp.column("position"), dtype=np.int64)
     uniq, item_rank = np.unique(flat, return_inverse=True)
@@ -255,7 +276,8 @@ def replay_propensities(
         by_item = np.lexsort((f_pos, f_cand, f_row))
         repeat = np.zeros(len(f_idx), dtype=bool)
         repeat[by_item[1:]] = (f_row[by_item[1:]] == f_row[by_item[:-1]]) & (
-            f_cand[by_item[1:]] == f_cand[by_item[:-1]])
+            f_cand[by_item[1:]] == f_cand[by_item[:-1]]
+        )
         srt = np.lexsort((f_pos, f_row))
         e_imp = e[f_cand[srt]]
         e_used = np.where(repeat[srt], 0.0, e_imp)

@@ -69,8 +69,10 @@ class ParityThresholds:
         if self.js_warn > self.js_skew:
             raise ValueError(f"js_warn ({self.js_warn}) must be <= js_skew ({self.js_skew})")
         if not 0 < self.var_ratio_low <= 1 <= self.var_ratio_high:
-            raise ValueError("need 0 < var_ratio_low <= 1 <= var_ratio_high, got "
-                             f"[{self.var_ratio_low}, {self.var_ratio_high}]")
+            raise ValueError(
+                "need 0 < var_ratio_low <= 1 <= var_ratio_high, got "
+                f"[{self.var_ratio_low}, {self.var_ratio_high}]"
+            )
         if not 0 < self.alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if self.min_rows < 1 or int(self.min_rows) != self.min_rows:
@@ -131,15 +133,23 @@ class ParityReport:
         for fp in self.features:
             for k, v in asdict(fp).items():
                 cols[k].append("; ".join(v) if k == "reasons" else v)
-        types = {"name": pa.string(), "kind": pa.string(), "verdict": pa.string(),
-                 "reasons": pa.string(), "n_train": pa.int64(), "n_served": pa.int64(),
-                 "n_bins": pa.int32()}
+        types = {
+            "name": pa.string(),
+            "kind": pa.string(),
+            "verdict": pa.string(),
+            "reasons": pa.string(),
+            "n_train": pa.int64(),
+            "n_served": pa.int64(),
+            "n_bins": pa.int32(),
+        }
         return pa.table({k: pa.array(v, types.get(k, pa.float64())) for k, v in cols.items()})
 
     def to_markdown(self) -> str:
         """A readable table, worst feature first."""
-        head = ("| feature | verdict | n train / served | non-finite t / s | PSI | KS | mean shift "
-                "| var ratio | JS | reasons |")
+        head = (
+            "| feature | verdict | n train / served | non-finite t / s | PSI | KS | mean shift "
+            "| var ratio | JS | reasons |"
+        )
         lines = [head, "|" + "---|" * 10]
         for f in sorted(self.features, key=lambda f: f.severity):
             lines.append(
@@ -148,7 +158,8 @@ class ParityReport:
                 f"| {f.n_train} / {f.n_served} | {_pct(f.nonfinite_train)} / "
                 f"{_pct(f.nonfinite_served)} | {_num(f.psi)} | {_num(f.ks)} | "
                 f"{_num(f.mean_shift)} | {_num(f.var_ratio)} | {_num(f.js)} "
-                f"| {'; '.join(f.reasons).replace('|', '/')} |")
+                f"| {'; '.join(f.reasons).replace('|', '/')} |"
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -282,8 +293,10 @@ def served_features_matrix(table: Any) -> Tuple[np.ndarray, List[str]]:
     meta = table.schema.metadata or {}
     raw = meta.get(b"fyp.feature_names")
     if raw is None:
-        raise ValueError("the table has no `fyp.feature_names` metadata; pass (matrix, names) "
-                         "to parity_report yourself")
+        raise ValueError(
+            "the table has no `fyp.feature_names` metadata; pass (matrix, names) "
+            "to parity_report yourself"
+        )
     names = json.loads(raw)
     col = table.column("features").combine_chunks()
     if isinstance(col, pa.ChunkedArray):  # an empty table has no chunk to combine
@@ -292,8 +305,10 @@ def served_features_matrix(table: Any) -> Tuple[np.ndarray, List[str]]:
     lengths = np.diff(col.offsets.to_numpy()) if len(col) else np.zeros(0, np.int64)
     if len(col) and (lengths != len(names)).any():
         bad = int(np.flatnonzero(lengths != len(names))[0])
-        raise ValueError(f"row {bad} of `features` has {lengths[bad]} values, metadata names "
-                         f"{len(names)} features")
+        raise ValueError(
+            f"row {bad} of `features` has {lengths[bad]} values, metadata names "
+            f"{len(names)} features"
+        )
     return flat.reshape(len(col), len(names)), list(names)
 
 
@@ -308,8 +323,10 @@ def _columns(data: Sample, side: str) -> Dict[str, Any]:
         if mat.ndim != 2:
             raise ValueError(f"{side}: matrix must be 2-D (rows, features), got shape {mat.shape}")
         if mat.shape[1] != len(names):
-            raise ValueError(f"{side}: matrix has {mat.shape[1]} columns but {len(names)} names "
-                             "were given; pass one name per column")
+            raise ValueError(
+                f"{side}: matrix has {mat.shape[1]} columns but {len(names)} names "
+                "were given; pass one name per column"
+            )
         _no_duplicates(names, side)
         return {str(n): mat[:, j] for j, n in enumerate(names)}
     if isinstance(data, Mapping):
@@ -317,8 +334,10 @@ def _columns(data: Sample, side: str) -> Dict[str, Any]:
     if hasattr(data, "column_names") and hasattr(data, "column"):  # pyarrow.Table
         _no_duplicates(data.column_names, side)
         return {n: data.column(n) for n in data.column_names}
-    raise TypeError(f"{side} must be a pyarrow.Table, a dict name -> 1-D array, or a tuple "
-                    f"(matrix, names); got {type(data).__name__}")
+    raise TypeError(
+        f"{side} must be a pyarrow.Table, a dict name -> 1-D array, or a tuple "
+        f"(matrix, names); got {type(data).__name__}"
+    )
 
 
 def _no_duplicates(names: Sequence[str], side: str) -> None:
@@ -349,10 +368,15 @@ def _numeric(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
             except (TypeError, ValueError):
                 pass
         if arr.dtype.kind not in "biuf":
-            hint = ("; for a served_features table pass served_features_matrix(table)"
-                    if arr.size and isinstance(arr[0], (list, np.ndarray)) else "")
-            raise TypeError(f"{side} feature {name!r} is not numeric (dtype {arr.dtype}); list "
-                            f"it in categorical=... or convert it to numbers{hint}")
+            hint = (
+                "; for a served_features table pass served_features_matrix(table)"
+                if arr.size and isinstance(arr[0], (list, np.ndarray))
+                else ""
+            )
+            raise TypeError(
+                f"{side} feature {name!r} is not numeric (dtype {arr.dtype}); list "
+                f"it in categorical=... or convert it to numbers{hint}"
+            )
     x = np.array(arr, dtype=np.float64)  # always our own copy: _numeric_stats sorts it in place
     finite = np.isfinite(x)
     return (x if finite.all() else x[finite]), x.size
@@ -366,20 +390,26 @@ def _categorical(col: Any, name: str, side: str) -> Tuple[np.ndarray, int]:
     if arr.dtype.kind == "f":
         x = arr[np.isfinite(arr)]
         if (x != np.round(x)).any():
-            raise TypeError(f"{side} categorical feature {name!r} has non-integer float codes; "
-                            "categories must be integer codes or strings")
+            raise TypeError(
+                f"{side} categorical feature {name!r} has non-integer float codes; "
+                "categories must be integer codes or strings"
+            )
         return x.astype(np.int64), arr.size
     if arr.dtype.kind in "US":
         return arr.astype(str), arr.size
     if arr.dtype.kind == "O":
-        keep = np.array([v is not None and not (isinstance(v, float) and not math.isfinite(v))
-                         for v in arr], dtype=bool)
+        keep = np.array(
+            [v is not None and not (isinstance(v, float) and not math.isfinite(v)) for v in arr],
+            dtype=bool,
+        )
         vals = arr[keep]
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
             return vals.astype(np.int64), arr.size
         return vals.astype(str), arr.size
-    raise TypeError(f"{side} categorical feature {name!r} has dtype {arr.dtype}; categories must "
-                    "be integer codes or strings")
+    raise TypeError(
+        f"{side} categorical feature {name!r} has dtype {arr.dtype}; categories must "
+        "be integer codes or strings"
+    )
 
 
 def _check_bins(bins: int) -> int:
@@ -419,15 +449,18 @@ def parity_report(
     if features is None:
         names = [n for n in tcols if n in scols]
         if not names:
-            raise ValueError("training and served have no feature name in common; training has "
-                             f"{list(tcols)[:10]}, served has {list(scols)[:10]}")
+            raise ValueError(
+                "training and served have no feature name in common; training has "
+                f"{list(tcols)[:10]}, served has {list(scols)[:10]}"
+            )
     else:
         names = [features] if isinstance(features, str) else [str(n) for n in features]
         _no_duplicates(names, "features")
         missing = []
         for n in names:
-            sides = [side for side, cols in (("training", tcols), ("served", scols))
-                     if n not in cols]
+            sides = [
+                side for side, cols in (("training", tcols), ("served", scols)) if n not in cols
+            ]
             if sides:
                 missing.append(f"{n!r} (missing from {' and '.join(sides)})")
         if missing:
@@ -437,14 +470,13 @@ def parity_report(
     unknown_cat = sorted(cat - set(names))
     if unknown_cat and features is None:
         raise ValueError(f"categorical names {unknown_cat} are not features present on both sides")
-    results = [
-        _compare(n, tcols[n], scols[n], n in cat, th, bins) for n in names
-    ]
+    results = [_compare(n, tcols[n], scols[n], n in cat, th, bins) for n in names]
     return ParityReport(results, th, bins)
 
 
-def _compare(name: str, tcol: Any, scol: Any, is_cat: bool, th: ParityThresholds,
-             bins: int) -> FeatureParity:
+def _compare(
+    name: str, tcol: Any, scol: Any, is_cat: bool, th: ParityThresholds, bins: int
+) -> FeatureParity:
     conv = _categorical if is_cat else _numeric
     t, t_all = conv(tcol, name, "training")
     s, s_all = conv(scol, name, "served")
@@ -452,21 +484,36 @@ def _compare(name: str, tcol: Any, scol: Any, is_cat: bool, th: ParityThresholds
         side = "training" if t_all == 0 else "served"
         raise ValueError(f"feature {name!r} has an empty {side} sample; pass at least one row")
     if is_cat and t.size and s.size and t.dtype.kind != s.dtype.kind:
-        raise TypeError(f"categorical feature {name!r} has {_kind(t)} in training and {_kind(s)} "
-                        "when served; encode both sides the same way")
+        raise TypeError(
+            f"categorical feature {name!r} has {_kind(t)} in training and {_kind(s)} "
+            "when served; encode both sides the same way"
+        )
     nt, ns = t.size, s.size
     nf_t, nf_s = (t_all - nt) / t_all, (s_all - ns) / s_all
     base: Dict[str, Any] = dict(
-        name=name, kind="categorical" if is_cat else "numeric", n_train=nt, n_served=ns,
-        nonfinite_train=nf_t, nonfinite_served=nf_s)
+        name=name,
+        kind="categorical" if is_cat else "numeric",
+        n_train=nt,
+        n_served=ns,
+        nonfinite_train=nf_t,
+        nonfinite_served=nf_s,
+    )
     reasons: List[str] = []
     if nt == 0 or ns == 0:
         if nt == 0 and ns == 0:
-            return FeatureParity(verdict="insufficient", psi=math.nan,
-                                 reasons=("no finite value on either side",), **base)
+            return FeatureParity(
+                verdict="insufficient",
+                psi=math.nan,
+                reasons=("no finite value on either side",),
+                **base,
+            )
         side, total = ("training", t_all) if nt == 0 else ("served", s_all)
-        return FeatureParity(verdict="skew", psi=math.nan,
-                             reasons=(f"all {total} {side} values are NaN/inf/null",), **base)
+        return FeatureParity(
+            verdict="skew",
+            psi=math.nan,
+            reasons=(f"all {total} {side} values are NaN/inf/null",),
+            **base,
+        )
     with np.errstate(over="ignore", invalid="ignore"):  # values near 1e308 give inf/NaN stats
         stats = _categorical_stats(t, s) if is_cat else _numeric_stats(t, s, bins)
         skew, warn = _judge(stats, nt, ns, th)
@@ -508,8 +555,14 @@ def _numeric_stats(t: np.ndarray, s: np.ndarray, bins: int) -> Dict[str, Any]:
         kt, ks_ = _kurtosis(ts, mt), _kurtosis(ss, ms)
         return math.sqrt(max(kt - 1, 0) / ts.size + max(ks_ - 1, 0) / ss.size)
 
-    return dict(psi=psi_, ks=_ks_sorted(ts, ss), mean_shift=shift, var_ratio=ratio,
-                n_bins=edges.size + 1, _log_var_se=log_var_se)
+    return dict(
+        psi=psi_,
+        ks=_ks_sorted(ts, ss),
+        mean_shift=shift,
+        var_ratio=ratio,
+        n_bins=edges.size + 1,
+        _log_var_se=log_var_se,
+    )
 
 
 def _var(x: np.ndarray, mean: float) -> float:
@@ -532,7 +585,7 @@ def _kurtosis(x: np.ndarray, mean: float) -> float:
 def _categorical_stats(t: np.ndarray, s: np.ndarray) -> Dict[str, Any]:
     cats, inv = np.unique(np.concatenate([t, s]), return_inverse=True)
     ct = np.bincount(inv[: t.size], minlength=cats.size)
-    cs = np.bincount(inv[t.size:], minlength=cats.size)
+    cs = np.bincount(inv[t.size :], minlength=cats.size)
     p, q = ct / t.size, cs / s.size
     return dict(psi=_psi_from_shares(p, q), js=js_distance(p, q), n_bins=int(cats.size))
 
@@ -564,10 +617,12 @@ def _judge(st: Dict[str, Any], n: int, m: int, th: ParityThresholds) -> Tuple[Li
         skew.append(f"mean shift={shift:+.3g} std, beyond ±{th.mean_shift_skew:g}")
     ratio = st["var_ratio"]
     # a heavy-tailed feature's variance is too noisy to compare: its floor is its sampling sd
-    if (not math.isnan(ratio) and not th.var_ratio_low <= ratio <= th.var_ratio_high
-            and not abs(math.log(ratio) if ratio > 0 else math.inf) < z1 * st["_log_var_se"]()):
-        skew.append(f"var ratio={ratio:.3g} outside [{th.var_ratio_low:g}, "
-                    f"{th.var_ratio_high:g}]")
+    if (
+        not math.isnan(ratio)
+        and not th.var_ratio_low <= ratio <= th.var_ratio_high
+        and not abs(math.log(ratio) if ratio > 0 else math.inf) < z1 * st["_log_var_se"]()
+    ):
+        skew.append(f"var ratio={ratio:.3g} outside [{th.var_ratio_low:g}, {th.var_ratio_high:g}]")
     return skew, warn
 
 

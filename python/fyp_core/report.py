@@ -703,43 +703,80 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
     est = [_ci(r["estimated_value"]) for r in records]
     lift = [_ci(r["lift"]) for r in records]
     vals = [r["true_value"] for r in records] + [v for e in est for v in e[1:] if math.isfinite(v)]
-    p = _Plot((xs[0], xs[-1]) if xs else (0, 1), (min(vals, default=0), max(vals, default=1)),
-              labels, x_title="day", y_title="finish rate")
+    p = _Plot(
+        (xs[0], xs[-1]) if xs else (0, 1),
+        (min(vals, default=0), max(vals, default=1)),
+        labels,
+        x_title="day",
+        y_title="finish rate",
+    )
     p.line(xs, [r["true_value"] for r in records], PALETTE[0], "live, true value")
     p.line(xs, [e[0] for e in est], PALETTE[1], "candidate, OPE (SNIPS)", dashed=True)
     for x, (v, lo, hi) in zip(xs, est):
         if v is not None:
             p.whisker(x, v, lo, hi, PALETTE[1])
     ls = [v for e in lift for v in e if v is not None and math.isfinite(v)]
-    q = _Plot((xs[0], xs[-1]) if xs else (0, 1), (min(ls + [0.0]), max(ls + [0.0])), labels,
-              x_title="day", y_title="lift over live")
+    q = _Plot(
+        (xs[0], xs[-1]) if xs else (0, 1),
+        (min(ls + [0.0]), max(ls + [0.0])),
+        labels,
+        x_title="day",
+        y_title="lift over live",
+    )
     q.hline(0.0, "#8c959f")
     for x, (v, lo, hi) in zip(xs, lift):
         if v is not None:
             q.whisker(x, v, lo, hi, PALETTE[2])
-    d = _Plot((xs[0], xs[-1]) if xs else (0, 1), (0.0, max([r["topic_entropy"] for r in records]
-                                                           + [1.0])), labels, x_title="day")
+    d = _Plot(
+        (xs[0], xs[-1]) if xs else (0, 1),
+        (0.0, max([r["topic_entropy"] for r in records] + [1.0])),
+        labels,
+        x_title="day",
+    )
     d.line(xs, [r["topic_entropy"] for r in records], PALETTE[3], "topic entropy (nats)")
     d.line(xs, [r["creator_gini"] for r in records], PALETTE[4], "creator Gini")
     d.line(xs, [r["fresh_reach"] for r in records], PALETTE[5], "fresh reach")
-    rows = [{**r, "reasons": "; ".join(r["reasons"]),
-             "lift_v": None if r["lift"] is None else r["lift"]["value"],
-             "est_v": None if r["estimated_value"] is None else r["estimated_value"]["value"]}
-            for r in records]
-    table = _table(rows, [
-        ("day", "day", ""), ("live_version", "live", ""), ("candidate_version", "candidate", ""),
-        ("true_value", "true value", ".4f"), ("est_v", "OPE estimate", ".4f"),
-        ("lift_v", "lift", "+.4f"), ("topic_entropy", "entropy", ".3f"),
-        ("creator_gini", "Gini", ".3f"), ("fresh_reach", "fresh reach", ".2f"),
-        ("decision", "decision", ""), ("reasons", "reasons", "")])
-    figs = [p.svg("Live true value and candidate OPE estimate (95% CI)"),
-            q.svg("Candidate lift over live on the exploration arm (95% CI)"),
-            d.svg("Diversity and fresh reach")]
-    return "".join([
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>", f'<div class="figs">{"".join(figs)}</div>',
-        "<h2>One line per day</h2>", table, "</body></html>"])
+    rows = [
+        {
+            **r,
+            "reasons": "; ".join(r["reasons"]),
+            "lift_v": None if r["lift"] is None else r["lift"]["value"],
+            "est_v": None if r["estimated_value"] is None else r["estimated_value"]["value"],
+        }
+        for r in records
+    ]
+    table = _table(
+        rows,
+        [
+            ("day", "day", ""),
+            ("live_version", "live", ""),
+            ("candidate_version", "candidate", ""),
+            ("true_value", "true value", ".4f"),
+            ("est_v", "OPE estimate", ".4f"),
+            ("lift_v", "lift", "+.4f"),
+            ("topic_entropy", "entropy", ".3f"),
+            ("creator_gini", "Gini", ".3f"),
+            ("fresh_reach", "fresh reach", ".2f"),
+            ("decision", "decision", ""),
+            ("reasons", "reasons", ""),
+        ],
+    )
+    figs = [
+        p.svg("Live true value and candidate OPE estimate (95% CI)"),
+        q.svg("Candidate lift over live on the exploration arm (95% CI)"),
+        d.svg("Diversity and fresh reach"),
+    ]
+    return "".join(
+        [
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            f'<div class="figs">{"".join(figs)}</div>',
+            "<h2>One line per day</h2>",
+            table,
+            "</body></html>",
+        ]
+    )
 
 
 def write_loop_report(records: Sequence[dict], out: str) -> str:

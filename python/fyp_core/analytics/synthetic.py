@@ -35,42 +35,90 @@ US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 
 SCHEMAS: Dict[str, pa.Schema] = {
-    "impressions": pa.schema([
-        ("impression_id", pa.string()), ("ts", TS), ("request_id", pa.string()),
-        ("user_token", pa.string()), ("item_id", pa.uint64()), ("position", pa.int32()),
-        ("source", pa.string()), ("propensity", pa.float64()), ("model_version", pa.string()),
-        ("experiments", pa.string()), ("topic", pa.int32()), ("creator_id", pa.uint64()),
-        ("sampled_pct", pa.float64()),
-    ]),
-    "engagements": pa.schema([
-        ("impression_id", pa.string()), ("ts", TS), ("user_token", pa.string()),
-        ("watched_seconds", pa.float32()), ("completed", pa.bool_()), ("liked", pa.bool_()),
-        ("shared", pa.bool_()), ("followed", pa.bool_()),
-    ]),
-    "exploration_events": pa.schema([
-        ("impression_id", pa.string()), ("ts", TS), ("user_token", pa.string()),
-        ("item_id", pa.uint64()), ("position", pa.int32()), ("topic", pa.int32()),
-        ("propensity", pa.float64()), ("policy", pa.string()),
-    ]),
+    "impressions": pa.schema(
+        [
+            ("impression_id", pa.string()),
+            ("ts", TS),
+            ("request_id", pa.string()),
+            ("user_token", pa.string()),
+            ("item_id", pa.uint64()),
+            ("position", pa.int32()),
+            ("source", pa.string()),
+            ("propensity", pa.float64()),
+            ("model_version", pa.string()),
+            ("experiments", pa.string()),
+            ("topic", pa.int32()),
+            ("creator_id", pa.uint64()),
+            ("sampled_pct", pa.float64()),
+        ]
+    ),
+    "engagements": pa.schema(
+        [
+            ("impression_id", pa.string()),
+            ("ts", TS),
+            ("user_token", pa.string()),
+            ("watched_seconds", pa.float32()),
+            ("completed", pa.bool_()),
+            ("liked", pa.bool_()),
+            ("shared", pa.bool_()),
+            ("followed", pa.bool_()),
+        ]
+    ),
+    "exploration_events": pa.schema(
+        [
+            ("impression_id", pa.string()),
+            ("ts", TS),
+            ("user_token", pa.string()),
+            ("item_id", pa.uint64()),
+            ("position", pa.int32()),
+            ("topic", pa.int32()),
+            ("propensity", pa.float64()),
+            ("policy", pa.string()),
+        ]
+    ),
     "ranker_scores": pa.schema(
-        [("impression_id", pa.string()), ("ts", TS), ("model_version", pa.string()),
-         ("is_shadow", pa.bool_()), ("value_score", pa.float32())]
+        [
+            ("impression_id", pa.string()),
+            ("ts", TS),
+            ("model_version", pa.string()),
+            ("is_shadow", pa.bool_()),
+            ("value_score", pa.float32()),
+        ]
         + [(f"pred_{t}", pa.float32()) for t in TASKS]
         + [("sampled_pct", pa.float64())]
     ),
-    "requests": pa.schema([
-        ("request_id", pa.string()), ("ts", TS), ("user_token", pa.string()),
-        ("candidate_item_ids", pa.list_(pa.uint64())), ("candidate_scores", pa.list_(pa.float32())),
-        ("served_item_ids", pa.list_(pa.uint64())), ("sampled_pct", pa.float64()),
-    ]),
-    "served_features": pa.schema([
-        ("request_id", pa.string()), ("ts", TS), ("item_id", pa.uint64()),
-        ("features", pa.list_(pa.float32())), ("feature_set_version", pa.string()),
-        ("sampled_pct", pa.float64()),
-    ]),
+    "requests": pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("ts", TS),
+            ("user_token", pa.string()),
+            ("candidate_item_ids", pa.list_(pa.uint64())),
+            ("candidate_scores", pa.list_(pa.float32())),
+            ("served_item_ids", pa.list_(pa.uint64())),
+            ("sampled_pct", pa.float64()),
+        ]
+    ),
+    "served_features": pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("ts", TS),
+            ("item_id", pa.uint64()),
+            ("features", pa.list_(pa.float32())),
+            ("feature_set_version", pa.string()),
+            ("sampled_pct", pa.float64()),
+        ]
+    ),
 }
-FEATURE_NAMES = ["quality", "topic_affinity", "age_hours", "position_prior",
-                 "creator_age_days", "day_of_week", "score_live", "bias"]
+FEATURE_NAMES = [
+    "quality",
+    "topic_affinity",
+    "age_hours",
+    "position_prior",
+    "creator_age_days",
+    "day_of_week",
+    "score_live",
+    "bias",
+]
 
 
 def user_token(user_id: str, key: bytes) -> str:
@@ -148,25 +196,42 @@ class SimTruth:
     def n_topics(self) -> int:
         return int(self.affinity.shape[1])
 
-    def engagement_prob(self, user_tokens: Sequence[str], item_ids: np.ndarray,
-                        positions: np.ndarray, ts_us: np.ndarray,
-                        within_window: bool = True) -> np.ndarray:
+    def engagement_prob(
+        self,
+        user_tokens: Sequence[str],
+        item_ids: np.ndarray,
+        positions: np.ndarray,
+        ts_us: np.ndarray,
+        within_window: bool = True,
+    ) -> np.ndarray:
         """True P(engaged) of showing item_ids at positions to user_tokens at ts_us (vectorised)."""
         order = np.argsort(self.user_tokens)
         u = order[np.searchsorted(self.user_tokens, np.asarray(user_tokens), sorter=order)]
         iorder = np.argsort(self.item_ids)
-        it = iorder[np.searchsorted(self.item_ids, np.asarray(item_ids, dtype=np.uint64),
-                                    sorter=iorder)]
-        day = np.clip((np.asarray(ts_us, dtype=np.int64) - self.start_us) // US_PER_DAY,
-                      0, self.days - 1)
-        rel = (self.a0 + self.day_logit[day] + self.beta * self.item_quality[it]
-               + self.gamma * self.affinity[u, self.item_topic[it]])
+        it = iorder[
+            np.searchsorted(self.item_ids, np.asarray(item_ids, dtype=np.uint64), sorter=iorder)
+        ]
+        day = np.clip(
+            (np.asarray(ts_us, dtype=np.int64) - self.start_us) // US_PER_DAY, 0, self.days - 1
+        )
+        rel = (
+            self.a0
+            + self.day_logit[day]
+            + self.beta * self.item_quality[it]
+            + self.gamma * self.affinity[u, self.item_topic[it]]
+        )
         p = self.pos_curve[np.asarray(positions)] * _sigmoid(rel)
         return p * (1.0 - self.late_share) if within_window else p
 
 
-def _write_partitioned(root: str, table: str, t: pa.Table, ts_us: np.ndarray,
-                       writer_id: str, metadata: Optional[Dict[str, str]] = None) -> int:
+def _write_partitioned(
+    root: str,
+    table: str,
+    t: pa.Table,
+    ts_us: np.ndarray,
+    writer_id: str,
+    metadata: Optional[Dict[str, str]] = None,
+) -> int:
     """Write ``t`` under root/table/dt=/hour=/, one file per hour, via temp name + rename."""
     if t.num_rows == 0:
         return 0
@@ -195,18 +260,34 @@ def _write_partitioned(root: str, table: str, t: pa.Table, ts_us: np.ndarray,
 
 def _ids(prefix: str, n: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(
-        pa.scalar(prefix), pc.utf8_lpad(pc.cast(pa.array(n), pa.string()), 9, "0"), "")
+        pa.scalar(prefix), pc.utf8_lpad(pc.cast(pa.array(n), pa.string()), 9, "0"), ""
+    )
 
 
-def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
-                 n_items: int = 20_000, n_topics: int = 8, n_creators: int = 1_500,
-                 days: int = 14, slots: int = 10, n_candidates: int = 40,
-                 explore_rate: float = 0.05, fresh_rate: float = 0.04, fresh_hours: float = 6.0,
-                 sampled_pct_by_day: Sequence[float] = (100.0, 50.0, 25.0),
-                 late_share: float = 0.03, window_hours: float = 24.0, pos_alpha: float = 0.5,
-                 models: Sequence[ShadowSpec] = DEFAULT_MODELS, start: str = "2026-01-05",
-                 served_features: bool = True, seed: int = 0,
-                 key: bytes = b"fyp-sim-key") -> SimTruth:
+def generate_log(
+    root: str,
+    *,
+    n_requests: int = 20_000,
+    n_users: int = 2_000,
+    n_items: int = 20_000,
+    n_topics: int = 8,
+    n_creators: int = 1_500,
+    days: int = 14,
+    slots: int = 10,
+    n_candidates: int = 40,
+    explore_rate: float = 0.05,
+    fresh_rate: float = 0.04,
+    fresh_hours: float = 6.0,
+    sampled_pct_by_day: Sequence[float] = (100.0, 50.0, 25.0),
+    late_share: float = 0.03,
+    window_hours: float = 24.0,
+    pos_alpha: float = 0.5,
+    models: Sequence[ShadowSpec] = DEFAULT_MODELS,
+    start: str = "2026-01-05",
+    served_features: bool = True,
+    seed: int = 0,
+    key: bytes = b"fyp-sim-key",
+) -> SimTruth:
     """Simulate ``n_requests`` feed requests over ``days`` days and write all six tables to root.
 
     ``sampled_pct_by_day`` cycles over days for the firehose (ranked and fresh impressions, their
@@ -232,20 +313,25 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     affinity = (affinity - affinity.mean()) / affinity.std()
 
     # creators are born over time; items are uploaded over time (half before the log starts)
-    creator_ids = (np.arange(n_creators, dtype=np.uint64) * np.uint64(0x9E3779B1)
-                   + np.uint64(7_000_000_000))
+    creator_ids = np.arange(n_creators, dtype=np.uint64) * np.uint64(0x9E3779B1) + np.uint64(
+        7_000_000_000
+    )
     creator_birth = np.sort(rng.integers(-span, span, n_creators)) + start_us
     n_old = n_items // 2
-    upload = np.sort(np.concatenate([
-        start_us - rng.integers(1, 60 * US_PER_DAY, n_old),
-        start_us + rng.integers(0, span, n_items - n_old)]))
+    upload = np.sort(
+        np.concatenate(
+            [
+                start_us - rng.integers(1, 60 * US_PER_DAY, n_old),
+                start_us + rng.integers(0, span, n_items - n_old),
+            ]
+        )
+    )
     upload[: 2 * n_candidates] = upload[0]
     born_before = np.maximum(np.searchsorted(creator_birth, upload, side="right"), 1)
     item_creator = (rng.random(n_items) * born_before).astype(np.int64)
     item_topic = rng.integers(0, n_topics, n_items).astype(np.int32)
     item_quality = rng.normal(0, 1, n_items)
-    item_ids = (np.arange(n_items, dtype=np.uint64) * np.uint64(2654435761)
-                + np.uint64(1_000_003))
+    item_ids = np.arange(n_items, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(1_000_003)
 
     # requests
     req_ts = np.sort(rng.integers(0, span, n_requests)) + start_us
@@ -258,13 +344,13 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     cand = (base[:, None] + np.arange(n_candidates)[None, :] * step[:, None]) % n_avail[:, None]
 
     def rel(u: np.ndarray, it: np.ndarray, d: np.ndarray) -> np.ndarray:
-        return (a0 + day_logit[d] + beta * item_quality[it]
-                + gamma * affinity[u, item_topic[it]])
+        return a0 + day_logit[d] + beta * item_quality[it] + gamma * affinity[u, item_topic[it]]
 
     live = next(m for m in models if not m.is_shadow)
     cand_rel = rel(req_user[:, None], cand, req_day[:, None])
-    cand_score = _sigmoid(live.slope * cand_rel + live.bias
-                          + rng.normal(0, live.noise, cand.shape)).astype(np.float32)
+    cand_score = _sigmoid(
+        live.slope * cand_rel + live.bias + rng.normal(0, live.noise, cand.shape)
+    ).astype(np.float32)
     by_score = np.take_along_axis(cand, np.argsort(-cand_score, axis=1, kind="stable"), axis=1)
 
     # slots: exploration | fresh | ranked
@@ -280,9 +366,11 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     item = np.where(is_exp, np.take_along_axis(cand, exp_pick, axis=1), item)
     fresh_pick = fresh_lo[:, None] + (rng.random((n_requests, slots)) * np.maximum(pool, 1))
     item = np.where(is_fresh, fresh_pick.astype(np.int64), item)
-    propensity = np.where(is_exp, 1.0 / n_candidates,
-                          np.where(is_fresh, 1.0 / np.maximum(pool, 1),
-                                   1.0 - explore_rate - fresh_rate))
+    propensity = np.where(
+        is_exp,
+        1.0 / n_candidates,
+        np.where(is_fresh, 1.0 / np.maximum(pool, 1), 1.0 - explore_rate - fresh_rate),
+    )
     source = np.where(is_exp, 2, np.where(is_fresh, 1, 0))  # 0 ranked, 1 fresh, 2 exploration
 
     # outcomes (engagements are never sampled)
@@ -318,18 +406,23 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     src_names = np.array(["ranked", "fresh", "exploration"])
     tokens_pa = pa.array(tokens)
     counts: Dict[str, int] = {}
-    imp = pa.table({
-        "impression_id": imp_id, "ts": pa.array(imp_ts[ri, si], TS),
-        "request_id": imp_req_id, "user_token": tokens_pa.take(pa.array(req_user[ri])),
-        "item_id": pa.array(item_ids[it_k]), "position": pa.array(si.astype(np.int32)),
-        "source": pa.array(src_names[source[ri, si]]),
-        "propensity": pa.array(propensity[ri, si]),
-        "model_version": pa.array(np.full(len(ri), live.version)),
-        "experiments": pa.array(np.full(len(ri), "{}")),
-        "topic": pa.array(item_topic[it_k]),
-        "creator_id": pa.array(creator_ids[item_creator[it_k]]),
-        "sampled_pct": pa.array(slot_pct[ri, si]),
-    })
+    imp = pa.table(
+        {
+            "impression_id": imp_id,
+            "ts": pa.array(imp_ts[ri, si], TS),
+            "request_id": imp_req_id,
+            "user_token": tokens_pa.take(pa.array(req_user[ri])),
+            "item_id": pa.array(item_ids[it_k]),
+            "position": pa.array(si.astype(np.int32)),
+            "source": pa.array(src_names[source[ri, si]]),
+            "propensity": pa.array(propensity[ri, si]),
+            "model_version": pa.array(np.full(len(ri), live.version)),
+            "experiments": pa.array(np.full(len(ri), "{}")),
+            "topic": pa.array(item_topic[it_k]),
+            "creator_id": pa.array(creator_ids[item_creator[it_k]]),
+            "sampled_pct": pa.array(slot_pct[ri, si]),
+        }
+    )
     os.makedirs(root, exist_ok=True)
     _write_partitioned(root, "impressions", imp, imp_ts[ri, si], "sim")
     counts["impressions"] = imp.num_rows
@@ -337,15 +430,20 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     # exploration_events
     ei, ej = np.nonzero(is_exp)
     ee_pos = pa.array(ej.astype(np.int32))
-    ee = pa.table({
-        "impression_id": pc.binary_join_element_wise(
-            req_id_all.take(pa.array(ei)), pc.cast(ee_pos, pa.string()), ":"),
-        "ts": pa.array(imp_ts[ei, ej], TS), "user_token": tokens_pa.take(pa.array(req_user[ei])),
-        "item_id": pa.array(item_ids[item[ei, ej]]), "position": ee_pos,
-        "topic": pa.array(item_topic[item[ei, ej]]),
-        "propensity": pa.array(np.full(len(ei), 1.0 / n_candidates)),
-        "policy": pa.array(np.full(len(ei), "uniform")),
-    })
+    ee = pa.table(
+        {
+            "impression_id": pc.binary_join_element_wise(
+                req_id_all.take(pa.array(ei)), pc.cast(ee_pos, pa.string()), ":"
+            ),
+            "ts": pa.array(imp_ts[ei, ej], TS),
+            "user_token": tokens_pa.take(pa.array(req_user[ei])),
+            "item_id": pa.array(item_ids[item[ei, ej]]),
+            "position": ee_pos,
+            "topic": pa.array(item_topic[item[ei, ej]]),
+            "propensity": pa.array(np.full(len(ei), 1.0 / n_candidates)),
+            "policy": pa.array(np.full(len(ei), "uniform")),
+        }
+    )
     _write_partitioned(root, "exploration_events", ee, imp_ts[ei, ej], "sim")
     counts["exploration_events"] = ee.num_rows
 
@@ -354,33 +452,47 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     ai, aj = np.nonzero(engaged)
     n_e = len(ai)
     delay = rng.exponential(20e6, n_e).astype(np.int64) + 2_000_000
-    delay = np.where(late[ai, aj],
-                     int(window_hours * US_PER_HOUR) + rng.integers(US_PER_HOUR, US_PER_DAY, n_e),
-                     delay)
+    delay = np.where(
+        late[ai, aj],
+        int(window_hours * US_PER_HOUR) + rng.integers(US_PER_HOUR, US_PER_DAY, n_e),
+        delay,
+    )
     liked = rng.random(n_e) < 0.35
     like_row = liked & (rng.random(n_e) < 0.5)  # half the likes come as a separate later row
     vi, vj = np.nonzero(~engaged & (rng.random((n_requests, slots)) < 0.3))
     e_req = np.concatenate([ai, ai[like_row], vi])
     e_pos = np.concatenate([aj, aj[like_row], vj])
-    e_ts = np.concatenate([imp_ts[ai, aj] + delay,
-                           imp_ts[ai[like_row], aj[like_row]] + delay[like_row] + 5_000_000,
-                           imp_ts[vi, vj] + rng.integers(500_000, 8_000_000, len(vi))])
+    e_ts = np.concatenate(
+        [
+            imp_ts[ai, aj] + delay,
+            imp_ts[ai[like_row], aj[like_row]] + delay[like_row] + 5_000_000,
+            imp_ts[vi, vj] + rng.integers(500_000, 8_000_000, len(vi)),
+        ]
+    )
     n_like = int(like_row.sum())
-    e_completed = np.concatenate([np.ones(n_e, bool), np.zeros(n_like, bool),
-                                  np.zeros(len(vi), bool)])
+    e_completed = np.concatenate(
+        [np.ones(n_e, bool), np.zeros(n_like, bool), np.zeros(len(vi), bool)]
+    )
     e_liked = np.concatenate([liked & ~like_row, np.ones(n_like, bool), np.zeros(len(vi), bool)])
     e_shared = np.concatenate([rng.random(n_e) < 0.06, np.zeros(n_like + len(vi), bool)])
     e_followed = np.concatenate([rng.random(n_e) < 0.03, np.zeros(n_like + len(vi), bool)])
-    e_watch = np.concatenate([rng.uniform(8, 60, n_e), np.zeros(n_like),
-                              rng.uniform(0.3, 4, len(vi))]).astype(np.float32)
-    eng = pa.table({
-        "impression_id": pc.binary_join_element_wise(
-            req_id_all.take(pa.array(e_req)), pc.cast(pa.array(e_pos), pa.string()), ":"),
-        "ts": pa.array(e_ts, TS), "user_token": tokens_pa.take(pa.array(req_user[e_req])),
-        "watched_seconds": pa.array(e_watch), "completed": pa.array(e_completed),
-        "liked": pa.array(e_liked), "shared": pa.array(e_shared),
-        "followed": pa.array(e_followed),
-    })
+    e_watch = np.concatenate(
+        [rng.uniform(8, 60, n_e), np.zeros(n_like), rng.uniform(0.3, 4, len(vi))]
+    ).astype(np.float32)
+    eng = pa.table(
+        {
+            "impression_id": pc.binary_join_element_wise(
+                req_id_all.take(pa.array(e_req)), pc.cast(pa.array(e_pos), pa.string()), ":"
+            ),
+            "ts": pa.array(e_ts, TS),
+            "user_token": tokens_pa.take(pa.array(req_user[e_req])),
+            "watched_seconds": pa.array(e_watch),
+            "completed": pa.array(e_completed),
+            "liked": pa.array(e_liked),
+            "shared": pa.array(e_shared),
+            "followed": pa.array(e_followed),
+        }
+    )
     _write_partitioned(root, "engagements", eng, e_ts, "sim")
     counts["engagements"] = eng.num_rows
 
@@ -389,20 +501,31 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     score_tables = []
     for m in models:  # loops over models, not rows
         pf = _sigmoid(m.slope * logit_p + m.bias + rng.normal(0, m.noise, len(ri)))
-        preds = {"pred_finish": pf, "pred_like": 0.35 * pf, "pred_share": 0.06 * pf,
-                 "pred_follow": 0.03 * pf, "pred_watch_seconds": 2.0 + 30.0 * pf}
+        preds = {
+            "pred_finish": pf,
+            "pred_like": 0.35 * pf,
+            "pred_share": 0.06 * pf,
+            "pred_follow": 0.03 * pf,
+            "pred_watch_seconds": 2.0 + 30.0 * pf,
+        }
         value = preds["pred_finish"] + 2 * preds["pred_like"] + 4 * preds["pred_share"]
-        score_tables.append(pa.table({
-            "impression_id": imp_id, "ts": pa.array(imp_ts[ri, si] - 500, TS),
-            "model_version": pa.array(np.full(len(ri), m.version)),
-            "is_shadow": pa.array(np.full(len(ri), m.is_shadow)),
-            "value_score": pa.array(value.astype(np.float32)),
-            **{k: pa.array(v.astype(np.float32)) for k, v in preds.items()},
-            "sampled_pct": pa.array(slot_pct[ri, si]),
-        }))
+        score_tables.append(
+            pa.table(
+                {
+                    "impression_id": imp_id,
+                    "ts": pa.array(imp_ts[ri, si] - 500, TS),
+                    "model_version": pa.array(np.full(len(ri), m.version)),
+                    "is_shadow": pa.array(np.full(len(ri), m.is_shadow)),
+                    "value_score": pa.array(value.astype(np.float32)),
+                    **{k: pa.array(v.astype(np.float32)) for k, v in preds.items()},
+                    "sampled_pct": pa.array(slot_pct[ri, si]),
+                }
+            )
+        )
     scores = pa.concat_tables(score_tables)
-    _write_partitioned(root, "ranker_scores", scores,
-                       np.tile(imp_ts[ri, si] - 500, len(models)), "sim")
+    _write_partitioned(
+        root, "ranker_scores", scores, np.tile(imp_ts[ri, si] - 500, len(models)), "sim"
+    )
     counts["ranker_scores"] = scores.num_rows
 
     # requests (sampled)
@@ -410,14 +533,19 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
     flat_cand = item_ids[cand[kr]].ravel()
     offs = pa.array(np.arange(len(kr) + 1, dtype=np.int32) * n_candidates)
     offs_s = pa.array(np.arange(len(kr) + 1, dtype=np.int32) * slots)
-    reqs = pa.table({
-        "request_id": req_id_all.take(pa.array(kr)), "ts": pa.array(req_ts[kr], TS),
-        "user_token": tokens_pa.take(pa.array(req_user[kr])),
-        "candidate_item_ids": pa.ListArray.from_arrays(offs, pa.array(flat_cand)),
-        "candidate_scores": pa.ListArray.from_arrays(offs, pa.array(cand_score[kr].ravel())),
-        "served_item_ids": pa.ListArray.from_arrays(offs_s, pa.array(item_ids[item[kr]].ravel())),
-        "sampled_pct": pa.array(req_pct[kr]),
-    })
+    reqs = pa.table(
+        {
+            "request_id": req_id_all.take(pa.array(kr)),
+            "ts": pa.array(req_ts[kr], TS),
+            "user_token": tokens_pa.take(pa.array(req_user[kr])),
+            "candidate_item_ids": pa.ListArray.from_arrays(offs, pa.array(flat_cand)),
+            "candidate_scores": pa.ListArray.from_arrays(offs, pa.array(cand_score[kr].ravel())),
+            "served_item_ids": pa.ListArray.from_arrays(
+                offs_s, pa.array(item_ids[item[kr]].ravel())
+            ),
+            "sampled_pct": pa.array(req_pct[kr]),
+        }
+    )
     _write_partitioned(root, "requests", reqs, req_ts[kr], "sim")
     counts["requests"] = reqs.num_rows
 
@@ -425,38 +553,78 @@ def generate_log(root: str, *, n_requests: int = 20_000, n_users: int = 2_000,
         fi, fj = np.nonzero(keep_req[:, None] & np.ones((1, slots), bool))
         it_f = item[fi, fj]
         nf = len(FEATURE_NAMES)
-        feats = np.stack([
-            item_quality[it_f], affinity[req_user[fi], item_topic[it_f]],
-            (req_ts[fi] - upload[it_f]) / US_PER_HOUR, pos_curve[fj],
-            (req_ts[fi] - creator_birth[item_creator[it_f]]) / US_PER_DAY,
-            ((req_ts[fi] - start_us) // US_PER_DAY) % 7, np.zeros(len(fi)),
-            np.ones(len(fi))], axis=1).astype(np.float32)
-        sf = pa.table({
-            "request_id": req_id_all.take(pa.array(fi)), "ts": pa.array(req_ts[fi], TS),
-            "item_id": pa.array(item_ids[it_f]),
-            "features": pa.ListArray.from_arrays(
-                pa.array(np.arange(len(fi) + 1, dtype=np.int32) * nf), pa.array(feats.ravel())),
-            "feature_set_version": pa.array(np.full(len(fi), "fs-v1")),
-            "sampled_pct": pa.array(req_pct[fi]),
-        })
-        _write_partitioned(root, "served_features", sf, req_ts[fi], "sim",
-                           {"fyp.feature_names": json.dumps(FEATURE_NAMES)})
+        feats = np.stack(
+            [
+                item_quality[it_f],
+                affinity[req_user[fi], item_topic[it_f]],
+                (req_ts[fi] - upload[it_f]) / US_PER_HOUR,
+                pos_curve[fj],
+                (req_ts[fi] - creator_birth[item_creator[it_f]]) / US_PER_DAY,
+                ((req_ts[fi] - start_us) // US_PER_DAY) % 7,
+                np.zeros(len(fi)),
+                np.ones(len(fi)),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        sf = pa.table(
+            {
+                "request_id": req_id_all.take(pa.array(fi)),
+                "ts": pa.array(req_ts[fi], TS),
+                "item_id": pa.array(item_ids[it_f]),
+                "features": pa.ListArray.from_arrays(
+                    pa.array(np.arange(len(fi) + 1, dtype=np.int32) * nf), pa.array(feats.ravel())
+                ),
+                "feature_set_version": pa.array(np.full(len(fi), "fs-v1")),
+                "sampled_pct": pa.array(req_pct[fi]),
+            }
+        )
+        _write_partitioned(
+            root,
+            "served_features",
+            sf,
+            req_ts[fi],
+            "sim",
+            {"fyp.feature_names": json.dumps(FEATURE_NAMES)},
+        )
         counts["served_features"] = sf.num_rows
 
     n_slots = n_requests * slots
     rr = float((p_win * is_ranked).sum() / max(is_ranked.sum(), 1))
     er = float((p_win * is_exp).sum() / max(is_exp.sum(), 1))
     return SimTruth(
-        root=root, start_us=start_us, days=days, slots=slots, n_candidates=n_candidates,
-        explore_rate=explore_rate, fresh_rate=fresh_rate, window_hours=window_hours,
-        late_share=late_share, pos_curve=pos_curve, a0=a0, beta=beta, gamma=gamma,
-        day_logit=day_logit, user_tokens=tokens, affinity=affinity, item_ids=item_ids,
-        item_topic=item_topic, item_quality=item_quality, item_creator=item_creator,
-        item_upload_us=upload, models=tuple(models), live_version=live.version,
-        ranked_rate_by_topic=ranked_by_t, exploration_rate_by_topic=exp_by_t,
+        root=root,
+        start_us=start_us,
+        days=days,
+        slots=slots,
+        n_candidates=n_candidates,
+        explore_rate=explore_rate,
+        fresh_rate=fresh_rate,
+        window_hours=window_hours,
+        late_share=late_share,
+        pos_curve=pos_curve,
+        a0=a0,
+        beta=beta,
+        gamma=gamma,
+        day_logit=day_logit,
+        user_tokens=tokens,
+        affinity=affinity,
+        item_ids=item_ids,
+        item_topic=item_topic,
+        item_quality=item_quality,
+        item_creator=item_creator,
+        item_upload_us=upload,
+        models=tuple(models),
+        live_version=live.version,
+        ranked_rate_by_topic=ranked_by_t,
+        exploration_rate_by_topic=exp_by_t,
         lift_by_topic=ranked_by_t / np.maximum(exp_by_t, 1e-12) - 1.0,
-        ranked_rate=rr, exploration_rate=er, lift=rr / er - 1.0, n_slots=n_slots,
-        n_impressions_logged=imp.num_rows, counts=counts)
+        ranked_rate=rr,
+        exploration_rate=er,
+        lift=rr / er - 1.0,
+        n_slots=n_slots,
+        n_impressions_logged=imp.num_rows,
+        counts=counts,
+    )
 
 
 @dataclass(frozen=True)
@@ -479,9 +647,16 @@ class BanditWorld:
     mu plus fixed noise of scale ``q_noise`` (0 = perfect model). The true target value is exact.
     """
 
-    def __init__(self, n_contexts: int = 50, n_actions: int = 10, seed: int = 0,
-                 temp_log: float = 0.5, temp_target: float = 0.15, floor: float = 0.2,
-                 q_noise: float = 0.03) -> None:
+    def __init__(
+        self,
+        n_contexts: int = 50,
+        n_actions: int = 10,
+        seed: int = 0,
+        temp_log: float = 0.5,
+        temp_target: float = 0.15,
+        floor: float = 0.2,
+        q_noise: float = 0.03,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.mu = _sigmoid(rng.normal(-1.0, 1.0, (n_contexts, n_actions)))
         self.q = np.clip(self.mu + rng.normal(0, q_noise, self.mu.shape), 0, 1)
@@ -501,7 +676,11 @@ class BanditWorld:
         cdf = np.cumsum(self.log_policy[x], axis=1)
         a = np.minimum((rng.random(n)[:, None] > cdf).sum(axis=1), na - 1)
         r = (rng.random(n) < self.mu[x, a]).astype(np.float64)
-        return BanditLog(r=r, p=self.log_policy[x, a], pi=self.target_policy[x, a],
-                         q_logged=self.q[x, a],
-                         q_target=(self.target_policy[x] * self.q[x]).sum(axis=1),
-                         true_value=self.true_value)
+        return BanditLog(
+            r=r,
+            p=self.log_policy[x, a],
+            pi=self.target_policy[x, a],
+            q_logged=self.q[x, a],
+            q_target=(self.target_policy[x] * self.q[x]).sum(axis=1),
+            true_value=self.true_value,
+        )

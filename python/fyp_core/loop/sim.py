@@ -4,7 +4,6 @@ outcomes from the world's true engagement model. Role in DESIGN §7: step 1 of e
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
