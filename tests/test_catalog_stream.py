@@ -156,3 +156,40 @@ def test_the_host_applies_other_hosts_uploads_in_the_background(server, world) -
         assert lag < 1.0, f"upload on A servable on B after {lag:.2f} s"
         text = client.get("/metrics").text
         assert "fyp_catalog_applied_total 1.0" in text
+
+
+def test_real_hosts_share_uploads_over_redis(server, world) -> None:
+    """Two `fyp-core serve` processes on one Redis namespace: an upload sent to A over HTTP is
+    applied by B's background sync (its /metrics counts it) within a second."""
+    import time
+
+    import httpx
+    from _serve_proc import ServeProcess
+
+    ns = uuid.uuid4().hex[:12]
+    extra = ["--redis-url", server.url, "--redis-namespace", ns]
+    a, b = ServeProcess(extra), ServeProcess(extra)
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        body = {"item_id": 9_000_000_001, "embedding": [0.1] * 64, "topic": 3, "creator": 7}
+        with httpx.Client(timeout=10.0) as c:
+            assert c.post(f"{a.base}/upload", json=body).status_code == 200, a.output()
+            t0 = time.monotonic()
+            applied = ""
+            while time.monotonic() - t0 < 5:
+                text = c.get(f"{b.base}/metrics").text
+                applied = next(
+                    (ln for ln in text.splitlines() if ln.startswith("fyp_catalog_applied_total")),
+                    "",
+                )
+                if applied.endswith(" 1.0"):
+                    break
+                time.sleep(0.05)
+            lag = time.monotonic() - t0
+        assert applied.endswith(" 1.0"), applied
+        assert lag < 1.0, f"upload on A applied on B after {lag:.2f} s"
+    finally:
+        for p in (a, b):
+            p.signal()
+            p.wait()

@@ -121,6 +121,8 @@ def build_pipeline(source: Any, args: argparse.Namespace, log_dir: str | None) -
             "task_weights": [1.0, 0.5, 1.0, 1.0, 0.3, 0.02],
         },
         user_token_key=b"demo-token-key-not-secret",
+        redis_url=getattr(args, "redis_url", None),
+        redis_namespace=getattr(args, "redis_namespace", "default"),
     )
     bar = _Progress("loading feature store", cat.n_items)
     apply_catalogue(pipe, cat, index=False, batch=200_000, progress=bar.update)
@@ -353,6 +355,19 @@ def add_serve_arguments(v: argparse.ArgumentParser) -> None:
         help="uvicorn and host log level (default warning)",
     )
     v.add_argument("--access-log", action="store_true", help="log one line per request")
+    v.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="share the online feature tier and the catalogue with every host on this Redis "
+        "(redis://host:port/db); uploads on one host reach the others (docs/redis.md)",
+    )
+    v.add_argument(
+        "--redis-namespace",
+        default="default",
+        metavar="NS",
+        help="key prefix separating deployments on one Redis (default 'default')",
+    )
 
 
 def check_args(args: argparse.Namespace, command: str) -> None:
