@@ -175,3 +175,25 @@ def test_config_updates_are_atomic_under_threads(world):
         pipe.update_config({"candidates": 10**12})
     with pytest.raises(ValueError, match="unknown config key"):
         pipe.update_config({"explore": 0.1})
+
+
+def test_training_labels_use_the_analytics_attribution_window(world, tmp_path):
+    from fyp_core import analytics
+    from fyp_core import features as fs
+    from fyp_core.catalog import Catalogue
+
+    pipe = build(world, log_dir=tmp_path)
+    r = pipe.feed("u-late", "r-late", n=4, now=NOW)
+    pipe.engage(r.impression_ids[0], watched_seconds=9.0, completed=True, now=NOW + 60)
+    pipe.engage(r.impression_ids[1], watched_seconds=9.0, completed=True, now=NOW + 30 * 3600)
+    pipe.close()
+    train = fs.training_set(
+        tmp_path, Catalogue.from_world(world), user_token_key=KEY, history_len=50, window_hours=24.0
+    )
+    got = dict(zip(train["impression_id"].to_pylist(), train["completed"].to_pylist()))
+    assert got[r.impression_ids[0]] and not got[r.impression_ids[1]]  # 30 h is late
+    sql = analytics.impression_outcomes(str(tmp_path), window_hours=24.0).to_pylist()
+    want = {row["impression_id"]: row["completed"] for row in sql}
+    assert {i: got[i] for i in r.impression_ids} == {i: want[i] for i in r.impression_ids}
+    with pytest.raises(ValueError, match="window_hours"):
+        fs.training_set(tmp_path, Catalogue.from_world(world), user_token_key=KEY, window_hours=0)

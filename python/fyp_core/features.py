@@ -97,6 +97,7 @@ def training_set(
     request_ids: Sequence[str] | None = None,
     labels: bool = True,
     batches: Mapping[str, Any] | None = None,
+    window_hours: float = 24.0,
 ) -> pa.Table:
     """Point-in-time training rows replayed from the event log at ``logdir``.
 
@@ -111,6 +112,8 @@ def training_set(
     ``user_ids``/``user_embeddings``/``creator_ids``/``creator_authority``): the snapshots the
     pipeline switched to while serving (``FeedPipeline.load_batch``); the changelog names each
     by version and checksum, and the replay refuses a missing or different one.
+    ``window_hours``: the label attribution window, the analytics' rule and default (an
+    engagement counts when it arrives within this many hours of its impression).
 
     Returns one row per served item of every logged request: ``request_id``, ``ts``,
     ``user_token``, ``item_id``, ``position``, ``impression_id``, ``features`` (list<float32>,
@@ -118,6 +121,8 @@ def training_set(
     with ``labels``, the engagement labels ``completed, liked, shared, followed`` (bool) and
     ``watched_seconds``.
     """
+    if not (np.isfinite(window_hours) and window_hours > 0):
+        raise ValueError(f"window_hours must be a positive number of hours, got {window_hours}")
     files = _files(logdir, "feature_events")
     if not files:
         raise FileNotFoundError(
@@ -168,7 +173,7 @@ def training_set(
         }
     )
     if labels:
-        table = _join_labels(table, logdir)
+        table = _join_labels(table, logdir, window_hours)
     meta = {
         # one encoding with the served log (the event log writes a JSON list)
         "fyp.feature_names": json.dumps(list(out["feature_names"])),
@@ -179,7 +184,11 @@ def training_set(
     return table.replace_schema_metadata(meta)
 
 
-def _join_labels(table: pa.Table, logdir: str | os.PathLike[str]) -> pa.Table:
+def _join_labels(table: pa.Table, logdir: str | os.PathLike[str], window_hours: float) -> pa.Table:
+    """Engagement labels with the analytics' attribution rule (the `eng`/`outcomes` views of
+    ``analytics/queries/views.sql``): a flag counts when its first engagement row arrives within
+    ``window_hours`` of the impression, ``watched_seconds`` sums the impression's rows when its
+    first row is within the window. Read from the (never sampled) engagements table."""
     files = _files(logdir, "engagements")
     n = table.num_rows
     if not files or n == 0:
@@ -189,13 +198,31 @@ def _join_labels(table: pa.Table, logdir: str | os.PathLike[str]) -> pa.Table:
             table = table.append_column(k, v)
         return table
     eng = pa.concat_tables([pq.read_table(f) for f in files])
-    agg = eng.group_by("impression_id").aggregate([(k, "max") for k in LABELS])
-    # vectorised lookup (pyarrow's hash join cannot carry the list column along)
+    t_us = pc.cast(eng.column("ts"), pa.int64())
+    cols = {
+        "impression_id": eng.column("impression_id"),
+        "t": t_us,
+        "watched_seconds": eng.column("watched_seconds"),
+    }
+    for k in LABELS[:-1]:
+        cols[f"t_{k}"] = pc.if_else(eng.column(k), t_us, pa.scalar(None, pa.int64()))
+    agg = (
+        pa.table(cols)
+        .group_by("impression_id")
+        .aggregate(
+            [("t", "min"), ("watched_seconds", "sum")] + [(f"t_{k}", "min") for k in LABELS[:-1]]
+        )
+    )
     at = pc.index_in(table.column("impression_id"), value_set=agg.column("impression_id"))
-    for k in LABELS:
-        col = agg.column(f"{k}_max").take(at)
-        fill = 0.0 if k == "watched_seconds" else False
-        table = table.append_column(k, col.fill_null(fill))
+    deadline = pc.add(pc.cast(table.column("ts"), pa.int64()), int(window_hours * 3600e6))
+    for k in LABELS[:-1]:
+        first = agg.column(f"t_{k}_min").take(at)
+        table = table.append_column(k, pc.less_equal(first, deadline).fill_null(False))
+    in_window = pc.less_equal(agg.column("t_min").take(at), deadline).fill_null(False)
+    watched = pc.cast(agg.column("watched_seconds_sum").take(at), pa.float32())
+    table = table.append_column(
+        "watched_seconds", pc.if_else(in_window, watched, pa.scalar(0.0, pa.float32()))
+    )
     return table
 
 
