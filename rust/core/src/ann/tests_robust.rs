@@ -95,7 +95,8 @@ fn churn_keeps_fresh_build_recall_memory_and_reachability() {
     }
     // Removed for good: the last round's first 1000 ids.
     let gone: HashSet<u64> = removed_now[..1000].iter().copied().collect();
-    let gone_v: Vec<u64> = gone.iter().copied().collect();
+    let mut gone_v: Vec<u64> = gone.iter().copied().collect();
+    gone_v.sort_unstable();
     churned.remove(&gone_v).unwrap();
     fresh.remove(&gone_v).unwrap();
     churned.consolidate();
