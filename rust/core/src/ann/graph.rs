@@ -373,7 +373,7 @@ impl Graph {
     /// to `d` goes last and only if there is room left. `u` keeps every other link, so its degree does not shrink with churn and no
     /// node that was reachable through `u` is stranded. Other in-links to `d` stay: the
     /// tombstone keeps its vector and links as a waypoint (never a result) until the heuristic
-    /// prunes it away or `rebuild()` drops it.
+    /// prunes it away or `consolidate` (churn.rs) frees it.
     pub(crate) fn repair(&self, d: u32) {
         let level = self.store.level(d);
         let mut dn = [0u32; BUF];
