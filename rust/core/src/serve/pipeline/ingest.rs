@@ -210,13 +210,6 @@ impl Pipeline {
         max_ts(&self.freshness.last_rt, now);
         max_ts(&self.freshness.last_nrt, now);
         if self.log.is_some() {
-            let mut ev = self.feature_event(FeatureEventKind::Engagement, micros(now));
-            ev.request_id = impression_id.to_owned();
-            ev.user_token = imp.user_token.clone();
-            ev.item_ids = vec![imp.item_id];
-            ev.watched_frac = frac;
-            ev.completed = completed;
-            ev.liked = liked;
             let eng = elog::Engagement {
                 impression_id: impression_id.to_owned(),
                 ts_us: micros(now),
@@ -227,12 +220,24 @@ impl Pipeline {
                 shared,
                 followed,
             };
-            self.submit(vec![
-                elog::Record::FeatureEvent(ev),
-                elog::Record::Engagement(eng),
-            ]);
+            self.log_engagement(eng, imp.item_id, frac);
         }
         Ok(())
+    }
+
+    /// The engagement row and its feature changelog event, in one submission.
+    fn log_engagement(&self, eng: elog::Engagement, item_id: u64, watched_frac: f32) {
+        let mut ev = self.feature_event(FeatureEventKind::Engagement, eng.ts_us);
+        ev.request_id = eng.impression_id.clone();
+        ev.user_token = eng.user_token.clone();
+        ev.item_ids = vec![item_id];
+        ev.watched_frac = watched_frac;
+        ev.completed = eng.completed;
+        ev.liked = eng.liked;
+        self.submit(vec![
+            elog::Record::FeatureEvent(ev),
+            elog::Record::Engagement(eng),
+        ]);
     }
 
     /// The engagement in the shared tier: the user's history and the item/topic windows.
