@@ -137,7 +137,7 @@ impl Pipeline {
             let user = self.score_user(&req, &items, shared_user)?;
             t.lap(Stage::Scorer);
             let cands = self.candidates(&self.source_context(&req, &items, &user))?;
-            let pins = self.draw_pins(&req, &items);
+            let pins = self.draw_pins(&req, &items)?;
             let rows = Rows::gather(&items, cands, &pins);
             t.lap(Stage::Candidates);
             (user, rows, pins)
@@ -282,12 +282,11 @@ impl Pipeline {
     /// Stage 2b: exploration slots, carved first as a pure function of the request key; each
     /// shows an item drawn uniformly from those admissible under the policy's caps given the
     /// items pinned before it.
-    fn draw_pins(&self, req: &Request<'_>, items: &Items) -> Pins {
+    fn draw_pins(&self, req: &Request<'_>, items: &Items) -> Result<Pins> {
         let split = &req.serving.split;
         let slot_ids: Vec<i64> = (0..req.n as i64).collect();
-        let explore = split
-            .assign_batch(Keys::One(&req.token), Keys::One(req.request_id), &slot_ids)
-            .unwrap_or_default();
+        let explore =
+            split.assign_batch(Keys::One(&req.token), Keys::One(req.request_id), &slot_ids)?;
         let caps = self.reranker.pinned_caps();
         let blocked: Vec<u32> = caps
             .blocked_categories()
@@ -312,7 +311,7 @@ impl Pipeline {
                 });
             }
         }
-        pins
+        Ok(pins)
     }
 
     /// Stage 3: near-real-time counts for every row in one read (the shared tier's, fetched
