@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -720,16 +721,22 @@ def test_cli_serve_catalogue_answers_feed_from_the_catalogue(catdir, monkeypatch
     c = load_catalogue(catdir)
     answers = {}
 
-    def fake_run(app, host, port, log_level):
-        client = TestClient(app)
+    def fake_run(self, sockets=None):
+        client = TestClient(self.config.app)
         r = client.post("/feed", json={"user_id": c.user_ids[3], "request_id": "q1", "n": 10})
         answers["feed"] = r
         answers["health"] = client.get("/healthz").json()
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    # the host serves on the socket it bound itself (uvicorn.Server(...).run(sockets=...))
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     rc = main(
         [
             "serve",
+            "--port",
+            port,
             "--catalogue",
             str(catdir),
             "--candidates",
