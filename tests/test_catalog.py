@@ -7,7 +7,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.testclient import TestClient
 
 from fyp_core import HnswIndex
 from fyp_core.catalog import (
@@ -715,47 +713,27 @@ def test_catalogue_pipeline_serves_like_the_world_pipeline(world, catdir) -> Non
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_serve_catalogue_answers_feed_from_the_catalogue(catdir, monkeypatch, capsys) -> None:
-    import uvicorn
+def test_cli_serve_catalogue_answers_feed_from_the_catalogue(catdir) -> None:
+    """`fyp-core serve --catalogue DIR` as a user runs it: a real process on a free port."""
+    import httpx
+    from _serve_proc import ServeProcess
 
     c = load_catalogue(catdir)
-    answers = {}
-
-    def fake_run(self, sockets=None):
-        client = TestClient(self.config.app)
-        r = client.post("/feed", json={"user_id": c.user_ids[3], "request_id": "q1", "n": 10})
-        answers["feed"] = r
-        answers["health"] = client.get("/healthz").json()
-
-    # the host serves on the socket it bound itself (uvicorn.Server(...).run(sockets=...))
-    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    rc = main(
-        [
-            "serve",
-            "--port",
-            port,
-            "--catalogue",
-            str(catdir),
-            "--candidates",
-            "200",
-            "--ef",
-            "200",
-            "--ef-construction",
-            "32",
-            "--items",
-            "999999999",
-        ]
-    )
-    assert rc == 0
-    r = answers["feed"]
-    assert r.status_code == 200, r.text
-    ids = [s["item_id"] for s in r.json()["slots"]]
-    assert len(ids) == 10 and set(ids) <= set(c.item_ids.tolist())
-    assert answers["health"]["items"] == c.n_items  # --items ignored with --catalogue
-    assert "loaded catalogue" in capsys.readouterr().err
+    srv = ServeProcess(["--catalogue", str(catdir), "--ef", "200"])
+    try:
+        srv.wait_ready()
+        body = {"user_id": c.user_ids[3], "request_id": "q1", "n": 10}
+        with httpx.Client(timeout=30.0) as client:
+            r = client.post(f"{srv.base}/feed", json=body)
+            health = client.get(f"{srv.base}/healthz").json()
+        assert r.status_code == 200, r.text
+        ids = [s["item_id"] for s in r.json()["slots"]]
+        assert len(ids) == 10 and set(ids) <= set(c.item_ids.tolist())
+        assert health["items"] == c.n_items  # --items ignored with --catalogue
+    finally:
+        srv.signal()
+        srv.wait()
+    assert "loaded catalogue" in srv.output()
 
 
 def test_cli_serve_bad_catalogue_is_a_message(tmp_path, capsys) -> None:
