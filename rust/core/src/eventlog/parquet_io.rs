@@ -502,13 +502,25 @@ pub fn read_feature_events(path: &Path) -> Result<Vec<super::record::FeatureEven
 
 #[cfg(test)]
 mod tests {
+
+    /// Removes a test directory; only "it was not there" is expected and passed over.
+    fn clear(d: &std::path::Path) {
+        if let Err(e) = fs::remove_dir_all(d) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::NotFound,
+                "{}: {e}",
+                d.display()
+            );
+        }
+    }
     use super::*;
     use crate::eventlog::record::tests::samples;
 
     #[test]
     fn every_table_writes_and_keys_read_back() {
         let d = std::env::temp_dir().join(format!("fyp-pq-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        clear(&d);
         let tasks: Vec<String> = super::super::schema::DEFAULT_TASKS
             .iter()
             .map(|s| s.to_string())
@@ -535,6 +547,6 @@ mod tests {
         assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
         // rows of another table are refused
         assert!(to_batch(Table::Requests, &samples()[..1], &tasks).is_err());
-        let _ = fs::remove_dir_all(&d);
+        fs::remove_dir_all(&d).unwrap();
     }
 }

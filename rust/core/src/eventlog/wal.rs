@@ -453,12 +453,24 @@ pub fn remove_segment(io: &FsIo, path: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Removes a test directory; only "it was not there" is expected and passed over.
+    fn clear(d: &std::path::Path) {
+        if let Err(e) = fs::remove_dir_all(d) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::NotFound,
+                "{}: {e}",
+                d.display()
+            );
+        }
+    }
     use super::*;
     use crate::eventlog::record::tests::samples;
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("fyp-wal-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        clear(&d);
         fs::create_dir_all(&d).unwrap();
         d
     }
@@ -503,7 +515,7 @@ mod tests {
             .rows
             .len();
         assert_eq!(mid, rows.len());
-        let _ = fs::remove_dir_all(&d);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -513,7 +525,7 @@ mod tests {
         assert!(matches!(lock_dir(&d), Err(Error::InvalidArgument(_))));
         drop(a);
         assert!(lock_dir(&d).is_ok());
-        let _ = fs::remove_dir_all(&d);
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -532,6 +544,6 @@ mod tests {
         assert_eq!(sealed[0].end, (HEADER + buf.len()) as u64);
         remove_segment(&FsIo::default(), &sealed[0].path).unwrap();
         assert_eq!(list_segments(&d).unwrap(), vec![w.path()]);
-        let _ = fs::remove_dir_all(&d);
+        fs::remove_dir_all(&d).unwrap();
     }
 }

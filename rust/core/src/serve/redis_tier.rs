@@ -500,7 +500,7 @@ impl RedisTier {
         for (family, keys) in reqs {
             for key in *keys {
                 rkey.clear();
-                let _ = write!(rkey, "{}{family}:{key}", self.prefix);
+                push_fmt(&mut rkey, format_args!("{}{family}:{key}", self.prefix));
                 packed.extend_from_slice(&head);
                 resp_bulk(&mut packed, rkey.as_bytes());
                 packed.extend_from_slice(&tail);
@@ -784,7 +784,15 @@ fn resp_bulk(out: &mut Vec<u8>, b: &[u8]) {
 /// 3600.0 -> `3600`, 0.5 -> `0.5`).
 fn field_name(out: &mut String, width: f64, bucket: i64, kind: usize) {
     out.clear();
-    let _ = write!(out, "{width}:{bucket}:{kind}");
+    push_fmt(out, format_args!("{width}:{bucket}:{kind}"));
+}
+
+/// Appends formatted text to a `String` without allocating a new one. `String`'s `fmt::Write`
+/// never returns an error (it only grows the buffer), so there is no failure to refuse or
+/// count here; the `Display` impls formatted are std's for numbers and `str`.
+fn push_fmt(out: &mut String, args: std::fmt::Arguments<'_>) {
+    let written = out.write_fmt(args);
+    debug_assert!(written.is_ok(), "fmt::Write for String is infallible");
 }
 
 /// TTL of a counter hash: twice the widest window (whole seconds, at least 1). A key with no

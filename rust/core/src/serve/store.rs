@@ -195,14 +195,18 @@ impl Items {
     pub fn upload_ts(&self, slot: usize) -> f64 {
         self.upload_ts[slot]
     }
-    /// Records that the item reached a candidate set at `now` (only the first time counts).
-    pub fn mark_candidate(&self, slot: usize, now: f64) {
-        let _ = self.first_candidate[slot].compare_exchange(
-            0,
-            now.to_bits().max(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+    /// Records that the item reached a candidate set at `now`; only the first time counts, so
+    /// it returns whether this call was the first (a later one leaves the time unchanged: that
+    /// is the rule, not a failure).
+    pub fn mark_candidate(&self, slot: usize, now: f64) -> bool {
+        self.first_candidate[slot]
+            .compare_exchange(
+                0,
+                now.to_bits().max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// When the item first reached a candidate set, if it has.
