@@ -100,6 +100,36 @@ fn py_feature_set_version(dim: usize) -> String {
     feature_set_version(dim)
 }
 
+/// The batch snapshots a changelog may switch to (`training_set(batches=...)`): dicts with a
+/// `version` and the batch arrays, keyed like the pipeline (by the users' HMAC tokens).
+fn batch_snapshots(
+    batches: Vec<Bound<'_, PyDict>>,
+    dim: usize,
+    tokens: &UserTokenizer,
+) -> PyResult<Vec<BatchTier>> {
+    batches
+        .iter()
+        .map(|b| {
+            let get = |k: &str| b.get_item(k).ok().flatten().filter(|v| !v.is_none());
+            let version: String = get("version")
+                .ok_or_else(|| PyValueError::new_err("each batch needs a 'version'"))?
+                .extract()?;
+            let (u, ue) = (get("user_ids"), get("user_embeddings"));
+            let (c, ca) = (get("creator_ids"), get("creator_authority"));
+            batch_from_py(
+                &version,
+                0.0,
+                dim,
+                u.as_ref(),
+                ue.as_ref(),
+                c.as_ref(),
+                ca.as_ref(),
+                |u| UserStore::key_of_token(&tokens.token(u)),
+            )
+        })
+        .collect()
+}
+
 /// Replays `feature_events` files through the serving feature definitions (see
 /// `fyp_core.features.training_set`, which calls this). Returns a dict of numpy arrays.
 #[pyfunction]
@@ -149,30 +179,7 @@ fn replay_features<'py>(
         creator_authority,
         |u| UserStore::key_of_token(&tokens.token(u)),
     )?;
-    // snapshots the changelog may switch to: dicts of version + the batch arrays
-    let mut snapshots = Vec::new();
-    for b in batches.unwrap_or_default() {
-        let get = |k: &str| b.get_item(k).ok().flatten().filter(|v| !v.is_none());
-        let version: String = get("version")
-            .ok_or_else(|| PyValueError::new_err("each batch needs a 'version'"))?
-            .extract()?;
-        let (u, ue, c, ca) = (
-            get("user_ids"),
-            get("user_embeddings"),
-            get("creator_ids"),
-            get("creator_authority"),
-        );
-        snapshots.push(batch_from_py(
-            &version,
-            0.0,
-            dim,
-            u.as_ref(),
-            ue.as_ref(),
-            c.as_ref(),
-            ca.as_ref(),
-            |u| UserStore::key_of_token(&tokens.token(u)),
-        )?);
-    }
+    let snapshots = batch_snapshots(batches.unwrap_or_default(), dim, &tokens)?;
     let wanted: Option<HashSet<String>> = request_ids
         .filter(|r| !r.is_none())
         .map(|r| str_list(r, "request_ids").map(|v| v.into_iter().collect()))

@@ -3,7 +3,8 @@
 //! cap among themselves. The mixer draws each exploration item from the items still admissible
 //! given the ones pinned before it (`FullKeys`), and logs that conditional propensity.
 
-use super::reranker::{Pinned, Reranker};
+use super::reranker::{Compiled, Pinned, Reranker};
+use std::sync::Arc;
 
 /// Topics, creators and categories whose cap is already full for the next pinned item.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -26,15 +27,9 @@ impl FullKeys {
     }
 }
 
-/// A snapshot of the policy's caps, for drawing pinned items.
-pub struct PinnedCaps {
-    window: usize,
-    topic_cap: u32,
-    creator_cap: u32,
-    blocked: Vec<u64>,
-    cap_keys: Vec<u64>,
-    cap_limits: Vec<u32>,
-}
+/// A snapshot of the policy's caps (the compiled policy itself, shared), for drawing pinned
+/// items.
+pub struct PinnedCaps(Arc<Compiled>);
 
 fn full_of(keys: impl Iterator<Item = u64>, cap: impl Fn(u64) -> Option<u32>) -> Vec<u64> {
     let mut all: Vec<u64> = keys.collect();
@@ -52,34 +47,17 @@ fn full_of(keys: impl Iterator<Item = u64>, cap: impl Fn(u64) -> Option<u32>) ->
 }
 
 impl PinnedCaps {
-    pub(super) fn new(
-        window: usize,
-        topic_cap: u32,
-        creator_cap: u32,
-        blocked: Vec<u64>,
-        cap_keys: Vec<u64>,
-        cap_limits: Vec<u32>,
-    ) -> Self {
-        PinnedCaps {
-            window,
-            topic_cap,
-            creator_cap,
-            blocked,
-            cap_keys,
-            cap_limits,
-        }
-    }
-
     /// Blocked categories, sorted (never shown, pinned or not).
     pub fn blocked_categories(&self) -> &[u64] {
-        &self.blocked
+        &self.0.blocked
     }
 
     /// The keys whose cap the items pinned before `position` fill in the window ending at
     /// `position`. Pinned items are drawn left to right, so this window holds every earlier
     /// pinned item that shares a window with `position`.
     pub fn full(&self, pinned: &[Pinned], position: usize) -> FullKeys {
-        let lo = (position + 1).saturating_sub(self.window);
+        let c = &self.0;
+        let lo = (position + 1).saturating_sub(c.policy.window);
         let near: Vec<&Pinned> = pinned
             .iter()
             .filter(|p| p.position >= lo && p.position < position)
@@ -89,13 +67,10 @@ impl PinnedCaps {
         }
         let fixed = |c: u32| move |_: u64| (c != u32::MAX).then_some(c);
         FullKeys {
-            topics: full_of(near.iter().map(|p| p.topic), fixed(self.topic_cap)),
-            creators: full_of(near.iter().map(|p| p.creator), fixed(self.creator_cap)),
+            topics: full_of(near.iter().map(|p| p.topic), fixed(c.topic_cap)),
+            creators: full_of(near.iter().map(|p| p.creator), fixed(c.creator_cap)),
             categories: full_of(near.iter().map(|p| p.category), |k| {
-                self.cap_keys
-                    .binary_search(&k)
-                    .ok()
-                    .map(|i| self.cap_limits[i])
+                c.cap_keys.binary_search(&k).ok().map(|i| c.cap_limits[i].0)
             }),
         }
     }
@@ -104,12 +79,13 @@ impl PinnedCaps {
 impl Reranker {
     /// The current policy's caps, for drawing pinned items that respect them.
     pub fn pinned_caps(&self) -> PinnedCaps {
-        self.compiled_caps()
+        PinnedCaps(self.compiled())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::policy::{CategoryCap, Policy};
     use super::*;
 
     fn pin(position: usize, topic: u64, creator: u64) -> Pinned {
@@ -124,7 +100,19 @@ mod tests {
 
     #[test]
     fn full_keys_follow_the_window() {
-        let caps = PinnedCaps::new(10, 3, 2, vec![], vec![7], vec![1]);
+        // window 10: topic cap floor(0.3 * 10) = 3, creator cap 2, category 7 capped at 1
+        let policy = Policy {
+            window: 10,
+            max_topic_share: Some(0.3),
+            max_per_creator: Some(2),
+            category_caps: vec![CategoryCap {
+                category: 7,
+                share: 0.1,
+                safety: false,
+            }],
+            ..Policy::default()
+        };
+        let caps = PinnedCaps(Arc::new(Compiled::new(policy).unwrap()));
         let pinned = [pin(0, 1, 5), pin(3, 1, 5), pin(4, 1, 6)];
         let f = caps.full(&pinned, 8);
         assert_eq!(f.creators, vec![5]);

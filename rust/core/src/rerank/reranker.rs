@@ -88,19 +88,19 @@ pub struct RerankOutcome {
 
 /// A validated policy with its lookup tables.
 #[derive(Debug)]
-struct Compiled {
-    policy: Policy,
-    topic_cap: u32,
-    creator_cap: u32,
+pub(super) struct Compiled {
+    pub(super) policy: Policy,
+    pub(super) topic_cap: u32,
+    pub(super) creator_cap: u32,
     /// Sorted blocked categories.
-    blocked: Vec<u64>,
+    pub(super) blocked: Vec<u64>,
     /// Capped categories, sorted, and their (count per window, safety) by the same index.
-    cap_keys: Vec<u64>,
-    cap_limits: Vec<(u32, bool)>,
+    pub(super) cap_keys: Vec<u64>,
+    pub(super) cap_limits: Vec<(u32, bool)>,
 }
 
 impl Compiled {
-    fn new(policy: Policy) -> Result<Self> {
+    pub(super) fn new(policy: Policy) -> Result<Self> {
         policy.validate()?;
         let w = policy.window;
         let sat = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
@@ -141,19 +141,12 @@ impl Reranker {
         })
     }
 
-    /// A copy of the current policy.
-    pub(super) fn compiled_caps(&self) -> super::pinned::PinnedCaps {
-        let c = self.current.read().clone();
-        super::pinned::PinnedCaps::new(
-            c.policy.window,
-            c.topic_cap,
-            c.creator_cap,
-            c.blocked.clone(),
-            c.cap_keys.clone(),
-            c.cap_limits.iter().map(|l| l.0).collect(),
-        )
+    /// The current compiled policy (a snapshot: a later `set_policy` does not change it).
+    pub(super) fn compiled(&self) -> Arc<Compiled> {
+        self.current.read().clone()
     }
 
+    /// A copy of the current policy.
     pub fn policy(&self) -> Policy {
         self.current.read().policy.clone()
     }

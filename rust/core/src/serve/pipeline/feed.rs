@@ -523,12 +523,14 @@ impl Pipeline {
             }
         }
         let served: Vec<u64> = resp.slots.iter().map(|s| s.item_id).collect();
-        let events: Vec<(u64, u32, [u32; ITEM_KINDS])> = resp
-            .slots
-            .iter()
-            .map(|s| (s.item_id, s.topic, [1, 0, 0]))
-            .collect();
-        self.shared_events(&events, req.now);
+        if self.shared.is_some() {
+            let events: Vec<(u64, u32, [u32; ITEM_KINDS])> = resp
+                .slots
+                .iter()
+                .map(|s| (s.item_id, s.topic, [1, 0, 0]))
+                .collect();
+            self.shared_events(&events, req.now);
+        }
         for &id in &served {
             if self.items.record(id, req.now, true, false, false).is_err() {
                 // taken down while the request ran

@@ -90,7 +90,7 @@ impl Pipeline {
                 .collect();
             self.submit(rows);
         }
-        if publish {
+        if publish && self.shared.is_some() {
             self.publish_changes(Self::upload_changes(infos, embeddings, dim));
         }
         Ok(())

@@ -20,6 +20,7 @@ fn experiments_json(split: &TrafficSplit, user_token: &str) -> String {
 fn score_row(
     r: &FeedResponse,
     i: usize,
+    ts_us: i64,
     version: &str,
     is_shadow: bool,
     value: f32,
@@ -28,7 +29,7 @@ fn score_row(
     let s = &r.slots[i];
     RankerScore {
         impression_id: s.impression_id.clone(),
-        ts_us: 0,
+        ts_us,
         model_version: version.to_owned(),
         is_shadow,
         value_score: value,
@@ -86,16 +87,20 @@ pub(super) fn request_records(
             });
         }
         let live = &r.predictions[i * tasks..(i + 1) * tasks];
-        out.scores
-            .push(score_row(r, i, &r.model_version, false, s.value, live));
+        out.scores.push(score_row(
+            r,
+            i,
+            ts_us,
+            &r.model_version,
+            false,
+            s.value,
+            live,
+        ));
         for sh in &r.shadows {
             let p = &sh.predictions[i * tasks..(i + 1) * tasks];
             out.scores
-                .push(score_row(r, i, &sh.version, true, sh.values[i], p));
+                .push(score_row(r, i, ts_us, &sh.version, true, sh.values[i], p));
         }
-    }
-    for sc in &mut out.scores {
-        sc.ts_us = ts_us;
     }
     out.request = Some(RequestRow {
         request_id: r.request_id.clone(),

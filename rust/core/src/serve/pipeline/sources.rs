@@ -176,13 +176,20 @@ impl CandidateSource for PopularSource<'_> {
     fn fetch(
         &self,
         ctx: &SourceContext<'_>,
-        _budget: usize,
-        _taken: &(dyn Fn(u64) -> bool + Sync),
+        budget: usize,
+        taken: &(dyn Fn(u64) -> bool + Sync),
     ) -> Result<Vec<usize>> {
         let ids = self
             .cache
             .get(ctx.items, ctx.now, self.sample, self.refresh_s);
-        Ok(ids.iter().filter_map(|&id| ctx.items.slot_of(id)).collect())
+        // walk the list only as far as the budget needs (usually a few dozen of 2000)
+        Ok(ids
+            .iter()
+            .filter(|&&id| !ctx.seen.contains(&id) && !taken(id))
+            .filter_map(|&id| ctx.items.slot_of(id))
+            .filter(|&s| ctx.items.is_live(s))
+            .take(budget)
+            .collect())
     }
 }
 
