@@ -200,6 +200,16 @@ fn replay_features<'py>(
             .collect();
         Ok((r.run(&events, &emit)?, events))
     })?;
+    rows_dict(py, rows, &events, dim)
+}
+
+/// The replayed rows as the dict `training_set` reads (numpy arrays and lists).
+fn rows_dict<'py>(
+    py: Python<'py>,
+    rows: fyp_core::serve::replay::ReplayRows,
+    events: &[fyp_core::eventlog::FeatureEvent],
+    dim: usize,
+) -> PyResult<Bound<'py, PyDict>> {
     let n = rows.item_id.len();
     let d = PyDict::new(py);
     let feats = numpy::ndarray::Array2::from_shape_vec((n, rows.width), rows.features)
