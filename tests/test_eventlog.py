@@ -17,7 +17,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fyp_core import EventLog, UserTokenizer, user_token
+from fyp_core import EventLog, UserTokenizer, eventlog, user_token
 
 KEY = b"k" * 32
 TOK = user_token(KEY, "alice")
@@ -152,6 +152,8 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
             assert kv[b"fyp.schema_version"] == b"1"
             assert kv[b"fyp.table"] == table.encode()
             assert md.row_group(0).column(0).compression == "ZSTD"
+            # the files hold exactly the declared schema (fyp_core.eventlog)
+            assert pq.read_schema(f).remove_metadata().equals(eventlog.schema(table)), table
     kv = pq.ParquetFile(files(root, "served_features")[0]).metadata.metadata
     assert json.loads(kv[b"fyp.feature_names"]) == feats
     # nothing left in the write-ahead directory after close

@@ -12,6 +12,12 @@ import numpy.typing as npt
 __version__: str
 #: Every table the event log writes, in the Rust schema's order (one source of truth).
 EVENTLOG_TABLES: tuple[str, ...]
+#: The default ranker task set of ``ranker_scores`` (one ``pred_<task>`` column per task).
+EVENTLOG_DEFAULT_TASKS: tuple[str, ...]
+#: The ``fyp.schema_version`` every log file carries.
+EVENTLOG_SCHEMA_VERSION: str
+
+def _eventlog_schema_ipc(table: str, tasks: list[str]) -> bytes: ...
 
 _StrArg = Union[str, Sequence[str], npt.NDArray[np.str_], npt.NDArray[np.object_]]
 _IntArg = Union[int, Sequence[int], npt.NDArray[np.integer]]

@@ -28,87 +28,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+from fyp_core import eventlog
+from fyp_core.eventlog import SCHEMA_VERSION
+from fyp_core.synth import TASKS as SYNTH_TASKS
+
 TS = pa.timestamp("us", tz="UTC")
-TASKS = ("finish", "like", "share", "follow", "watch_seconds")
+#: The simulators' one task list (``fyp_core.synth.TASKS``): ranker_scores has a column per task.
+TASKS = SYNTH_TASKS
 US_PER_HOUR = 3_600_000_000
 US_PER_DAY = 24 * US_PER_HOUR
 
-SCHEMAS: Dict[str, pa.Schema] = {
-    "impressions": pa.schema(
-        [
-            ("impression_id", pa.string()),
-            ("ts", TS),
-            ("request_id", pa.string()),
-            ("user_token", pa.string()),
-            ("item_id", pa.uint64()),
-            ("position", pa.int32()),
-            ("source", pa.string()),
-            ("propensity", pa.float64()),
-            ("model_version", pa.string()),
-            ("experiments", pa.string()),
-            ("topic", pa.int32()),
-            ("creator_id", pa.uint64()),
-            ("sampled_pct", pa.float64()),
-        ]
-    ),
-    "engagements": pa.schema(
-        [
-            ("impression_id", pa.string()),
-            ("ts", TS),
-            ("user_token", pa.string()),
-            ("watched_seconds", pa.float32()),
-            ("completed", pa.bool_()),
-            ("liked", pa.bool_()),
-            ("shared", pa.bool_()),
-            ("followed", pa.bool_()),
-        ]
-    ),
-    "exploration_events": pa.schema(
-        [
-            ("impression_id", pa.string()),
-            ("ts", TS),
-            ("user_token", pa.string()),
-            ("item_id", pa.uint64()),
-            ("position", pa.int32()),
-            ("topic", pa.int32()),
-            ("propensity", pa.float64()),
-            ("policy", pa.string()),
-        ]
-    ),
-    "ranker_scores": pa.schema(
-        [
-            ("impression_id", pa.string()),
-            ("ts", TS),
-            ("model_version", pa.string()),
-            ("is_shadow", pa.bool_()),
-            ("value_score", pa.float32()),
-        ]
-        + [(f"pred_{t}", pa.float32()) for t in TASKS]
-        + [("sampled_pct", pa.float64())]
-    ),
-    "requests": pa.schema(
-        [
-            ("request_id", pa.string()),
-            ("ts", TS),
-            ("user_token", pa.string()),
-            ("candidate_item_ids", pa.list_(pa.uint64())),
-            ("candidate_scores", pa.list_(pa.float32())),
-            ("served_item_ids", pa.list_(pa.uint64())),
-            ("sampled_pct", pa.float64()),
-        ]
-    ),
-    "served_features": pa.schema(
-        [
-            ("request_id", pa.string()),
-            ("ts", TS),
-            ("item_id", pa.uint64()),
-            ("features", pa.list_(pa.float32())),
-            ("feature_set_version", pa.string()),
-            ("sampled_pct", pa.float64()),
-        ]
-    ),
-}
+#: The tables this simulator writes, with the writer's own schemas (``fyp_core.eventlog``).
+SIM_TABLES = (
+    "impressions",
+    "engagements",
+    "exploration_events",
+    "ranker_scores",
+    "requests",
+    "served_features",
+)
+SCHEMAS: Dict[str, pa.Schema] = {t: eventlog.schema(t, TASKS) for t in SIM_TABLES}
 FEATURE_NAMES = [
     "quality",
     "topic_affinity",
@@ -506,6 +445,7 @@ def generate_log(
             "pred_like": 0.35 * pf,
             "pred_share": 0.06 * pf,
             "pred_follow": 0.03 * pf,
+            "pred_comment": 0.02 * pf,
             "pred_watch_seconds": 2.0 + 30.0 * pf,
         }
         value = preds["pred_finish"] + 2 * preds["pred_like"] + 4 * preds["pred_share"]

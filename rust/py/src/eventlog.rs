@@ -16,7 +16,7 @@ use numpy::PyUntypedArrayMethods;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -669,6 +669,21 @@ fn user_token(key: &[u8], user_id: &str) -> PyResult<String> {
     fyp_core::eventlog::user_token(key, user_id).map_err(to_py)
 }
 
+/// `_eventlog_schema_ipc(table, tasks)`: the Arrow schema of one log table as an Arrow IPC
+/// stream (read by `fyp_core.eventlog.schema`). `tasks` names `ranker_scores`' prediction columns.
+#[pyfunction]
+fn _eventlog_schema_ipc(py: Python<'_>, table: &str, tasks: Vec<String>) -> PyResult<Py<PyBytes>> {
+    let t = Table::from_name(table).ok_or_else(|| {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        PyValueError::new_err(format!(
+            "unknown event-log table {table:?}; the tables are {}",
+            names.join(", ")
+        ))
+    })?;
+    let bytes = fyp_core::eventlog::schema_ipc(t, &tasks).map_err(to_py)?;
+    Ok(PyBytes::new(py, &bytes).unbind())
+}
+
 /// atexit hook: closes every EventLog still open, so queued rows become visible.
 #[pyfunction]
 fn _close_all_event_logs(py: Python<'_>) {
@@ -690,6 +705,13 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEventLog>()?;
     m.add_class::<PyUserTokenizer>()?;
     m.add_function(wrap_pyfunction!(user_token, m)?)?;
+    m.add_function(wrap_pyfunction!(_eventlog_schema_ipc, m)?)?;
+    m.add(
+        "EVENTLOG_SCHEMA_VERSION",
+        fyp_core::eventlog::SCHEMA_VERSION,
+    )?;
+    let tasks: Vec<&str> = fyp_core::eventlog::DEFAULT_TASKS.to_vec();
+    m.add("EVENTLOG_DEFAULT_TASKS", PyTuple::new(m.py(), tasks)?)?;
     // the log's own table list: retention and readers derive theirs from it
     let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
     m.add("EVENTLOG_TABLES", PyTuple::new(m.py(), names)?)?;

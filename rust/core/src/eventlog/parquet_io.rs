@@ -1,16 +1,14 @@
 //! Rows -> Arrow arrays -> one Parquet file, made visible atomically: written under a hidden
 //! `.part-*.tmp` name, fsynced, renamed, directory fsynced. Also reads the dedupe keys of
-//! committed files back for write-ahead replay.
+//! committed files back for write-ahead replay, and whole files for the replay and tests.
 
 use super::fsio::{FsIo, IoFile};
-use super::record::Record;
-use super::schema::{arrow_schema, Table, SCHEMA_VERSION};
+use super::record::{FeatureEvent, Record};
+use super::schema::{Table, SCHEMA_VERSION};
+pub use super::tables::to_batch;
+use super::tables::{from_batch, rows_of};
 use crate::{Error, Result};
-use arrow_array::builder::{Float32Builder, ListBuilder, UInt64Builder};
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray, UInt64Array,
-};
+use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
@@ -20,240 +18,6 @@ use parquet::schema::types::ColumnPath;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-fn strs<'a>(rows: &'a [Record], f: impl Fn(&'a Record) -> &'a str) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
-}
-
-fn ts(rows: &[Record]) -> ArrayRef {
-    Arc::new(
-        TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ts_us()))
-            .with_timezone("UTC"),
-    )
-}
-
-macro_rules! col {
-    ($arr:ty, $rows:expr, $variant:path, |$r:ident| $e:expr) => {
-        Arc::new(<$arr>::from_iter_values($rows.iter().map(|x| match x {
-            $variant($r) => $e,
-            _ => Default::default(),
-        }))) as ArrayRef
-    };
-}
-
-macro_rules! bools {
-    ($rows:expr, $variant:path, |$r:ident| $e:expr) => {
-        Arc::new(BooleanArray::from_iter($rows.iter().map(|x| match x {
-            $variant($r) => Some($e),
-            _ => Some(false),
-        }))) as ArrayRef
-    };
-}
-
-fn u64_lists<'a>(rows: &'a [Record], f: impl Fn(&'a Record) -> &'a [u64]) -> ArrayRef {
-    let mut b = ListBuilder::new(UInt64Builder::new());
-    for r in rows {
-        b.values().append_slice(f(r));
-        b.append(true);
-    }
-    Arc::new(b.finish())
-}
-
-fn f32_lists<'a>(rows: &'a [Record], f: impl Fn(&'a Record) -> &'a [f32]) -> ArrayRef {
-    let mut b = ListBuilder::new(Float32Builder::new());
-    for r in rows {
-        b.values().append_slice(f(r));
-        b.append(true);
-    }
-    Arc::new(b.finish())
-}
-
-/// Builds the Arrow batch of one table. Every row must belong to `table`.
-pub fn to_batch(table: Table, rows: &[Record], tasks: &[String]) -> Result<RecordBatch> {
-    use Record as R;
-    if let Some(r) = rows.iter().find(|r| r.table() != table) {
-        return Err(Error::InvalidArgument(format!(
-            "a {} row was routed to {}",
-            r.table().name(),
-            table.name()
-        )));
-    }
-    let cols: Vec<ArrayRef> = match table {
-        Table::Impressions => vec![
-            strs(rows, |x| match x {
-                R::Impression(r) => &r.impression_id,
-                _ => "",
-            }),
-            ts(rows),
-            strs(rows, |x| match x {
-                R::Impression(r) => &r.request_id,
-                _ => "",
-            }),
-            strs(rows, |x| match x {
-                R::Impression(r) => &r.user_token,
-                _ => "",
-            }),
-            col!(UInt64Array, rows, R::Impression, |r| r.item_id),
-            col!(Int32Array, rows, R::Impression, |r| r.position),
-            strs(rows, |x| match x {
-                R::Impression(r) => r.source.as_str(),
-                _ => "",
-            }),
-            col!(Float64Array, rows, R::Impression, |r| r.propensity),
-            strs(rows, |x| match x {
-                R::Impression(r) => &r.model_version,
-                _ => "",
-            }),
-            strs(rows, |x| match x {
-                R::Impression(r) => &r.experiments,
-                _ => "",
-            }),
-            col!(Int32Array, rows, R::Impression, |r| r.topic),
-            col!(UInt64Array, rows, R::Impression, |r| r.creator_id),
-            col!(Float64Array, rows, R::Impression, |r| r.sampled_pct),
-        ],
-        Table::Engagements => vec![
-            strs(rows, |x| match x {
-                R::Engagement(r) => &r.impression_id,
-                _ => "",
-            }),
-            ts(rows),
-            strs(rows, |x| match x {
-                R::Engagement(r) => &r.user_token,
-                _ => "",
-            }),
-            col!(Float32Array, rows, R::Engagement, |r| r.watched_seconds),
-            bools!(rows, R::Engagement, |r| r.completed),
-            bools!(rows, R::Engagement, |r| r.liked),
-            bools!(rows, R::Engagement, |r| r.shared),
-            bools!(rows, R::Engagement, |r| r.followed),
-        ],
-        Table::ExplorationEvents => vec![
-            strs(rows, |x| match x {
-                R::Exploration(r) => &r.impression_id,
-                _ => "",
-            }),
-            ts(rows),
-            strs(rows, |x| match x {
-                R::Exploration(r) => &r.user_token,
-                _ => "",
-            }),
-            col!(UInt64Array, rows, R::Exploration, |r| r.item_id),
-            col!(Int32Array, rows, R::Exploration, |r| r.position),
-            col!(Int32Array, rows, R::Exploration, |r| r.topic),
-            col!(Float64Array, rows, R::Exploration, |r| r.propensity),
-            strs(rows, |x| match x {
-                R::Exploration(r) => &r.policy,
-                _ => "",
-            }),
-        ],
-        Table::RankerScores => {
-            let mut v = vec![
-                strs(rows, |x| match x {
-                    R::Score(r) => &r.impression_id,
-                    _ => "",
-                }),
-                ts(rows),
-                strs(rows, |x| match x {
-                    R::Score(r) => &r.model_version,
-                    _ => "",
-                }),
-                bools!(rows, R::Score, |r| r.is_shadow),
-                col!(Float32Array, rows, R::Score, |r| r.value_score),
-            ];
-            for t in 0..tasks.len() {
-                v.push(col!(Float32Array, rows, R::Score, |r| r
-                    .preds
-                    .get(t)
-                    .copied()
-                    .unwrap_or(f32::NAN)));
-            }
-            v.push(col!(Float64Array, rows, R::Score, |r| r.sampled_pct));
-            v
-        }
-        Table::Requests => vec![
-            strs(rows, |x| match x {
-                R::Request(r) => &r.request_id,
-                _ => "",
-            }),
-            ts(rows),
-            strs(rows, |x| match x {
-                R::Request(r) => &r.user_token,
-                _ => "",
-            }),
-            u64_lists(rows, |x| match x {
-                R::Request(r) => &r.candidate_item_ids,
-                _ => &[],
-            }),
-            f32_lists(rows, |x| match x {
-                R::Request(r) => &r.candidate_scores,
-                _ => &[],
-            }),
-            u64_lists(rows, |x| match x {
-                R::Request(r) => &r.served_item_ids,
-                _ => &[],
-            }),
-            col!(Float64Array, rows, R::Request, |r| r.sampled_pct),
-        ],
-        Table::ServedFeatures => vec![
-            strs(rows, |x| match x {
-                R::Features(r) => &r.request_id,
-                _ => "",
-            }),
-            ts(rows),
-            col!(UInt64Array, rows, R::Features, |r| r.item_id),
-            f32_lists(rows, |x| match x {
-                R::Features(r) => &r.features,
-                _ => &[],
-            }),
-            strs(rows, |x| match x {
-                R::Features(r) => &r.feature_set_version,
-                _ => "",
-            }),
-            col!(Float64Array, rows, R::Features, |r| r.sampled_pct),
-        ],
-        Table::FeatureEvents => vec![
-            ts(rows),
-            strs(rows, |x| match x {
-                R::FeatureEvent(r) => &r.stream,
-                _ => "",
-            }),
-            col!(UInt64Array, rows, R::FeatureEvent, |r| r.seq),
-            strs(rows, |x| match x {
-                R::FeatureEvent(r) => r.kind.as_str(),
-                _ => "",
-            }),
-            strs(rows, |x| match x {
-                R::FeatureEvent(r) => &r.request_id,
-                _ => "",
-            }),
-            strs(rows, |x| match x {
-                R::FeatureEvent(r) => &r.user_token,
-                _ => "",
-            }),
-            u64_lists(rows, |x| match x {
-                R::FeatureEvent(r) => &r.item_ids,
-                _ => &[],
-            }),
-            col!(Float32Array, rows, R::FeatureEvent, |r| r.watched_frac),
-            bools!(rows, R::FeatureEvent, |r| r.completed),
-            bools!(rows, R::FeatureEvent, |r| r.liked),
-            col!(Int32Array, rows, R::FeatureEvent, |r| r.topic),
-            col!(UInt64Array, rows, R::FeatureEvent, |r| r.creator_id),
-            col!(Int32Array, rows, R::FeatureEvent, |r| r.category),
-            col!(Float64Array, rows, R::FeatureEvent, |r| r.upload_ts),
-            f32_lists(rows, |x| match x {
-                R::FeatureEvent(r) => &r.embedding,
-                _ => &[],
-            }),
-            col!(Float32Array, rows, R::FeatureEvent, |r| r.long_term_weight),
-            col!(Float32Array, rows, R::FeatureEvent, |r| r.recency_half_life),
-        ],
-    };
-    RecordBatch::try_new(arrow_schema(table, tasks), cols).map_err(|e| {
-        Error::InvalidArgument(format!("cannot build the {} batch: {e}", table.name()))
-    })
-}
 
 /// The writer properties and schema metadata of one table's files.
 fn writer_props(
@@ -426,9 +190,16 @@ pub fn read_keys(path: &Path, table: Table) -> Result<Vec<String>> {
 }
 
 /// Reads every row of a committed `feature_events` file (the feature store's changelog).
-pub fn read_feature_events(path: &Path) -> Result<Vec<super::record::FeatureEvent>> {
-    use super::record::{FeatureEvent, FeatureEventKind};
-    use arrow_array::{Int32Array, ListArray};
+pub fn read_feature_events(path: &Path) -> Result<Vec<FeatureEvent>> {
+    read_file(path, rows_of::<FeatureEvent>)
+}
+
+/// Reads every row of a committed file of `table` (write-ahead-only fields come back empty).
+pub fn read_rows(path: &Path, table: Table) -> Result<Vec<Record>> {
+    read_file(path, |b| from_batch(table, b))
+}
+
+fn read_file<T>(path: &Path, rows: impl Fn(&RecordBatch) -> Result<Vec<T>>) -> Result<Vec<T>> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(format!("{}: {e}", path.display()));
     let f = File::open(path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
@@ -437,65 +208,7 @@ pub fn read_feature_events(path: &Path) -> Result<Vec<super::record::FeatureEven
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(&e))?;
-        macro_rules! col {
-            ($name:expr, $ty:ty) => {
-                batch
-                    .column_by_name($name)
-                    .and_then(|c| c.as_any().downcast_ref::<$ty>())
-                    .ok_or_else(|| corrupt(&format!("column {} missing or mistyped", $name)))?
-            };
-        }
-        let ts = col!("ts", TimestampMicrosecondArray);
-        let stream = col!("stream", StringArray);
-        let seq = col!("seq", UInt64Array);
-        let kind = col!("kind", StringArray);
-        let request_id = col!("request_id", StringArray);
-        let user_token = col!("user_token", StringArray);
-        let item_ids = col!("item_ids", ListArray);
-        let watched = col!("watched_frac", Float32Array);
-        let completed = col!("completed", BooleanArray);
-        let liked = col!("liked", BooleanArray);
-        let topic = col!("topic", Int32Array);
-        let creator = col!("creator_id", UInt64Array);
-        let category = col!("category", Int32Array);
-        let upload_ts = col!("upload_ts", Float64Array);
-        let embedding = col!("embedding", ListArray);
-        let ltw = col!("long_term_weight", Float32Array);
-        let rhl = col!("recency_half_life", Float32Array);
-        let ids_values = item_ids
-            .values()
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| corrupt(&"item_ids is not a list of uint64"))?;
-        let emb_values = embedding
-            .values()
-            .as_any()
-            .downcast_ref::<Float32Array>()
-            .ok_or_else(|| corrupt(&"embedding is not a list of float32"))?;
-        let (io, eo) = (item_ids.value_offsets(), embedding.value_offsets());
-        for i in 0..batch.num_rows() {
-            let ids = &ids_values.values()[io[i] as usize..io[i + 1] as usize];
-            let emb = &emb_values.values()[eo[i] as usize..eo[i + 1] as usize];
-            out.push(FeatureEvent {
-                ts_us: ts.value(i),
-                stream: stream.value(i).to_owned(),
-                seq: seq.value(i),
-                kind: FeatureEventKind::parse(kind.value(i)).map_err(|e| corrupt(&e))?,
-                request_id: request_id.value(i).to_owned(),
-                user_token: user_token.value(i).to_owned(),
-                item_ids: ids.to_vec(),
-                watched_frac: watched.value(i),
-                completed: completed.value(i),
-                liked: liked.value(i),
-                topic: topic.value(i),
-                creator_id: creator.value(i),
-                category: category.value(i),
-                upload_ts: upload_ts.value(i),
-                embedding: emb.to_vec(),
-                long_term_weight: ltw.value(i),
-                recency_half_life: rhl.value(i),
-            });
-        }
+        out.extend(rows(&batch).map_err(|e| corrupt(&e))?);
     }
     Ok(out)
 }

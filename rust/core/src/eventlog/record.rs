@@ -2,8 +2,28 @@
 //! thread (cheap field checks only), the durable/firehose split, and the compact binary form
 //! used by the write-ahead file.
 
+use super::columns::Dec;
 use super::schema::Table;
+use super::tables::{decode_row, LogRow};
+pub use super::tables::{
+    Engagement, ExplorationEvent, FeatureEvent, Impression, RankerScore, RequestRow, ServedFeatures,
+};
 use crate::{invalid, Error, Result};
+
+/// Runs `$e` on the row inside a [`Record`], whatever its table.
+macro_rules! dispatch {
+    ($rec:expr, $r:ident => $e:expr) => {
+        match $rec {
+            Record::Impression($r) => $e,
+            Record::Engagement($r) => $e,
+            Record::Exploration($r) => $e,
+            Record::Score($r) => $e,
+            Record::Request($r) => $e,
+            Record::Features($r) => $e,
+            Record::FeatureEvent($r) => $e,
+        }
+    };
+}
 
 /// Where the slot's item came from (the `source` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +51,7 @@ impl Source {
             )),
         }
     }
-    fn from_u8(v: u8) -> Result<Source> {
+    pub(crate) fn from_u8(v: u8) -> Result<Source> {
         match v {
             0 => Ok(Source::Ranked),
             1 => Ok(Source::Exploration),
@@ -39,87 +59,6 @@ impl Source {
             _ => Err(Error::Corrupt(format!("bad source code {v}"))),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Impression {
-    pub impression_id: String,
-    pub ts_us: i64,
-    pub request_id: String,
-    pub user_token: String,
-    pub item_id: u64,
-    pub position: i32,
-    pub source: Source,
-    pub propensity: f64,
-    pub model_version: String,
-    /// JSON object `{"layer": "variant"}`, `{}` when none.
-    pub experiments: String,
-    pub topic: i32,
-    pub creator_id: u64,
-    /// Stamped by the log at submit time; what the caller sets is ignored.
-    pub sampled_pct: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Engagement {
-    pub impression_id: String,
-    pub ts_us: i64,
-    pub user_token: String,
-    pub watched_seconds: f32,
-    pub completed: bool,
-    pub liked: bool,
-    pub shared: bool,
-    pub followed: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExplorationEvent {
-    pub impression_id: String,
-    pub ts_us: i64,
-    pub user_token: String,
-    pub item_id: u64,
-    pub position: i32,
-    pub topic: i32,
-    pub propensity: f64,
-    pub policy: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RankerScore {
-    pub impression_id: String,
-    pub ts_us: i64,
-    pub model_version: String,
-    pub is_shadow: bool,
-    pub value_score: f32,
-    /// One prediction per task of the log's task set, in that order.
-    pub preds: Vec<f32>,
-    /// The sampling key (not stored): the same request_id as the impression's, so a slot's
-    /// impression and scores are kept or dropped together.
-    pub request_id: String,
-    /// True for the scores of an exploration slot: never sampled, never dropped.
-    pub exploration: bool,
-    pub sampled_pct: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestRow {
-    pub request_id: String,
-    pub ts_us: i64,
-    pub user_token: String,
-    pub candidate_item_ids: Vec<u64>,
-    pub candidate_scores: Vec<f32>,
-    pub served_item_ids: Vec<u64>,
-    pub sampled_pct: f64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServedFeatures {
-    pub request_id: String,
-    pub ts_us: i64,
-    pub item_id: u64,
-    pub features: Vec<f32>,
-    pub feature_set_version: String,
-    pub sampled_pct: f64,
 }
 
 /// What a feature event changed in the online feature store.
@@ -174,7 +113,7 @@ impl FeatureEventKind {
         })
     }
 
-    fn from_u8(v: u8) -> Result<FeatureEventKind> {
+    pub(crate) fn from_u8(v: u8) -> Result<FeatureEventKind> {
         [
             FeatureEventKind::Impression,
             FeatureEventKind::Engagement,
@@ -188,34 +127,6 @@ impl FeatureEventKind {
         .copied()
         .ok_or_else(|| Error::Corrupt(format!("feature event kind code {v}")))
     }
-}
-
-/// One change to the online feature store's state, in the order it was applied: the changelog
-/// that `fyp_core.features.training_set` replays through the same feature definitions. Never
-/// sampled, never dropped (durable). `(stream, seq)` orders the events of one pipeline.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeatureEvent {
-    pub ts_us: i64,
-    /// The producing pipeline instance.
-    pub stream: String,
-    pub seq: u64,
-    pub kind: FeatureEventKind,
-    pub request_id: String,
-    /// Empty for uploads and removals.
-    pub user_token: String,
-    pub item_ids: Vec<u64>,
-    pub watched_frac: f32,
-    pub completed: bool,
-    pub liked: bool,
-    pub topic: i32,
-    pub creator_id: u64,
-    pub category: i32,
-    pub upload_ts: f64,
-    pub embedding: Vec<f32>,
-    /// The request scorer's blend at the time (impressions), so a replay can rebuild the user
-    /// embedding even if the config changed during the day.
-    pub long_term_weight: f32,
-    pub recency_half_life: f32,
 }
 
 impl FeatureEvent {
@@ -241,6 +152,34 @@ impl FeatureEvent {
             long_term_weight: 0.0,
             recency_half_life: 0.0,
         }
+    }
+
+    /// What each kind of event must carry.
+    fn check_kind(&self) -> Result<()> {
+        use FeatureEventKind as K;
+        let user = matches!(self.kind, K::Impression | K::Engagement | K::BatchUsers);
+        if user {
+            check_token(&self.user_token)?;
+        } else if !self.user_token.is_empty() {
+            return Err(invalid!("an item or batch event carries no user_token"));
+        }
+        let broken = match self.kind {
+            K::Impression | K::Engagement if self.request_id.is_empty() => {
+                "request_id must not be empty"
+            }
+            K::BatchUsers if self.embedding.is_empty() => "a batch_users event holds an embedding",
+            K::BatchAuthority if self.item_ids.len() != self.embedding.len() => {
+                "a batch_authority event holds one score per creator id"
+            }
+            K::BatchSwap if self.request_id.is_empty() || self.item_ids.len() != 1 => {
+                "a batch_swap event holds the snapshot's version and checksum"
+            }
+            K::Upload if self.item_ids.len() != 1 || self.embedding.is_empty() => {
+                "an upload event holds one item id and its embedding"
+            }
+            _ => return Ok(()),
+        };
+        Err(invalid!("{broken}"))
     }
 }
 
@@ -304,37 +243,16 @@ pub fn check_token(t: &str) -> Result<()> {
     }
 }
 
-fn check_prob(name: &str, p: f64) -> Result<()> {
-    if p.is_finite() && p > 0.0 && p <= 1.0 {
-        Ok(())
-    } else {
-        Err(invalid!("{name} must be in (0, 1], got {p}"))
-    }
-}
-
 impl Record {
     pub fn table(&self) -> Table {
-        match self {
-            Record::Impression(_) => Table::Impressions,
-            Record::Engagement(_) => Table::Engagements,
-            Record::Exploration(_) => Table::ExplorationEvents,
-            Record::Score(_) => Table::RankerScores,
-            Record::Request(_) => Table::Requests,
-            Record::Features(_) => Table::ServedFeatures,
-            Record::FeatureEvent(_) => Table::FeatureEvents,
+        fn table_of<T: LogRow>(_: &T) -> Table {
+            T::TABLE
         }
+        dispatch!(self, r => table_of(r))
     }
 
     pub fn ts_us(&self) -> i64 {
-        match self {
-            Record::Impression(r) => r.ts_us,
-            Record::Engagement(r) => r.ts_us,
-            Record::Exploration(r) => r.ts_us,
-            Record::Score(r) => r.ts_us,
-            Record::Request(r) => r.ts_us,
-            Record::Features(r) => r.ts_us,
-            Record::FeatureEvent(r) => r.ts_us,
-        }
+        dispatch!(self, r => r.ts_us)
     }
 
     /// Durable rows are never sampled and never dropped: they are journaled to the write-ahead
@@ -402,115 +320,26 @@ impl Record {
         }
     }
 
-    /// Field checks a caller controls; `n_tasks` is the log's task count.
+    /// Field checks a caller controls; `n_tasks` is the log's task count. The per-column checks
+    /// are declared with the tables (`tables.rs`); the rules across fields are here.
     pub fn validate(&self, n_tasks: usize) -> Result<()> {
-        let nonempty = |name: &str, v: &str| {
-            if v.is_empty() {
-                Err(invalid!("{name} must not be empty"))
-            } else {
-                Ok(())
-            }
-        };
+        dispatch!(self, r => r.check_fields())?;
         match self {
-            Record::Impression(r) => {
-                nonempty("impression_id", &r.impression_id)?;
-                nonempty("request_id", &r.request_id)?;
-                check_token(&r.user_token)?;
-                check_prob("propensity", r.propensity)?;
-                if r.position < 0 {
-                    return Err(invalid!("position must be >= 0, got {}", r.position));
-                }
+            Record::Score(r) if r.preds.len() != n_tasks => Err(invalid!(
+                "predictions has {} columns, the log has {n_tasks} tasks",
+                r.preds.len()
+            )),
+            Record::Request(r) if r.candidate_scores.len() != r.candidate_item_ids.len() => {
+                Err(invalid!(
+                    "candidate_scores has {} values, candidate_item_ids has {}; they must match",
+                    r.candidate_scores.len(),
+                    r.candidate_item_ids.len()
+                ))
             }
-            Record::Engagement(r) => {
-                nonempty("impression_id", &r.impression_id)?;
-                check_token(&r.user_token)?;
-                if !r.watched_seconds.is_finite() || r.watched_seconds < 0.0 {
-                    return Err(invalid!(
-                        "watched_seconds must be finite and >= 0, got {}",
-                        r.watched_seconds
-                    ));
-                }
-            }
-            Record::Exploration(r) => {
-                nonempty("impression_id", &r.impression_id)?;
-                check_token(&r.user_token)?;
-                check_prob("propensity", r.propensity)?;
-                if r.position < 0 {
-                    return Err(invalid!("position must be >= 0, got {}", r.position));
-                }
-            }
-            Record::Score(r) => {
-                nonempty("impression_id", &r.impression_id)?;
-                nonempty("request_id", &r.request_id)?;
-                if r.preds.len() != n_tasks {
-                    return Err(invalid!(
-                        "predictions has {} columns, the log has {n_tasks} tasks",
-                        r.preds.len()
-                    ));
-                }
-            }
-            Record::Request(r) => {
-                nonempty("request_id", &r.request_id)?;
-                check_token(&r.user_token)?;
-                if r.candidate_scores.len() != r.candidate_item_ids.len() {
-                    return Err(invalid!(
-                        "candidate_scores has {} values, candidate_item_ids has {}; they must match",
-                        r.candidate_scores.len(),
-                        r.candidate_item_ids.len()
-                    ));
-                }
-            }
-            Record::Features(r) => {
-                nonempty("request_id", &r.request_id)?;
-            }
-            Record::FeatureEvent(r) => {
-                nonempty("stream", &r.stream)?;
-                match r.kind {
-                    FeatureEventKind::Impression | FeatureEventKind::Engagement => {
-                        nonempty("request_id", &r.request_id)?;
-                        check_token(&r.user_token)?;
-                    }
-                    FeatureEventKind::BatchUsers => {
-                        check_token(&r.user_token)?;
-                        if r.embedding.is_empty() {
-                            return Err(invalid!("a batch_users event holds an embedding"));
-                        }
-                    }
-                    FeatureEventKind::Upload
-                    | FeatureEventKind::Remove
-                    | FeatureEventKind::BatchAuthority
-                    | FeatureEventKind::BatchSwap => {
-                        if !r.user_token.is_empty() {
-                            return Err(invalid!("an item or batch event carries no user_token"));
-                        }
-                    }
-                }
-                if r.kind == FeatureEventKind::BatchAuthority
-                    && r.item_ids.len() != r.embedding.len()
-                {
-                    return Err(invalid!(
-                        "a batch_authority event holds one score per creator id"
-                    ));
-                }
-                if r.kind == FeatureEventKind::BatchSwap
-                    && (r.request_id.is_empty() || r.item_ids.len() != 1)
-                {
-                    return Err(invalid!(
-                        "a batch_swap event holds the snapshot's version and checksum"
-                    ));
-                }
-                if r.kind == FeatureEventKind::Upload
-                    && (r.item_ids.len() != 1 || r.embedding.is_empty())
-                {
-                    return Err(invalid!(
-                        "an upload event holds one item id and its embedding"
-                    ));
-                }
-            }
+            Record::FeatureEvent(r) => r.check_kind(),
+            _ => Ok(()),
         }
-        Ok(())
     }
-
     /// Dedupe key of a durable row (see docs/eventlog.md): impression_id for impressions and
     /// exploration events, impression_id + model_version for scores, impression_id + ts for
     /// engagements.
@@ -527,300 +356,27 @@ impl Record {
     }
 }
 
-// ---- binary form (write-ahead file payloads) ----
-
-struct Enc<'a>(&'a mut Vec<u8>);
-
-impl Enc<'_> {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i32(&mut self, v: i32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn f32(&mut self, v: f32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn f64(&mut self, v: f64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(s.as_bytes());
-    }
-    fn f32s(&mut self, v: &[f32]) {
-        self.0.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        for x in v {
-            self.f32(*x);
-        }
-    }
-    fn u64s(&mut self, v: &[u64]) {
-        self.0.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        for x in v {
-            self.u64(*x);
-        }
-    }
-}
-
-struct Dec<'a> {
-    b: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Dec<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| Error::Corrupt("write-ahead record is truncated".into()))?;
-        let s = &self.b[self.at..end];
-        self.at = end;
-        Ok(s)
-    }
-    fn arr<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-    fn bool(&mut self) -> Result<bool> {
-        Ok(self.u8()? != 0)
-    }
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.arr()?))
-    }
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.arr()?))
-    }
-    fn i64(&mut self) -> Result<i64> {
-        Ok(i64::from_le_bytes(self.arr()?))
-    }
-    fn i32(&mut self) -> Result<i32> {
-        Ok(i32::from_le_bytes(self.arr()?))
-    }
-    fn f32(&mut self) -> Result<f32> {
-        Ok(f32::from_le_bytes(self.arr()?))
-    }
-    fn f64(&mut self) -> Result<f64> {
-        Ok(f64::from_le_bytes(self.arr()?))
-    }
-    fn str(&mut self) -> Result<String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| Error::Corrupt("write-ahead record holds invalid UTF-8".into()))
-    }
-    fn f32s(&mut self) -> Result<Vec<f32>> {
-        let n = self.u32()? as usize;
-        let raw = self.take(n.saturating_mul(4))?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    }
-    fn u64s(&mut self) -> Result<Vec<u64>> {
-        let n = self.u32()? as usize;
-        let raw = self.take(n.saturating_mul(8))?;
-        Ok(raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect())
-    }
-}
+// ---- binary form (write-ahead file payloads): the table code, then the row's fields in
+// declaration order (`tables.rs`) ----
 
 impl Record {
     /// Appends the binary form of this row to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut e = Enc(out);
-        e.u8(self.table() as u8);
-        match self {
-            Record::Impression(r) => {
-                e.str(&r.impression_id);
-                e.i64(r.ts_us);
-                e.str(&r.request_id);
-                e.str(&r.user_token);
-                e.u64(r.item_id);
-                e.i32(r.position);
-                e.u8(r.source as u8);
-                e.f64(r.propensity);
-                e.str(&r.model_version);
-                e.str(&r.experiments);
-                e.i32(r.topic);
-                e.u64(r.creator_id);
-                e.f64(r.sampled_pct);
-            }
-            Record::Engagement(r) => {
-                e.str(&r.impression_id);
-                e.i64(r.ts_us);
-                e.str(&r.user_token);
-                e.f32(r.watched_seconds);
-                e.u8(r.completed as u8);
-                e.u8(r.liked as u8);
-                e.u8(r.shared as u8);
-                e.u8(r.followed as u8);
-            }
-            Record::Exploration(r) => {
-                e.str(&r.impression_id);
-                e.i64(r.ts_us);
-                e.str(&r.user_token);
-                e.u64(r.item_id);
-                e.i32(r.position);
-                e.i32(r.topic);
-                e.f64(r.propensity);
-                e.str(&r.policy);
-            }
-            Record::Score(r) => {
-                e.str(&r.impression_id);
-                e.i64(r.ts_us);
-                e.str(&r.model_version);
-                e.u8(r.is_shadow as u8);
-                e.f32(r.value_score);
-                e.f32s(&r.preds);
-                e.str(&r.request_id);
-                e.u8(r.exploration as u8);
-                e.f64(r.sampled_pct);
-            }
-            Record::Request(r) => {
-                e.str(&r.request_id);
-                e.i64(r.ts_us);
-                e.str(&r.user_token);
-                e.u64s(&r.candidate_item_ids);
-                e.f32s(&r.candidate_scores);
-                e.u64s(&r.served_item_ids);
-                e.f64(r.sampled_pct);
-            }
-            Record::Features(r) => {
-                e.str(&r.request_id);
-                e.i64(r.ts_us);
-                e.u64(r.item_id);
-                e.f32s(&r.features);
-                e.str(&r.feature_set_version);
-                e.f64(r.sampled_pct);
-            }
-            Record::FeatureEvent(r) => {
-                e.i64(r.ts_us);
-                e.str(&r.stream);
-                e.u64(r.seq);
-                e.u8(r.kind as u8);
-                e.str(&r.request_id);
-                e.str(&r.user_token);
-                e.u64s(&r.item_ids);
-                e.f32(r.watched_frac);
-                e.u8(r.completed as u8);
-                e.u8(r.liked as u8);
-                e.i32(r.topic);
-                e.u64(r.creator_id);
-                e.i32(r.category);
-                e.f64(r.upload_ts);
-                e.f32s(&r.embedding);
-                e.f32(r.long_term_weight);
-                e.f32(r.recency_half_life);
-            }
-        }
+        out.push(self.table() as u8);
+        dispatch!(self, r => r.encode(out))
     }
 
     /// Inverse of [`Record::encode`]; `Corrupt` on anything that does not parse exactly.
     pub fn decode(b: &[u8]) -> Result<Record> {
-        let mut d = Dec { b, at: 0 };
+        let mut d = Dec::new(b);
         let code = d.u8()?;
         let table = Table::from_index(code)
             .ok_or_else(|| Error::Corrupt(format!("write-ahead record has table code {code}")))?;
-        let rec = match table {
-            Table::Impressions => Record::Impression(Impression {
-                impression_id: d.str()?,
-                ts_us: d.i64()?,
-                request_id: d.str()?,
-                user_token: d.str()?,
-                item_id: d.u64()?,
-                position: d.i32()?,
-                source: Source::from_u8(d.u8()?)?,
-                propensity: d.f64()?,
-                model_version: d.str()?,
-                experiments: d.str()?,
-                topic: d.i32()?,
-                creator_id: d.u64()?,
-                sampled_pct: d.f64()?,
-            }),
-            Table::Engagements => Record::Engagement(Engagement {
-                impression_id: d.str()?,
-                ts_us: d.i64()?,
-                user_token: d.str()?,
-                watched_seconds: d.f32()?,
-                completed: d.bool()?,
-                liked: d.bool()?,
-                shared: d.bool()?,
-                followed: d.bool()?,
-            }),
-            Table::ExplorationEvents => Record::Exploration(ExplorationEvent {
-                impression_id: d.str()?,
-                ts_us: d.i64()?,
-                user_token: d.str()?,
-                item_id: d.u64()?,
-                position: d.i32()?,
-                topic: d.i32()?,
-                propensity: d.f64()?,
-                policy: d.str()?,
-            }),
-            Table::RankerScores => Record::Score(RankerScore {
-                impression_id: d.str()?,
-                ts_us: d.i64()?,
-                model_version: d.str()?,
-                is_shadow: d.bool()?,
-                value_score: d.f32()?,
-                preds: d.f32s()?,
-                request_id: d.str()?,
-                exploration: d.bool()?,
-                sampled_pct: d.f64()?,
-            }),
-            Table::Requests => Record::Request(RequestRow {
-                request_id: d.str()?,
-                ts_us: d.i64()?,
-                user_token: d.str()?,
-                candidate_item_ids: d.u64s()?,
-                candidate_scores: d.f32s()?,
-                served_item_ids: d.u64s()?,
-                sampled_pct: d.f64()?,
-            }),
-            Table::ServedFeatures => Record::Features(ServedFeatures {
-                request_id: d.str()?,
-                ts_us: d.i64()?,
-                item_id: d.u64()?,
-                features: d.f32s()?,
-                feature_set_version: d.str()?,
-                sampled_pct: d.f64()?,
-            }),
-            Table::FeatureEvents => Record::FeatureEvent(FeatureEvent {
-                ts_us: d.i64()?,
-                stream: d.str()?,
-                seq: d.u64()?,
-                kind: FeatureEventKind::from_u8(d.u8()?)?,
-                request_id: d.str()?,
-                user_token: d.str()?,
-                item_ids: d.u64s()?,
-                watched_frac: d.f32()?,
-                completed: d.bool()?,
-                liked: d.bool()?,
-                topic: d.i32()?,
-                creator_id: d.u64()?,
-                category: d.i32()?,
-                upload_ts: d.f64()?,
-                embedding: d.f32s()?,
-                long_term_weight: d.f32()?,
-                recency_half_life: d.f32()?,
-            }),
-        };
-        if d.at != b.len() {
+        let rec = decode_row(table, &mut d)?;
+        if d.remaining() != 0 {
             return Err(Error::Corrupt(format!(
                 "write-ahead record has {} trailing bytes",
-                b.len() - d.at
+                d.remaining()
             )));
         }
         Ok(rec)

@@ -1,8 +1,7 @@
-//! The on-disk contract of the event log (docs/eventlog_schema.md): table names, Arrow schemas,
-//! schema version and the Hive partition of a timestamp. Analytics reads exactly this.
+//! The on-disk contract of the event log (docs/eventlog_schema.md): table names, schema version
+//! and the Hive partition of a timestamp. The tables' columns are declared in `tables.rs`.
 
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use std::sync::Arc;
+pub use super::tables::arrow_schema;
 
 /// Written into every file as key-value metadata `fyp.schema_version`.
 pub const SCHEMA_VERSION: &str = "1";
@@ -58,118 +57,6 @@ impl Table {
     pub fn from_index(i: u8) -> Option<Table> {
         Table::ALL.get(i as usize).copied()
     }
-}
-
-fn ts_field() -> Field {
-    Field::new(
-        "ts",
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        false,
-    )
-}
-
-fn s(name: &str) -> Field {
-    Field::new(name, DataType::Utf8, false)
-}
-
-fn list_of(name: &str, inner: DataType) -> Field {
-    Field::new(
-        name,
-        DataType::List(Arc::new(Field::new("item", inner, true))),
-        false,
-    )
-}
-
-/// The Arrow schema of `table`; `tasks` names the `pred_<task>` columns of `ranker_scores`.
-pub fn arrow_schema(table: Table, tasks: &[String]) -> SchemaRef {
-    use DataType::*;
-    let f = |n: &str, t: DataType| Field::new(n, t, false);
-    let fields: Vec<Field> = match table {
-        Table::Impressions => vec![
-            s("impression_id"),
-            ts_field(),
-            s("request_id"),
-            s("user_token"),
-            f("item_id", UInt64),
-            f("position", Int32),
-            s("source"),
-            f("propensity", Float64),
-            s("model_version"),
-            s("experiments"),
-            f("topic", Int32),
-            f("creator_id", UInt64),
-            f("sampled_pct", Float64),
-        ],
-        Table::Engagements => vec![
-            s("impression_id"),
-            ts_field(),
-            s("user_token"),
-            f("watched_seconds", Float32),
-            f("completed", Boolean),
-            f("liked", Boolean),
-            f("shared", Boolean),
-            f("followed", Boolean),
-        ],
-        Table::ExplorationEvents => vec![
-            s("impression_id"),
-            ts_field(),
-            s("user_token"),
-            f("item_id", UInt64),
-            f("position", Int32),
-            f("topic", Int32),
-            f("propensity", Float64),
-            s("policy"),
-        ],
-        Table::RankerScores => {
-            let mut v = vec![
-                s("impression_id"),
-                ts_field(),
-                s("model_version"),
-                f("is_shadow", Boolean),
-                f("value_score", Float32),
-            ];
-            v.extend(tasks.iter().map(|t| f(&format!("pred_{t}"), Float32)));
-            v.push(f("sampled_pct", Float64));
-            v
-        }
-        Table::Requests => vec![
-            s("request_id"),
-            ts_field(),
-            s("user_token"),
-            list_of("candidate_item_ids", UInt64),
-            list_of("candidate_scores", Float32),
-            list_of("served_item_ids", UInt64),
-            f("sampled_pct", Float64),
-        ],
-        Table::ServedFeatures => vec![
-            s("request_id"),
-            ts_field(),
-            f("item_id", UInt64),
-            list_of("features", Float32),
-            s("feature_set_version"),
-            f("sampled_pct", Float64),
-        ],
-        Table::FeatureEvents => vec![
-            ts_field(),
-            s("stream"),
-            f("seq", UInt64),
-            s("kind"),
-            s("request_id"),
-            s("user_token"),
-            list_of("item_ids", UInt64),
-            f("watched_frac", Float32),
-            f("completed", Boolean),
-            f("liked", Boolean),
-            f("topic", Int32),
-            f("creator_id", UInt64),
-            f("category", Int32),
-            f("upload_ts", Float64),
-            list_of("embedding", Float32),
-            f("long_term_weight", Float32),
-            f("recency_half_life", Float32),
-        ],
-    };
-    Arc::new(Schema::new(fields))
 }
 
 /// A Hive partition: UTC day (days since 1970-01-01) and hour.
