@@ -17,10 +17,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fyp_core import _core
+from fyp_core.analytics.duck import LABEL_COLUMNS
 from fyp_core.parity import ParityReport, ParityThresholds, parity_report
 
 __all__ = [
@@ -36,7 +36,8 @@ __all__ = [
     "ParityThresholds",
 ]
 
-LABELS = ("completed", "liked", "shared", "followed", "watched_seconds")
+#: the label columns, as the analytics define them (the ``outcomes`` view)
+LABELS = LABEL_COLUMNS
 
 
 def registry() -> list[dict[str, Any]]:
@@ -185,44 +186,16 @@ def training_set(
 
 
 def _join_labels(table: pa.Table, logdir: str | os.PathLike[str], window_hours: float) -> pa.Table:
-    """Engagement labels with the analytics' attribution rule (the `eng`/`outcomes` views of
-    ``analytics/queries/views.sql``): a flag counts when its first engagement row arrives within
-    ``window_hours`` of the impression, ``watched_seconds`` sums the impression's rows when its
-    first row is within the window. Read from the (never sampled) engagements table."""
-    files = _files(logdir, "engagements")
-    n = table.num_rows
-    if not files or n == 0:
-        cols = {k: pa.array(np.zeros(n, dtype=bool)) for k in LABELS[:-1]}
-        cols["watched_seconds"] = pa.array(np.zeros(n, dtype=np.float32))
-        for k, v in cols.items():
-            table = table.append_column(k, v)
-        return table
-    eng = pa.concat_tables([pq.read_table(f) for f in files])
-    t_us = pc.cast(eng.column("ts"), pa.int64())
-    cols = {
-        "impression_id": eng.column("impression_id"),
-        "t": t_us,
-        "watched_seconds": eng.column("watched_seconds"),
-    }
-    for k in LABELS[:-1]:
-        cols[f"t_{k}"] = pc.if_else(eng.column(k), t_us, pa.scalar(None, pa.int64()))
-    agg = (
-        pa.table(cols)
-        .group_by("impression_id")
-        .aggregate(
-            [("t", "min"), ("watched_seconds", "sum")] + [(f"t_{k}", "min") for k in LABELS[:-1]]
-        )
-    )
-    at = pc.index_in(table.column("impression_id"), value_set=agg.column("impression_id"))
-    deadline = pc.add(pc.cast(table.column("ts"), pa.int64()), int(window_hours * 3600e6))
-    for k in LABELS[:-1]:
-        first = agg.column(f"t_{k}_min").take(at)
-        table = table.append_column(k, pc.less_equal(first, deadline).fill_null(False))
-    in_window = pc.less_equal(agg.column("t_min").take(at), deadline).fill_null(False)
-    watched = pc.cast(agg.column("watched_seconds_sum").take(at), pa.float32())
-    table = table.append_column(
-        "watched_seconds", pc.if_else(in_window, watched, pa.scalar(0.0, pa.float32()))
-    )
+    """Engagement labels with the analytics' attribution rule, computed by the analytics' own SQL
+    (the ``eng``/``outcomes`` views of ``analytics/queries/views.sql``, through
+    ``analytics.duck.outcome_labels``) over the training set's impressions: a flag counts when
+    its first engagement row arrives within ``window_hours`` of the impression,
+    ``watched_seconds`` sums the impression's rows when its first row is within the window."""
+    from fyp_core.analytics.duck import outcome_labels
+
+    labels = outcome_labels(table, os.fspath(logdir), window_hours)
+    for k in LABELS:
+        table = table.append_column(k, labels.column(k))
     return table
 
 

@@ -8,11 +8,13 @@ import os
 from typing import Any, Mapping, Optional
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fyp_core.analytics.sqlsource import TABLES, query_body, raw_table_sql, views
 
-__all__ = ["connect_duckdb", "install_views", "run_duckdb"]
+__all__ = ["connect_duckdb", "install_views", "outcome_labels", "run_duckdb"]
 
 
 def _set_params(con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> None:
@@ -76,3 +78,41 @@ def run_duckdb(
             raise ValueError("the DuckDB connection has no root variable; use analytics.connect")
         install_views(con, root[0])
     return con.sql(query_body(name)).to_arrow_table()
+
+
+#: the label columns of the ``outcomes`` view, in the training set's order
+LABEL_COLUMNS = ("completed", "liked", "shared", "followed", "watched_seconds")
+
+
+def outcome_labels(impressions: pa.Table, root: str, window_hours: float = 24.0) -> pa.Table:
+    """The ``outcomes`` view's labels for the given impressions, in their order.
+
+    ``impressions`` needs ``impression_id`` and ``ts`` (the impression's time). The labels come
+    from the very SQL of ``queries/views.sql`` (the ``eng`` and ``outcomes`` views) run over these
+    rows instead of the ``impressions`` table: one attribution rule for the analytics and for
+    callers whose impressions are not that (sampled) table, such as ``features.training_set``,
+    which replays every impression. No engagement files under ``root`` means no label is set.
+    """
+    from fyp_core import eventlog
+    from fyp_core.analytics import table_files
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    _set_params(con, {"window_hours": float(window_hours)})
+    keys = pa.table(
+        {
+            "impression_id": impressions.column("impression_id"),
+            "ts_us": pc.cast(impressions.column("ts"), pa.int64()),
+            "_row": pa.array(np.arange(impressions.num_rows, dtype=np.int64)),
+        }
+    )
+    con.register("imp", keys)
+    if table_files(root, "engagements"):
+        _set_params(con, {"root": os.path.abspath(root)})
+        con.execute(f"CREATE TEMP VIEW engagements AS {raw_table_sql('engagements')}")
+    else:
+        con.register("engagements", eventlog.schema("engagements").empty_table())
+    body = dict(views())
+    con.execute(f"CREATE TEMP VIEW eng AS {body['eng']}")
+    cols = ", ".join(LABEL_COLUMNS[:-1]) + ", CAST(watched_seconds AS FLOAT) AS watched_seconds"
+    return con.sql(f"SELECT {cols} FROM ({body['outcomes']}) ORDER BY _row").to_arrow_table()
