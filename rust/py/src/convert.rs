@@ -1,7 +1,6 @@
 //! Conversions from Python arguments to the plain slices the core takes. Arrays of the right
 //! dtype and layout are borrowed without a copy; anything else numeric is converted once through
 //! numpy; anything that cannot be converted raises TypeError/ValueError naming the argument.
-#![allow(dead_code)] // helpers are shared by every binding module; not all use each one
 
 use numpy::{
     PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
