@@ -18,18 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fyp_core import HnswIndex
-from fyp_core.catalog import (
-    Catalogue,
-    apply_catalogue,
-    catalogue_from_world,
-    load_catalogue,
-    save_catalogue,
-)
+from fyp_core.catalog import Catalogue, apply_catalogue, load_catalogue
 from fyp_core.cli import main
 from fyp_core.demo import build_pipeline
 from fyp_core.synth import make_world
 
 NOW = 1.8e9
+
+
+def save_catalogue(path, *arrays, overwrite=False, **named):
+    """Arrays -> a catalogue directory through the public API (validate, then an atomic save)."""
+    return Catalogue.from_arrays(*arrays, **named).save(path, overwrite=overwrite)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def catdir(world, tmp_path_factory) -> Path:
-    return catalogue_from_world(world, tmp_path_factory.mktemp("cat") / "world")
+    return Catalogue.from_world(world).save(tmp_path_factory.mktemp("cat") / "world")
 
 
 def small_arrays(n=50, dim=8, n_users=5, seed=0) -> dict:
@@ -166,7 +165,7 @@ def test_empty_catalogue_and_extra_columns(tmp_path) -> None:
 def test_world_export_matches_world(world, catdir, tmp_path) -> None:
     c = load_catalogue(catdir)
     np.testing.assert_array_equal(
-        load_catalogue(world.to_catalogue(tmp_path / "w")).item_ids, c.item_ids
+        load_catalogue(Catalogue.from_world(world).save(tmp_path / "w")).item_ids, c.item_ids
     )
     np.testing.assert_array_equal(c.item_ids, world.item_ids)
     np.testing.assert_array_equal(c.item_embeddings, world.item_emb)
@@ -226,7 +225,7 @@ def test_save_refuses_to_overwrite_and_replaces_when_asked(tmp_path) -> None:
 
 
 def test_failed_save_leaves_old_catalogue_and_no_debris(tmp_path, monkeypatch) -> None:
-    import fyp_core.catalog as catmod
+    import fyp_core.catalog._write as catmod
 
     p = save_catalogue(tmp_path / "c", **small_arrays())
 

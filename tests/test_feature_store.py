@@ -50,7 +50,7 @@ def day(tmp_path_factory):
     """Serves 24 simulated hours: requests, engagement fed back, uploads and a take-down."""
     root = tmp_path_factory.mktemp("fs")
     world = make_world(n_items=3000, n_users=150, dim=16, n_creators=400, seed=11, now=NOW)
-    world.to_catalogue(str(root / "cat"))
+    Catalogue.from_world(world).save(root / "cat")
     cat = load_catalogue(str(root / "cat"))
     pipe = build(cat, root / "log")
     assert pipe.batch_info["n_creators"] == cat.n_creators > 0

@@ -13,7 +13,7 @@ import pytest
 
 from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker, TrafficSplit
 from fyp_core import features as fs
-from fyp_core.catalog import apply_catalogue, load_catalogue
+from fyp_core.catalog import Catalogue, apply_catalogue, load_catalogue
 from fyp_core.synth import TASKS, demo_ranker_weights, make_world
 
 NOW = 1.8e9
@@ -45,7 +45,7 @@ def build(cat, log_dir) -> FeedPipeline:
 def day(tmp_path_factory):
     root = tmp_path_factory.mktemp("fsb")
     world = make_world(n_items=1500, n_users=80, dim=DIM, n_creators=200, seed=3, now=NOW)
-    world.to_catalogue(str(root / "cat"))
+    Catalogue.from_world(world).save(root / "cat")
     cat = load_catalogue(str(root / "cat"))
     pipe = build(cat, root / "log")
     rng = np.random.default_rng(1)

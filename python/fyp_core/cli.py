@@ -218,7 +218,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _catalogue(args: argparse.Namespace) -> int:
     import time
 
-    from fyp_core.catalog import catalogue_from_world, load_catalogue
+    from fyp_core.catalog import Catalogue, load_catalogue
 
     if args.catalogue_command == "export":
         from fyp_core.synth import make_world
@@ -228,9 +228,8 @@ def _catalogue(args: argparse.Namespace) -> int:
         world = make_world(
             n_items=args.items, n_users=args.users, dim=args.dim, seed=args.seed, now=now
         )
-        path = catalogue_from_world(
-            world, args.dir, overwrite=args.overwrite, creator_authority=not args.no_creators
-        )
+        cat = Catalogue.from_world(world, creator_authority=not args.no_creators)
+        path = cat.save(args.dir, overwrite=args.overwrite)
         print(
             f"wrote {world.n_items:,} items (dim {world.dim}) to {path} "
             f"in {time.perf_counter() - t:.1f} s"

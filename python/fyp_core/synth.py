@@ -10,7 +10,7 @@ the slot's position. Everything is vectorised numpy and a pure function of the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -55,13 +55,6 @@ class World:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
-
-    def to_catalogue(self, path: str, overwrite: bool = False) -> Any:
-        """Writes this world as a catalogue directory (``fyp_core.catalog``, docs/catalogue.md);
-        returns its path."""
-        from fyp_core.catalog import catalogue_from_world
-
-        return catalogue_from_world(self, path, overwrite=overwrite)
 
     def new_items(self, n: int, now: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Fresh uploads drawn from the same generative model, with ids after the catalogue's."""
