@@ -131,7 +131,13 @@ class Catalogue:
         )
 
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
-        """Writes this catalogue as a version-1 directory (atomically, see ``save_catalogue``)."""
+        """Writes this catalogue as a version-1 directory at ``path`` and returns the path.
+
+        Atomic: everything goes to a temporary directory next to ``path``, each file is fsynced,
+        then the directory is renamed into place, so a reader sees the old catalogue or the new
+        one, never half of one. An existing ``path`` raises FileExistsError unless
+        ``overwrite=True`` (and even then only an empty directory or a catalogue is replaced).
+        """
         from fyp_core.catalog._write import write_catalogue
 
         return write_catalogue(self, Path(path), overwrite)

@@ -52,7 +52,7 @@ def load_catalogue(path: PathLike, mmap: bool = True, check_finite: bool = True)
     NaN/Inf in bounded chunks. Raises FileNotFoundError for a missing directory or file and
     ValueError for anything malformed, with a message that says what to fix.
 
-    A catalogue replaced (``save_catalogue(..., overwrite=True)``) while it is being read is
+    A catalogue replaced (``Catalogue.save(path, overwrite=True)``) while it is being read is
     detected by the directory's identity changing, and read again: the result is always one
     whole catalogue, never files from two.
     """
