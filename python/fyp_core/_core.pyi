@@ -18,6 +18,7 @@ EVENTLOG_DEFAULT_TASKS: tuple[str, ...]
 EVENTLOG_SCHEMA_VERSION: str
 
 def _eventlog_schema_ipc(table: str, tasks: list[str]) -> bytes: ...
+def _wait_interruptible(seconds: float) -> None: ...
 
 _StrArg = Union[str, Sequence[str], npt.NDArray[np.str_], npt.NDArray[np.object_]]
 _IntArg = Union[int, Sequence[int], npt.NDArray[np.integer]]

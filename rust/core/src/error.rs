@@ -14,6 +14,9 @@ pub enum Error {
     Io(String),
     /// A file that is truncated, corrupted or not ours -> `fyp_core.CorruptFileError` (a `ValueError`).
     Corrupt(String),
+    /// A long call stopped because its [`crate::cancel::Cancel`] was set -> `KeyboardInterrupt`
+    /// (the binding sets it on Ctrl-C).
+    Interrupted(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -21,9 +24,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidArgument(m) | Error::NotFound(m) | Error::Io(m) | Error::Corrupt(m) => {
-                f.write_str(m)
-            }
+            Error::InvalidArgument(m)
+            | Error::NotFound(m)
+            | Error::Io(m)
+            | Error::Corrupt(m)
+            | Error::Interrupted(m) => f.write_str(m),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! converts types, releases the GIL and maps [`Error`] to Python exceptions.
 
 pub mod ann;
+pub mod cancel;
 pub mod config;
 pub mod error;
 pub mod eventlog;

@@ -2,7 +2,7 @@
 //! the feature registry and the point-in-time replay behind `fyp_core.features.training_set`.
 
 use crate::convert::{f32_matrix, f32_vector, str_list, u64_vector};
-use crate::errors::{run_detached, to_py};
+use crate::errors::{run_interruptible, to_py};
 use crate::pipeline::item_infos;
 use fyp_core::eventlog::{read_feature_events, UserTokenizer};
 use fyp_core::serve::features::{columns, feature_set_version, registry};
@@ -186,9 +186,10 @@ fn replay_features<'py>(
         .transpose()?;
     let e = emb.as_slice()?;
     let windows = [counter_windows.0, counter_windows.1];
-    let (rows, events) = run_detached(py, || {
+    let (rows, events) = run_interruptible(py, |cancel| {
         let mut events = Vec::new();
         for p in &paths {
+            cancel.check("reading the feature events")?;
             events.extend(read_feature_events(p)?);
         }
         order_events(&mut events);
@@ -198,7 +199,7 @@ fn replay_features<'py>(
             .iter()
             .map(|ev| wanted.as_ref().is_none_or(|w| w.contains(&ev.request_id)))
             .collect();
-        Ok((r.run(&events, &emit)?, events))
+        Ok((r.run_until(&events, &emit, cancel)?, events))
     })?;
     rows_dict(py, rows, &events, dim)
 }

@@ -10,6 +10,7 @@
 use super::features::{item_block, item_width, user_block, user_width};
 use super::scorer::{user_embedding, ServingConfig};
 use super::store::{BatchTier, Interaction, ItemInfo, ItemStore, UserStore};
+use crate::cancel::Cancel;
 use crate::eventlog::{FeatureEvent, FeatureEventKind};
 use crate::{invalid, Result};
 use parking_lot::RwLock;
@@ -104,6 +105,17 @@ impl Replayer {
     /// Applies `events` in the order given; `emit[i]` says whether impression event i yields
     /// rows (events not emitted still change the state).
     pub fn run(&self, events: &[FeatureEvent], emit: &[bool]) -> Result<ReplayRows> {
+        self.run_until(events, emit, &Cancel::new())
+    }
+
+    /// [`Replayer::run`], stopping with `Interrupted` soon after `cancel` is set (checked every
+    /// 4096 events).
+    pub fn run_until(
+        &self,
+        events: &[FeatureEvent],
+        emit: &[bool],
+        cancel: &Cancel,
+    ) -> Result<ReplayRows> {
         if emit.len() != events.len() {
             return Err(invalid!(
                 "emit has {} flags for {} events",
@@ -119,6 +131,9 @@ impl Replayer {
         };
         let mut ublock = vec![0.0f32; uw];
         for (e, (ev, &emit)) in events.iter().zip(emit).enumerate() {
+            if e % 4096 == 0 {
+                cancel.check("the replay")?;
+            }
             // the same quantised instant the pipeline used (whole microseconds)
             let now = ev.ts_us as f64 / 1e6;
             match ev.kind {
