@@ -387,7 +387,7 @@ def test_simulator_writes_schema_v1(truth):
             assert re.search(rf"/{table}/dt=\d{{4}}-\d\d-\d\d/hour=\d\d/part-[\w-]+\.parquet$", f)
             s = pq.read_schema(f)
             assert s.remove_metadata().equals(schema.remove_metadata()), (table, s)
-            assert s.metadata[b"fyp.schema_version"] == b"1"
+            assert s.metadata[b"fyp.schema_version"] == b"2"
             assert s.metadata[b"fyp.table"] == table.encode()
     assert SCHEMAS["impressions"].field("ts").type == TS
     tok = analytics.read_table(truth.root, "impressions", ["user_token"])["user_token"]

@@ -118,6 +118,11 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
         "pred_follow",
         "pred_watch_seconds",
         "sampled_pct",
+        "impression_key",
+    ]
+    # the integer join key: xxh3_64 of the id's UTF-8 bytes, next to the id (schema v2)
+    assert sc.column("impression_key").to_pylist() == [
+        xxhash.xxh3_64_intdigest(i.encode()) for i in sc.column("impression_id").to_pylist()
     ]
     got = np.stack(
         [
@@ -149,7 +154,7 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
             assert "/dt=2023-11-14/hour=22/part-w0-" in f
             md = pq.ParquetFile(f).metadata
             kv = md.metadata
-            assert kv[b"fyp.schema_version"] == b"1"
+            assert kv[b"fyp.schema_version"] == b"2"
             assert kv[b"fyp.table"] == table.encode()
             assert md.row_group(0).column(0).compression == "ZSTD"
             # the files hold exactly the declared schema (fyp_core.eventlog)

@@ -64,7 +64,7 @@ def test_schema_follows_the_task_set_and_refuses_unknown_tables():
         eventlog.schema("clicks")
     with pytest.raises(TypeError, match="sequence of task names"):
         eventlog.schema("ranker_scores", "finish")
-    assert eventlog.SCHEMA_VERSION == "1"
+    assert eventlog.SCHEMA_VERSION == "2"
     assert "feature_events" in eventlog.TABLES
 
 

@@ -11,6 +11,10 @@ reruns the query, which lists afresh. Only hours that ended ``min_age_hours`` ag
 no writer is still renaming files into them. Retention is unaffected: the partition keeps its
 path. A run that crashed leaves at most a staging directory, removed by the next run on that
 table.
+
+Compaction also upgrades event-log schema version 1 files: a partition with a file that lacks the
+integer join key ``impression_key`` (version 2, docs/eventlog_schema.md) is rewritten with the key
+added, even when it holds a single file.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fyp_core import eventlog
 from fyp_core.analytics.sqlsource import TABLES
 
 __all__ = ["CompactResult", "compact", "compact_partition", "exchange_dirs", "wait_for_compactions"]
@@ -48,7 +54,7 @@ class CompactResult:
     rows: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
-    skipped: List[str] = field(default_factory=list)  # partitions with 0 or 1 file
+    skipped: List[str] = field(default_factory=list)  # 0 files, or 1 file already version 2
 
 
 def exchange_dirs(a: str, b: str) -> None:
@@ -94,17 +100,40 @@ def _hour_end(dt: str, hour: int) -> _dt.datetime:
     return day + _dt.timedelta(hours=int(hour) + 1)
 
 
+_KEY = pa.field("impression_key", pa.uint64(), nullable=False)
+
+
+def _lacks_key(schema: pa.Schema) -> bool:
+    """A version-1 file of a table that carries impression ids (no integer join key)."""
+    return "impression_id" in schema.names and "impression_key" not in schema.names
+
+
+def _upgraded(schema: pa.Schema) -> pa.Schema:
+    if not _lacks_key(schema):
+        return schema
+    meta = {**(schema.metadata or {}), b"fyp.schema_version": eventlog.SCHEMA_VERSION.encode()}
+    return schema.append(_KEY).with_metadata(meta)
+
+
+def _with_key(t: pa.Table) -> pa.Table:
+    if not _lacks_key(t.schema):
+        return t
+    keys = eventlog.impression_keys(t.column("impression_id").to_pylist())
+    return t.append_column(_KEY, pa.array(keys, pa.uint64()))
+
+
 def _merge_into(files: List[Path], out: Path) -> int:
-    """Stream every file's row groups into ``out`` (bounded memory); returns the row count."""
-    schema = pq.read_schema(files[0])
+    """Stream every file's row groups into ``out`` (bounded memory), version-1 rows gaining the
+    integer join key; returns the row count."""
+    schema = _upgraded(pq.read_schema(files[0]))
     rows = 0
     with pq.ParquetWriter(out, schema, compression="zstd") as w:
         for f in files:
             pf = pq.ParquetFile(f)
-            if not pf.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
+            if not _upgraded(pf.schema_arrow).remove_metadata().equals(schema.remove_metadata()):
                 raise ValueError(f"{f} has a different schema than {files[0]}; not merged")
             for i in range(pf.num_row_groups):
-                t = pf.read_row_group(i)
+                t = _with_key(pf.read_row_group(i))
                 rows += t.num_rows
                 w.write_table(t.replace_schema_metadata(schema.metadata))
     _fsync(out)
@@ -165,7 +194,7 @@ def _compact_locked(part: Path, staging_root: Path, res: CompactResult) -> None:
     files = _visible(part)
     if any(p.name.endswith(".tmp") for p in part.iterdir()):
         raise ValueError(f"partition {part} has a .tmp file: a writer is still writing it")
-    if len(files) <= 1:
+    if len(files) == 0 or (len(files) == 1 and not _lacks_key(pq.read_schema(files[0]))):
         res.skipped.append(str(part))
         return
     stage = staging_root / f"{table}-{uuid.uuid4().hex}"

@@ -21,9 +21,10 @@ from fyp_core._core import (
     EVENTLOG_SCHEMA_VERSION,
     EVENTLOG_TABLES,
     _eventlog_schema_ipc,
+    impression_keys,
 )
 
-__all__ = ["DEFAULT_TASKS", "SCHEMA_VERSION", "TABLES", "schema"]
+__all__ = ["DEFAULT_TASKS", "SCHEMA_VERSION", "TABLES", "impression_keys", "schema"]
 
 #: Every table the log writes, in the core's order.
 TABLES: tuple[str, ...] = tuple(EVENTLOG_TABLES)

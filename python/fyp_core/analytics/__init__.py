@@ -159,7 +159,8 @@ def run(
     if missing:
         raise ValueError(f"query {name!r} needs table(s) {missing} with files under {root!r}")
     if con is None:
-        con = connect(root, engine=engine or "duckdb", **params)
+        # creating the views binds them to the files, which a compaction swap can move away
+        con = _retrying(lambda: connect(root, engine=engine or "duckdb", **params), root)
     if isinstance(con, duckdb.DuckDBPyConnection):
         from fyp_core.analytics.duck import run_duckdb
 

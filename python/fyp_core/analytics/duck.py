@@ -26,6 +26,17 @@ def _set_params(con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> No
         con.execute(f"SET VARIABLE {k} = ?", [v])
 
 
+def _version_1(e: duckdb.Error, root: str) -> Exception:
+    """A clear error for a log (partly) written before schema version 2, else ``e`` itself."""
+    if "impression_key" not in str(e):
+        return e
+    return ValueError(
+        f"the log under {root!r} has files written with event-log schema version 1 (no "
+        f"impression_key column), which the analytics join on; run `fyp-core compact {root}` "
+        f"to add the key to every closed hour partition (docs/eventlog_schema.md). DuckDB: {e}"
+    )
+
+
 def install_views(con: duckdb.DuckDBPyConnection, root: str) -> None:
     """Create (or replace) the table views of ``root`` that have files, then the shared views."""
     from fyp_core.analytics import table_files
@@ -35,7 +46,10 @@ def install_views(con: duckdb.DuckDBPyConnection, root: str) -> None:
         con.execute(f"CREATE OR REPLACE TEMP VIEW {t} AS {raw_table_sql(t)}")
     if {"impressions", "engagements"} <= set(have):
         for name, body in views():
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+            try:
+                con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
+            except duckdb.Error as e:
+                raise _version_1(e, root) from None
 
 
 def connect_duckdb(
@@ -77,7 +91,11 @@ def run_duckdb(
         if root[0] is None:
             raise ValueError("the DuckDB connection has no root variable; use analytics.connect")
         install_views(con, root[0])
-    return con.sql(query_body(name)).to_arrow_table()
+    try:
+        return con.sql(query_body(name)).to_arrow_table()
+    except duckdb.Error as e:
+        root = con.execute("SELECT getvariable('root')").fetchall()[0]
+        raise _version_1(e, str(root[0])) from None
 
 
 #: the label columns of the ``outcomes`` view, in the training set's order
@@ -102,6 +120,9 @@ def outcome_labels(impressions: pa.Table, root: str, window_hours: float = 24.0)
     keys = pa.table(
         {
             "impression_id": impressions.column("impression_id"),
+            "impression_key": eventlog.impression_keys(
+                impressions.column("impression_id").to_pylist()
+            ),
             "ts_us": pc.cast(impressions.column("ts"), pa.int64()),
             "_row": pa.array(np.arange(impressions.num_rows, dtype=np.int64)),
         }

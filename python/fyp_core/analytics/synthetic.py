@@ -183,6 +183,10 @@ def _write_partitioned(
     ends = np.concatenate([cuts, [len(hours)]])
     md = {"fyp.schema_version": SCHEMA_VERSION, "fyp.table": table, **(metadata or {})}
     schema = SCHEMAS[table].with_metadata(md)
+    if "impression_key" in schema.names and "impression_key" not in t.column_names:
+        # the writer's derived join key, computed by the same core function
+        ids = t.column("impression_id").to_pylist()
+        t = t.append_column("impression_key", pa.array(eventlog.impression_keys(ids)))
     files = 0
     for s, e in zip(starts.tolist(), ends.tolist()):  # loops over hours, not rows
         h = int(hours[s])

@@ -684,6 +684,22 @@ fn _eventlog_schema_ipc(py: Python<'_>, table: &str, tasks: Vec<String>) -> PyRe
     Ok(PyBytes::new(py, &bytes).unbind())
 }
 
+/// `impression_keys(impression_ids)`: the log's integer join key of each impression id
+/// (`xxh3_64`, seed 0, of its UTF-8 bytes; docs/eventlog_schema.md), as a uint64 array.
+#[pyfunction]
+fn impression_keys<'py>(
+    py: Python<'py>,
+    impression_ids: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, numpy::PyArray1<u64>>> {
+    let ids = str_list(impression_ids, "impression_ids")?;
+    let keys: Vec<u64> = py.detach(|| {
+        ids.iter()
+            .map(|s| fyp_core::eventlog::impression_key(s))
+            .collect()
+    });
+    Ok(numpy::PyArray1::from_vec(py, keys))
+}
+
 /// atexit hook: closes every EventLog still open, so queued rows become visible.
 #[pyfunction]
 fn _close_all_event_logs(py: Python<'_>) {
@@ -706,6 +722,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyUserTokenizer>()?;
     m.add_function(wrap_pyfunction!(user_token, m)?)?;
     m.add_function(wrap_pyfunction!(_eventlog_schema_ipc, m)?)?;
+    m.add_function(wrap_pyfunction!(impression_keys, m)?)?;
     m.add(
         "EVENTLOG_SCHEMA_VERSION",
         fyp_core::eventlog::SCHEMA_VERSION,

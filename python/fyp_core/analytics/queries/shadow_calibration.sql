@@ -11,7 +11,7 @@ WITH by_value AS (
            sum(o.w * s.pred_finish) AS s_wp, sum(o.w * o.completed::INT) AS s_wy,
            min(s.pred_finish) AS pred_min, max(s.pred_finish) AS pred_max
     FROM ranker_scores s
-    JOIN outcomes o USING (impression_id)
+    JOIN outcomes o USING (impression_key)
     GROUP BY s.model_version, bin
 ),
 cum AS (

@@ -12,7 +12,7 @@
 -- Parameters (DuckDB variables): root (log directory, required), window_hours (default 24).
 -- Standalone: duckdb -c "SET VARIABLE root = '/path/to/LOGDIR'" -c ".read shadow_vs_live.sql"
 WITH scores AS (
-    SELECT impression_id, model_version, is_shadow,
+    SELECT impression_key, model_version, is_shadow,
            least(greatest(CAST(pred_finish AS DOUBLE), 1e-7), 1 - 1e-7) AS pred
     FROM ranker_scores
 ),
@@ -20,8 +20,8 @@ pairs AS MATERIALIZED (
     SELECT sh.model_version AS shadow_version, lv.model_version AS live_version,
            o.w, o.completed::INT AS y, sh.pred AS ps, lv.pred AS pl
     FROM (SELECT * FROM scores WHERE is_shadow) sh
-    JOIN (SELECT * FROM scores WHERE NOT is_shadow) lv USING (impression_id)
-    JOIN outcomes o USING (impression_id)
+    JOIN (SELECT * FROM scores WHERE NOT is_shadow) lv USING (impression_key)
+    JOIN outcomes o USING (impression_key)
 ),
 -- per (shadow, role, prediction bin of width 1e-4): row count, positive / negative weight and
 -- exact sums of w * pred, log-loss and squared error, every metric below is a function of these

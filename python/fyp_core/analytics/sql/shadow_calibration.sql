@@ -15,10 +15,10 @@ SET TimeZone = 'UTC';
 -- imp: impressions with w = 100 / sampled_pct (the sampling reweight, exploration rows have w = 1)
 -- and day = the UTC date of ts, taken from the dt partition, time arithmetic uses epoch microseconds
 -- (ts_us), which avoids per-row time-zone calendar work on TIMESTAMPTZ.
--- outcomes: each impression joined to its engagements by impression_id, a flag counts when its
--- first engagement row arrives within window_hours of the impression (default 24) (later rows are
--- late engagements), watched_seconds sums the impression's engagement rows when its first row is
--- within the window.
+-- outcomes: each impression joined to its engagements by impression_key (the integer key of the
+-- impression id, schema v2), a flag counts when its first engagement row arrives within
+-- window_hours of the impression (default 24) (later rows are late engagements), watched_seconds
+-- sums the impression's engagement rows when its first row is within the window.
 WITH
 impressions AS (
     SELECT * FROM read_parquet(getvariable('root') || '/impressions/*/*/*.parquet',
@@ -36,13 +36,13 @@ ranker_scores AS (
                                hive_types = {'dt': VARCHAR, 'hour': INTEGER})
 ),
 imp AS (
-    SELECT impression_id, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day, request_id,
-           user_token, item_id, position, source, propensity, model_version, topic, creator_id,
+    SELECT impression_id, impression_key, ts, epoch_us(ts) AS ts_us, dt, CAST(dt AS DATE) AS day,
+           request_id, user_token, item_id, position, source, propensity, model_version, topic, creator_id,
            sampled_pct, 100.0 / sampled_pct AS w
     FROM impressions
 ),
 eng AS (
-    SELECT impression_id,
+    SELECT impression_key,
            epoch_us(min(ts)) AS t_first,
            epoch_us(min(ts) FILTER (WHERE completed OR liked OR shared OR followed)) AS t_engaged,
            epoch_us(min(ts) FILTER (WHERE completed)) AS t_completed,
@@ -51,7 +51,7 @@ eng AS (
            epoch_us(min(ts) FILTER (WHERE followed)) AS t_followed,
            sum(watched_seconds) AS watched_seconds
     FROM engagements
-    GROUP BY impression_id
+    GROUP BY impression_key
 ),
 outcomes AS (
     SELECT imp.*,
@@ -64,7 +64,7 @@ outcomes AS (
            CASE WHEN eng.t_first <= imp.ts_us + win.d THEN eng.watched_seconds ELSE 0 END
                AS watched_seconds
     FROM imp
-    LEFT JOIN eng USING (impression_id)
+    LEFT JOIN eng USING (impression_key)
     CROSS JOIN (SELECT CAST(coalesce(getvariable('window_hours'), 24) * 3600e6 AS BIGINT) AS d)
         AS win
 )
@@ -75,7 +75,7 @@ outcomes AS (
            sum(o.w * s.pred_finish) AS s_wp, sum(o.w * o.completed::INT) AS s_wy,
            min(s.pred_finish) AS pred_min, max(s.pred_finish) AS pred_max
     FROM ranker_scores s
-    JOIN outcomes o USING (impression_id)
+    JOIN outcomes o USING (impression_key)
     GROUP BY s.model_version, bin
 ),
 cum AS (

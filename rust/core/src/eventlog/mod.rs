@@ -23,7 +23,7 @@ pub use record::{
 };
 pub use schema::{arrow_schema, Table, DEFAULT_TASKS, SCHEMA_VERSION};
 pub use stats::{StatsSnapshot, N_TABLES};
-pub use tables::schema_ipc;
+pub use tables::{impression_key, schema_ipc};
 pub use token::{user_token, UserTokenizer};
 pub(crate) use worker::json_str;
 pub use writer::{keep_request, now_us, EventLog, EventLogConfig};

@@ -4,7 +4,7 @@
 pub use super::tables::arrow_schema;
 
 /// Written into every file as key-value metadata `fyp.schema_version`.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
 /// The default ranker task set: one `pred_<task>` column per task in `ranker_scores`.
 pub const DEFAULT_TASKS: [&str; 5] = ["finish", "like", "share", "follow", "watch_seconds"];

@@ -8,7 +8,9 @@
 //!   type's default;
 //!
 //! and optionally `[checks]` applied by `Record::validate` (`nonempty`, `token`, `prob`,
-//! `nonneg`, `finite_nonneg`). From that one list come the row struct, the Arrow schema, the
+//! `nonneg`, `finite_nonneg`). A `derived { column: type = function(field) }` block adds columns
+//! computed from a field when the batch is built (never stored in the row, so never
+//! inconsistent with it; not read back). From that one list come the row struct, the Arrow schema, the
 //! row -> Arrow batch code, the Arrow batch -> row reader, the write-ahead codec (fields in
 //! declaration order) and the field checks. A new column is one line here.
 
@@ -73,6 +75,13 @@ mod check {
             Err(invalid!("{name} must be finite and >= 0, got {v}"))
         }
     }
+}
+
+/// The integer join key of an impression: `xxh3_64` (seed 0) of the impression id's UTF-8 bytes.
+/// Logged next to `impression_id` in every table that carries one, so the analytics join on a
+/// 64-bit integer instead of a string (docs/eventlog_schema.md; collisions are bounded there).
+pub fn impression_key(impression_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(impression_id.as_bytes())
 }
 
 fn ts_field() -> Field {
@@ -186,6 +195,7 @@ macro_rules! log_table {
         pub struct $name:ident as $variant:ident in $table:ident {
             $( $(#[$fm:meta])* $f:ident : $t:ty => $kind:ident $([$($chk:ident),+])? ),+ $(,)?
         }
+        $( derived { $( $d:ident : $dt:ty = $dfn:ident ( $src:ident ) ),+ $(,)? } )?
     ) => {
         $(#[$m])*
         #[derive(Debug, Clone, PartialEq)]
@@ -206,10 +216,15 @@ macro_rules! log_table {
             // `_tasks` is used by `per_task` columns only.
             fn fields(_tasks: &[String], out: &mut Vec<Field>) {
                 $( column_field!($kind, $f, $t, _tasks, out); )+
+                $( $( out.push(Field::new(stringify!($d), <$dt as Column>::data_type(), false)); )+ )?
             }
 
             fn columns(rows: &[&Self], _tasks: &[String], out: &mut Vec<ArrayRef>) {
                 $( column_array!($kind, $f, $t, rows, _tasks, out); )+
+                $( $(
+                    let values: Vec<$dt> = rows.iter().map(|r| $dfn(&r.$src)).collect();
+                    out.push(<$dt as Column>::array(values.iter()));
+                )+ )?
             }
 
             fn encode(&self, out: &mut Vec<u8>) {
@@ -256,6 +271,9 @@ log_table! {
         /// Stamped by the log at submit time; what the caller sets is ignored.
         sampled_pct: f64 => col,
     }
+    derived {
+        impression_key: u64 = impression_key(impression_id),
+    }
 }
 
 log_table! {
@@ -270,6 +288,9 @@ log_table! {
         shared: bool => col,
         followed: bool => col,
     }
+    derived {
+        impression_key: u64 = impression_key(impression_id),
+    }
 }
 
 log_table! {
@@ -283,6 +304,9 @@ log_table! {
         topic: i32 => col,
         propensity: f64 => col [prob],
         policy: String => col,
+    }
+    derived {
+        impression_key: u64 = impression_key(impression_id),
     }
 }
 
@@ -302,6 +326,9 @@ log_table! {
         /// True for the scores of an exploration slot: never sampled, never dropped.
         exploration: bool => wal,
         sampled_pct: f64 => col,
+    }
+    derived {
+        impression_key: u64 = impression_key(impression_id),
     }
 }
 
@@ -544,10 +571,20 @@ mod tests {
                 "value_score",
                 "pred_a",
                 "pred_b",
-                "sampled_pct"
+                "sampled_pct",
+                "impression_key"
             ]
         );
         assert_eq!(tasks_of(&s), tasks);
+        let b = to_batch(Table::RankerScores, &samples()[3..4], &tasks).unwrap();
+        let keys = b.column_by_name("impression_key").unwrap();
+        let keys = keys
+            .as_any()
+            .downcast_ref::<arrow_array::UInt64Array>()
+            .unwrap();
+        assert_eq!(keys.value(0), impression_key("r1:0"));
+        // the documented derivation: xxh3_64, seed 0, of the UTF-8 bytes
+        assert_eq!(impression_key("r1:0"), xxhash_rust::xxh3::xxh3_64(b"r1:0"));
         assert!(s.fields().iter().all(|f| !f.is_nullable()));
     }
 }

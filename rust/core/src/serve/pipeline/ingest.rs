@@ -16,10 +16,8 @@ pub fn impression_id(request_id: &str, user_token: &str, position: usize) -> Str
     format!("{request_id}:{tok}:{position}")
 }
 
-/// Key of an impression id in the pipeline's impression cache.
-pub(super) fn impression_key(impression_id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(impression_id.as_bytes())
-}
+/// Key of an impression id in the pipeline's impression cache: the log's integer join key.
+pub(super) use crate::eventlog::impression_key;
 
 impl Pipeline {
     /// Adds items to the feature store and fresh pool, and (when `index` is true) to the ANN
