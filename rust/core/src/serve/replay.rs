@@ -148,50 +148,8 @@ impl Replayer {
                         }
                     }
                 }
-                FeatureEventKind::Engagement => {
-                    let &[item] = ev.item_ids.as_slice() else {
-                        return Err(invalid!(
-                            "engagement event {} (seq {}) has {} item ids; expected 1",
-                            e,
-                            ev.seq,
-                            ev.item_ids.len()
-                        ));
-                    };
-                    self.users.record_interaction(
-                        UserStore::key_of_token(&ev.user_token),
-                        Interaction {
-                            item_id: item,
-                            watched_frac: ev.watched_frac,
-                            liked: ev.liked,
-                            ts: now,
-                        },
-                    );
-                    if self
-                        .items
-                        .record(item, now, false, ev.completed, ev.liked)
-                        .is_err()
-                    {
-                        out.events_on_removed += 1;
-                    }
-                }
-                FeatureEventKind::Upload => {
-                    let &[id] = ev.item_ids.as_slice() else {
-                        return Err(invalid!(
-                            "upload event {e} has {} item ids",
-                            ev.item_ids.len()
-                        ));
-                    };
-                    let info = ItemInfo {
-                        id,
-                        topic: u32::try_from(ev.topic)
-                            .map_err(|_| invalid!("upload event {e}: negative topic"))?,
-                        creator: ev.creator_id,
-                        category: u32::try_from(ev.category)
-                            .map_err(|_| invalid!("upload event {e}: negative category"))?,
-                        upload_ts: ev.upload_ts,
-                    };
-                    self.items.upsert(&[info], &ev.embedding)?;
-                }
+                FeatureEventKind::Engagement => self.apply_engagement(ev, e, now, &mut out)?,
+                FeatureEventKind::Upload => self.apply_upload(ev, e)?,
                 FeatureEventKind::Remove => {
                     self.items.remove(&ev.item_ids);
                 }
@@ -208,6 +166,60 @@ impl Replayer {
             }
         }
         Ok(out)
+    }
+
+    fn apply_engagement(
+        &self,
+        ev: &FeatureEvent,
+        e: usize,
+        now: f64,
+        out: &mut ReplayRows,
+    ) -> Result<()> {
+        let &[item] = ev.item_ids.as_slice() else {
+            return Err(invalid!(
+                "engagement event {} (seq {}) has {} item ids; expected 1",
+                e,
+                ev.seq,
+                ev.item_ids.len()
+            ));
+        };
+        self.users.record_interaction(
+            UserStore::key_of_token(&ev.user_token),
+            Interaction {
+                item_id: item,
+                watched_frac: ev.watched_frac,
+                liked: ev.liked,
+                ts: now,
+            },
+        );
+        // an item taken down meanwhile: the pipeline counts it too
+        if self
+            .items
+            .record(item, now, false, ev.completed, ev.liked)
+            .is_err()
+        {
+            out.events_on_removed += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_upload(&self, ev: &FeatureEvent, e: usize) -> Result<()> {
+        let &[id] = ev.item_ids.as_slice() else {
+            return Err(invalid!(
+                "upload event {e} has {} item ids",
+                ev.item_ids.len()
+            ));
+        };
+        let info = ItemInfo {
+            id,
+            topic: u32::try_from(ev.topic)
+                .map_err(|_| invalid!("upload event {e}: negative topic"))?,
+            creator: ev.creator_id,
+            category: u32::try_from(ev.category)
+                .map_err(|_| invalid!("upload event {e}: negative category"))?,
+            upload_ts: ev.upload_ts,
+        };
+        self.items.upsert(&[info], &ev.embedding)
     }
 
     fn emit_rows(
