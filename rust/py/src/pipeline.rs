@@ -250,8 +250,8 @@ impl PyFeedResponse {
         }
         Ok(d)
     }
-    /// Candidates gathered for this request (fresh pool, ANN, popularity), exploration draws not
-    /// counted.
+    /// Candidates gathered for this request by every candidate source (fresh pool, ANN or
+    /// popularity, backfill); exploration draws not counted.
     #[getter]
     fn n_candidates(&self) -> usize {
         self.inner.n_candidates
