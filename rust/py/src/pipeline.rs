@@ -527,6 +527,13 @@ impl PyFeedPipeline {
     }
 
     /// One new item: into the index, the feature store and the fresh pool (servable at once).
+    ///
+    /// `item_id` and `creator`: ints in [0, 2**64); `embedding`: float32 `[dim]` of the index,
+    /// finite; `topic` and `category`: ints in [0, 2**31); `ts`: upload time in seconds since
+    /// the epoch (default now). An existing id is replaced. With an event log the upload goes
+    /// to the feature changelog; with `redis_url` it is published to the other hosts.
+    /// Raises ValueError naming the argument that is out of range, the wrong length or not
+    /// finite. Releases the GIL.
     #[pyo3(signature = (item_id, embedding, topic, creator, category=AnyInt::of(0), ts=None),
            text_signature = "($self, item_id, embedding, topic, creator, category=0, ts=None)")]
     #[allow(clippy::too_many_arguments)]
