@@ -296,6 +296,12 @@ def _loop(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``fyp-core`` command: parses ``argv`` (default ``sys.argv[1:]``) and runs the subcommand.
+
+    Returns the exit status: 0 on success, 2 for a usage error or for bad input (a
+    ``ValueError`` or ``OSError`` of report/retention/compact/simulate/catalogue/loop, printed as
+    one line on stderr instead of a traceback).
+    """
     args = _build_parser().parse_args(argv)
     if args.version:
         from fyp_core import __version__

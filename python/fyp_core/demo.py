@@ -130,6 +130,10 @@ def build_pipeline(source: Any, args: argparse.Namespace, log_dir: str | None) -
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """``fyp-core demo``: builds a synthetic world and its pipeline, serves ``--requests`` feeds
+    (with uploads at ``--upload-rate``), then prints the figures, the headline and the next
+    commands. The event log goes to ``--log-dir`` unless ``--no-log``; it is flushed and closed
+    also when interrupted. Returns the exit status (0)."""
     from fyp_core.synth import make_world
 
     t0 = time.perf_counter()
@@ -278,6 +282,9 @@ DEMO_LOG_DIR = "fyp-demo-log"
 
 
 def add_arguments(p: argparse.ArgumentParser, log_dir_default: str | None = None) -> None:
+    """The world and serving options shared by ``fyp-core demo`` and ``fyp-core serve``
+    (``--items``, ``--users``, ``--requests``, ``--n``, ``--candidates``, ``--ef``, ...);
+    ``log_dir_default`` is the ``--log-dir`` default (None: no event log unless given)."""
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
     p.add_argument("--users", type=int, default=100_000, help="users (default 100k)")
     p.add_argument("--requests", type=int, default=3_000, help="feed requests to serve")

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+__all__ = ["LATENCY_BUDGET_MS", "print_headline", "print_next_steps"]
+
 LATENCY_BUDGET_MS = 20.0  # DESIGN.md section 6: end-to-end feed() p99
 
 
@@ -42,6 +44,9 @@ def _lift(f: dict[str, Any], log_dir: Optional[str]) -> tuple[Optional[tuple], s
 
 
 def print_headline(f: dict[str, Any], args: argparse.Namespace, log_dir: Optional[str]) -> None:
+    """Prints the demo's headline from its figures ``f``: the ranker's causal lift over the
+    exploration arm (from the log in ``log_dir`` when there is one), throughput, peak memory and
+    the feed p99 against ``LATENCY_BUDGET_MS``, each explained in one line."""
     lift, basis = _lift(f, log_dir)
     p99 = float(np.percentile(f["total_ms"], 99)) if len(f["total_ms"]) else float("nan")
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: KiB
@@ -76,6 +81,7 @@ def print_headline(f: dict[str, Any], args: argparse.Namespace, log_dir: Optiona
 
 
 def print_next_steps(args: argparse.Namespace, log_dir: Optional[str]) -> None:
+    """Prints the commands to run next (report on the kept log, serve the same world, ...)."""
     print("\nnext:")
     if log_dir:
         q = shlex.quote(log_dir)

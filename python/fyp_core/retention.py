@@ -25,12 +25,16 @@ import pyarrow.parquet as pq
 from fyp_core import analytics
 from fyp_core._core import EVENTLOG_TABLES
 
+__all__ = ["ROLLUP_DIR", "ROLLUP_FILE", "RetentionResult", "rollup_path", "run_retention"]
+
 ROLLUP_DIR = os.path.join("rollups", "user_day_topic")
 ROLLUP_FILE = "part-rollup.parquet"
 
 
 @dataclass
 class RetentionResult:
+    """What ``run_retention`` did (or, with ``dry_run``, would do)."""
+
     cutoff: str  # partitions with dt < cutoff are expired
     rolled_up: List[str] = field(default_factory=list)  # dt values newly rolled up
     rollup_rows: int = 0
@@ -70,6 +74,7 @@ def _write_atomic(table: pa.Table, final: Path) -> None:
 
 
 def rollup_path(root: str, dt: str) -> Path:
+    """The rollup file of day ``dt`` (``YYYY-MM-DD``) under the log root ``root``."""
     return Path(root) / ROLLUP_DIR / f"dt={dt}" / ROLLUP_FILE
 
 

@@ -32,6 +32,23 @@ from fyp_core import eventlog
 from fyp_core.eventlog import SCHEMA_VERSION
 from fyp_core.synth import TASKS as SYNTH_TASKS
 
+__all__ = [
+    "DEFAULT_MODELS",
+    "FEATURE_NAMES",
+    "SCHEMAS",
+    "SIM_TABLES",
+    "TASKS",
+    "TS",
+    "US_PER_DAY",
+    "US_PER_HOUR",
+    "BanditLog",
+    "BanditWorld",
+    "ShadowSpec",
+    "SimTruth",
+    "generate_log",
+    "user_token",
+]
+
 TS = pa.timestamp("us", tz="UTC")
 #: The simulators' one task list (``fyp_core.synth.TASKS``): ranker_scores has a column per task.
 TASKS = SYNTH_TASKS

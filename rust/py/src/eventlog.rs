@@ -24,6 +24,21 @@ use std::time::Duration;
 /// Open logs, closed by the atexit hook so a script that never calls close() loses nothing.
 static OPEN_LOGS: Mutex<Vec<Weak<EventLog>>> = Mutex::new(Vec::new());
 
+/// The non-blocking counterfactual event log: zstd Parquet under `root`, Hive-partitioned as
+/// `<root>/<table>/dt=YYYY-MM-DD/hour=HH/part-*.parquet` (UTC); a file is visible only once
+/// complete.
+///
+/// `sample_pct` in (0, 100]: share of requests whose firehose rows are kept (exploration rows
+/// and engagements always are). `queue_capacity`: rows held in memory before firehose rows are
+/// dropped and durable rows spill to the write-ahead file. Files rotate at `rotate_rows` rows,
+/// about `rotate_bytes` bytes, or every `rotate_seconds`. `wal_path`: write-ahead directory
+/// (default `<root>/_wal/<writer_id>`); `writer_id`: 1-64 of [A-Za-z0-9_.], one per process
+/// writing into a root. `tasks`: ranker task names (`pred_<task>` columns). `zstd_level` in
+/// 1..=22; `wal_sync` fsyncs every durable submit. The `log_*` methods take column arrays (a
+/// scalar broadcasts), never wait for the writer, and return the rows accepted; `ts` is
+/// microseconds since the epoch. Raises ValueError for bad settings or a write-ahead directory
+/// another open log holds, OSError when `root` cannot be written. Safe to share between
+/// threads; closed by `close()`, `with`, or at interpreter exit.
 #[pyclass(name = "EventLog", module = "fyp_core", frozen)]
 pub struct PyEventLog {
     pub inner: Arc<EventLog>,
@@ -176,30 +191,38 @@ impl PyEventLog {
         Ok(Self { inner })
     }
 
+    /// The log root directory (tables are subdirectories).
     #[getter]
     fn root(&self) -> PathBuf {
         self.inner.config().root.clone()
     }
+    /// The write-ahead directory this log uses (default `<root>/_wal/<writer_id>`).
     #[getter]
     fn wal_path(&self) -> PathBuf {
         self.inner.wal_dir().to_path_buf()
     }
+    /// Percentage (0, 100] of requests whose firehose rows are kept.
     #[getter]
     fn sample_pct(&self) -> f64 {
         self.inner.config().sample_pct
     }
+    /// Rows the in-memory queue holds before firehose rows are dropped and durable rows spill.
     #[getter]
     fn queue_capacity(&self) -> usize {
         self.inner.config().queue_capacity
     }
+    /// This writer's id: it names its files (`part-<writer_id>-...`) and default write-ahead
+    /// directory.
     #[getter]
     fn writer_id(&self) -> String {
         self.inner.config().writer_id.clone()
     }
+    /// Ranker task names: `ranker_scores` has one `pred_<task>` column each.
     #[getter]
     fn tasks(&self) -> Vec<String> {
         self.inner.config().tasks.clone()
     }
+    /// True once `close()` has run (logging then raises ValueError).
     #[getter]
     fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -632,6 +655,11 @@ fn f64_vec(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<f64>> {
     Ok(r.as_slice()?.to_vec())
 }
 
+/// Pseudonymous user tokens under one secret key: `hex(HMAC-SHA256(key, user_id)[:16])`.
+///
+/// `key`: bytes, at least 16 (e.g. `os.urandom(32)`); shorter raises ValueError. Logs hold
+/// only tokens; the token -> id map lives in the vault (`fyp_core.vault`). The key is never
+/// shown (`repr` hides it). Immutable: safe to share between threads.
 #[pyclass(name = "UserTokenizer", module = "fyp_core", frozen)]
 pub struct PyUserTokenizer {
     pub inner: Arc<UserTokenizer>,

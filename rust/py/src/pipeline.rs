@@ -95,6 +95,14 @@ fn now_or(now: Option<f64>) -> PyResult<f64> {
     }
 }
 
+/// One served feed, as `FeedPipeline.feed` returned it; immutable.
+///
+/// Per-slot fields are parallel sequences of `len(resp)` entries in feed order: `item_ids`,
+/// `positions`, `sources`, `propensities`, `impression_ids`, `topics`, `creators`, `values`,
+/// and the rows of `predictions` (`len(resp) x len(task_names)`). Every prediction was frozen
+/// with `model_version` before the response left the pipeline; `relaxed` names the policy
+/// rules the re-ranker had to relax, `timings` the milliseconds per stage. `to_dict()` gives
+/// a JSON-ready form.
 #[pyclass(name = "FeedResponse", module = "fyp_core", frozen)]
 pub struct PyFeedResponse {
     inner: FeedResponse,
@@ -102,22 +110,28 @@ pub struct PyFeedResponse {
 
 #[pymethods]
 impl PyFeedResponse {
+    /// The request id the caller passed to `feed`.
     #[getter]
     fn request_id(&self) -> &str {
         &self.inner.request_id
     }
+    /// The user's 32-char hex HMAC token (logs hold it instead of the user id).
     #[getter]
     fn user_token(&self) -> &str {
         &self.inner.user_token
     }
+    /// Version of the model that ranked this request (the live model, or the shadow an experiment
+    /// route assigns this user).
     #[getter]
     fn model_version(&self) -> &str {
         &self.inner.model_version
     }
+    /// Names of the prediction columns, in the order of `predictions`.
     #[getter]
     fn task_names(&self) -> Vec<String> {
         self.inner.task_names.clone()
     }
+    /// Served item ids in feed order (uint64 array).
     #[getter]
     fn item_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
         self.inner
@@ -127,6 +141,7 @@ impl PyFeedResponse {
             .collect::<Vec<_>>()
             .into_pyarray(py)
     }
+    /// 0-based feed position of each slot (int64 array).
     #[getter]
     fn positions<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
         self.inner
@@ -136,10 +151,13 @@ impl PyFeedResponse {
             .collect::<Vec<_>>()
             .into_pyarray(py)
     }
+    /// Source of each slot: "ranked", "exploration" or "fresh".
     #[getter]
     fn sources(&self) -> Vec<&'static str> {
         self.inner.slots.iter().map(|s| s.source.as_str()).collect()
     }
+    /// Logging propensity of each slot (float64): 1 for ranked and fresh slots, 1/|admissible
+    /// items| for exploration slots.
     #[getter]
     fn propensities<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
         self.inner
@@ -149,6 +167,8 @@ impl PyFeedResponse {
             .collect::<Vec<_>>()
             .into_pyarray(py)
     }
+    /// Impression id of each slot, `<request_id>:<first 16 hex of user_token>:<position>`; pass one
+    /// to `FeedPipeline.engage`.
     #[getter]
     fn impression_ids(&self) -> Vec<String> {
         self.inner
@@ -157,6 +177,7 @@ impl PyFeedResponse {
             .map(|s| s.impression_id.clone())
             .collect()
     }
+    /// Topic id of each served item (int64 array).
     #[getter]
     fn topics<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
         self.inner
@@ -166,6 +187,7 @@ impl PyFeedResponse {
             .collect::<Vec<_>>()
             .into_pyarray(py)
     }
+    /// Creator id of each served item (uint64 array).
     #[getter]
     fn creators<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
         self.inner
@@ -175,6 +197,7 @@ impl PyFeedResponse {
             .collect::<Vec<_>>()
             .into_pyarray(py)
     }
+    /// Value-model score of each slot (float32): the task-weighted sum of its predictions.
     #[getter]
     fn values<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
         self.inner
@@ -227,14 +250,19 @@ impl PyFeedResponse {
         }
         Ok(d)
     }
+    /// Candidates gathered for this request by every candidate source (fresh pool, ANN or
+    /// popularity, backfill); exploration draws not counted.
     #[getter]
     fn n_candidates(&self) -> usize {
         self.inner.n_candidates
     }
+    /// How many of those candidates came from the fresh pool (recent uploads).
     #[getter]
     fn n_fresh_candidates(&self) -> usize {
         self.inner.n_fresh_candidates
     }
+    /// True when the user had no embedding yet (no history and no long-term vector): popularity
+    /// candidates.
     #[getter]
     fn cold_start(&self) -> bool {
         self.inner.cold_start
@@ -283,6 +311,23 @@ impl PyFeedResponse {
     }
 }
 
+/// The serving pipeline: index, feature store, rankers, re-ranker, split and event log;
+/// answers `feed`, `engage` and `upload`.
+///
+/// `index` (HnswIndex of item embeddings), `ranker` (MlpRanker or RankerSet; its input width
+/// must be the pipeline's feature width for the index's dim), `reranker` (Reranker policy),
+/// `split` (TrafficSplit: salt and layers; the exploration rate comes from `config`, default
+/// the split's), `event_log` (optional EventLog with as many `tasks` as the ranker has),
+/// `config` (dict of product config: `explore_rate`, `fresh_budget`, `fresh_max_age_s`,
+/// `candidates`, `ef`, `task_weights`, `long_term_weight`, `recency_half_life`),
+/// `user_token_key` (required secret bytes, >= 16, for HMAC user tokens), sizes
+/// `history_len`, `seen_len`, `impression_capacity`, `tier_cadence_s` (expected update
+/// cadence of the real-time, near-real-time and batch tiers, seconds), and `redis_url` /
+/// `redis_namespace` / `redis_timeout_ms` / `redis_retry_after_ms` for a shared online tier
+/// (an unreachable Redis is not an error: requests fall back to the in-process state).
+/// Raises ValueError for a missing key, bad config, a ranker whose width or task count does
+/// not fit, or sizes out of range; TypeError for a `ranker` of another type. Safe to share
+/// between threads; every call with real work releases the GIL.
 #[pyclass(name = "FeedPipeline", module = "fyp_core", frozen)]
 pub struct PyFeedPipeline {
     inner: Arc<Pipeline>,
@@ -453,6 +498,17 @@ impl PyFeedPipeline {
         })
     }
 
+    /// Serves one feed request; returns a `FeedResponse`.
+    ///
+    /// `user_id`: the caller's raw user id (hashed to an HMAC token at once; never logged).
+    /// `request_id`: the request's id; with the user it keys the exploration draw, so a retry with
+    /// the same ids gets the same exploration slots. Both must be non-empty and at most 1024 bytes.
+    /// `n`: slots to serve, an int in [1, 1000] (default 20). `now`: the request time in seconds
+    /// since the epoch (float, default the wall clock; rounded to whole microseconds).
+    /// Retrieves, ranks, re-ranks and mixes, freezes every slot's predictions, then queues the
+    /// log records (never waits for the event log). Raises ValueError for an out-of-range `n`, an
+    /// empty or over-long id, or a non-finite `now`. Releases the GIL once for the whole request;
+    /// call it from many threads at once.
     #[pyo3(signature = (user_id, request_id, n=AnyInt::of(20), now=None),
            text_signature = "($self, user_id, request_id, n=20, now=None)")]
     fn feed(
@@ -471,6 +527,13 @@ impl PyFeedPipeline {
     }
 
     /// One new item: into the index, the feature store and the fresh pool (servable at once).
+    ///
+    /// `item_id` and `creator`: ints in [0, 2**64); `embedding`: float32 `[dim]` of the index,
+    /// finite; `topic` and `category`: ints in [0, 2**31); `ts`: upload time in seconds since
+    /// the epoch (default now). An existing id is replaced. With an event log the upload goes
+    /// to the feature changelog; with `redis_url` it is published to the other hosts.
+    /// Raises ValueError naming the argument that is out of range, the wrong length or not
+    /// finite. Releases the GIL.
     #[pyo3(signature = (item_id, embedding, topic, creator, category=AnyInt::of(0), ts=None),
            text_signature = "($self, item_id, embedding, topic, creator, category=0, ts=None)")]
     #[allow(clippy::too_many_arguments)]
@@ -537,6 +600,16 @@ impl PyFeedPipeline {
         run_detached(py, || p.remove_items(ids, now))
     }
 
+    /// Records one engagement with a served slot.
+    ///
+    /// `impression_id`: from `FeedResponse.impression_ids` (the pipeline remembers the last
+    /// `impression_capacity` of them). `watched_seconds`: finite, >= 0; unless `completed`, it
+    /// counts as a watched fraction of a 30 s clip. `completed`, `liked`, `shared`, `followed`:
+    /// flags. `now`: seconds since the epoch (default the wall clock).
+    /// Updates the user's history and the item's engagement counters and, with an event log,
+    /// queues an `engagements` row. Raises KeyError for an impression id this pipeline did not
+    /// serve (or has forgotten), ValueError for negative or non-finite `watched_seconds` or
+    /// `now`. Releases the GIL.
     #[pyo3(signature = (impression_id, watched_seconds=0.0, completed=false, liked=false, shared=false, followed=false, now=None))]
     #[allow(clippy::too_many_arguments)]
     fn engage(
@@ -789,10 +862,19 @@ impl PyFeedPipeline {
         self.inner.promote(version).map_err(to_py)
     }
 
+    /// Undoes the last `promote`; returns the version that is live again.
+    ///
+    /// The demoted model becomes a shadow again (it keeps being scored and logged). Atomic:
+    /// running requests finish on the models they started with. Raises ValueError when no model
+    /// has been promoted ("nothing to roll back").
     fn rollback(&self) -> PyResult<String> {
         self.inner.rankers.rollback().map_err(to_py)
     }
 
+    /// The user's token: `hex(HMAC-SHA256(user_token_key, user_id)[:16])`, 32 hex chars.
+    ///
+    /// The same token this pipeline writes to `FeedResponse.user_token` and to every log row;
+    /// join it to a raw id only through the vault (`fyp_core.vault`).
     fn user_token(&self, user_id: &str) -> String {
         self.inner.user_token(user_id)
     }
@@ -808,6 +890,15 @@ impl PyFeedPipeline {
             .collect())
     }
 
+    /// Counters since construction, as a dict.
+    ///
+    /// `requests`, `slots`, `exploration_slots`, `fresh_slots`, `cold_starts`,
+    /// `relaxed_responses`, `fresh_retrieval_rate` (share of requests with a fresh candidate),
+    /// `index_items`, `store_items`, `users`, `log_rejected` / `log_rows_rejected` (submissions
+    /// and rows the event log refused), `engagements_on_removed`, `impressions_on_removed`,
+    /// `routed_requests`, `shadows_skipped`; with an event log also `log_queue_depth`,
+    /// `log_dropped`, `log_not_durable`; with `redis_url` a `redis` dict (reads, errors,
+    /// fallbacks, catalogue sync counters).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.inner.stats;

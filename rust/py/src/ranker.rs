@@ -223,34 +223,43 @@ impl PyMlpRanker {
         self.inner.set_task_weights(w).map_err(to_py)
     }
 
+    /// The model version (stored in its model file; the pipeline stamps it on every frozen score).
     #[getter]
     fn version(&self) -> &str {
         self.inner.version()
     }
+    /// Task names, one per output column (default `task_0`, `task_1`, ...).
     #[getter]
     fn task_names(&self) -> Vec<String> {
         self.inner.task_names().to_vec()
     }
+    /// Output transform per task column: "identity", "sigmoid" or "softplus".
     #[getter]
     fn outputs(&self) -> Vec<&'static str> {
         self.inner.outputs().iter().map(|o| o.name()).collect()
     }
+    /// Hidden-layer activation: "relu", "gelu" (exact erf) or "silu".
     #[getter]
     fn activation(&self) -> &'static str {
         self.inner.activation().name()
     }
+    /// Number of input features (columns of `predict`'s `features`).
     #[getter]
     fn input_dim(&self) -> usize {
         self.inner.input_dim()
     }
+    /// Number of tasks (columns of the predictions).
     #[getter]
     fn n_tasks(&self) -> usize {
         self.inner.n_tasks()
     }
+    /// Named blocks of the input, `[(name, width)]`, widths summing to `input_dim` (default
+    /// `[("features", input_dim)]`).
     #[getter]
     fn input_schema(&self) -> Vec<(String, usize)> {
         self.inner.input_schema().to_vec()
     }
+    /// The GEMM kernel this model runs on: "avx512", "avx2" or "scalar".
     #[getter]
     fn kernel(&self) -> &'static str {
         self.inner.kernel().name()
@@ -270,6 +279,7 @@ impl PyMlpRanker {
             .collect()
     }
 
+    /// Copies of the layer biases, each float32 `(out,)`.
     fn biases<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyArray1<f32>>> {
         self.inner
             .layers()
@@ -300,6 +310,11 @@ impl PyMlpRanker {
         })
     }
 
+    /// Writes the model to `path` as a safetensors file (atomically: temp file, fsync, rename).
+    ///
+    /// Holds the layers, cross layers, version, activation, outputs, task names and input schema
+    /// with a CRC-32; task weights are product config and are not stored. Read it back with
+    /// `MlpRanker.load(path)`. Raises OSError when the file cannot be written. Releases the GIL.
     fn save(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
         let m = &self.inner;
         run_detached(py, || model_file::save(m, &path))
@@ -354,12 +369,16 @@ impl PyMlpRanker {
 /// Scores of one request from one snapshot of a `RankerSet`.
 #[pyclass(name = "RankerScores", module = "fyp_core", frozen)]
 pub struct PyRankerScores {
+    /// The live model's version in the snapshot that scored.
     #[pyo3(get)]
     live_version: String,
+    /// Live predictions, float32 `[n, n_tasks]`.
     #[pyo3(get)]
     live: Py<PyArray2<f32>>,
+    /// `{shadow_version: float32 [n, its n_tasks]}` from the same snapshot.
     #[pyo3(get)]
     shadows: Py<PyDict>,
+    /// Generation of the snapshot that scored (`RankerSet.generation` then).
     #[pyo3(get)]
     generation: u64,
 }
@@ -412,10 +431,17 @@ impl PyRankerSet {
         }
     }
 
+    /// Adds `ranker` as a shadow: scored with the live model on every call, never served.
+    ///
+    /// Its version must be new in the set and its `input_dim` equal to the live model's (it may
+    /// predict other tasks); otherwise ValueError. Atomic: a new snapshot is published.
     fn add_shadow(&self, ranker: &PyMlpRanker) -> PyResult<()> {
         self.inner.add_shadow(ranker.inner.clone()).map_err(to_py)
     }
 
+    /// Removes shadow `version` and returns it as an MlpRanker.
+    ///
+    /// KeyError when no shadow has that version (the live model cannot be removed). Atomic.
     fn remove_shadow(&self, version: &str) -> PyResult<PyMlpRanker> {
         let m = self.inner.remove_shadow(version).map_err(to_py)?;
         Ok(PyMlpRanker { inner: m })
@@ -463,16 +489,19 @@ impl PyRankerSet {
         Self::scores(py, s, n)
     }
 
+    /// The live model (an MlpRanker) of the current snapshot.
     #[getter]
     fn live(&self) -> PyMlpRanker {
         PyMlpRanker {
             inner: self.inner.snapshot().live.clone(),
         }
     }
+    /// Version of the live model.
     #[getter]
     fn live_version(&self) -> String {
         self.inner.snapshot().live_version().to_string()
     }
+    /// The shadow models (MlpRanker) of the current snapshot.
     #[getter]
     fn shadows(&self) -> Vec<PyMlpRanker> {
         self.inner
@@ -482,6 +511,7 @@ impl PyRankerSet {
             .map(|m| PyMlpRanker { inner: m.clone() })
             .collect()
     }
+    /// Versions of the shadow models, in the order of `shadows`.
     #[getter]
     fn shadow_versions(&self) -> Vec<String> {
         let s = self.inner.snapshot();
@@ -492,6 +522,8 @@ impl PyRankerSet {
     fn history(&self) -> Vec<String> {
         self.inner.history()
     }
+    /// Snapshot generation: 0 at construction, +1 on every change (add, remove, promote,
+    /// rollback).
     #[getter]
     fn generation(&self) -> u64 {
         self.inner.snapshot().generation

@@ -8,6 +8,16 @@ use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+/// Deterministic traffic assignment: which feed slots explore, and experiment buckets.
+///
+/// `explore_rate` in [0, 1] is the share of slots given to uniform exploration; `salt`
+/// (non-empty) keys every hash; `layers` (optional) are experiments, either
+/// `{layer: {variant: (start, end)}}` or `[{"name": layer, "variants": {variant: (start, end)}}]`,
+/// with bucket ranges `0 <= start < end <= 10000` that do not overlap within a layer.
+/// A slot is exploration when `unit(user_token, request_id, slot) < explore_rate`.
+/// Exploration is carved first; layers partition the ranked traffic only.
+/// Raises ValueError for a rate outside [0, 1], an empty salt, or malformed, duplicate or
+/// overlapping layers. Immutable: safe to share between threads.
 #[pyclass(name = "TrafficSplit", module = "fyp_core", frozen)]
 pub struct PyTrafficSplit {
     pub inner: TrafficSplit,
@@ -30,11 +40,13 @@ impl PyTrafficSplit {
             .map_err(to_py)
     }
 
+    /// Share of slots that are exploration, in [0, 1].
     #[getter]
     fn explore_rate(&self) -> f64 {
         self.inner.explore_rate()
     }
 
+    /// The salt that keys every exploration and bucket hash.
     #[getter]
     fn salt(&self) -> &str {
         self.inner.salt()
@@ -54,10 +66,20 @@ impl PyTrafficSplit {
         Ok(out)
     }
 
+    /// The uniform number in [0, 1) that decides one slot.
+    ///
+    /// `user_token` is the (HMAC) user token, `request_id` the request, `slot` the 0-based
+    /// position in the feed. Returns `(xxh3_64(key) >> 11) * 2**-53` with
+    /// `key = salt + "\x1f" + user_token + "\x1f" + request_id + "\x1f" + str(slot)` (seed 0):
+    /// a pure function of its arguments and the salt.
     fn unit(&self, user_token: &str, request_id: &str, slot: i64) -> f64 {
         self.inner.unit(user_token, request_id, slot)
     }
 
+    /// True when this slot is an exploration slot: `unit(user_token, request_id, slot) < explore_rate`.
+    ///
+    /// Deterministic (same arguments, same answer, in any process); no experiment layer
+    /// changes it. For many slots at once use `assign_batch`.
     fn is_exploration(&self, user_token: &str, request_id: &str, slot: i64) -> bool {
         self.inner.is_exploration(user_token, request_id, slot)
     }
@@ -81,6 +103,10 @@ impl PyTrafficSplit {
         Ok(out.into_pyarray(py))
     }
 
+    /// The user's experiment bucket in `layer`: an int in [0, 10000).
+    ///
+    /// `xxh3_64(salt + "\x1f" + "layer" + "\x1f" + layer + "\x1f" + user_token) % 10000`:
+    /// sticky per user, independent of request and slot. The layer need not be configured.
     fn bucket(&self, layer: &str, user_token: &str) -> u32 {
         self.inner.bucket(layer, user_token)
     }
