@@ -21,10 +21,18 @@ from fyp_core._core import (
     EVENTLOG_SCHEMA_VERSION,
     EVENTLOG_TABLES,
     _eventlog_schema_ipc,
+    impression_ids,
     impression_keys,
 )
 
-__all__ = ["DEFAULT_TASKS", "SCHEMA_VERSION", "TABLES", "impression_keys", "schema"]
+__all__ = [
+    "DEFAULT_TASKS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "impression_ids",
+    "impression_keys",
+    "schema",
+]
 
 #: Every table the log writes, in the core's order.
 TABLES: tuple[str, ...] = tuple(EVENTLOG_TABLES)

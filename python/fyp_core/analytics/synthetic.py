@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fyp_core import eventlog
+from fyp_core import _core, eventlog
 from fyp_core.eventlog import SCHEMA_VERSION
 from fyp_core.synth import TASKS as SYNTH_TASKS
 
@@ -361,10 +361,22 @@ def generate_log(
     ri, si = np.nonzero(keep)  # row-major: request then position
     req_id_all = _ids("r", np.arange(n_requests))
     imp_req_id = req_id_all.take(pa.array(ri))
-    imp_id = pc.binary_join_element_wise(imp_req_id, pc.cast(pa.array(si), pa.string()), ":")
+    tokens_pa = pa.array(tokens)
+
+    def slot_ids(reqs: np.ndarray, positions: np.ndarray) -> pa.Array:
+        """The pipeline's impression ids of these (request, position) slots (one derivation)."""
+        return pa.array(
+            _core.impression_ids(
+                req_id_all.take(pa.array(reqs)).to_pylist(),
+                tokens[req_user[reqs]].tolist(),
+                positions.astype(np.int64),
+            ),
+            pa.string(),
+        )
+
+    imp_id = slot_ids(ri, si)
     it_k = item[ri, si]
     src_names = np.array(["ranked", "fresh", "exploration"])
-    tokens_pa = pa.array(tokens)
     counts: Dict[str, int] = {}
     imp = pa.table(
         {
@@ -392,9 +404,7 @@ def generate_log(
     ee_pos = pa.array(ej.astype(np.int32))
     ee = pa.table(
         {
-            "impression_id": pc.binary_join_element_wise(
-                req_id_all.take(pa.array(ei)), pc.cast(ee_pos, pa.string()), ":"
-            ),
+            "impression_id": slot_ids(ei, ej),
             "ts": pa.array(imp_ts[ei, ej], TS),
             "user_token": tokens_pa.take(pa.array(req_user[ei])),
             "item_id": pa.array(item_ids[item[ei, ej]]),
@@ -441,9 +451,7 @@ def generate_log(
     ).astype(np.float32)
     eng = pa.table(
         {
-            "impression_id": pc.binary_join_element_wise(
-                req_id_all.take(pa.array(e_req)), pc.cast(pa.array(e_pos), pa.string()), ":"
-            ),
+            "impression_id": slot_ids(e_req, e_pos),
             "ts": pa.array(e_ts, TS),
             "user_token": tokens_pa.take(pa.array(req_user[e_req])),
             "watched_seconds": pa.array(e_watch),

@@ -728,6 +728,39 @@ fn impression_keys<'py>(
     Ok(numpy::PyArray1::from_vec(py, keys))
 }
 
+/// `impression_ids(request_ids, user_tokens, positions)`: the pipeline's impression id of each
+/// slot, `<request_id>:<first 16 chars of user_token>:<position>` (the one derivation, also used
+/// by `FeedPipeline.feed`), for simulators and tools that write logs the pipeline's way.
+/// The three sequences must have one entry per slot; positions must be >= 0.
+#[pyfunction]
+fn impression_ids(
+    request_ids: &Bound<'_, PyAny>,
+    user_tokens: &Bound<'_, PyAny>,
+    positions: &Bound<'_, PyAny>,
+) -> PyResult<Vec<String>> {
+    let req = str_list(request_ids, "request_ids")?;
+    let tok = str_list(user_tokens, "user_tokens")?;
+    let pos = i64_vector(positions, "positions")?;
+    let pos = pos.as_slice()?;
+    if tok.len() != req.len() || pos.len() != req.len() {
+        return Err(PyValueError::new_err(format!(
+            "request_ids, user_tokens and positions must have one entry per slot, got {}, {} and {}",
+            req.len(),
+            tok.len(),
+            pos.len()
+        )));
+    }
+    req.iter()
+        .zip(&tok)
+        .zip(pos)
+        .map(|((r, t), &p)| {
+            let p = usize::try_from(p)
+                .map_err(|_| PyValueError::new_err(format!("positions must be >= 0, got {p}")))?;
+            Ok(fyp_core::serve::pipeline::impression_id(r, t, p))
+        })
+        .collect()
+}
+
 /// atexit hook: closes every EventLog still open, so queued rows become visible.
 #[pyfunction]
 fn _close_all_event_logs(py: Python<'_>) {
@@ -751,6 +784,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(user_token, m)?)?;
     m.add_function(wrap_pyfunction!(_eventlog_schema_ipc, m)?)?;
     m.add_function(wrap_pyfunction!(impression_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(impression_ids, m)?)?;
     m.add(
         "EVENTLOG_SCHEMA_VERSION",
         fyp_core::eventlog::SCHEMA_VERSION,
