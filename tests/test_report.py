@@ -82,6 +82,29 @@ def test_guardrails_turn_amber_and_red(tmp_path):
     assert t["Live calibration"] in ("warn", "bad")
 
 
+def test_live_calibration_without_a_shadow():
+    """Live calibration is shown and no false "no ranker_scores logged" when only the live
+    model is logged; the shadow OPE card says why it has nothing to show."""
+    live_only = tuple(m for m in DEFAULT_MODELS if not m.is_shadow)
+    truth = sim_log(models=live_only, days=3, n_requests=4000, seed=12)
+    page = build_report(truth.root)
+    t = tiles_of(page)
+    assert t["Live calibration"] in ("ok", "warn", "bad")
+    assert re.search(r'Live calibration</div><div class="v">ECE 0\.\d{3}<', page)
+    assert "no ranker_scores logged" not in page
+    assert "no shadow model logged" in page
+    assert t["Shadow OPE"] == "na" and "no shadow candidate scores" in page
+    assert "<td>live-v1</td><td>live</td>" in page  # the live model's OPE row still shows
+
+
+def test_shadow_ope_card(good):
+    page = build_report(good.root)
+    assert tiles_of(page)["Shadow OPE"] in ("ok", "warn")
+    table = page[page.index("Shadow OPE on the exploration arm") :]
+    for v in ("live-v1", "shadow-v2", "shadow-v3"):
+        assert f"<td>{v}</td>" in table
+
+
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.html")]) == 2
     assert "fyp-core report" in capsys.readouterr().err

@@ -337,7 +337,10 @@ def build_report(
             )
         )
     else:
-        tiles.append(Tile("Shadow readiness", "n/a", "no ranker_scores logged", GREY))
+        tiles += _no_shadow_tiles(calib, th)
+
+    ope_rows = _shadow_ope_rows(root, window_hours)
+    tiles.append(_shadow_ope_tile(ope_rows))
 
     # exploration share
     if daily:
@@ -554,7 +557,7 @@ def build_report(
             )
         figs.append(p.svg("Calibration by decile (reliability diagram)"))
 
-    return _page(title, root, daily, tiles, figs, lift, shadow)
+    return _page(title, root, daily, tiles, figs, lift, shadow, ope_rows)
 
 
 def _table(rows: List[dict], cols: List[Tuple[str, str, str]]) -> str:
@@ -607,6 +610,127 @@ th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}th{background:#e
 LABELS = {GREEN: "OK", AMBER: "WATCH", RED: "ALERT", GREY: "INFO"}
 
 
+OPE_COLUMNS = [
+    ("version", "model", ""),
+    ("role", "role", ""),
+    ("n_used", "exploration slots", ","),
+    ("support_hits", "in support", ","),
+    ("snips", "SNIPS", "pct"),
+    ("snips_lo", "95% lo", "pct"),
+    ("snips_hi", "95% hi", "pct"),
+    ("ips", "IPS", "pct"),
+    ("dr", "DR", "pct"),
+    ("dr_lo", "DR 95% lo", "pct"),
+    ("dr_hi", "DR 95% hi", "pct"),
+    ("ess", "ESS", ",.0f"),
+    ("explore_rate", "uniform arm", "pct"),
+]
+
+
+def _no_shadow_tiles(calib: Optional[List[dict]], th: Thresholds) -> List[Tile]:
+    """Live calibration from the calibration deciles when no shadow is logged (ECE = the
+    row-weighted mean of |mean prediction - observed| over deciles), and why no readiness."""
+    live = [r for r in calib or [] if not r["is_shadow"]]
+    if not live:
+        why = "no ranker_scores logged" if not calib else "no live-model ranker_scores logged"
+        return [
+            Tile("Live calibration", "n/a", why, GREY),
+            Tile("Shadow readiness", "n/a", why, GREY),
+        ]
+    n = sum(r["n"] for r in live)
+    ece = sum(r["n"] * abs(r["mean_pred"] - r["observed"]) for r in live) / n
+    version = live[0]["model_version"]
+    return [
+        Tile(
+            "Live calibration",
+            f"ECE {ece:.3f}",
+            f"{version}: pred_finish vs finish rate over {n:,} impressions in 10 deciles",
+            _level(ece, *th.calibration_ece),
+        ),
+        Tile(
+            "Shadow readiness",
+            "n/a",
+            "no shadow model logged (ranker_scores holds only the live model): add one with "
+            "FeedPipeline.add_shadow",
+            GREY,
+        ),
+    ]
+
+
+def _shadow_ope_rows(root: str, window_hours: float) -> List[dict]:
+    """One row per model with logged candidate scores (the served model, then each shadow):
+    its softmax ranking replayed on the candidates, valued on the exploration slots."""
+    from fyp_core.analytics import ope_log
+
+    req = (
+        analytics.read_table(root, "requests", ["shadow_versions"])
+        if _has_shadow_cols(root)
+        else None
+    )
+    versions: List[Optional[str]] = [None]
+    if req is not None and req.num_rows:
+        flat = req.column("shadow_versions").combine_chunks().flatten().to_pylist()
+        versions += sorted(set(flat))
+    rows = []
+    for v in versions:
+        try:
+            res = ope_log.shadow_ope(root, v, window_hours=window_hours)
+        except (ValueError, KeyError, OSError):
+            res = None
+        if res is None:
+            continue
+        rows.append(
+            {
+                "version": res.version,
+                "role": "live" if v is None else "shadow",
+                "n_used": res.n_used,
+                "support_hits": res.support_hits,
+                "snips": res.snips.value,
+                "snips_lo": res.snips.ci[0],
+                "snips_hi": res.snips.ci[1],
+                "ips": res.ips.value,
+                "dr": res.dr.value,
+                "dr_lo": res.dr.ci[0],
+                "dr_hi": res.dr.ci[1],
+                "ess": res.snips.ess,
+                "explore_rate": res.explore_rate,
+            }
+        )
+    return rows
+
+
+def _has_shadow_cols(root: str) -> bool:
+    import pyarrow.parquet as pq
+
+    files = analytics.table_files(root, "requests")
+    return bool(files) and "shadow_versions" in pq.read_schema(files[0]).names
+
+
+def _shadow_ope_tile(rows: List[dict]) -> Tile:
+    live = next((r for r in rows if r["role"] == "live"), None)
+    shadows = [r for r in rows if r["role"] == "shadow"]
+    if not shadows:
+        why = (
+            "no shadow candidate scores in the requests log (add a shadow with "
+            "FeedPipeline.add_shadow; it scores every candidate of a logged request)"
+            if rows
+            else "no requests rows with candidate scores, or no exploration slots"
+        )
+        return Tile("Shadow OPE", "n/a", why, GREY)
+    best = max(shadows, key=lambda r: r["snips"])
+    ref = f"; live {_fmt_pct(live['snips'])}" if live else ""
+    above = live is not None and best["snips_lo"] > live["snips"]
+    return Tile(
+        "Shadow OPE",
+        f"{best['version']} {_fmt_pct(best['snips'])}",
+        f"SNIPS finish rate of its softmax ranking on {best['n_used']:,} exploration slots, 95% CI "
+        f"[{_fmt_pct(best['snips_lo'])}, {_fmt_pct(best['snips_hi'])}], ESS "
+        f"{best['ess']:,.0f}{ref}"
+        + ("" if above else "; CI overlaps live: not distinguishable yet"),
+        GREEN if above else AMBER,
+    )
+
+
 def _page(
     title: str,
     root: str,
@@ -615,6 +739,7 @@ def _page(
     figs: List[str],
     lift: List[dict],
     shadow: Optional[List[dict]],
+    ope_rows: Optional[List[dict]] = None,
 ) -> str:
     span = f"{daily[0]['day']} to {daily[-1]['day']}" if daily else "no days"
     slots = sum(r["slots"] for r in daily)
@@ -672,6 +797,11 @@ def _page(
                     ("verdict", "verdict", ""),
                 ],
             ),
+        ]
+    if ope_rows:
+        parts += [
+            "<h2>Shadow OPE on the exploration arm (docs/ope.md)</h2>",
+            _table(ope_rows, OPE_COLUMNS),
         ]
     parts.append("</body></html>")
     return "".join(parts)

@@ -6,7 +6,7 @@ use super::fsio::{FsIo, IoFile};
 use super::record::Record;
 use super::schema::{arrow_schema, Table, SCHEMA_VERSION};
 use crate::{Error, Result};
-use arrow_array::builder::{Float32Builder, ListBuilder, UInt64Builder};
+use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder, UInt64Builder};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, RecordBatch,
     StringArray, TimestampMicrosecondArray, UInt64Array,
@@ -63,6 +63,17 @@ fn f32_lists<'a>(rows: &'a [Record], f: impl Fn(&'a Record) -> &'a [f32]) -> Arr
     let mut b = ListBuilder::new(Float32Builder::new());
     for r in rows {
         b.values().append_slice(f(r));
+        b.append(true);
+    }
+    Arc::new(b.finish())
+}
+
+fn str_lists<'a>(rows: &'a [Record], f: impl Fn(&'a Record) -> &'a [String]) -> ArrayRef {
+    let mut b = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for v in f(r) {
+            b.values().append_value(v);
+        }
         b.append(true);
     }
     Arc::new(b.finish())
@@ -194,6 +205,14 @@ pub fn to_batch(table: Table, rows: &[Record], tasks: &[String]) -> Result<Recor
                 _ => &[],
             }),
             col!(Float64Array, rows, R::Request, |r| r.sampled_pct),
+            str_lists(rows, |x| match x {
+                R::Request(r) => &r.shadow_versions,
+                _ => &[],
+            }),
+            f32_lists(rows, |x| match x {
+                R::Request(r) => &r.shadow_candidate_scores,
+                _ => &[],
+            }),
         ],
         Table::ServedFeatures => vec![
             strs(rows, |x| match x {

@@ -110,6 +110,12 @@ pub struct RequestRow {
     pub candidate_scores: Vec<f32>,
     pub served_item_ids: Vec<u64>,
     pub sampled_pct: f64,
+    /// The shadow models that scored every candidate, in the order of
+    /// `shadow_candidate_scores`' blocks.
+    pub shadow_versions: Vec<String>,
+    /// Each shadow's value score per candidate, shadow-major (`shadows x candidates`), so a
+    /// shadow's ranking can be replayed offline on the logged candidate set (docs/ope.md).
+    pub shadow_candidate_scores: Vec<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -459,6 +465,16 @@ impl Record {
                         r.candidate_item_ids.len()
                     ));
                 }
+                let want = r.shadow_versions.len() * r.candidate_item_ids.len();
+                if r.shadow_candidate_scores.len() != want {
+                    return Err(invalid!(
+                        "shadow_candidate_scores has {} values; {} shadow(s) x {} candidates \
+                         need {want}",
+                        r.shadow_candidate_scores.len(),
+                        r.shadow_versions.len(),
+                        r.candidate_item_ids.len()
+                    ));
+                }
             }
             Record::Features(r) => {
                 nonempty("request_id", &r.request_id)?;
@@ -534,6 +550,9 @@ struct Enc<'a>(&'a mut Vec<u8>);
 impl Enc<'_> {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -696,6 +715,11 @@ impl Record {
                 e.f32s(&r.candidate_scores);
                 e.u64s(&r.served_item_ids);
                 e.f64(r.sampled_pct);
+                e.u32(r.shadow_versions.len() as u32);
+                for v in &r.shadow_versions {
+                    e.str(v);
+                }
+                e.f32s(&r.shadow_candidate_scores);
             }
             Record::Features(r) => {
                 e.str(&r.request_id);
@@ -788,6 +812,11 @@ impl Record {
                 candidate_scores: d.f32s()?,
                 served_item_ids: d.u64s()?,
                 sampled_pct: d.f64()?,
+                shadow_versions: {
+                    let n = d.u32()? as usize;
+                    (0..n).map(|_| d.str()).collect::<Result<_>>()?
+                },
+                shadow_candidate_scores: d.f32s()?,
             }),
             Table::ServedFeatures => Record::Features(ServedFeatures {
                 request_id: d.str()?,
@@ -889,6 +918,8 @@ pub(crate) mod tests {
                 candidate_scores: vec![0.5, 0.25, 0.125],
                 served_item_ids: vec![3, 1],
                 sampled_pct: 10.0,
+                shadow_versions: vec!["s1".into(), "s2".into()],
+                shadow_candidate_scores: vec![0.1, 0.2, 0.3, -1.0, -2.0, -3.0],
             }),
             Record::Features(ServedFeatures {
                 request_id: "r1".into(),

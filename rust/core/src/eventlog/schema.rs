@@ -140,6 +140,8 @@ pub fn arrow_schema(table: Table, tasks: &[String]) -> SchemaRef {
             list_of("candidate_scores", Float32),
             list_of("served_item_ids", UInt64),
             f("sampled_pct", Float64),
+            list_of("shadow_versions", Utf8),
+            list_of("shadow_candidate_scores", Float32),
         ],
         Table::ServedFeatures => vec![
             s("request_id"),
