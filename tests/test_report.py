@@ -152,3 +152,52 @@ def test_renders_in_headless_chromium(good, tmp_path):
     assert dom.returncode == 0
     assert dom.stdout.count("<svg") == html_path.read_text().count("<svg")
     assert dom.stdout.count('class="tile ') >= 7
+
+
+@pytest.fixture(scope="module")
+def young50():
+    """50 topics, 3 days: a log younger than the 7-day young-creator window."""
+    return sim_log(n_topics=50, days=3, n_requests=6000, seed=13)
+
+
+def _figure(page: str, caption: str) -> str:
+    i = page.index(f"<figcaption>{caption}")
+    return page[i : page.index("</figure>", i)]
+
+
+def test_topic_axis_is_readable_with_50_topics(young50):
+    fig = _figure(build_report(young50.root), "Causal lift per topic")
+    ticks = re.findall(
+        r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle" class="tick">(\d+)<', fig
+    )
+    assert 5 <= len(ticks) < 50  # thinned, not one label per topic
+    xs = [float(x) for x, _ in ticks]
+    widest = max(6.5 * len(t) for _, t in ticks)
+    assert min(b - a for a, b in zip(xs, xs[1:])) >= widest  # no two labels overlap
+
+
+def test_plots_fill_their_cards(good):
+    page = build_report(good.root)
+    assert re.search(r"svg\{[^}]*width:100%", page)
+    assert not re.search(r"<svg[^>]* width=\"\d", page)  # no fixed pixel width
+
+
+def test_young_creator_censoring_is_explained(young50):
+    page = build_report(young50.root)
+    assert "young-creator share not measurable yet" in page
+    assert "first impression in the log" in page
+    assert not re.search(r"creators got 100\.0%", page)
+
+
+def test_every_verdict_has_a_reason_and_delta_log_loss_a_ci(good):
+    page = build_report(good.root)
+    tile = page[page.index("Shadow readiness") :]
+    tile = tile[: tile.index("</div></div>")]
+    assert "shadow-v3: not ready (" in tile and "worse than live" in tile
+    assert "shadow-v2: ready (" in tile
+    assert "<th>Δ 95% lo</th><th>Δ 95% hi</th>" in page
+
+
+def test_position_curve_has_a_ci_band(good):
+    fig = _figure(build_report(good.root), "Position bias")
+    assert "95% CI" in fig and fig.count("<polygon") >= 2  # exploration and ranked bands

@@ -83,6 +83,17 @@ def _fmt_tick(v: float, pct: bool) -> str:
     return f"{v:g}"
 
 
+def _thin(labels: List[Tuple[float, str]], px_per_unit: float) -> List[Tuple[float, str]]:
+    """Every k-th label, k the smallest step at which the widest label (about 6.5 px a
+    character at the tick font) plus a gap fits between neighbours: 50 topics stay readable."""
+    if len(labels) < 2:
+        return labels
+    widest = 6.5 * max(len(t) for _, t in labels) + 8
+    gap = min(b[0] - a[0] for a, b in zip(labels, labels[1:])) * px_per_unit
+    k = max(1, math.ceil(widest / max(gap, 1e-9)))
+    return labels[::k]
+
+
 class _Plot:
     """A minimal SVG x/y plot: axes, gridlines, legend; callers add series."""
 
@@ -98,7 +109,7 @@ class _Plot:
         height: int = 260,
     ):
         self.w, self.h = width, height
-        self.ml, self.mr, self.mt, self.mb = 56, 12, 26, 44
+        self.ml, self.mr, self.mt, self.mb = 56, 24, 26, 44  # mr: room for a centred last tick
         self.x0, self.x1 = x_range
         if self.x1 <= self.x0:
             self.x1 = self.x0 + 1
@@ -120,7 +131,8 @@ class _Plot:
                 f'<text x="{self.ml - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
                 f"{_fmt_tick(t, y_pct)}</text>"
             )
-        for x, label in x_labels or [(v, f"{v:g}") for v in _nice_ticks(self.x0, self.x1, 6)]:
+        labels = list(x_labels or [(v, f"{v:g}") for v in _nice_ticks(self.x0, self.x1, 6)])
+        for x, label in _thin(labels, self.pw / (self.x1 - self.x0)):
             px = self.sx(x)
             a.append(
                 f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.mt + ph}" '
@@ -220,7 +232,7 @@ class _Plot:
         body = "".join(self.parts + leg)
         return (
             f"<figure><figcaption>{html.escape(title)}</figcaption>"
-            f'<svg viewBox="0 0 {self.w} {self.h}" width="{self.w}" height="{self.h}" '
+            f'<svg viewBox="0 0 {self.w} {self.h}" preserveAspectRatio="xMidYMid meet" '
             f'role="img" aria-label="{html.escape(title)}">{body}</svg></figure>'
         )
 
@@ -332,7 +344,9 @@ def build_report(
             Tile(
                 "Shadow readiness",
                 f"{len(ready)}/{len(verdicts)} ready",
-                "; ".join(f"{k}: {v}" for k, v in verdicts.items()),
+                "; ".join(
+                    f"{r['shadow_version']}: {r['verdict']} ({_verdict_reason(r)})" for r in shadow
+                ),
                 st,
             )
         )
@@ -402,14 +416,31 @@ def build_report(
 
     # position bias
     if posb:
+        top_rate = {r["arm"]: r["rate"] for r in posb if r["position"] == 0}
         p = _Plot(
             (0, max(r["position"] for r in posb)),
-            (0.0, max(r["rel_to_top"] or 0 for r in posb)),
+            (
+                0.0,
+                max(
+                    (r["rate_hi"] / top_rate[r["arm"]]) if top_rate.get(r["arm"]) else 0.0
+                    for r in posb
+                    if r["arm"] != "all"
+                ),
+            ),
             x_title="position (0 = top)",
             y_title="rate / rate at position 0",
         )
         for i, arm in enumerate(("exploration", "ranked", "all")):
             rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
+            if rs and arm != "all" and rs[0]["rate"]:
+                # the 95% CI of each position's rate, on the same relative scale
+                top = rs[0]["rate"]
+                p.band(
+                    [r["position"] for r in rs],
+                    [max(r["rate_lo"], 0.0) / top for r in rs],
+                    [r["rate_hi"] / top for r in rs],
+                    PALETTE[i],
+                )
             if rs:
                 p.line(
                     [r["position"] for r in rs],
@@ -418,7 +449,7 @@ def build_report(
                     arm,
                     dashed=arm == "all",
                 )
-        figs.append(p.svg("Position bias: engagement by position (exploration = causal)"))
+        figs.append(p.svg("Position bias: engagement by position, 95% CI (exploration = causal)"))
         ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
         if ex:
             tiles.append(
@@ -469,17 +500,7 @@ def build_report(
 
     # creator gini
     if gini:
-        valid = [r for r in gini if not r["censored"]] or gini
-        g = valid[-1]["gini"]
-        tiles.append(
-            Tile(
-                "Creator Gini",
-                f"{g:.3f}",
-                f"latest day; young (<{young_days} d) creators got "
-                f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions",
-                _level(g, *th.creator_gini),
-            )
-        )
+        tiles.append(_gini_tile(gini, young_days, th))
         days = [r["day"] for r in gini]
         xs, xl = _days_axis(days)
         p = _Plot(
@@ -600,7 +621,7 @@ color:#7d4e00}.bad .s{background:#ffcecb;color:#a40e26}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:12px}
 figure{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:8px}
 figcaption{font-weight:600;margin:0 0 4px 4px}
-svg{max-width:100%;height:auto}.grid{stroke:#eaeef2}.axis{stroke:#8c959f}
+svg{display:block;width:100%;height:auto}.grid{stroke:#eaeef2}.axis{stroke:#8c959f}
 .tick{font-size:10px;fill:#57606a}.atitle{font-size:11px;fill:#57606a}.leg{font-size:10px;
 fill:#1f2328}
 table{border-collapse:collapse;background:#fff;font-size:13px}
@@ -625,6 +646,48 @@ OPE_COLUMNS = [
     ("ess", "ESS", ",.0f"),
     ("explore_rate", "uniform arm", "pct"),
 ]
+
+
+def _gini_tile(gini: List[dict], young_days: int, th: Thresholds) -> Tile:
+    """Latest day's Gini; the young-creator share only from days it is measurable: a creator's
+    age counts from its first impression in the log, so in the log's first ``young_days`` days
+    every creator looks young (left-censored) and the share would read ~100%."""
+    g = gini[-1]["gini"]
+    valid = [r for r in gini if not r["censored"]]
+    if valid:
+        young = (
+            f"young (<{young_days} d since first seen in the log) creators got "
+            f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions on {valid[-1]['day']}"
+        )
+    else:
+        young = (
+            f"young-creator share not measurable yet: a creator's age counts from its first "
+            f"impression in the log, so every creator looks young until the log is "
+            f"{young_days} days old ({len(gini)} day(s) logged)"
+        )
+    return Tile("Creator Gini", f"{g:.3f}", f"latest day; {young}", _level(g, *th.creator_gini))
+
+
+def _verdict_reason(r: dict) -> str:
+    """Why shadow_vs_live gave its verdict (the rule in shadow_vs_live.sql)."""
+    ll = f"Δ log-loss {r['ll_diff']:+.4f} [{r['ll_diff_lo']:+.4f}, {r['ll_diff_hi']:+.4f}]"
+    if r["verdict"] == "not ready":
+        why = []
+        if r["ll_diff_lo"] > 0:
+            why.append(f"{ll}: worse than live")
+        if r["shadow_ece"] > r["live_ece"] + 0.02:
+            why.append(f"ECE {r['shadow_ece']:.3f} > live {r['live_ece']:.3f} + 0.02")
+        return "; ".join(why)
+    if r["verdict"] == "ready":
+        return f"{ll}: better than live, AUC and ECE within tolerance"
+    why = []
+    if r["ll_diff_hi"] >= 0:
+        why.append(f"{ll} includes 0")
+    if r["shadow_auc"] < r["live_auc"] - 0.005:
+        why.append(f"AUC {r['shadow_auc']:.3f} < live {r['live_auc']:.3f} - 0.005")
+    if r["shadow_ece"] > r["live_ece"] + 0.01:
+        why.append(f"ECE {r['shadow_ece']:.3f} > live {r['live_ece']:.3f} + 0.01")
+    return "; ".join(why)
 
 
 def _no_shadow_tiles(calib: Optional[List[dict]], th: Thresholds) -> List[Tile]:
@@ -794,6 +857,8 @@ def _page(
                     ("shadow_ece", "ECE shadow", ".3f"),
                     ("live_ece", "ECE live", ".3f"),
                     ("ll_diff", "Δ log-loss", "+.4f"),
+                    ("ll_diff_lo", "Δ 95% lo", "+.4f"),
+                    ("ll_diff_hi", "Δ 95% hi", "+.4f"),
                     ("verdict", "verdict", ""),
                 ],
             ),
