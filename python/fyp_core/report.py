@@ -414,53 +414,8 @@ def build_report(
                 )
             )
 
-    # position bias
     if posb:
-        top_rate = {r["arm"]: r["rate"] for r in posb if r["position"] == 0}
-        p = _Plot(
-            (0, max(r["position"] for r in posb)),
-            (
-                0.0,
-                max(
-                    (r["rate_hi"] / top_rate[r["arm"]]) if top_rate.get(r["arm"]) else 0.0
-                    for r in posb
-                    if r["arm"] != "all"
-                ),
-            ),
-            x_title="position (0 = top)",
-            y_title="rate / rate at position 0",
-        )
-        for i, arm in enumerate(("exploration", "ranked", "all")):
-            rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
-            if rs and arm != "all" and rs[0]["rate"]:
-                # the 95% CI of each position's rate, on the same relative scale
-                top = rs[0]["rate"]
-                p.band(
-                    [r["position"] for r in rs],
-                    [max(r["rate_lo"], 0.0) / top for r in rs],
-                    [r["rate_hi"] / top for r in rs],
-                    PALETTE[i],
-                )
-            if rs:
-                p.line(
-                    [r["position"] for r in rs],
-                    [r["rel_to_top"] for r in rs],
-                    PALETTE[i],
-                    arm,
-                    dashed=arm == "all",
-                )
-        figs.append(p.svg("Position bias: engagement by position, 95% CI (exploration = causal)"))
-        ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
-        if ex:
-            tiles.append(
-                Tile(
-                    "Position bias",
-                    f"{ex[-1]['rel_to_top']:.2f}×",
-                    f"exploration engagement at position {ex[-1]['position']} "
-                    "relative to the top slot",
-                    GREY,
-                )
-            )
+        _position_section(posb, tiles, figs)
 
     # cohort diversity
     if cohorts:
@@ -498,26 +453,8 @@ def build_report(
             )
         figs.append(p.svg("Content diversity by cohort"))
 
-    # creator gini
     if gini:
-        tiles.append(_gini_tile(gini, young_days, th))
-        days = [r["day"] for r in gini]
-        xs, xl = _days_axis(days)
-        p = _Plot(
-            (0, max(xs[-1], 1)),
-            (0.0, 1.0),
-            x_labels=xl,
-            x_title="day (UTC)",
-            y_title="Gini / share",
-        )
-        p.line(xs, [r["gini"] for r in gini], PALETTE[3], "Gini of impressions")
-        p.line(
-            xs,
-            [None if r["censored"] else r["young_creator_share"] for r in gini],
-            PALETTE[4],
-            f"share to creators < {young_days} d",
-        )
-        figs.append(p.svg("Creator concentration over time"))
+        _gini_section(gini, young_days, th, tiles, figs)
 
     # fresh items
     if fresh:
@@ -646,6 +583,78 @@ OPE_COLUMNS = [
     ("ess", "ESS", ",.0f"),
     ("explore_rate", "uniform arm", "pct"),
 ]
+
+
+def _position_section(posb: List[dict], tiles: List[Tile], figs: List[str]) -> None:
+    """The position curve per arm with its 95% CI band, and the position-bias tile."""
+    top_rate = {r["arm"]: r["rate"] for r in posb if r["position"] == 0}
+    p = _Plot(
+        (0, max(r["position"] for r in posb)),
+        (
+            0.0,
+            max(
+                (r["rate_hi"] / top_rate[r["arm"]]) if top_rate.get(r["arm"]) else 0.0
+                for r in posb
+                if r["arm"] != "all"
+            ),
+        ),
+        x_title="position (0 = top)",
+        y_title="rate / rate at position 0",
+    )
+    for i, arm in enumerate(("exploration", "ranked", "all")):
+        rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
+        if rs and arm != "all" and rs[0]["rate"]:
+            # the 95% CI of each position's rate, on the same relative scale
+            top = rs[0]["rate"]
+            p.band(
+                [r["position"] for r in rs],
+                [max(r["rate_lo"], 0.0) / top for r in rs],
+                [r["rate_hi"] / top for r in rs],
+                PALETTE[i],
+            )
+        if rs:
+            p.line(
+                [r["position"] for r in rs],
+                [r["rel_to_top"] for r in rs],
+                PALETTE[i],
+                arm,
+                dashed=arm == "all",
+            )
+    figs.append(p.svg("Position bias: engagement by position, 95% CI (exploration = causal)"))
+    ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
+    if ex:
+        tiles.append(
+            Tile(
+                "Position bias",
+                f"{ex[-1]['rel_to_top']:.2f}×",
+                f"exploration engagement at position {ex[-1]['position']} relative to the top slot",
+                GREY,
+            )
+        )
+
+
+def _gini_section(
+    gini: List[dict], young_days: int, th: Thresholds, tiles: List[Tile], figs: List[str]
+) -> None:
+    """The creator-concentration tile and plot."""
+    tiles.append(_gini_tile(gini, young_days, th))
+    days = [r["day"] for r in gini]
+    xs, xl = _days_axis(days)
+    p = _Plot(
+        (0, max(xs[-1], 1)),
+        (0.0, 1.0),
+        x_labels=xl,
+        x_title="day (UTC)",
+        y_title="Gini / share",
+    )
+    p.line(xs, [r["gini"] for r in gini], PALETTE[3], "Gini of impressions")
+    p.line(
+        xs,
+        [None if r["censored"] else r["young_creator_share"] for r in gini],
+        PALETTE[4],
+        f"share to creators < {young_days} d",
+    )
+    figs.append(p.svg("Creator concentration over time"))
 
 
 def _gini_tile(gini: List[dict], young_days: int, th: Thresholds) -> Tile:
