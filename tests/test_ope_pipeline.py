@@ -154,6 +154,7 @@ def test_shadow_ope_matches_the_textbook_formulas(served):
     value = float(np.bincount(slot, weights=pis * p_true).mean())
     for est in (res.ips, res.snips, res.dr):
         assert abs(est.value - value) < 3.5 * est.stderr, (est, value)
+        assert est.stderr < 0.07  # an informative interval (95% CI within ±14 points)
 
 
 def test_replay_gives_zero_outside_the_support_never_nan(served):

@@ -127,7 +127,8 @@ def shadow_ope(
 ) -> Optional[LogOpe]:
     """OPE of model ``version`` (a shadow, or ``None`` for the served model) replayed on the
     logged candidate sets, on the log's exploration slots. ``temperature`` of the softmax in
-    score units; default half the standard deviation of the model's candidate scores.
+    score units; default the pooled within-request standard deviation of the model's candidate
+    scores.
     Returns None when fewer than 2 exploration slots have the model's candidate scores."""
     from fyp_core import analytics
 
@@ -146,7 +147,7 @@ def shadow_ope(
     exp_u = exp.filter(pa.array(use))
     r = np.asarray(exp_u.column(reward).to_numpy(zero_copy_only=False), dtype=np.float64)
     p = np.asarray(exp_u.column("propensity"), dtype=np.float64)
-    temp = float(temperature) if temperature is not None else 0.5 * (float(scores.std()) or 1.0)
+    temp = float(temperature) if temperature is not None else _within_std(req, scores)
     fold_req, fold_imp = _folds(req.column("request_id"), exp_u.column("request_id"))
     # the drawn item's score: its logged candidate score when it is a candidate (the same
     # numbers the target ranks by), else the model's logged score of the served row
@@ -196,6 +197,18 @@ def _columns(root: str) -> List[str]:
     import pyarrow.parquet as pq
 
     return list(pq.read_schema(files[0]).names)
+
+
+def _within_std(req: pa.Table, scores: np.ndarray) -> float:
+    """The pooled within-request standard deviation of the scores: the default softmax
+    temperature, so the target separates a request's candidates by about one standard
+    deviation whatever the model's scale (the spread across requests does not count)."""
+    offsets = np.asarray(req.column("candidate_item_ids").combine_chunks().offsets, np.int64)
+    req_of = ope._segment_ids(offsets)
+    k = np.maximum(np.diff(offsets), 1)
+    mean = np.bincount(req_of, weights=scores, minlength=len(k)) / k
+    var = float(np.mean((scores - mean[req_of]) ** 2)) if len(scores) else 0.0
+    return float(np.sqrt(var)) or 1.0
 
 
 def _folds(req_ids: Any, imp_req_ids: Any) -> Tuple[np.ndarray, np.ndarray]:
