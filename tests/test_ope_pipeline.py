@@ -184,3 +184,29 @@ def test_report_shows_the_shadow_ope(served, tmp_path):
     table = page[page.index("Shadow OPE on the exploration arm") :]
     assert "<td>v2</td><td>shadow</td>" in table and "<td>v1</td><td>live</td>" in table
     assert '<div class="t">Shadow OPE</div><div class="v">v2 ' in page
+
+
+def test_shadow_candidates_share_bounds_the_scoring(tmp_path):
+    world = make_world(n_items=2000, n_users=50, seed=4, now=NOW)
+    w, b, o = demo_ranker_weights(world.dim, seed=5)
+    logged = {}
+    for share in (0.0, 0.3, 1.0):
+        root = tmp_path / f"s{share}"
+        pipe = build_pipeline(
+            world, log_dir=root, config={"candidates": 100, "shadow_candidates": share}
+        )
+        assert pipe.config["shadow_candidates"] == share
+        pipe.add_shadow(MlpRanker(w, b, outputs=o, version="v2", task_names=list(TASKS)))
+        for i in range(200):
+            pipe.feed(world.user_ids[i % 50], f"s{i}", n=10, now=NOW + i)
+        pipe.close()
+        req = analytics.read_table(str(root), "requests")
+        n_v = np.asarray(pc.list_value_length(req.column("shadow_versions")))
+        n_s = np.asarray(pc.list_value_length(req.column("shadow_candidate_scores")))
+        k = np.asarray(pc.list_value_length(req.column("candidate_item_ids")))
+        assert req.num_rows == 200 and np.array_equal(n_s, n_v * k)
+        logged[share] = set(np.asarray(req.column("request_id"))[n_v == 1])
+    assert not logged[0.0] and len(logged[1.0]) == 200
+    assert 30 < len(logged[0.3]) < 90  # ~60 of 200, by the request hash
+    with pytest.raises(ValueError, match="shadow_candidates must be in"):
+        build_pipeline(world, config={"shadow_candidates": 1.5})

@@ -476,10 +476,10 @@ impl Pipeline {
         (slots, slot_rows)
     }
 
-    /// Every shadow scores the served rows (never served, logged). When the request's row is
-    /// logged, each shadow scores every candidate too (one call over all rows), and its
-    /// candidate values go to the `requests` row, so its ranking can be replayed offline on the
-    /// logged candidate set (docs/ope.md); otherwise only the served rows are scored.
+    /// Every shadow scores the served rows (never served, logged). In the share
+    /// `shadow_candidates` of the requests whose row is logged, each shadow scores every
+    /// candidate too (one call over all rows), and its candidate values go to the `requests`
+    /// row, so its ranking can be replayed offline on the logged candidate set (docs/ope.md).
     fn shadow_scores(
         &self,
         req: &Request<'_>,
@@ -494,10 +494,13 @@ impl Pipeline {
         if ns == 0 {
             return Ok((out, cands));
         }
-        let all_rows = self
-            .log
-            .as_ref()
-            .is_some_and(|log| keep_request(req.request_id, log.config().sample_pct));
+        // the same hash as the log's request sampling, so these requests are logged ones
+        let share = req.serving.config.shadow_candidates;
+        let all_rows = share > 0.0
+            && self
+                .log
+                .as_ref()
+                .is_some_and(|log| keep_request(req.request_id, log.config().sample_pct * share));
         let n_all = rows.slots.len();
         for m in req
             .snap
