@@ -201,3 +201,41 @@ def test_every_verdict_has_a_reason_and_delta_log_loss_a_ci(good):
 def test_position_curve_has_a_ci_band(good):
     fig = _figure(build_report(good.root), "Position bias")
     assert "95% CI" in fig and fig.count("<polygon") >= 2  # exploration and ranked bands
+
+
+@pytest.mark.parametrize("width", [1400, 700])
+def test_layout_in_chromium_at_two_widths(good, tmp_path, width):
+    """Measured by the browser: the page never scrolls sideways (wide tables scroll in their
+    own box) and every plot fills its card."""
+    exe = chromium()
+    page = build_report(good.root)
+    probe = (
+        "<script>const figs=[...document.querySelectorAll('figure')];"
+        "document.body.setAttribute('data-probe', JSON.stringify({page: "
+        "document.documentElement.scrollWidth, fill: Math.min(...figs.map(f => "
+        "f.querySelector('svg').getBoundingClientRect().width / f.clientWidth))}));</script>"
+    )
+    path = tmp_path / "probe.html"
+    path.write_text(page.replace("</body>", probe + "</body>"))
+    dom = subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--window-size={width},2000",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    import json
+
+    m = re.search(r"data-probe=\"([^\"]+)\"", dom.stdout)
+    assert m, dom.stdout[:500]
+    probe_out = json.loads(m.group(1).replace("&quot;", '"'))
+    assert probe_out["page"] <= width
+    assert probe_out["fill"] > 0.9  # the svg spans its card (less the card's padding)

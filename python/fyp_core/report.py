@@ -537,7 +537,10 @@ def _table(rows: List[dict], cols: List[Tuple[str, str, str]]) -> str:
                 s = str(v)
             cells.append(f"<td>{html.escape(s)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (
+        f'<div class="tbl"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 CSS = """
@@ -562,6 +565,7 @@ svg{display:block;width:100%;height:auto}.grid{stroke:#eaeef2}.axis{stroke:#8c95
 .tick{font-size:10px;fill:#57606a}.atitle{font-size:11px;fill:#57606a}.leg{font-size:10px;
 fill:#1f2328}
 table{border-collapse:collapse;background:#fff;font-size:13px}
+.tbl{max-width:100%;overflow-x:auto}td{white-space:nowrap}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}th{background:#eaeef2}
 """
 
