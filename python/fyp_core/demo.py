@@ -159,7 +159,11 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         figures = _serve(world, pipe, args)
     finally:
-        pipe.close()  # flushes the log, also when interrupted
+        # flushes the log, also when interrupted (a one-step bar: the flush has no fraction)
+        flush = _Progress("flushing the event log", 1) if log_dir else None
+        pipe.close()
+        if flush is not None:
+            flush.update(1)
     _print(figures, args, setup_s)
     from fyp_core.demo_story import print_headline, print_next_steps
 
