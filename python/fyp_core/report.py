@@ -277,6 +277,7 @@ def build_report(
     shadow = _safe("shadow_vs_live", root, con, **wh)
     calib = _safe("shadow_calibration", root, con, **wh)
     fresh = _safe("fresh_items", root, con, fresh_hours=float(fresh_hours))
+    ope_rows = _shadow_ope_rows(root, window_hours, con)  # outcomes on the same engine
     con.close()
 
     tiles: List[Tile] = []
@@ -353,7 +354,6 @@ def build_report(
     else:
         tiles += _no_shadow_tiles(calib, th)
 
-    ope_rows = _shadow_ope_rows(root, window_hours)
     tiles.append(_shadow_ope_tile(ope_rows))
 
     # exploration share
@@ -733,7 +733,7 @@ def _no_shadow_tiles(calib: Optional[List[dict]], th: Thresholds) -> List[Tile]:
     ]
 
 
-def _shadow_ope_rows(root: str, window_hours: float) -> List[dict]:
+def _shadow_ope_rows(root: str, window_hours: float, con: Any = None) -> List[dict]:
     """One row per model with logged candidate scores (the served model, then each shadow):
     its softmax ranking replayed on the candidates, valued on the exploration slots."""
     from fyp_core.analytics import ope_log
@@ -747,10 +747,13 @@ def _shadow_ope_rows(root: str, window_hours: float) -> List[dict]:
     if req is not None and req.num_rows:
         flat = req.column("shadow_versions").combine_chunks().flatten().to_pylist()
         versions += sorted(set(flat))
-    rows = []
+    rows: List[dict] = []
+    if "impression_outcomes" not in analytics.available_queries(root):
+        return rows
+    out = analytics.impression_outcomes(root, window_hours=window_hours, con=con)
     for v in versions:
         try:
-            res = ope_log.shadow_ope(root, v, window_hours=window_hours)
+            res = ope_log.shadow_ope(root, v, window_hours=window_hours, outcomes=out)
         except (ValueError, KeyError, OSError):
             res = None
         if res is None:

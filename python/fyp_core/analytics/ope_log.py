@@ -124,15 +124,19 @@ def shadow_ope(
     reward: str = "completed",
     window_hours: float = 24.0,
     con: Any = None,
+    outcomes: Optional[pa.Table] = None,
 ) -> Optional[LogOpe]:
     """OPE of model ``version`` (a shadow, or ``None`` for the served model) replayed on the
     logged candidate sets, on the log's exploration slots. ``temperature`` of the softmax in
     score units; default the pooled within-request standard deviation of the model's candidate
     scores.
+    ``outcomes``: the log's ``impression_outcomes`` when already computed (several models).
     Returns None when fewer than 2 exploration slots have the model's candidate scores."""
     from fyp_core import analytics
 
-    out = analytics.impression_outcomes(root, window_hours=window_hours, con=con)
+    out = outcomes
+    if out is None:
+        out = analytics.impression_outcomes(root, window_hours=window_hours, con=con)
     exp = out.filter(pc.equal(out.column("source"), "exploration"))
     cols = [c for c in REQUEST_COLUMNS + SHADOW_COLUMNS if c in _columns(root)]
     req, scores = model_candidate_scores(analytics.read_table(root, "requests", cols), version)
