@@ -61,7 +61,7 @@ def test_report_and_every_query_equal_duckdb(log, spark_con, monkeypatch, tmp_pa
     monkeypatch.setattr(analytics, "run", real_run)
     assert cli.main(["report", log.root, "--out", str(out_d)]) == 0
     assert out_s.read_text() == out_d.read_text()
-    assert len(ran) == 8
+    assert len(ran) == 9  # the 8 report queries + impression_outcomes for the shadow OPE
     duck = analytics.connect(log.root)
     for name in analytics.QUERIES:
         kw = ran[name][0] if name in ran else PARAMS.get(name, {})

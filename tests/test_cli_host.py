@@ -95,3 +95,28 @@ def test_demo_keeps_its_log_and_tells_the_story(tmp_path) -> None:
         assert fragment in text, fragment
     assert ("PASS" in text) != ("FAIL: p99" in text)
     assert os.path.isdir(log)
+
+
+def test_demo_shows_a_progress_bar_with_eta_for_every_phase(tmp_path) -> None:
+    args = (
+        "demo --items 3000 --users 300 --requests 200 --candidates 100 --ef-construction 32 "
+        "--upload-rate 0"
+    ).split()
+    out = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    frames = [f for line in out.stderr.split("\n") for f in line.split("\r") if f.strip()]
+    phases = (
+        "building world",
+        "indexing items (HNSW)",
+        "loading feature store",
+        "serving requests",
+        "flushing the event log",
+        "reading the log (DuckDB)",
+    )
+    for phase in phases:
+        mine = [f for f in frames if f.startswith(phase)]
+        assert any("ETA" in f for f in mine), (phase, mine)
+        assert mine[-1].rstrip().endswith("done") and "100.0%" in mine[-1], (phase, mine)
+    # the phases start in this order
+    starts = [next(i for i, f in enumerate(frames) if f.startswith(p)) for p in phases]
+    assert starts == sorted(starts)

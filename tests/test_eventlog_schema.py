@@ -25,6 +25,7 @@ DOC_TYPES = {
     "bool": pa.bool_(),
     "list<uint64>": pa.list_(pa.uint64()),
     "list<float32>": pa.list_(pa.float32()),
+    "list<string>": pa.list_(pa.string()),
 }
 _COLUMN = re.compile(r"([\w<>]+): (list<\w+>|\w+)")
 

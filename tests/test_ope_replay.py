@@ -20,59 +20,89 @@ def logged():
 
 
 def brute_force(
-    req: pa.Table, imp: pa.Table, scores: np.ndarray, policy: str, temp: float, eps: float
+    req: pa.Table,
+    imp: pa.Table,
+    scores: np.ndarray,
+    policy: str,
+    temp: float,
+    eps: float,
+    inadmissible: frozenset = frozenset(),
 ) -> np.ndarray:
+    """docs/ope.md, one slot at a time: S_k = candidates - earlier exploration draws of the
+    request - inadmissible; pi = 0 outside S_k; NaN only for a request that was not logged."""
     reqs = req.to_pylist()
     row_of = {r["request_id"]: i for i, r in enumerate(reqs)}
     offs = np.r_[0, np.cumsum([len(r["candidate_item_ids"]) for r in reqs])]
-    shown: dict = {}
+    drawn: dict = {}
     for x in imp.to_pylist():
-        shown.setdefault(x["request_id"], []).append((x["position"], x["item_id"]))
+        if x["source"] == "exploration":
+            drawn.setdefault(x["request_id"], []).append((x["position"], x["item_id"]))
     out = []
     for x in imp.to_pylist():
         i = row_of.get(x["request_id"])
-        if i is None or x["item_id"] not in reqs[i]["candidate_item_ids"]:
+        if i is None:
             out.append(np.nan)
             continue
         cands = reqs[i]["candidate_item_ids"]
         s = scores[offs[i] : offs[i + 1]]
+        earlier = {it for p, it in drawn.get(x["request_id"], []) if p < x["position"]}
+        support = [j for j, c in enumerate(cands) if c not in earlier and c not in inadmissible]
+        ids = [cands[j] for j in support]
+        if x["item_id"] not in ids:
+            out.append(0.0)
+            continue
         if policy == "greedy":
-            best = [cands[j] for j in sorted(range(len(cands)), key=lambda j: (-s[j], j))]
-            v = float(best[x["position"]] == x["item_id"])
+            best = sorted(support, key=lambda j: (-s[j], j))
+            v = float(x["position"] < len(best) and cands[best[x["position"]]] == x["item_id"])
         else:
-            earlier = {it for pos, it in shown[x["request_id"]] if pos < x["position"]}
-            z = np.exp(s / temp - (s / temp).max())
-            mask = np.array([c not in earlier for c in cands])
-            j = cands.index(x["item_id"])
-            v = 0.0 if x["item_id"] in earlier else z[j] / z[mask].sum()
-        out.append((1 - eps) * v + eps / len(cands))
+            z = np.exp(s[support] / temp - (s[support] / temp).max())
+            v = z[ids.index(x["item_id"])] / z.sum()
+        out.append((1 - eps) * v + eps / len(support))
     return np.array(out)
 
 
 @pytest.mark.parametrize(
-    "policy,temp,eps",
-    [("greedy", 1.0, 0.0), ("greedy", 1.0, 0.1), ("softmax", 0.5, 0.0), ("softmax", 2.0, 0.2)],
+    "policy,temp,eps,blocked",
+    [
+        ("greedy", 1.0, 0.0, False),
+        ("greedy", 1.0, 0.1, True),
+        ("softmax", 0.5, 0.0, False),
+        ("softmax", 2.0, 0.2, True),
+    ],
 )
-def test_replay_matches_brute_force(logged, policy, temp, eps):
+def test_replay_matches_brute_force(logged, policy, temp, eps, blocked):
     _, req, out = logged
     req_s = req.slice(0, 150)
     ids = set(req_s.column("request_id").to_pylist()) | {"r-missing"}
     imp = out.filter(pa.compute.is_in(out.column("request_id"), pa.array(sorted(ids))))
-    imp = imp.select(["request_id", "item_id", "position"])
+    imp = imp.select(["request_id", "item_id", "position", "source"])
+    flat = req_s.column("candidate_item_ids").combine_chunks().flatten().to_numpy()
+    # a catalogue-wide draw that is not a candidate, and a request that was not logged
     extra = pa.table(
         {
-            "request_id": ["r-missing"],
-            "item_id": pa.array([1], pa.uint64()),
-            "position": pa.array([0], pa.int32()),
+            "request_id": ["r-missing", req_s.column("request_id")[0].as_py()],
+            "item_id": pa.array([1, 12345], pa.uint64()),
+            "position": pa.array([0, 3], pa.int32()),
+            "source": ["exploration", "exploration"],
         }
     )
     imp = pa.concat_tables([imp, extra])
     rng = np.random.default_rng(0)
-    scores = rng.normal(size=len(req_s.column("candidate_item_ids").combine_chunks().flatten()))
-    got = ope.replay_propensities(req_s, imp, scores, policy=policy, temperature=temp, epsilon=eps)
-    want = brute_force(req_s, imp, scores, policy, temp, eps)
+    scores = rng.normal(size=len(flat))
+    bad = frozenset(int(x) for x in flat[::7]) if blocked else frozenset()
+    got = ope.replay_propensities(
+        req_s,
+        imp,
+        scores,
+        policy=policy,
+        temperature=temp,
+        epsilon=eps,
+        inadmissible=np.array(sorted(bad), dtype=np.uint64) if blocked else None,
+    )
+    want = brute_force(req_s, imp, scores, policy, temp, eps, bad)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
-    assert np.isnan(got[-1])
+    assert np.isnan(got[-2]) and got[-1] == 0.0
+    assert np.isnan(got).sum() == 1  # outside the support is 0, never NaN
     if policy == "greedy" and eps == 0:
         assert set(np.unique(got[~np.isnan(got)])) <= {0.0, 1.0}
 
@@ -129,6 +159,7 @@ def test_ope_on_exploration_slots_recovers_true_value(logged, policy, temp):
                             "request_id": exp_imp.column("request_id").filter(pa.array(ok)),
                             "item_id": pa.array(cand_m[:, c]),
                             "position": pa.array(pos),
+                            "source": pa.array(["exploration"] * len(pos)),
                         }
                     ),
                     np.log(rel),

@@ -449,6 +449,8 @@ class EventLog:
         candidate_scores: _FloatArg,
         served_item_ids: _IntArg,
         ts: int | None = None,
+        shadow_versions: Sequence[str] | None = None,
+        shadow_candidate_scores: _MatrixArg | None = None,
     ) -> int: ...
     def log_served_features(
         self,

@@ -37,23 +37,30 @@ __all__ = [
 
 
 class _Progress:
-    """A minimal terminal progress bar (stderr), so the demo needs no extra dependency."""
+    """A minimal terminal progress bar with an ETA (stderr), so the demo needs no extra
+    dependency. The ETA extrapolates the phase's mean rate so far."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.t0, self.last = label, max(total, 1), time.perf_counter(), -1.0
+        self.finished = False
+        self.update(0)  # the phase shows up as soon as it starts
 
     def update(self, done: int) -> None:
         now = time.perf_counter()
-        if now - self.last < 0.2 and done < self.total:
+        if self.finished or (now - self.last < 0.2 and done < self.total):
             return
         self.last = now
         frac = min(done / self.total, 1.0)
         bar = "#" * int(30 * frac)
-        sys.stderr.write(
-            f"\r{self.label:<28} [{bar:<30}] {100 * frac:5.1f}%  {now - self.t0:6.1f}s"
-        )
+        spent = now - self.t0
+        if frac >= 1:
+            eta = "done     "
+        else:
+            eta = f"ETA {spent * (1 - frac) / frac:5.1f}s" if frac > 0 else "ETA     ?"
+        sys.stderr.write(f"\r{self.label:<28} [{bar:<30}] {100 * frac:5.1f}%  {spent:6.1f}s  {eta}")
         if done >= self.total:
             sys.stderr.write("\n")
+            self.finished = True
         sys.stderr.flush()
 
 
@@ -142,14 +149,25 @@ def run_demo(args: argparse.Namespace) -> int:
         f"(seed {args.seed})",
         file=sys.stderr,
     )
-    world = make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
+    bar = _Progress("building world", args.items + args.users)
+    world = make_world(
+        n_items=args.items,
+        n_users=args.users,
+        seed=args.seed,
+        now=time.time(),
+        progress=bar.update,
+    )
     log_dir = None if args.no_log else args.log_dir
     pipe = build_pipeline(world, args, log_dir)
     setup_s = time.perf_counter() - t0
     try:
         figures = _serve(world, pipe, args)
     finally:
-        pipe.close()  # flushes the log, also when interrupted
+        # flushes the log, also when interrupted (a one-step bar: the flush has no fraction)
+        flush = _Progress("flushing the event log", 1) if log_dir else None
+        pipe.close()
+        if flush is not None:
+            flush.update(1)
     _print(figures, args, setup_s)
     from fyp_core.demo_story import print_headline, print_next_steps
 
@@ -318,7 +336,14 @@ def serving_source(args: argparse.Namespace) -> Any:
         return cat
     from fyp_core.synth import make_world
 
-    return make_world(n_items=args.items, n_users=args.users, seed=args.seed, now=time.time())
+    bar = _Progress("building world", args.items + args.users)
+    return make_world(
+        n_items=args.items,
+        n_users=args.users,
+        seed=args.seed,
+        now=time.time(),
+        progress=bar.update,
+    )
 
 
 def add_serve_arguments(v: argparse.ArgumentParser) -> None:

@@ -33,8 +33,11 @@ def _lift(f: dict[str, Any], log_dir: Optional[str]) -> tuple[Optional[tuple], s
     if log_dir:
         try:
             from fyp_core.analytics import lift_by_topic
+            from fyp_core.demo import _Progress
 
+            bar = _Progress("reading the log (DuckDB)", 1)
             rows = lift_by_topic(log_dir).to_pylist()
+            bar.update(1)
             row = next((r for r in rows if r["topic"] is None), None)
             if row and row["lift"] is not None and row["lift_lo"] is not None:
                 return (row["lift"], row["lift_lo"], row["lift_hi"]), "engagement, from the log"

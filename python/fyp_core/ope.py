@@ -11,7 +11,7 @@ logged candidate sets of the `requests` table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -167,7 +167,7 @@ def switch_dr(
 
 
 # ---------------------------------------------------------------------------------------------
-# counterfactual replay on logged candidate sets
+# counterfactual replay on logged candidate sets (the semantics: docs/ope.md)
 
 
 def _segment_ids(offsets: np.ndarray) -> np.ndarray:
@@ -175,31 +175,171 @@ def _segment_ids(offsets: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(lengths.shape[0]), lengths)
 
 
-def replay_propensities(
-    requests: object,
-    impressions: object,
-    scores: Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]],
-    policy: str = "greedy",
-    temperature: float = 1.0,
-    epsilon: float = 0.0,
-) -> np.ndarray:
-    """Target propensities of a candidate ranker replayed on the logged candidate sets.
-
-    requests: Arrow table (or anything with ``request_id`` and ``candidate_item_ids`` columns,
-    e.g. ``pyarrow.dataset`` output) of the `requests` log. impressions: table with ``request_id``,
-    ``item_id``, ``position``. scores: the candidate ranker's score for every logged candidate,
-    either a flat float array aligned with the flattened ``candidate_item_ids`` or a callable
-    ``scores(item_ids, request_row) -> float array`` over the flattened candidates.
-
-    policy "greedy": the target shows its position-th best candidate at each position
-    (pi = 1 if that is the logged item, else 0); "softmax": at each position it samples from
-    softmax(score / temperature) over the candidates not shown at earlier logged positions
-    (pi is that conditional probability). ``epsilon`` mixes in uniform exploration over the
-    candidates (pi = (1 - eps) pi + eps / K). Returns float64 pi aligned with ``impressions``;
-    NaN where the request was not logged (sampled out) or the item is not among its candidates.
-    """
-    import pyarrow as pa
+def _locate(
+    req_ids: Any, imp: Any, flat: np.ndarray, req_of: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(request row or -1, flat candidate index or -1) of every impression."""
     import pyarrow.compute as pc
+
+    row = np.asarray(
+        pc.index_in(imp.column("request_id"), value_set=req_ids).fill_null(-1), dtype=np.int64
+    )
+    item = np.asarray(imp.column("item_id"), dtype=np.uint64)
+    uniq, item_rank = np.unique(flat, return_inverse=True)
+    n_u = max(len(uniq), 1)
+    if (int(req_of[-1]) + 1 if len(req_of) else 0) * n_u >= 2**62:
+        raise ValueError("too many requests x distinct items to index; replay in smaller batches")
+    key = req_of * n_u + item_rank.reshape(-1)
+    order = np.argsort(key, kind="stable")
+    key_sorted = key[order]
+    u_at = np.minimum(np.searchsorted(uniq, item), n_u - 1)
+    has = (row >= 0) & (uniq[u_at] == item if len(uniq) else np.zeros(len(row), dtype=bool))
+    q = row[has] * n_u + u_at[has]
+    at = np.minimum(np.searchsorted(key_sorted, q), max(len(key_sorted) - 1, 0))
+    hit = key_sorted[at] == q if len(key_sorted) else np.zeros(len(q), dtype=bool)
+    cand_idx = np.full(len(row), -1, dtype=np.int64)
+    cand_idx[np.flatnonzero(has)] = np.where(hit, order[at] if len(order) else -1, -1)
+    return row, cand_idx
+
+
+def _earlier_draws(
+    row: np.ndarray, pos: np.ndarray, cand_idx: np.ndarray, explored: np.ndarray, usable: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Pairs (impression i, candidate c): c was drawn by the exploration arm at an earlier
+    position of i's request (each candidate once, at its first draw). These are history at
+    i's slot, so removing them from the target's support does not depend on i's own draw."""
+    x = np.flatnonzero(explored & (cand_idx >= 0) & usable[np.maximum(cand_idx, 0)])
+    if len(x) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    x = x[np.lexsort((pos[x], cand_idx[x]))]
+    first = np.r_[True, cand_idx[x][1:] != cand_idx[x][:-1]]
+    x = x[first]
+    x = x[np.argsort(row[x], kind="stable")]
+    xr = row[x]
+    imps = np.flatnonzero(row >= 0)
+    lo = np.searchsorted(xr, row[imps], side="left")
+    hi = np.searchsorted(xr, row[imps], side="right")
+    cnt = hi - lo
+    pi_i = np.repeat(imps, cnt)
+    starts = np.repeat(lo - np.r_[0, np.cumsum(cnt)[:-1]], cnt)
+    pj = x[np.arange(len(pi_i)) + starts]
+    keep = pos[pj] < pos[pi_i]
+    return pi_i[keep], cand_idx[pj[keep]]
+
+
+@dataclass
+class _Slots:
+    """The replay's shared arrays: per candidate (flat) and per impression, with the pairs
+    (impression, candidate drawn at an earlier exploration slot of its request)."""
+
+    offsets: np.ndarray
+    req_of: np.ndarray
+    usable: np.ndarray
+    rr: np.ndarray  # request row per impression (0 where not logged)
+    has: np.ndarray  # request logged
+    pos: np.ndarray
+    c_i: np.ndarray  # candidate index per impression (0 where none)
+    in_support: np.ndarray
+    size: np.ndarray  # |S_k| per impression
+    pair_i: np.ndarray
+    pair_c: np.ndarray
+
+    def per_impression(self, per_cand: np.ndarray) -> np.ndarray:
+        """sum over S_k of a per-candidate quantity, for every impression."""
+        n_req, n_imp = len(self.offsets) - 1, len(self.rr)
+        tot = np.bincount(self.req_of, weights=per_cand * self.usable, minlength=n_req)
+        return tot[self.rr] - np.bincount(
+            self.pair_i, weights=per_cand[self.pair_c], minlength=n_imp
+        )
+
+
+def _slots(req: Any, imp: Any, flat: np.ndarray, inadmissible: Any) -> _Slots:
+    offsets = np.asarray(req.column("candidate_item_ids").combine_chunks().offsets, np.int64)
+    req_of = _segment_ids(offsets)
+    usable = np.ones(len(flat), dtype=bool)
+    if inadmissible is not None:
+        usable = ~np.isin(flat, np.asarray(inadmissible, dtype=np.uint64))
+    row, cand_idx = _locate(req.column("request_id"), imp, flat, req_of)
+    pos = np.asarray(imp.column("position"), dtype=np.int64)
+    explored = np.asarray(imp.column("source").to_numpy(zero_copy_only=False)) == "exploration"
+    pair_i, pair_c = _earlier_draws(row, pos, cand_idx, explored, usable)
+    n_imp = len(row)
+    rr = np.maximum(row, 0)
+    k_eff = np.bincount(req_of, weights=usable, minlength=len(offsets) - 1).astype(np.int64)
+    c_i = np.maximum(cand_idx, 0)
+    in_support = (cand_idx >= 0) & usable[c_i]
+    in_support[pair_i[pair_c == cand_idx[pair_i]]] = False
+    return _Slots(
+        offsets=offsets,
+        req_of=req_of,
+        usable=usable,
+        rr=rr,
+        has=row >= 0,
+        pos=pos,
+        c_i=c_i,
+        in_support=in_support,
+        size=k_eff[rr] - np.bincount(pair_i, minlength=n_imp),
+        pair_i=pair_i,
+        pair_c=pair_c,
+    )
+
+
+def _softmax(
+    t: _Slots, s: np.ndarray, temperature: float, q: Optional[np.ndarray]
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    z = np.where(t.usable, s / temperature, -np.inf)
+    zmax = np.full(len(t.offsets) - 1, -np.inf)
+    np.maximum.at(zmax, t.req_of, z)
+    zmax = np.where(np.isfinite(zmax), zmax, 0.0)
+    e = np.where(t.usable, np.exp(np.where(t.usable, z, 0.0) - zmax[t.req_of]), 0.0)
+    tot = t.per_impression(e)
+    safe = np.where(tot > 0, tot, 1.0)
+    pi = np.where(t.in_support, e[t.c_i] / safe, 0.0)
+    eq = None if q is None else np.where(tot > 0, t.per_impression(e * q) / safe, 0.0)
+    return pi, eq
+
+
+def _greedy(
+    t: _Slots, s: np.ndarray, q: Optional[np.ndarray]
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    n = len(s)
+    # rank of every candidate within its request, best first (stable on ties), unusable last
+    by = np.lexsort((np.arange(n), -s, ~t.usable, t.req_of))
+    rank = np.empty(n, dtype=np.int64)
+    rank[by] = np.arange(n) - t.offsets[t.req_of[by]]
+    # the k-th best of the support: walk up from rank k past the excluded ranks at or below
+    # it (one vectorised round per earlier draw of a request: a handful)
+    target = t.pos.copy()
+    order = np.lexsort((rank[t.pair_c], t.pair_i))
+    p_i, p_rank = t.pair_i[order], rank[t.pair_c][order]
+    first = np.r_[0, np.flatnonzero(np.diff(p_i)) + 1] if len(p_i) else np.zeros(0, int)
+    nth = np.arange(len(p_i)) - np.repeat(first, np.diff(np.r_[first, len(p_i)]))
+    for j in range(int(nth.max()) + 1 if len(nth) else 0):
+        sel = nth == j
+        target[p_i[sel]] += p_rank[sel] <= target[p_i[sel]]
+    ok = t.has & (t.pos < t.size)
+    pi = np.where(t.in_support & ok & (rank[t.c_i] == target), 1.0, 0.0)
+    eq = None
+    if q is not None and n:
+        at = t.offsets[t.rr] + np.minimum(target, np.diff(t.offsets)[t.rr] - 1)
+        eq = np.where(ok, q[by[np.clip(at, 0, n - 1)]], 0.0)
+    elif q is not None:
+        eq = np.zeros(len(pi))
+    return pi, eq
+
+
+def _replay(
+    requests: Any,
+    impressions: Any,
+    scores: Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    policy: str,
+    temperature: float,
+    epsilon: float,
+    inadmissible: Any,
+    q: Optional[np.ndarray],
+) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(pi, E_pi[q]) per impression; see ``replay_propensities``."""
+    import pyarrow as pa
 
     if policy not in ("greedy", "softmax"):
         raise ValueError(f"policy must be 'greedy' or 'softmax', got {policy!r}")
@@ -209,88 +349,58 @@ def replay_propensities(
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     req = requests if isinstance(requests, pa.Table) else pa.table(requests)
     imp = impressions if isinstance(impressions, pa.Table) else pa.table(impressions)
+    if "source" not in imp.column_names:
+        raise ValueError(
+            "impressions needs a 'source' column: the exploration draws at earlier positions "
+            "of a request leave the target's support (docs/ope.md)"
+        )
     cands = req.column("candidate_item_ids").combine_chunks()
-    offsets = np.asarray(cands.offsets, dtype=np.int64)
     flat = np.asarray(cands.flatten(), dtype=np.uint64)
-    req_of = _segment_ids(offsets)
-    k = np.diff(offsets)
-    if callable(scores):
-        s = np.asarray(scores(flat, req_of), dtype=np.float64)
-    else:
-        s = np.asarray(scores, dtype=np.float64)
+    req_of = _segment_ids(np.asarray(cands.offsets, dtype=np.int64))
+    s = np.asarray(scores(flat, req_of) if callable(scores) else scores, dtype=np.float64)
     if s.shape != flat.shape:
         raise ValueError(f"scores has shape {s.shape}, the logged candidates are {flat.shape}")
     if not np.all(np.isfinite(s)):
         raise ValueError("scores must be finite")
-
-    # locate each impression's (request row, candidate index)
-    n_imp = imp.num_rows
-    row = np.asarray(
-        pc.index_in(imp.column("request_id"), value_set=req.column("request_id")).fill_null(-1),
-        dtype=np.int64,
-    )
-    item = np.asarray(imp.column("item_id"), dtype=np.uint64)
-    pos = np.asarray(imp.column("position"), dtype=np.int64)
-    uniq, item_rank = np.unique(flat, return_inverse=True)
-    n_u = max(len(uniq), 1)
-    if req.num_rows * n_u >= 2**62:
-        raise ValueError("too many requests x distinct items to index; replay in smaller batches")
-    key = req_of * n_u + item_rank.reshape(-1)
-    order = np.argsort(key, kind="stable")
-    key_sorted = key[order]
-    has = row >= 0
-    u_at = np.minimum(np.searchsorted(uniq, item), n_u - 1)
-    has &= uniq[u_at] == item if len(uniq) else np.zeros_like(has)
-    q = row[has] * n_u + u_at[has]
-    at = np.minimum(np.searchsorted(key_sorted, q), max(len(key_sorted) - 1, 0))
-    hit = key_sorted[at] == q
-    j = np.where(hit, order[at], -1)
-    cand_idx = np.full(n_imp, -1, dtype=np.int64)
-    cand_idx[np.flatnonzero(has)] = j
-    has = row >= 0
-    found = cand_idx >= 0
-
-    pi = np.full(n_imp, np.nan)
-    if policy == "greedy":
-        by_score = np.lexsort((-s, req_of))  # within request, best first (stable on ties)
-        rank = np.empty_like(by_score)
-        rank[by_score] = np.arange(flat.shape[0]) - offsets[req_of[by_score]]
-        pi[found] = (rank[cand_idx[found]] == pos[found]).astype(np.float64)
-    else:
-        z = s / temperature
-        nonempty = k > 0
-        starts_c = offsets[:-1][nonempty]
-        zmax = np.zeros(k.shape[0])
-        total = np.zeros(k.shape[0])
-        if starts_c.shape[0]:
-            zmax[nonempty] = np.maximum.reduceat(z, starts_c)
-        e = np.exp(z - zmax[req_of])
-        if starts_c.shape[0]:
-            total[nonempty] = np.add.reduceat(e, starts_c)
-        # mass already used by the items shown at earlier positions of the same request: from the
-        # impressions of that request (logged positions; sampled-out positions cannot be removed)
-        f_idx = np.flatnonzero(found)
-        f_row, f_pos, f_cand = row[f_idx], pos[f_idx], cand_idx[f_idx]
-        # an item already shown at an earlier position cannot be drawn again (pi = 0) and its
-        # mass leaves the pool once
-        by_item = np.lexsort((f_pos, f_cand, f_row))
-        repeat = np.zeros(len(f_idx), dtype=bool)
-        repeat[by_item[1:]] = (f_row[by_item[1:]] == f_row[by_item[:-1]]) & (
-            f_cand[by_item[1:]] == f_cand[by_item[:-1]]
-        )
-        srt = np.lexsort((f_pos, f_row))
-        e_imp = e[f_cand[srt]]
-        e_used = np.where(repeat[srt], 0.0, e_imp)
-        r_s = f_row[srt]
-        cs = np.cumsum(e_used)
-        starts = np.r_[0, np.flatnonzero(np.diff(r_s)) + 1] if len(r_s) else np.zeros(0, int)
-        seg_start = np.repeat(starts, np.diff(np.r_[starts, len(r_s)]))
-        before = cs - e_used - np.where(seg_start > 0, cs[seg_start - 1], 0.0)
-        remaining = np.maximum(total[r_s] - before, e_imp)
-        out = np.empty(len(f_idx))
-        out[srt] = np.where(repeat[srt], 0.0, e_imp / remaining)
-        pi[f_idx] = out
+    if q is not None and q.shape != flat.shape:
+        raise ValueError(f"q has shape {q.shape}, the logged candidates are {flat.shape}")
+    t = _slots(req, imp, flat, inadmissible)
+    pi, eq = _softmax(t, s, temperature, q) if policy == "softmax" else _greedy(t, s, q)
     if epsilon > 0:
-        kk = np.where(has, k[np.maximum(row, 0)], 1)
-        pi[found] = (1 - epsilon) * pi[found] + epsilon / kk[found]
+        pi = np.where(t.in_support, (1 - epsilon) * pi + epsilon / np.maximum(t.size, 1), 0.0)
+        if q is not None and eq is not None:
+            eq = (1 - epsilon) * eq + epsilon * t.per_impression(q) / np.maximum(t.size, 1)
+    pi = np.where(t.has, pi, np.nan)
+    return pi, None if eq is None else np.where(t.has, eq, np.nan)
+
+
+def replay_propensities(
+    requests: object,
+    impressions: object,
+    scores: Union[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+    policy: str = "greedy",
+    temperature: float = 1.0,
+    epsilon: float = 0.0,
+    inadmissible: Optional[object] = None,
+) -> np.ndarray:
+    """Target propensities pi of a candidate ranker replayed on the logged candidate sets.
+
+    The semantics (docs/ope.md): the target at slot k of a request is a distribution over its
+    support S_k = the request's logged candidates, minus the items the exploration arm drew at
+    earlier positions of that request (history at slot k, never slot k's own draw), minus
+    ``inadmissible`` items (ids the logging arm can never show, e.g. blocked categories). An
+    impression whose item is outside S_k gets pi = 0 (e.g. a catalogue-wide exploration draw
+    that is not a candidate); NaN only where the request's row was not logged (sampled out:
+    its candidate set is unknown).
+
+    requests: Arrow table with ``request_id`` and ``candidate_item_ids`` (the `requests` log).
+    impressions: table with ``request_id``, ``item_id``, ``position`` and ``source``; pass every
+    exploration slot of a request (they are never sampled) so the earlier draws are known.
+    scores: the target's score of every logged candidate, a flat array aligned with the
+    flattened ``candidate_item_ids``, or ``scores(item_ids, request_row) -> array``.
+    policy "greedy": slot k shows the k-th best item of S_k (pi in {0, 1}); "softmax": slot k
+    draws from softmax(score / temperature) over S_k. ``epsilon`` mixes in uniform over S_k.
+    Returns float64 pi aligned with ``impressions``.
+    """
+    pi, _ = _replay(requests, impressions, scores, policy, temperature, epsilon, inadmissible, None)
     return pi

@@ -83,6 +83,17 @@ def _fmt_tick(v: float, pct: bool) -> str:
     return f"{v:g}"
 
 
+def _thin(labels: List[Tuple[float, str]], px_per_unit: float) -> List[Tuple[float, str]]:
+    """Every k-th label, k the smallest step at which the widest label (about 6.5 px a
+    character at the tick font) plus a gap fits between neighbours: 50 topics stay readable."""
+    if len(labels) < 2:
+        return labels
+    widest = 6.5 * max(len(t) for _, t in labels) + 8
+    gap = min(b[0] - a[0] for a, b in zip(labels, labels[1:])) * px_per_unit
+    k = max(1, math.ceil(widest / max(gap, 1e-9)))
+    return labels[::k]
+
+
 class _Plot:
     """A minimal SVG x/y plot: axes, gridlines, legend; callers add series."""
 
@@ -98,7 +109,7 @@ class _Plot:
         height: int = 260,
     ):
         self.w, self.h = width, height
-        self.ml, self.mr, self.mt, self.mb = 56, 12, 26, 44
+        self.ml, self.mr, self.mt, self.mb = 56, 24, 26, 44  # mr: room for a centred last tick
         self.x0, self.x1 = x_range
         if self.x1 <= self.x0:
             self.x1 = self.x0 + 1
@@ -120,7 +131,8 @@ class _Plot:
                 f'<text x="{self.ml - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
                 f"{_fmt_tick(t, y_pct)}</text>"
             )
-        for x, label in x_labels or [(v, f"{v:g}") for v in _nice_ticks(self.x0, self.x1, 6)]:
+        labels = list(x_labels or [(v, f"{v:g}") for v in _nice_ticks(self.x0, self.x1, 6)])
+        for x, label in _thin(labels, self.pw / (self.x1 - self.x0)):
             px = self.sx(x)
             a.append(
                 f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.mt + ph}" '
@@ -220,7 +232,7 @@ class _Plot:
         body = "".join(self.parts + leg)
         return (
             f"<figure><figcaption>{html.escape(title)}</figcaption>"
-            f'<svg viewBox="0 0 {self.w} {self.h}" width="{self.w}" height="{self.h}" '
+            f'<svg viewBox="0 0 {self.w} {self.h}" preserveAspectRatio="xMidYMid meet" '
             f'role="img" aria-label="{html.escape(title)}">{body}</svg></figure>'
         )
 
@@ -265,6 +277,7 @@ def build_report(
     shadow = _safe("shadow_vs_live", root, con, **wh)
     calib = _safe("shadow_calibration", root, con, **wh)
     fresh = _safe("fresh_items", root, con, fresh_hours=float(fresh_hours))
+    ope_rows = _shadow_ope_rows(root, window_hours, con)  # outcomes on the same engine
     con.close()
 
     tiles: List[Tile] = []
@@ -332,12 +345,16 @@ def build_report(
             Tile(
                 "Shadow readiness",
                 f"{len(ready)}/{len(verdicts)} ready",
-                "; ".join(f"{k}: {v}" for k, v in verdicts.items()),
+                "; ".join(
+                    f"{r['shadow_version']}: {r['verdict']} ({_verdict_reason(r)})" for r in shadow
+                ),
                 st,
             )
         )
     else:
-        tiles.append(Tile("Shadow readiness", "n/a", "no ranker_scores logged", GREY))
+        tiles += _no_shadow_tiles(calib, th)
+
+    tiles.append(_shadow_ope_tile(ope_rows))
 
     # exploration share
     if daily:
@@ -397,36 +414,8 @@ def build_report(
                 )
             )
 
-    # position bias
     if posb:
-        p = _Plot(
-            (0, max(r["position"] for r in posb)),
-            (0.0, max(r["rel_to_top"] or 0 for r in posb)),
-            x_title="position (0 = top)",
-            y_title="rate / rate at position 0",
-        )
-        for i, arm in enumerate(("exploration", "ranked", "all")):
-            rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
-            if rs:
-                p.line(
-                    [r["position"] for r in rs],
-                    [r["rel_to_top"] for r in rs],
-                    PALETTE[i],
-                    arm,
-                    dashed=arm == "all",
-                )
-        figs.append(p.svg("Position bias: engagement by position (exploration = causal)"))
-        ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
-        if ex:
-            tiles.append(
-                Tile(
-                    "Position bias",
-                    f"{ex[-1]['rel_to_top']:.2f}×",
-                    f"exploration engagement at position {ex[-1]['position']} "
-                    "relative to the top slot",
-                    GREY,
-                )
-            )
+        _position_section(posb, tiles, figs)
 
     # cohort diversity
     if cohorts:
@@ -464,36 +453,8 @@ def build_report(
             )
         figs.append(p.svg("Content diversity by cohort"))
 
-    # creator gini
     if gini:
-        valid = [r for r in gini if not r["censored"]] or gini
-        g = valid[-1]["gini"]
-        tiles.append(
-            Tile(
-                "Creator Gini",
-                f"{g:.3f}",
-                f"latest day; young (<{young_days} d) creators got "
-                f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions",
-                _level(g, *th.creator_gini),
-            )
-        )
-        days = [r["day"] for r in gini]
-        xs, xl = _days_axis(days)
-        p = _Plot(
-            (0, max(xs[-1], 1)),
-            (0.0, 1.0),
-            x_labels=xl,
-            x_title="day (UTC)",
-            y_title="Gini / share",
-        )
-        p.line(xs, [r["gini"] for r in gini], PALETTE[3], "Gini of impressions")
-        p.line(
-            xs,
-            [None if r["censored"] else r["young_creator_share"] for r in gini],
-            PALETTE[4],
-            f"share to creators < {young_days} d",
-        )
-        figs.append(p.svg("Creator concentration over time"))
+        _gini_section(gini, young_days, th, tiles, figs)
 
     # fresh items
     if fresh:
@@ -554,7 +515,7 @@ def build_report(
             )
         figs.append(p.svg("Calibration by decile (reliability diagram)"))
 
-    return _page(title, root, daily, tiles, figs, lift, shadow)
+    return _page(title, root, daily, tiles, figs, lift, shadow, ope_rows)
 
 
 def _table(rows: List[dict], cols: List[Tuple[str, str, str]]) -> str:
@@ -576,7 +537,10 @@ def _table(rows: List[dict], cols: List[Tuple[str, str, str]]) -> str:
                 s = str(v)
             cells.append(f"<td>{html.escape(s)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (
+        f'<div class="tbl"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 CSS = """
@@ -597,14 +561,253 @@ color:#7d4e00}.bad .s{background:#ffcecb;color:#a40e26}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(470px,1fr));gap:12px}
 figure{margin:0;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:8px}
 figcaption{font-weight:600;margin:0 0 4px 4px}
-svg{max-width:100%;height:auto}.grid{stroke:#eaeef2}.axis{stroke:#8c959f}
+svg{display:block;width:100%;height:auto}.grid{stroke:#eaeef2}.axis{stroke:#8c959f}
 .tick{font-size:10px;fill:#57606a}.atitle{font-size:11px;fill:#57606a}.leg{font-size:10px;
 fill:#1f2328}
 table{border-collapse:collapse;background:#fff;font-size:13px}
+.tbl{max-width:100%;overflow-x:auto}td{white-space:nowrap}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right}th{background:#eaeef2}
 """
 
 LABELS = {GREEN: "OK", AMBER: "WATCH", RED: "ALERT", GREY: "INFO"}
+
+
+OPE_COLUMNS = [
+    ("version", "model", ""),
+    ("role", "role", ""),
+    ("n_used", "exploration slots", ","),
+    ("support_hits", "in support", ","),
+    ("snips", "SNIPS", "pct"),
+    ("snips_lo", "95% lo", "pct"),
+    ("snips_hi", "95% hi", "pct"),
+    ("ips", "IPS", "pct"),
+    ("dr", "DR", "pct"),
+    ("dr_lo", "DR 95% lo", "pct"),
+    ("dr_hi", "DR 95% hi", "pct"),
+    ("ess", "ESS", ",.0f"),
+    ("explore_rate", "uniform arm", "pct"),
+]
+
+
+def _position_section(posb: List[dict], tiles: List[Tile], figs: List[str]) -> None:
+    """The position curve per arm with its 95% CI band, and the position-bias tile."""
+    top_rate = {r["arm"]: r["rate"] for r in posb if r["position"] == 0}
+    p = _Plot(
+        (0, max(r["position"] for r in posb)),
+        (
+            0.0,
+            max(
+                (r["rate_hi"] / top_rate[r["arm"]]) if top_rate.get(r["arm"]) else 0.0
+                for r in posb
+                if r["arm"] != "all"
+            ),
+        ),
+        x_title="position (0 = top)",
+        y_title="rate / rate at position 0",
+    )
+    for i, arm in enumerate(("exploration", "ranked", "all")):
+        rs = sorted((r for r in posb if r["arm"] == arm), key=lambda r: r["position"])
+        if rs and arm != "all" and rs[0]["rate"]:
+            # the 95% CI of each position's rate, on the same relative scale
+            top = rs[0]["rate"]
+            p.band(
+                [r["position"] for r in rs],
+                [max(r["rate_lo"], 0.0) / top for r in rs],
+                [r["rate_hi"] / top for r in rs],
+                PALETTE[i],
+            )
+        if rs:
+            p.line(
+                [r["position"] for r in rs],
+                [r["rel_to_top"] for r in rs],
+                PALETTE[i],
+                arm,
+                dashed=arm == "all",
+            )
+    figs.append(p.svg("Position bias: engagement by position, 95% CI (exploration = causal)"))
+    ex = sorted((r for r in posb if r["arm"] == "exploration"), key=lambda r: r["position"])
+    if ex:
+        tiles.append(
+            Tile(
+                "Position bias",
+                f"{ex[-1]['rel_to_top']:.2f}×",
+                f"exploration engagement at position {ex[-1]['position']} relative to the top slot",
+                GREY,
+            )
+        )
+
+
+def _gini_section(
+    gini: List[dict], young_days: int, th: Thresholds, tiles: List[Tile], figs: List[str]
+) -> None:
+    """The creator-concentration tile and plot."""
+    tiles.append(_gini_tile(gini, young_days, th))
+    days = [r["day"] for r in gini]
+    xs, xl = _days_axis(days)
+    p = _Plot(
+        (0, max(xs[-1], 1)),
+        (0.0, 1.0),
+        x_labels=xl,
+        x_title="day (UTC)",
+        y_title="Gini / share",
+    )
+    p.line(xs, [r["gini"] for r in gini], PALETTE[3], "Gini of impressions")
+    p.line(
+        xs,
+        [None if r["censored"] else r["young_creator_share"] for r in gini],
+        PALETTE[4],
+        f"share to creators < {young_days} d",
+    )
+    figs.append(p.svg("Creator concentration over time"))
+
+
+def _gini_tile(gini: List[dict], young_days: int, th: Thresholds) -> Tile:
+    """Latest day's Gini; the young-creator share only from days it is measurable: a creator's
+    age counts from its first impression in the log, so in the log's first ``young_days`` days
+    every creator looks young (left-censored) and the share would read ~100%."""
+    g = gini[-1]["gini"]
+    valid = [r for r in gini if not r["censored"]]
+    if valid:
+        young = (
+            f"young (<{young_days} d since first seen in the log) creators got "
+            f"{_fmt_pct(valid[-1]['young_creator_share'])} of impressions on {valid[-1]['day']}"
+        )
+    else:
+        young = (
+            f"young-creator share not measurable yet: a creator's age counts from its first "
+            f"impression in the log, so every creator looks young until the log is "
+            f"{young_days} days old ({len(gini)} day(s) logged)"
+        )
+    return Tile("Creator Gini", f"{g:.3f}", f"latest day; {young}", _level(g, *th.creator_gini))
+
+
+def _verdict_reason(r: dict) -> str:
+    """Why shadow_vs_live gave its verdict (the rule in shadow_vs_live.sql)."""
+    ll = f"Δ log-loss {r['ll_diff']:+.4f} [{r['ll_diff_lo']:+.4f}, {r['ll_diff_hi']:+.4f}]"
+    if r["verdict"] == "not ready":
+        why = []
+        if r["ll_diff_lo"] > 0:
+            why.append(f"{ll}: worse than live")
+        if r["shadow_ece"] > r["live_ece"] + 0.02:
+            why.append(f"ECE {r['shadow_ece']:.3f} > live {r['live_ece']:.3f} + 0.02")
+        return "; ".join(why)
+    if r["verdict"] == "ready":
+        return f"{ll}: better than live, AUC and ECE within tolerance"
+    why = []
+    if r["ll_diff_hi"] >= 0:
+        why.append(f"{ll} includes 0")
+    if r["shadow_auc"] < r["live_auc"] - 0.005:
+        why.append(f"AUC {r['shadow_auc']:.3f} < live {r['live_auc']:.3f} - 0.005")
+    if r["shadow_ece"] > r["live_ece"] + 0.01:
+        why.append(f"ECE {r['shadow_ece']:.3f} > live {r['live_ece']:.3f} + 0.01")
+    return "; ".join(why)
+
+
+def _no_shadow_tiles(calib: Optional[List[dict]], th: Thresholds) -> List[Tile]:
+    """Live calibration from the calibration deciles when no shadow is logged (ECE = the
+    row-weighted mean of |mean prediction - observed| over deciles), and why no readiness."""
+    live = [r for r in calib or [] if not r["is_shadow"]]
+    if not live:
+        why = "no ranker_scores logged" if not calib else "no live-model ranker_scores logged"
+        return [
+            Tile("Live calibration", "n/a", why, GREY),
+            Tile("Shadow readiness", "n/a", why, GREY),
+        ]
+    n = sum(r["n"] for r in live)
+    ece = sum(r["n"] * abs(r["mean_pred"] - r["observed"]) for r in live) / n
+    version = live[0]["model_version"]
+    return [
+        Tile(
+            "Live calibration",
+            f"ECE {ece:.3f}",
+            f"{version}: pred_finish vs finish rate over {n:,} impressions in 10 deciles",
+            _level(ece, *th.calibration_ece),
+        ),
+        Tile(
+            "Shadow readiness",
+            "n/a",
+            "no shadow model logged (ranker_scores holds only the live model): add one with "
+            "FeedPipeline.add_shadow",
+            GREY,
+        ),
+    ]
+
+
+def _shadow_ope_rows(root: str, window_hours: float, con: Any = None) -> List[dict]:
+    """One row per model with logged candidate scores (the served model, then each shadow):
+    its softmax ranking replayed on the candidates, valued on the exploration slots."""
+    from fyp_core.analytics import ope_log
+
+    req = (
+        analytics.read_table(root, "requests", ["shadow_versions"])
+        if _has_shadow_cols(root)
+        else None
+    )
+    versions: List[Optional[str]] = [None]
+    if req is not None and req.num_rows:
+        flat = req.column("shadow_versions").combine_chunks().flatten().to_pylist()
+        versions += sorted(set(flat))
+    rows: List[dict] = []
+    if "impression_outcomes" not in analytics.available_queries(root):
+        return rows
+    out = analytics.impression_outcomes(root, window_hours=window_hours, con=con)
+    for v in versions:
+        try:
+            res = ope_log.shadow_ope(root, v, window_hours=window_hours, outcomes=out)
+        except (ValueError, KeyError, OSError):
+            res = None
+        if res is None:
+            continue
+        rows.append(
+            {
+                "version": res.version,
+                "role": "live" if v is None else "shadow",
+                "n_used": res.n_used,
+                "support_hits": res.support_hits,
+                "snips": res.snips.value,
+                "snips_lo": res.snips.ci[0],
+                "snips_hi": res.snips.ci[1],
+                "ips": res.ips.value,
+                "dr": res.dr.value,
+                "dr_lo": res.dr.ci[0],
+                "dr_hi": res.dr.ci[1],
+                "ess": res.snips.ess,
+                "explore_rate": res.explore_rate,
+            }
+        )
+    return rows
+
+
+def _has_shadow_cols(root: str) -> bool:
+    import pyarrow.parquet as pq
+
+    files = analytics.table_files(root, "requests")
+    return bool(files) and "shadow_versions" in pq.read_schema(files[0]).names
+
+
+def _shadow_ope_tile(rows: List[dict]) -> Tile:
+    live = next((r for r in rows if r["role"] == "live"), None)
+    shadows = [r for r in rows if r["role"] == "shadow"]
+    if not shadows:
+        why = (
+            "no shadow candidate scores in the requests log (add a shadow with "
+            "FeedPipeline.add_shadow; it scores every candidate of a logged request)"
+            if rows
+            else "no requests rows with candidate scores, or no exploration slots"
+        )
+        return Tile("Shadow OPE", "n/a", why, GREY)
+    best = max(shadows, key=lambda r: r["snips"])
+    ref = f"; live {_fmt_pct(live['snips'])}" if live else ""
+    above = live is not None and best["snips_lo"] > live["snips"]
+    return Tile(
+        "Shadow OPE",
+        f"{best['version']} {_fmt_pct(best['snips'])}",
+        f"SNIPS finish rate of its softmax ranking on {best['n_used']:,} exploration slots, 95% CI "
+        f"[{_fmt_pct(best['snips_lo'])}, {_fmt_pct(best['snips_hi'])}], ESS "
+        f"{best['ess']:,.0f}{ref}"
+        + ("" if above else "; CI overlaps live: not distinguishable yet"),
+        GREEN if above else AMBER,
+    )
 
 
 def _page(
@@ -615,6 +818,7 @@ def _page(
     figs: List[str],
     lift: List[dict],
     shadow: Optional[List[dict]],
+    ope_rows: Optional[List[dict]] = None,
 ) -> str:
     span = f"{daily[0]['day']} to {daily[-1]['day']}" if daily else "no days"
     slots = sum(r["slots"] for r in daily)
@@ -669,9 +873,16 @@ def _page(
                     ("shadow_ece", "ECE shadow", ".3f"),
                     ("live_ece", "ECE live", ".3f"),
                     ("ll_diff", "Δ log-loss", "+.4f"),
+                    ("ll_diff_lo", "Δ 95% lo", "+.4f"),
+                    ("ll_diff_hi", "Δ 95% hi", "+.4f"),
                     ("verdict", "verdict", ""),
                 ],
             ),
+        ]
+    if ope_rows:
+        parts += [
+            "<h2>Shadow OPE on the exploration arm (docs/ope.md)</h2>",
+            _table(ope_rows, OPE_COLUMNS),
         ]
     parts.append("</body></html>")
     return "".join(parts)

@@ -10,7 +10,7 @@ the slot's position. Everything is vectorised numpy and a pure function of the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -144,8 +144,11 @@ def make_world(
     days: float = 30.0,
     now: float = 1.8e9,
     seed: int = 0,
+    progress: Optional[Callable[[int], None]] = None,
 ) -> World:
-    """Builds the world deterministically from `seed` (about 2 s for 1M items)."""
+    """Builds the world deterministically from `seed` (about 2 s for 1M items). `progress`, if
+    given, is called with the work done so far out of ``n_items + n_users`` (items as their
+    embeddings are drawn, then the users)."""
     if n_items <= 0 or n_users <= 0 or dim <= 0 or n_topics <= 0 or n_creators <= 0:
         raise ValueError("n_items, n_users, dim, n_topics and n_creators must all be > 0")
     rng = np.random.default_rng(seed)
@@ -167,6 +170,8 @@ def make_world(
             2.2 / np.sqrt(dim)
         )
         emb[e] = _unit_rows(centroids[topic[e]] + noise)
+        if progress is not None:
+            progress(e.stop)
     users_topics = rng.choice(n_topics, size=(n_users, 3), p=topic_p)
     mix = rng.dirichlet([1.0, 0.5, 0.25], size=n_users).astype(np.float32)
     taste = _unit_rows(
@@ -176,6 +181,8 @@ def make_world(
     long_term = _unit_rows(
         taste + 0.6 * rng.standard_normal((n_users, dim)).astype(np.float32) / np.sqrt(dim)
     )
+    if progress is not None:
+        progress(n_items + n_users)
     return World(
         dim=dim,
         now=now,

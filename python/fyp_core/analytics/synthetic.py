@@ -8,10 +8,14 @@ World (one request = one feed of ``slots`` slots, K candidates per request):
     rel(u, i, day) = a0 + day_logit[day] + beta * quality[i] + gamma * affinity[u, topic[i]]
     P(engaged | shown at position k) = pos_curve[k] * sigmoid(rel), pos_curve[k] = (1+k) ** -alpha
 Slots: exploration with prob ``explore_rate`` (uniform over the K candidates, propensity 1/K),
-fresh with prob ``fresh_rate`` (uniform over items uploaded in the last ``fresh_hours``), else
-ranked (the live model's next-best candidate). An engaged impression "completes" (and may like,
-share, follow); a share ``late_share`` of engaged impressions report after ``window_hours``.
-Shadow models score every impression with a known noise / calibration distortion.
+fresh with prob ``fresh_rate`` (uniform over items uploaded in the last ``fresh_hours``,
+propensity 1/pool), else ranked (the live model's next-best candidate, propensity 1): the logged
+propensity is the probability of the item given the slot's arm, as the pipeline logs it
+(docs/ope.md); the arm is drawn independently of the items. An engaged impression "completes"
+(and may like, share, follow); a share ``late_share`` of engaged impressions report after
+``window_hours``.
+Shadow models score every impression, and every candidate of a logged request, with a known
+noise / calibration distortion.
 """
 
 from __future__ import annotations
@@ -89,6 +93,33 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
+
+
+def _shadow_candidate_columns(
+    models: Sequence[ShadowSpec], cand_rel: np.ndarray, pos0: float, seed: int, k: int
+) -> Dict[str, pa.Array]:
+    """The requests row's shadow columns: each shadow's value score of every candidate (its
+    distortion of the candidate's position-0 truth), shadow-major, as the pipeline logs them.
+    Own generator, so adding the columns left every other simulated draw unchanged."""
+    rng = np.random.default_rng([seed, 0x5AD0])
+    shadows = [m for m in models if m.is_shadow]
+    logit_p = _logit(pos0 * _sigmoid(cand_rel))
+    blocks = []
+    for m in shadows:  # loops over models, not rows
+        pf = _sigmoid(m.slope * logit_p + m.bias + rng.normal(0, m.noise, logit_p.shape))
+        blocks.append(pf + 2 * 0.35 * pf + 4 * 0.06 * pf)  # the value model of ranker_scores
+    n = cand_rel.shape[0]
+    flat = np.stack(blocks, axis=1).reshape(-1) if blocks else np.zeros(0)
+    offs = np.arange(n + 1, dtype=np.int32) * (k * len(shadows))
+    versions = pa.array([m.version for m in shadows] * n, pa.string())
+    return {
+        "shadow_versions": pa.ListArray.from_arrays(
+            pa.array(np.arange(n + 1, dtype=np.int32) * len(shadows)), versions
+        ),
+        "shadow_candidate_scores": pa.ListArray.from_arrays(
+            pa.array(offs), pa.array(flat.astype(np.float32))
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -329,8 +360,8 @@ def generate_log(
     propensity = np.where(
         is_exp,
         1.0 / n_candidates,
-        np.where(is_fresh, 1.0 / np.maximum(pool, 1), 1.0 - explore_rate - fresh_rate),
-    )
+        np.where(is_fresh, 1.0 / np.maximum(pool, 1), 1.0),
+    )  # P(item | the slot's arm): docs/ope.md (a ranked slot's pick is deterministic)
     source = np.where(is_exp, 2, np.where(is_fresh, 1, 0))  # 0 ranked, 1 fresh, 2 exploration
 
     # outcomes (engagements are never sampled)
@@ -513,6 +544,7 @@ def generate_log(
                 offs_s, pa.array(item_ids[item[kr]].ravel())
             ),
             "sampled_pct": pa.array(req_pct[kr]),
+            **_shadow_candidate_columns(models, cand_rel[kr], pos_curve[0], seed, n_candidates),
         }
     )
     _write_partitioned(root, "requests", reqs, req_ts[kr], "sim")

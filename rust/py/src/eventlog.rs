@@ -473,9 +473,11 @@ impl PyEventLog {
         })
     }
 
-    /// One request's row: its candidate set with their value scores, and the served order.
+    /// One request's row: its candidate set with their value scores, and the served order;
+    /// optionally each shadow's value score per candidate (`shadow_candidate_scores` is
+    /// float32[len(shadow_versions), len(candidate_item_ids)]).
     #[pyo3(signature = (request_id, user_token, candidate_item_ids, candidate_scores,
-        served_item_ids, ts=None))]
+        served_item_ids, ts=None, shadow_versions=None, shadow_candidate_scores=None))]
     fn log_request(
         &self,
         py: Python<'_>,
@@ -485,10 +487,29 @@ impl PyEventLog {
         candidate_scores: &Bound<'_, PyAny>,
         served_item_ids: &Bound<'_, PyAny>,
         ts: Option<i64>,
+        shadow_versions: Option<Vec<String>>,
+        shadow_candidate_scores: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let cand = u64_vector(candidate_item_ids, "candidate_item_ids")?;
         let scores = f32_vector(candidate_scores, "candidate_scores")?;
         let served = u64_vector(served_item_ids, "served_item_ids")?;
+        let shadow_versions = shadow_versions.unwrap_or_default();
+        let shadow_scores = match shadow_candidate_scores {
+            Some(s) => {
+                let m = f32_matrix(s, "shadow_candidate_scores")?;
+                if m.shape()[0] != shadow_versions.len() || m.shape()[1] != cand.len() {
+                    return Err(PyValueError::new_err(format!(
+                        "shadow_candidate_scores has shape {:?}; it must be \
+                         (len(shadow_versions), len(candidate_item_ids)) = ({}, {})",
+                        m.shape(),
+                        shadow_versions.len(),
+                        cand.len()
+                    )));
+                }
+                m.as_slice()?.to_vec()
+            }
+            None => Vec::new(),
+        };
         let row = Record::Request(RequestRow {
             request_id,
             ts_us: ts.unwrap_or_else(now_us),
@@ -497,6 +518,8 @@ impl PyEventLog {
             candidate_scores: scores.as_slice()?.to_vec(),
             served_item_ids: served.as_slice()?.to_vec(),
             sampled_pct: 100.0,
+            shadow_versions,
+            shadow_candidate_scores: shadow_scores,
         });
         self.submit(py, vec![row])
     }

@@ -79,6 +79,7 @@ fn config_dict<'py>(py: Python<'py>, c: &ServingConfig) -> PyResult<Bound<'py, P
     d.set_item("task_weights", c.task_weights.clone())?;
     d.set_item("long_term_weight", c.long_term_weight)?;
     d.set_item("recency_half_life", c.recency_half_life)?;
+    d.set_item("shadow_candidates", c.shadow_candidates)?;
     Ok(d)
 }
 

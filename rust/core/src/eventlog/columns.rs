@@ -4,7 +4,7 @@
 
 use super::record::{FeatureEventKind, Source};
 use crate::{Error, Result};
-use arrow_array::builder::{Float32Builder, ListBuilder, UInt64Builder};
+use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder, UInt64Builder};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, ListArray,
     StringArray, UInt64Array,
@@ -210,6 +210,47 @@ macro_rules! list_column {
 list_column!(u64, UInt64Builder);
 list_column!(f32, Float32Builder);
 
+impl Column for Vec<String> {
+    fn data_type() -> DataType {
+        list_type(DataType::Utf8)
+    }
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_len(out, self.len());
+        for x in self {
+            x.encode(out);
+        }
+    }
+    fn decode(d: &mut Dec<'_>) -> Result<Self> {
+        let n = d.len()?;
+        // every string takes at least its 4-byte length: a count the bytes cannot hold is corrupt
+        if n > d.remaining() / 4 {
+            return Err(Error::Corrupt("write-ahead record is truncated".into()));
+        }
+        (0..n).map(|_| String::decode(d)).collect()
+    }
+    fn array<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for v in values {
+            for s in v {
+                b.values().append_value(s);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    }
+    fn read(a: &dyn Array) -> Option<Result<Vec<Self>>> {
+        let list = a.as_any().downcast_ref::<ListArray>()?;
+        let values = String::read(list.values().as_ref())?;
+        Some(values.and_then(|v| {
+            no_nulls(list)?;
+            let o = list.value_offsets();
+            Ok((0..list.len())
+                .map(|i| v[o[i] as usize..o[i + 1] as usize].to_vec())
+                .collect())
+        }))
+    }
+}
+
 /// Enumerations stored as their name (a string column) and as one byte in the write-ahead file.
 macro_rules! enum_column {
     ($t:ty) => {
@@ -272,6 +313,7 @@ mod tests {
         round_trip(vec![String::new(), "é x".to_string()]);
         round_trip(vec![vec![], vec![1u64, u64::MAX]]);
         round_trip(vec![vec![0.25f32], vec![]]);
+        round_trip(vec![vec![], vec!["s1".to_string(), String::new()]]);
         round_trip(vec![Source::Fresh, Source::Ranked, Source::Exploration]);
         round_trip(vec![FeatureEventKind::BatchSwap, FeatureEventKind::Upload]);
     }

@@ -336,6 +336,18 @@ impl Record {
                     r.candidate_item_ids.len()
                 ))
             }
+            Record::Request(r)
+                if r.shadow_candidate_scores.len()
+                    != r.shadow_versions.len() * r.candidate_item_ids.len() =>
+            {
+                Err(invalid!(
+                    "shadow_candidate_scores has {} values; {} shadow(s) x {} candidates need {}",
+                    r.shadow_candidate_scores.len(),
+                    r.shadow_versions.len(),
+                    r.candidate_item_ids.len(),
+                    r.shadow_versions.len() * r.candidate_item_ids.len()
+                ))
+            }
             Record::FeatureEvent(r) => r.check_kind(),
             _ => Ok(()),
         }
@@ -445,6 +457,8 @@ pub(crate) mod tests {
                 candidate_scores: vec![0.5, 0.25, 0.125],
                 served_item_ids: vec![3, 1],
                 sampled_pct: 10.0,
+                shadow_versions: vec!["s1".into(), "s2".into()],
+                shadow_candidate_scores: vec![0.1, 0.2, 0.3, -1.0, -2.0, -3.0],
             }),
             Record::Features(ServedFeatures {
                 request_id: "r1".into(),

@@ -342,6 +342,12 @@ log_table! {
         candidate_scores: Vec<f32> => col,
         served_item_ids: Vec<u64> => col,
         sampled_pct: f64 => col,
+        /// The shadow models that scored every candidate, in the order of
+        /// `shadow_candidate_scores`' blocks.
+        shadow_versions: Vec<String> => col,
+        /// Each shadow's value score per candidate, shadow-major (`shadows x candidates`), so a
+        /// shadow's ranking can be replayed offline on the logged candidate set (docs/ope.md).
+        shadow_candidate_scores: Vec<f32> => col,
     }
 }
 

@@ -76,6 +76,8 @@ fn request(req: usize, slots: usize, explore_every: usize) -> RequestRecords {
         candidate_scores: vec![0.3, 0.2, 0.1],
         served_item_ids: vec![3],
         sampled_pct: 0.0,
+        shadow_versions: Vec::new(),
+        shadow_candidate_scores: Vec::new(),
     });
     out
 }

@@ -25,6 +25,11 @@ pub struct ServingConfig {
     pub long_term_weight: f32,
     /// Recency half-life of the history mean, in interactions.
     pub recency_half_life: f32,
+    /// Share of the logged requests (the `requests` table's sample) whose shadows score every
+    /// candidate, so their ranking can be replayed offline (docs/ope.md); in [0, 1]. A shadow
+    /// costs about one more ranker call over the candidates in those requests; elsewhere it
+    /// scores only the served rows. Nested in the log's sampling by the same request hash.
+    pub shadow_candidates: f64,
 }
 
 impl Default for ServingConfig {
@@ -38,6 +43,7 @@ impl Default for ServingConfig {
             task_weights: Vec::new(),
             long_term_weight: 0.5,
             recency_half_life: 10.0,
+            shadow_candidates: 1.0,
         }
     }
 }
@@ -47,7 +53,7 @@ pub const MAX_CANDIDATES: usize = 100_000;
 
 impl ServingConfig {
     /// The keys `set` accepts.
-    pub const KEYS: [&'static str; 8] = [
+    pub const KEYS: [&'static str; 9] = [
         "explore_rate",
         "fresh_budget",
         "fresh_max_age_s",
@@ -56,6 +62,7 @@ impl ServingConfig {
         "task_weights",
         "long_term_weight",
         "recency_half_life",
+        "shadow_candidates",
     ];
 
     /// Sets one key (the value is range-checked by `validate`).
@@ -75,6 +82,7 @@ impl ServingConfig {
             "ef" => self.ef = count(v)?,
             "long_term_weight" => self.long_term_weight = v.float(key)? as f32,
             "recency_half_life" => self.recency_half_life = v.float(key)? as f32,
+            "shadow_candidates" => self.shadow_candidates = v.float(key)?,
             "task_weights" => match v {
                 Value::List(w) => {
                     self.task_weights = w
@@ -99,6 +107,12 @@ impl ServingConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.shadow_candidates) {
+            return Err(invalid!(
+                "shadow_candidates must be in [0, 1] (a share of the logged requests), got {}",
+                self.shadow_candidates
+            ));
+        }
         if !(0.0..=1.0).contains(&self.explore_rate) {
             return Err(invalid!(
                 "explore_rate must be in [0, 1], got {}",

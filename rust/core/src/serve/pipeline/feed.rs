@@ -60,6 +60,13 @@ struct Pins {
     pinned: Vec<Pinned>,
 }
 
+/// Each shadow's value score of every candidate (shadow-major), for the `requests` row.
+#[derive(Default)]
+struct ShadowCandidates {
+    versions: Vec<String>,
+    values: Vec<f32>,
+}
+
 /// The rows the ranker scores: the candidates, then the exploration items.
 struct Rows {
     slots: Vec<usize>,
@@ -150,7 +157,8 @@ impl Pipeline {
         t.lap(Stage::Rerank);
         let (slots, slot_rows) = self.mix(&req, &rows, &scored, &pins, &outcome);
         let served_block = rows.served_block(&slot_rows);
-        let shadows = self.shadow_scores(&req, &user, &served_block, slots.len())?;
+        let (shadows, shadow_cands) =
+            self.shadow_scores(&req, &user, &rows, &slot_rows, &served_block)?;
         t.lap(Stage::Mixer);
         let mut resp = FeedResponse {
             request_id: request_id.to_owned(),
@@ -167,7 +175,8 @@ impl Pipeline {
             timings: [0.0; 7],
         };
         self.freeze(&req, &resp);
-        self.log_request(&req, &resp, &rows, &scored, &user, &served_block);
+        let cands = (&rows, &scored, shadow_cands);
+        self.log_request(&req, &resp, cands, &user, &served_block);
         self.count_response(&resp, req.routed);
         t.lap(Stage::Log);
         resp.timings = t.ms;
@@ -467,18 +476,32 @@ impl Pipeline {
         (slots, slot_rows)
     }
 
-    /// Every shadow scores exactly the served rows (never served, logged).
+    /// Every shadow scores the served rows (never served, logged). In the share
+    /// `shadow_candidates` of the requests whose row is logged, each shadow scores every
+    /// candidate too (one call over all rows), and its candidate values go to the `requests`
+    /// row, so its ranking can be replayed offline on the logged candidate set (docs/ope.md).
     fn shadow_scores(
         &self,
         req: &Request<'_>,
         user: &UserSide,
+        rows: &Rows,
+        slot_rows: &[usize],
         served_block: &[f32],
-        ns: usize,
-    ) -> Result<Vec<ShadowScores>> {
+    ) -> Result<(Vec<ShadowScores>, ShadowCandidates)> {
         let mut out = Vec::new();
+        let mut cands = ShadowCandidates::default();
+        let ns = slot_rows.len();
         if ns == 0 {
-            return Ok(out);
+            return Ok((out, cands));
         }
+        // the same hash as the log's request sampling, so these requests are logged ones
+        let share = req.serving.config.shadow_candidates;
+        let all_rows = share > 0.0
+            && self
+                .log
+                .as_ref()
+                .is_some_and(|log| keep_request(req.request_id, log.config().sample_pct * share));
+        let n_all = rows.slots.len();
         for m in req
             .snap
             .shadows
@@ -489,16 +512,28 @@ impl Pipeline {
                 Self::count(&self.stats.shadows_skipped, 1);
                 continue;
             }
-            let predictions = m.predict_request(&user.block, served_block, ns)?;
-            let mut values = vec![0.0f32; ns];
-            value_with(&predictions, ns, &req.weights, &mut values)?;
+            let tasks = m.n_tasks();
+            let (predictions, values) = if all_rows {
+                let p = m.predict_request(&user.block, &rows.block, n_all)?;
+                let mut v = vec![0.0f32; n_all];
+                value_with(&p, n_all, &req.weights, &mut v)?;
+                cands.versions.push(m.version().to_owned());
+                cands.values.extend_from_slice(&v[..rows.n_candidates]);
+                let served_v = slot_rows.iter().map(|&r| v[r]).collect();
+                (gather_rows(&p, slot_rows, tasks), served_v)
+            } else {
+                let p = m.predict_request(&user.block, served_block, ns)?;
+                let mut v = vec![0.0f32; ns];
+                value_with(&p, ns, &req.weights, &mut v)?;
+                (p, v)
+            };
             out.push(ShadowScores {
                 version: m.version().to_owned(),
                 predictions,
                 values,
             });
         }
-        Ok(out)
+        Ok((out, cands))
     }
 
     /// Stage 7a: freeze what was served: impressions for `engage`, item counters, the seen set.
@@ -543,16 +578,17 @@ impl Pipeline {
     }
 
     /// Stage 7b: hand the response's records to the log (never blocks; a refusal is counted).
+    /// `cands`: the rows, the request model's scores and the shadows' candidate values.
     fn log_request(
         &self,
         req: &Request<'_>,
         resp: &FeedResponse,
-        rows: &Rows,
-        scored: &Scored,
+        cands: (&Rows, &Scored, ShadowCandidates),
         user: &UserSide,
         served_block: &[f32],
     ) {
         let Some(log) = &self.log else { return };
+        let (rows, scored, shadows) = cands;
         let nc = rows.n_candidates;
         let mut rec = request_records(
             resp,
@@ -561,6 +597,10 @@ impl Pipeline {
             scored.values[..nc].to_vec(),
             req.now,
         );
+        if let Some(row) = rec.request.as_mut() {
+            row.shadow_versions = shadows.versions;
+            row.shadow_candidate_scores = shadows.values;
+        }
         if keep_request(req.request_id, log.config().sample_pct) {
             rec.served_features = self.served_features(req, resp, user, served_block);
         }

@@ -110,6 +110,8 @@ pub(super) fn request_records(
         candidate_scores: cand_values,
         served_item_ids: r.slots.iter().map(|s| s.item_id).collect(),
         sampled_pct: 100.0,
+        shadow_versions: Vec::new(),
+        shadow_candidate_scores: Vec::new(),
     });
     out
 }
