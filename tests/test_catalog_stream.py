@@ -52,6 +52,7 @@ def test_an_upload_on_one_host_is_servable_on_the_others(server, world) -> None:
         "applied": 0,
         "own": 2,
         "gap": False,
+        "reloaded": False,
         "position": a.sync_catalog()["position"],
     }
     for h in (b, c):
@@ -132,7 +133,13 @@ def test_without_redis_sync_is_a_no_op(world) -> None:
     pipe = FeedPipeline(
         index, MlpRanker(w, b, outputs=o), Reranker({}), TrafficSplit(0.0), user_token_key=KEY
     )
-    assert pipe.sync_catalog() == {"applied": 0, "own": 0, "gap": False, "position": ""}
+    assert pipe.sync_catalog() == {
+        "applied": 0,
+        "own": 0,
+        "gap": False,
+        "reloaded": False,
+        "position": "",
+    }
     with pytest.raises(ValueError, match="max_entries"):
         pipe.sync_catalog(max_entries=0)
 

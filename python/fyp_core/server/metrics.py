@@ -113,7 +113,32 @@ class _PipelineCollector(Collector):
                 ("catalog_gaps", "Times entries were trimmed before this host read them"),
             ):
                 yield CounterMetricFamily(f"fyp_{key}", doc, value=redis[key])
+        yield from self._snapshots(st.get("snapshots"))
         yield from self._freshness()
+
+    def _snapshots(self, snap: Any) -> Iterable[Any]:
+        if snap is None:
+            return
+        for key, doc in (
+            ("written", "Host snapshots written"),
+            ("write_failures", "Host snapshot writes that failed"),
+            ("loads", "Host snapshots installed (at start, or after a stream gap)"),
+            (
+                "fallbacks",
+                "Snapshots refused at load (corrupt or truncated): an older one was used",
+            ),
+            (
+                "gap_reloads",
+                "Snapshot reloads after the catalogue stream was trimmed past this host",
+            ),
+            ("gap_reload_failures", "Stream gaps no snapshot could cover"),
+        ):
+            yield CounterMetricFamily(f"fyp_snapshot_{key}", doc, value=snap[key])
+        yield GaugeMetricFamily(
+            "fyp_snapshot_last_cut_ms",
+            "Milliseconds uploads waited for the last snapshot's consistent cut",
+            value=snap["last_cut_ms"],
+        )
 
     def _freshness(self) -> Iterable[Any]:
         if not hasattr(self._pipeline, "freshness"):

@@ -567,6 +567,21 @@ impl HnswIndex {
         let cap = g.slots().max(1024);
         Ok(Self::from_graph(g, cap))
     }
+
+    /// The index file's bytes (the `save` format), copied in memory: writers wait for the copy
+    /// only (not for a disk write); searches continue.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let _x = self.gate.write();
+        let g = self.current();
+        super::persist::to_bytes(&g)
+    }
+
+    /// An index from bytes in the `save` format (checksum verified); `name` names them in errors.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Self> {
+        let g = super::persist::from_bytes(bytes, name)?;
+        let cap = g.slots().max(1024);
+        Ok(Self::from_graph(g, cap))
+    }
 }
 
 fn apply(g: &Graph, op: &Op) -> crate::Result<()> {

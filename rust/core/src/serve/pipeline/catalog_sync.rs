@@ -3,17 +3,18 @@
 //! (idempotently: upserts and removals by item id) and remembers its stream position.
 
 use super::Pipeline;
-use crate::serve::redis_tier::{check_upload_dim, CatalogChange};
+use crate::serve::redis_tier::{check_upload_dim, CatalogChange, CatalogEntry};
 use crate::serve::store::ItemInfo;
 use crate::Result;
 use parking_lot::Mutex;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
 /// Replication state and counters (on `stats()` and `/metrics`).
 pub(super) struct CatalogSync {
     /// The last stream id applied (or skipped as our own), and how many entries this host
     /// consumed since the stream began (to detect entries trimmed before it read them).
-    position: Mutex<(String, u64)>,
+    pub(super) position: Mutex<(String, u64)>,
     pub published: AtomicU64,
     pub publish_failures: AtomicU64,
     pub applied: AtomicU64,
@@ -44,6 +45,8 @@ pub struct SyncReport {
     pub gap: bool,
     /// The stream position after the call.
     pub position: String,
+    /// A gap was covered by reloading the newest snapshot (then replaying from its position).
+    pub reloaded: bool,
 }
 
 impl Pipeline {
@@ -76,25 +79,47 @@ impl Pipeline {
 
     /// Applies up to `max_entries` catalogue changes other hosts published since the last
     /// call. Without a shared tier there is nothing to sync (an empty report). Calls are
-    /// serialised; an unreachable tier is an error (the position does not move).
-    pub fn sync_catalog(&self, max_entries: usize) -> Result<SyncReport> {
+    /// serialised; an unreachable tier is an error (the position does not move). With
+    /// `snapshots`, a gap (entries trimmed before this host read them) reloads the newest
+    /// snapshot there that includes them, and the entries after it are applied instead.
+    pub fn sync_catalog(&self, max_entries: usize, snapshots: Option<&Path>) -> Result<SyncReport> {
         let Some(tier) = &self.shared else {
             return Ok(SyncReport::default());
         };
-        let mut pos = self.catalog.position.lock();
-        let read = tier.read_catalog(&pos.0, max_entries)?;
-        // entries trimmed that this host never consumed: it missed changes (reported once)
-        let gap = read.trimmed > pos.1;
-        pos.1 = pos.1.max(read.trimmed);
-        let mut report = SyncReport {
-            gap,
-            ..SyncReport::default()
-        };
-        if gap {
-            Self::count(&self.catalog.gaps, 1);
+        let mut reloaded = None;
+        loop {
+            let mut pos = self.catalog.position.lock();
+            let read = tier.read_catalog(&pos.0, max_entries)?;
+            // entries trimmed that this host never consumed: it missed changes (reported once)
+            let gap = read.trimmed > pos.1;
+            if let (true, None, Some(dir)) = (gap, reloaded, snapshots) {
+                drop(pos);
+                reloaded = Some(self.reload_after_gap(dir, read.trimmed));
+                continue;
+            }
+            pos.1 = pos.1.max(read.trimmed);
+            let mut report = SyncReport {
+                gap,
+                reloaded: reloaded == Some(true),
+                ..SyncReport::default()
+            };
+            if gap {
+                Self::count(&self.catalog.gaps, 1);
+            }
+            self.apply_entries(read.entries, &mut pos, &mut report)?;
+            report.position = pos.0.clone();
+            return Ok(report);
         }
+    }
+
+    fn apply_entries(
+        &self,
+        entries: Vec<CatalogEntry>,
+        pos: &mut (String, u64),
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let dim = self.items.dim();
-        for e in read.entries {
+        for e in entries {
             if e.origin == self.stream {
                 report.own += 1;
             } else {
@@ -113,8 +138,7 @@ impl Pipeline {
             pos.0 = e.id;
             pos.1 += 1;
         }
-        report.position = pos.0.clone();
-        Ok(report)
+        Ok(())
     }
 
     /// This host's name in the catalogue stream and the feature changelog.

@@ -64,6 +64,8 @@ impl Pipeline {
                 infos[p / dim.max(1)].id
             ));
         }
+        // whole, or not at all, in a snapshot's cut
+        let _cut = self.cut.read();
         // the item table first: a retrieval swap in between then sees the item and indexes it
         self.items.upsert(infos, embeddings)?;
         if index {
@@ -108,6 +110,7 @@ impl Pipeline {
                 "now must be finite seconds since the epoch, got {now}"
             ));
         }
+        let _cut = self.cut.read();
         let n = self.items.remove(ids);
         self.unindex_items(ids)?;
         if self.log.is_some() {
