@@ -31,6 +31,7 @@ class _RedisStats(TypedDict):
     catalog_publish_failures: int
     catalog_applied: int
     catalog_gaps: int
+    catalog_superseded: int
 
 class _SnapshotStats(TypedDict):
     written: int
@@ -111,6 +112,7 @@ class _SyncReport(TypedDict):
     own: int
     gap: bool
     reloaded: bool
+    superseded: int
     position: str
 
 class _ModelVersions(TypedDict):

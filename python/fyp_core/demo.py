@@ -472,6 +472,9 @@ def check_args(args: argparse.Namespace, command: str) -> None:
             raise ValueError(f"{flag} must be {rule}, got {value}")
     if args.log_dir and os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
         raise ValueError(f"--log-dir {args.log_dir} exists and is not a directory")
+    snap = getattr(args, "snapshot_dir", None)
+    if snap and os.path.exists(snap) and not os.path.isdir(snap):
+        raise ValueError(f"--snapshot-dir {snap} exists and is not a directory")
 
 
 def bind(host: str, port: int) -> socket.socket:

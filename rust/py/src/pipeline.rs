@@ -749,6 +749,7 @@ impl PyFeedPipeline {
         d.set_item("own", r.own)?;
         d.set_item("gap", r.gap)?;
         d.set_item("reloaded", r.reloaded)?;
+        d.set_item("superseded", r.superseded)?;
         d.set_item("position", r.position)?;
         Ok(d)
     }
@@ -933,11 +934,13 @@ impl PyFeedPipeline {
             r.set_item("skipped_while_down", st.skipped_while_down)?;
             r.set_item("fallbacks", s.shared_fallbacks.load(Relaxed))?;
             r.set_item("write_failures", s.shared_write_failures.load(Relaxed))?;
-            let [published, publish_failures, applied, gaps] = self.inner.catalog_stats();
+            let [published, publish_failures, applied, gaps, superseded] =
+                self.inner.catalog_stats();
             r.set_item("catalog_published", published)?;
             r.set_item("catalog_publish_failures", publish_failures)?;
             r.set_item("catalog_applied", applied)?;
             r.set_item("catalog_gaps", gaps)?;
+            r.set_item("catalog_superseded", superseded)?;
             r.set_item("served_from_shared", s.shared_reads.load(Relaxed))?;
             d.set_item("redis", r)?;
         }

@@ -659,10 +659,18 @@ impl Pipeline {
         self.shared.as_ref()
     }
 
-    /// Catalogue replication counters: (published, publish failures, applied, gaps).
-    pub fn catalog_stats(&self) -> [u64; 4] {
+    /// Catalogue replication counters: (published, publish failures, applied, gaps,
+    /// superseded).
+    pub fn catalog_stats(&self) -> [u64; 5] {
         let c = &self.catalog;
-        [&c.published, &c.publish_failures, &c.applied, &c.gaps].map(|a| a.load(Ordering::Relaxed))
+        [
+            &c.published,
+            &c.publish_failures,
+            &c.applied,
+            &c.gaps,
+            &c.superseded,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
     }
 
     fn count(c: &AtomicU64, by: u64) {

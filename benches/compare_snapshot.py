@@ -1,0 +1,111 @@
+"""A new host's time to its first served feed: ``fyp-core serve --catalogue C`` (the index built
+from the catalogue files) against ``fyp-core serve --catalogue C --snapshot-dir D`` (the newest
+host snapshot installed), both as real processes on loopback, interleaved, medians. The clock
+runs from the process start to the first POST /feed answered 200 (interpreter start, imports and
+the pipeline included: what an operator waits for). Also prints what writing the snapshot cost
+(the in-memory cut catalogue writers waited for, the whole write, the bytes).
+
+    python benches/compare_snapshot.py [--quick] [--items 100000] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(args: list[str]) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "fyp_core.cli", "serve", "--no-log", "--port", str(port), *args]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _first_feed(proc: subprocess.Popen, base: str, timeout_s: float) -> float:
+    """Seconds from now (just after the spawn) to the first 200 on POST /feed."""
+    t0 = time.perf_counter()
+    body = {"user_id": "u-first", "request_id": "r-first", "n": 20}
+    with httpx.Client(timeout=5.0) as c:
+        while time.perf_counter() - t0 < timeout_s:
+            if proc.poll() is not None:
+                raise SystemExit(f"fyp-core serve exited {proc.returncode}: {proc.stderr.read()}")
+            try:
+                if c.post(f"{base}/feed", json=body).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+    raise SystemExit(f"no feed served within {timeout_s:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return err or ""
+
+
+def run(items: int, reps: int, work: str) -> None:
+    cat, snaps = os.path.join(work, "cat"), os.path.join(work, "snaps")
+    subprocess.run(
+        [sys.executable, "-m", "fyp_core.cli", "catalogue", "export", cat, "--items", str(items),
+         "--users", str(max(1000, items // 10))],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    proc, base = _serve(["--catalogue", cat, "--snapshot-dir", snaps])
+    _first_feed(proc, base, 3600)
+    with httpx.Client(timeout=600.0) as c:
+        w = c.post(f"{base}/admin/snapshot").json()
+    _stop(proc)
+    print(
+        f"snapshot of {w['items']:,} items: {w['bytes'] / 2**20:.0f} MiB, cut {w['cut_ms']:.0f} ms "
+        f"(uploads waited; feeds did not), written in {w['total_ms'] / 1e3:.2f} s"
+    )
+    times: dict[str, list[float]] = {"catalogue (index build)": [], "snapshot": []}
+    for _ in range(reps):  # interleaved
+        for name, extra in (
+            ("catalogue (index build)", ["--catalogue", cat]),
+            ("snapshot", ["--catalogue", cat, "--snapshot-dir", snaps]),
+        ):
+            proc, base = _serve(extra)
+            times[name].append(_first_feed(proc, base, 3600))
+            err = _stop(proc)
+            if name == "snapshot" and "started from snapshot" not in err:
+                raise SystemExit(f"the host did not start from the snapshot: {err}")
+    build, snap = (statistics.median(v) for v in times.values())
+    print(f"{items:,} items, first feed served after (median of {reps}, interleaved):")
+    for name, v in times.items():
+        print(f"  {name:<24} {statistics.median(v):7.2f} s   runs {[round(x, 2) for x in v]}")
+    print(f"  ratio build / snapshot  {build / snap:7.1f}x")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="20k items, one run each (CI)")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--reps", type=int, default=3)
+    a = p.parse_args()
+    items, reps = (20_000, 1) if a.quick else (a.items, a.reps)
+    print(f"load: {os.getloadavg()[0]:.2f} (1 min), cores {os.cpu_count()}")
+    with tempfile.TemporaryDirectory(prefix="fyp-snapbench-") as work:
+        run(items, reps, work)
+
+
+if __name__ == "__main__":
+    main()
