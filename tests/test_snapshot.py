@@ -214,7 +214,7 @@ def test_a_host_killed_mid_apply_restarts_from_its_snapshot(server, tmp_path) ->
 
             def flood() -> None:
                 with httpx.Client(timeout=10.0) as fc:
-                    for k in range(400):
+                    for k in range(600):
                         _upload(fc, a.base, 5 * 10**9 + (k % 250), topic=2 + k // 250)
                 done.set()
 

@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Items upserted per write-lock hold when a snapshot is installed.
+const INSTALL_CHUNK: usize = 20_000;
+
 /// Snapshot counters (on `stats()` and `/metrics`) and the one-writer-at-a-time lock.
 #[derive(Default)]
 pub struct SnapshotState {
@@ -286,7 +289,14 @@ impl Pipeline {
                 .collect()
         };
         self.items.remove(&gone);
-        self.items.upsert(infos, emb)?;
+        // in chunks: requests running meanwhile take the table's read lock between them
+        let dim = m.dim.max(1);
+        for (i, e) in infos
+            .chunks(INSTALL_CHUNK)
+            .zip(emb.chunks(INSTALL_CHUNK * dim))
+        {
+            self.items.upsert(i, e)?;
+        }
         let mut by_ts: Vec<(f64, u64)> = infos.iter().map(|i| (i.upload_ts, i.id)).collect();
         by_ts.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         for (ts, id) in by_ts {
