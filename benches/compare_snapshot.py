@@ -6,7 +6,10 @@ the pipeline included: what an operator waits for). The first catalogue run is t
 then writes the snapshot; the runs alternate after it. Also prints what writing the snapshot
 cost (the in-memory cut catalogue writers waited for, the whole write, the bytes).
 
-    python benches/compare_snapshot.py [--quick] [--items 100000] [--reps 3]
+Second part, in one process: feed and upload latency while snapshots are written, against the
+same load without them (interleaved windows), over the same pipeline.
+
+    python benches/compare_snapshot.py [--quick] [--items 100000] [--reps 3] [--serving-only]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import time
 
 import httpx
+import numpy as np
 
 
 def _free_port() -> int:
@@ -62,13 +66,17 @@ def _stop(proc: subprocess.Popen) -> str:
     return err or ""
 
 
-def run(items: int, reps: int, work: str) -> None:
-    cat, snaps = os.path.join(work, "cat"), os.path.join(work, "snaps")
+def _export(items: int, cat: str) -> None:
     subprocess.run(
         [sys.executable, "-m", "fyp_core.cli", "catalogue", "export", cat, "--items", str(items),
          "--users", str(max(1000, items // 10))],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def run(items: int, reps: int, work: str) -> None:
+    cat, snaps = os.path.join(work, "cat"), os.path.join(work, "snaps")
+    _export(items, cat)
     build_name = "catalogue (index build)"
     times: dict[str, list[float]] = {build_name: [], "snapshot": []}
     # the first catalogue run is the host that writes the snapshot (its directory still empty)
@@ -98,16 +106,78 @@ def run(items: int, reps: int, work: str) -> None:
     print(f"  ratio build / snapshot  {build / snap:7.1f}x")
 
 
+def _pct(v: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(v) * 1e3, q)) if v else float("nan")
+
+
+def serving_during_snapshots(items: int, windows: int, work: str) -> None:
+    """Feeds and uploads from two threads; windows alternate between 'a snapshot is being
+    written' and 'no snapshot'; latencies are binned by the window they started in."""
+    import argparse as ap
+    import threading
+
+    from fyp_core.catalog import load_catalogue
+    from fyp_core.demo import build_pipeline
+
+    cat = os.path.join(work, "cat")
+    args = ap.Namespace(ef_construction=100, seed=0, explore_rate=0.05, candidates=1000, ef=1000)
+    pipe = build_pipeline(load_catalogue(cat), args, None)
+    state = {"snap": False, "stop": False}
+    lat: dict[tuple[str, bool], list[float]] = {}
+
+    def loop(kind: str) -> None:
+        k = 0
+        rng = np.random.default_rng(1 if kind == "feed" else 2)
+        while not state["stop"]:
+            during = state["snap"]
+            t = time.perf_counter()
+            if kind == "feed":
+                pipe.feed(f"u{k % 5000}", f"r{k}", n=20)
+            else:
+                emb = rng.normal(size=64).astype(np.float32)
+                pipe.upload(10**12 + k, emb, topic=k % 50, creator=k % 999)
+                time.sleep(0.02)  # ~50 uploads/s
+            lat.setdefault((kind, during), []).append(time.perf_counter() - t)
+            k += 1
+
+    threads = [threading.Thread(target=loop, args=(k,)) for k in ("feed", "upload")]
+    for t in threads:
+        t.start()
+    cuts = []
+    for _ in range(windows):
+        time.sleep(2.0)  # a window without a snapshot
+        state["snap"] = True
+        cuts.append(pipe.save_snapshot(os.path.join(work, "serving-snaps"), keep=1)["cut_ms"])
+        state["snap"] = False
+    time.sleep(2.0)
+    state["stop"] = True
+    for t in threads:
+        t.join()
+    print(f"serving while snapshots are written ({items:,} items, {windows} snapshots, "
+          f"cut median {statistics.median(cuts):.0f} ms), latency ms:")  # fmt: skip
+    for kind in ("feed", "upload"):
+        for during in (False, True):
+            v = lat.get((kind, during), [])
+            label = "during a snapshot" if during else "no snapshot"
+            print(f"  {kind:<7} {label:<18} n={len(v):5d}  p50 {_pct(v, 50):7.2f}  "
+                  f"p99 {_pct(v, 99):7.2f}  max {_pct(v, 100):7.2f}")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="20k items, one run each (CI)")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--serving-only", action="store_true", help="only the in-process part")
     a = p.parse_args()
     items, reps = (20_000, 1) if a.quick else (a.items, a.reps)
     print(f"load: {os.getloadavg()[0]:.2f} (1 min), cores {os.cpu_count()}")
     with tempfile.TemporaryDirectory(prefix="fyp-snapbench-") as work:
-        run(items, reps, work)
+        if a.serving_only:
+            _export(items, os.path.join(work, "cat"))
+        else:
+            run(items, reps, work)
+        serving_during_snapshots(items, 2 if a.quick else 5, work)
 
 
 if __name__ == "__main__":
