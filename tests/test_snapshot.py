@@ -287,3 +287,29 @@ def test_a_host_behind_a_trimmed_stream_reloads_the_newest_snapshot(server, tmp_
     finally:
         b.signal(signal.SIGCONT)
         _stop(a, b)
+
+
+def test_the_host_writes_snapshots_on_its_schedule_and_refuses_bad_flags(tmp_path) -> None:
+    import subprocess
+
+    from _serve_proc import cli
+
+    bad = subprocess.run(
+        cli("serve", "--snapshot-every", "5", "--items", "10"), capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "--snapshot-every needs --snapshot-dir" in bad.stderr
+    d = tmp_path / "sched"
+    a = ServeProcess(["--snapshot-dir", str(d), "--snapshot-every", "0.5", "--snapshot-keep", "2"])
+    try:
+        a.wait_ready()
+        with httpx.Client(timeout=10.0) as c:
+            deadline = time.monotonic() + 20
+            while _metric(c, a.base, "fyp_snapshot_written_total") < 3:
+                assert time.monotonic() < deadline, "no 3 scheduled snapshots in 20 s"
+                time.sleep(0.2)
+            assert c.get(f"{a.base}/admin/catalog").json()["items"] == 2000
+    finally:
+        _stop(a)
+    snaps = sorted(p for p in os.listdir(d) if p.startswith("snap-"))
+    assert len(snaps) == 2  # keep=2; the stop waits for a write under way
+    assert FeedPipeline.latest_snapshot(d)["items"] == 2000
