@@ -73,7 +73,7 @@ pub fn save(g: &Graph, path: &Path) -> crate::Result<()> {
 fn write_file(g: &Graph, tmp: &Path) -> crate::Result<()> {
     let f = std::fs::File::create(tmp).map_err(|e| io(tmp, "cannot create", e))?;
     let w = BufWriter::with_capacity(1 << 20, f);
-    let inner = encode(g, w).map_err(|e| io(tmp, "cannot write", e))?;
+    let inner = encode(g, g.slots(), g.entry(), w).map_err(|e| io(tmp, "cannot write", e))?;
     let f = inner
         .into_inner()
         .map_err(|x| io(tmp, "cannot write", x.into_error()))?;
@@ -84,19 +84,31 @@ fn write_file(g: &Graph, tmp: &Path) -> crate::Result<()> {
 /// The index file's bytes in memory (a host snapshot copies the graph under a short lock and
 /// writes the bytes to disk after releasing it).
 pub fn to_bytes(g: &Graph) -> Vec<u8> {
-    let guess = g.slots() * (8 + 2 + 4 * g.dim + 4 * (2 * g.m + 2)) + HEADER + 8;
+    to_bytes_upto(g, g.slots(), g.entry())
+}
+
+/// The file of the graph's first `slots` nodes with entry point `entry`, links to later nodes
+/// left out: a cut taken while no insert was under way (every node below `slots` complete)
+/// and written while inserts continue (nodes are never moved or rewritten; link lists are
+/// read entry by entry, as a search reads them).
+pub fn to_bytes_upto(g: &Graph, slots: usize, entry: Option<(u32, usize)>) -> Vec<u8> {
+    let guess = slots * (8 + 2 + 4 * g.dim + 4 * (2 * g.m + 2)) + HEADER + 8;
     // writing into a Vec cannot fail
-    encode(g, Vec::with_capacity(guess)).unwrap_or_default()
+    encode(g, slots, entry, Vec::with_capacity(guess)).unwrap_or_default()
 }
 
 /// Writes the whole file format (header, nodes, checksum) into `w`; returns `w`.
-fn encode<W: Write>(g: &Graph, w: W) -> std::io::Result<W> {
+fn encode<W: Write>(
+    g: &Graph,
+    slots: usize,
+    entry: Option<(u32, usize)>,
+    w: W,
+) -> std::io::Result<W> {
     let mut w = HashWriter {
         inner: w,
         h: Xxh3::new(),
     };
-    let slots = g.slots();
-    let (en, el) = g.entry().map_or((u32::MAX, 0), |(n, l)| (n, l as u32));
+    let (en, el) = entry.map_or((u32::MAX, 0), |(n, l)| (n, l as u32));
     let mut head = Vec::with_capacity(HEADER);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());
@@ -122,8 +134,9 @@ fn encode<W: Write>(g: &Graph, w: W) -> std::io::Result<W> {
         }
         for l in 0..=level {
             let n = read_links(g.store.links(i, l), &mut buf);
-            rec.extend_from_slice(&(n as u32).to_le_bytes());
-            for x in &buf[..n] {
+            let kept = buf[..n].iter().filter(|&&x| (x as usize) < slots);
+            rec.extend_from_slice(&(kept.clone().count() as u32).to_le_bytes());
+            for x in kept {
                 rec.extend_from_slice(&x.to_le_bytes());
             }
         }

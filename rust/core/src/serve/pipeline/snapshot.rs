@@ -83,13 +83,15 @@ fn decode(l: &files::Loaded, dim: usize) -> Result<Decoded> {
     let index = HnswIndex::from_bytes(l.file(INDEX_FILE)?, INDEX_FILE).map_err(ctx)?;
     let (infos, emb) = files::decode_items(l.file(ITEMS_FILE)?, m.dim).map_err(ctx)?;
     let batch = BatchTier::decode(l.file(BATCH_FILE)?).map_err(ctx)?;
-    if m.dim != dim || index.len() != infos.len() || infos.len() != m.items {
+    if m.dim != dim || index.dim() != m.dim || infos.len() != m.items {
         return Err(Error::Corrupt(format!(
-            "snapshot {} holds {} items of dim {} ({} indexed); this host serves dim {dim}",
+            "snapshot {} holds {} items of dim {} (index dim {}, manifest {} items); this host \
+             serves dim {dim}",
             l.path.display(),
             infos.len(),
             m.dim,
-            index.len()
+            index.dim(),
+            m.items
         )));
     }
     Ok(Decoded {
@@ -100,6 +102,34 @@ fn decode(l: &files::Loaded, dim: usize) -> Result<Decoded> {
         emb,
         batch,
     })
+}
+
+/// Makes `r.index` hold exactly the snapshot's items: the index was cut at the item table's
+/// instant but read while writers went on, so a node removed or replaced after the cut can
+/// read as removed; those items are indexed again from the table (embedded by the item tower).
+fn reconcile(r: &Retrieval, infos: &[ItemInfo], emb: &[f32], keep: &IdSet) -> Result<()> {
+    let dim = emb.len() / infos.len().max(1);
+    let (mut ids, mut content) = (Vec::new(), Vec::new());
+    for (i, e) in infos.iter().zip(emb.chunks_exact(dim.max(1))) {
+        if !r.index.contains(i.id) {
+            ids.push(i.id);
+            content.extend_from_slice(e);
+        }
+    }
+    if !ids.is_empty() {
+        let vecs = r.item_vectors(&content, ids.len())?;
+        r.index.add(&ids, &vecs)?;
+    }
+    let extra: Vec<u64> = r
+        .index
+        .ids()
+        .into_iter()
+        .filter(|id| !keep.contains(id))
+        .collect();
+    if !extra.is_empty() {
+        r.index.remove(&extra)?;
+    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -146,12 +176,14 @@ impl Pipeline {
             let _cut = self.cut.write();
             let _r = self.retrieval_update.lock();
             let r = self.retrieval();
-            let index = r.index.to_bytes();
+            let index = r.index.cut();
             let (infos, emb) = self.live_items();
             let p = pos.clone();
             (p.0, p.1, r.version.clone(), index, infos, emb, self.batch())
         };
         let cut_ms = t0.elapsed().as_secs_f64() * 1e3;
+        // the index nodes of the cut, read while uploads go on (install reconciles)
+        let index = index.to_bytes();
         let items = files::encode_items(&infos, &emb, dim);
         let batch = batch.encode();
         *last_ms = now_ms().max(*last_ms + 1);
@@ -305,12 +337,14 @@ impl Pipeline {
         {
             let _r = self.retrieval_update.lock();
             let cur = self.retrieval();
-            *self.retrieval.write() = Arc::new(Retrieval {
+            let next = Retrieval {
                 version: cur.version.clone(),
                 user_tower: cur.user_tower.clone(),
                 item_tower: cur.item_tower.clone(),
                 index: Arc::new(index),
-            });
+            };
+            reconcile(&next, infos, emb, &keep)?;
+            *self.retrieval.write() = Arc::new(next);
         }
         *pos = (m.position, m.consumed);
         drop(_cut);

@@ -534,7 +534,15 @@ fn a_snapshot_taken_during_uploads_is_a_consistent_cut() {
     let a = Arc::new(world(200, 0.0, caps(), |i| i % 20).pipe);
     let w = {
         let a = a.clone();
-        std::thread::spawn(move || (0..400).for_each(|k| upload(&a, 100_000 + k)))
+        std::thread::spawn(move || {
+            for k in 0..400u64 {
+                upload(&a, 100_000 + k);
+                upload(&a, k % 200 + 1); // replaced: its old node tombstoned after some cuts
+                if k % 5 == 0 {
+                    a.remove_items(&[(k * 7) % 200 + 1], NOW).unwrap();
+                }
+            }
+        })
     };
     let mut seen = Vec::new();
     while !w.is_finished() || seen.len() < 3 {
@@ -549,6 +557,15 @@ fn a_snapshot_taken_during_uploads_is_a_consistent_cut() {
         // the index holds exactly the table's live items: no upload half in the cut
         assert_eq!(b.index().len(), l.items);
         assert_eq!(b.items.read().n_live(), l.items);
+        let mut ids = b.index().ids();
+        ids.sort_unstable();
+        let t = b.items.read();
+        let mut live: Vec<u64> = (0..t.slots())
+            .filter(|&s| t.is_live(s))
+            .map(|s| t.id(s))
+            .collect();
+        live.sort_unstable();
+        assert_eq!(ids, live);
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
