@@ -52,6 +52,8 @@ def test_an_upload_on_one_host_is_servable_on_the_others(server, world) -> None:
         "applied": 0,
         "own": 2,
         "gap": False,
+        "reloaded": False,
+        "superseded": 0,
         "position": a.sync_catalog()["position"],
     }
     for h in (b, c):
@@ -97,6 +99,26 @@ def test_a_new_host_replays_the_stream_and_ends_with_the_same_items(server, worl
     assert again.stats()["store_items"] == world.n_items + 28
 
 
+def test_the_last_change_per_item_in_stream_order_wins_on_every_host(server, world) -> None:
+    """B takes item X down; A, not yet synced, re-uploads X (a later stream entry). A must not
+    apply B's older take-down over its newer upload: both hosts end with X live."""
+    ns = uuid.uuid4().hex[:12]
+    a, b = host(world, server.url, ns), host(world, server.url, ns)
+    x = 8 * 10**9
+    emb = np.ones(world.dim, dtype=np.float32)
+    a.upload(x, emb, topic=1, creator=1, ts=NOW)
+    assert b.sync_catalog()["applied"] == 1
+    a.sync_catalog()
+    b.remove([x], now=NOW + 1)
+    a.upload(x, emb, topic=2, creator=1, ts=NOW + 2)
+    r = a.sync_catalog()
+    assert r["superseded"] == 1 and r["applied"] == 0
+    assert b.sync_catalog()["applied"] == 1
+    assert a.catalog_digest() == b.catalog_digest()
+    assert a.stats()["store_items"] == b.stats()["store_items"] == world.n_items + 1
+    assert a.stats()["redis"]["catalog_superseded"] == 1
+
+
 def test_a_trimmed_stream_is_reported_as_a_gap(server, world) -> None:
     ns = uuid.uuid4().hex[:12]
     a, b = host(world, server.url, ns), host(world, server.url, ns)
@@ -132,7 +154,14 @@ def test_without_redis_sync_is_a_no_op(world) -> None:
     pipe = FeedPipeline(
         index, MlpRanker(w, b, outputs=o), Reranker({}), TrafficSplit(0.0), user_token_key=KEY
     )
-    assert pipe.sync_catalog() == {"applied": 0, "own": 0, "gap": False, "position": ""}
+    assert pipe.sync_catalog() == {
+        "applied": 0,
+        "own": 0,
+        "gap": False,
+        "reloaded": False,
+        "superseded": 0,
+        "position": "",
+    }
     with pytest.raises(ValueError, match="max_entries"):
         pipe.sync_catalog(max_entries=0)
 

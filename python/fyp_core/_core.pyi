@@ -42,6 +42,44 @@ class _RedisStats(TypedDict):
     catalog_publish_failures: int
     catalog_applied: int
     catalog_gaps: int
+    catalog_superseded: int
+
+class _SnapshotStats(TypedDict):
+    written: int
+    write_failures: int
+    loads: int
+    fallbacks: int
+    gap_reloads: int
+    gap_reload_failures: int
+    last_cut_ms: float
+    last_error: str
+
+class _SnapshotWritten(TypedDict):
+    path: str
+    items: int
+    position: str
+    bytes: int
+    cut_ms: float
+    total_ms: float
+    pruned: int
+
+class _SnapshotLoaded(TypedDict):
+    path: str
+    items: int
+    position: str
+    consumed: int
+    skipped: list[str]
+    load_ms: float
+
+class _SnapshotManifest(TypedDict):
+    path: str
+    dim: int
+    items: int
+    position: str
+    consumed: int
+    created_ms: int
+    origin: str
+    retrieval_version: str
 
 class _PipelineStats(TypedDict, total=False):
     """`FeedPipeline.stats()`: counters since construction (all ints unless noted)."""
@@ -62,6 +100,7 @@ class _PipelineStats(TypedDict, total=False):
     impressions_on_removed: int
     routed_requests: int
     shadows_skipped: int
+    snapshots: _SnapshotStats
     log_queue_depth: int  # with an event log
     log_dropped: int  # with an event log
     log_not_durable: int  # with an event log
@@ -83,6 +122,8 @@ class _SyncReport(TypedDict):
     applied: int
     own: int
     gap: bool
+    reloaded: bool
+    superseded: int
     position: str
 
 class _ModelVersions(TypedDict):
@@ -608,7 +649,14 @@ class FeedPipeline:
         user_tower: MlpRanker | None = None,
         item_tower: MlpRanker | None = None,
     ) -> None: ...
-    def sync_catalog(self, max_entries: int = 10000) -> _SyncReport: ...
+    def sync_catalog(
+        self, max_entries: int = 10000, snapshot_dir: str | os.PathLike[str] | None = None
+    ) -> _SyncReport: ...
+    def save_snapshot(self, dir: str | os.PathLike[str], keep: int = 3) -> _SnapshotWritten: ...
+    def load_snapshot(self, dir: str | os.PathLike[str]) -> _SnapshotLoaded: ...
+    @staticmethod
+    def latest_snapshot(dir: str | os.PathLike[str]) -> _SnapshotManifest | None: ...
+    def catalog_digest(self) -> tuple[int, int]: ...
     @property
     def retrieval_version(self) -> str: ...
     @property

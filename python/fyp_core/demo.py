@@ -72,26 +72,41 @@ def build_pipeline(source: Any, args: argparse.Namespace, log_dir: str | None) -
     """Index a catalogue and assemble a FeedPipeline over it (shared with the benchmarks and
     ``fyp-core serve``). `source` is a ``fyp_core.catalog.Catalogue`` (e.g. from
     ``load_catalogue``) or the synthetic ``World`` (viewed as a catalogue without copying)."""
-    from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker
     from fyp_core.catalog import Catalogue, apply_catalogue
-    from fyp_core.synth import TASKS, demo_ranker_weights
 
     cat = source if isinstance(source, Catalogue) else Catalogue.from_world(source)
-    index = HnswIndex(
-        cat.dim,
-        metric="ip",
-        m=16,
-        ef_construction=args.ef_construction,
-        capacity=cat.n_items + 10_000,
-        seed=args.seed,
-    )
+    index = _empty_index(cat.dim, args, cat.n_items + 10_000)
     bar = _Progress("indexing items (HNSW)", cat.n_items)
     step = 50_000
     for s in range(0, cat.n_items, step):
         e = min(s + step, cat.n_items)
         index.add(cat.item_ids[s:e], np.asarray(cat.item_embeddings[s:e]))
         bar.update(e)
-    weights, biases, outputs = demo_ranker_weights(cat.dim, seed=args.seed)
+    pipe = assemble_pipeline(index, args, log_dir)
+    bar = _Progress("loading feature store", cat.n_items)
+    apply_catalogue(pipe, cat, index=False, batch=200_000, progress=bar.update)
+    return pipe
+
+
+def _empty_index(dim: int, args: argparse.Namespace, capacity: int) -> Any:
+    from fyp_core import HnswIndex
+
+    return HnswIndex(
+        dim,
+        metric="ip",
+        m=16,
+        ef_construction=args.ef_construction,
+        capacity=capacity,
+        seed=args.seed,
+    )
+
+
+def assemble_pipeline(index: Any, args: argparse.Namespace, log_dir: str | None) -> Any:
+    """The demo ranker, policy and traffic split around `index` (no items loaded yet)."""
+    from fyp_core import EventLog, FeedPipeline, MlpRanker, Reranker
+    from fyp_core.synth import TASKS, demo_ranker_weights
+
+    weights, biases, outputs = demo_ranker_weights(index.dim, seed=args.seed)
     ranker = MlpRanker(
         weights,
         biases,
@@ -114,7 +129,7 @@ def build_pipeline(source: Any, args: argparse.Namespace, log_dir: str | None) -
     )
     split = TrafficSplit(explore_rate=args.explore_rate, salt="fyp-demo")
     log = EventLog(log_dir, tasks=list(TASKS)) if log_dir else None
-    pipe = FeedPipeline(
+    return FeedPipeline(
         index,
         ranker,
         reranker,
@@ -131,9 +146,42 @@ def build_pipeline(source: Any, args: argparse.Namespace, log_dir: str | None) -
         redis_url=getattr(args, "redis_url", None),
         redis_namespace=getattr(args, "redis_namespace", "default"),
     )
-    bar = _Progress("loading feature store", cat.n_items)
-    apply_catalogue(pipe, cat, index=False, batch=200_000, progress=bar.update)
-    return pipe
+
+
+def pipeline_from_snapshot(args: argparse.Namespace, log_dir: str | None) -> tuple[Any, int] | None:
+    """``fyp-core serve --snapshot-dir D``: the pipeline from the newest valid snapshot in D
+    (older ones when newer ones are refused), the catalogue stream replayed from its position.
+    None when D holds no snapshot, or none that verifies (then the host builds from the
+    catalogue, as without D)."""
+    from fyp_core import CorruptFileError, FeedPipeline
+
+    d = args.snapshot_dir
+    t = time.perf_counter()
+    manifest = FeedPipeline.latest_snapshot(d)
+    if manifest is None:
+        print(f"no snapshot in {d} yet: building from the catalogue", file=sys.stderr)
+        return None
+    pipe = assemble_pipeline(_empty_index(manifest["dim"], args, 1024), args, log_dir)
+    try:
+        rep = pipe.load_snapshot(d)
+    except CorruptFileError as e:
+        print(f"{e}: building from the catalogue", file=sys.stderr)
+        return None
+    for why in rep["skipped"]:
+        print(f"refused a snapshot, used an older one: {why}", file=sys.stderr)
+    replayed = 0
+    try:
+        while n := pipe.sync_catalog(max_entries=100_000, snapshot_dir=d)["applied"]:
+            replayed += n
+    except OSError as e:  # Redis down: serve the snapshot; the sync thread catches up later
+        print(f"catalogue stream not replayed yet ({e})", file=sys.stderr)
+    print(
+        f"started from snapshot {rep['path']}: {rep['items']:,} items at stream position "
+        f"{rep['position']}, {replayed:,} stream entries replayed "
+        f"({time.perf_counter() - t:.1f} s)",
+        file=sys.stderr,
+    )
+    return pipe, int(manifest["dim"])
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -400,6 +448,28 @@ def add_serve_arguments(v: argparse.ArgumentParser) -> None:
         metavar="NS",
         help="key prefix separating deployments on one Redis (default 'default')",
     )
+    v.add_argument(
+        "--snapshot-dir",
+        default=None,
+        metavar="D",
+        help="start from the newest valid host snapshot in D (then replay the catalogue stream "
+        "from its position) instead of building the index; write snapshots there "
+        "(POST /admin/snapshot, --snapshot-every); docs/scale-out.md",
+    )
+    v.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="write a host snapshot into --snapshot-dir every S seconds (default 0: on demand)",
+    )
+    v.add_argument(
+        "--snapshot-keep",
+        type=int,
+        default=3,
+        metavar="K",
+        help="snapshots kept in --snapshot-dir, newest first (default 3)",
+    )
 
 
 def check_args(args: argparse.Namespace, command: str) -> None:
@@ -423,13 +493,20 @@ def check_args(args: argparse.Namespace, command: str) -> None:
             ("--max-body-bytes", args.max_body_bytes >= 1, ">= 1"),
             ("--body-timeout", args.body_timeout > 0, "> 0"),
             ("--drain-timeout", args.drain_timeout > 0, "> 0"),
+            ("--snapshot-every", args.snapshot_every >= 0, ">= 0"),
+            ("--snapshot-keep", args.snapshot_keep >= 1, ">= 1"),
         ]
+        if args.snapshot_every > 0 and not args.snapshot_dir:
+            raise ValueError("--snapshot-every needs --snapshot-dir D (where to write them)")
     for flag, ok, rule in rules:
         if not ok:
             value = getattr(args, flag[2:].replace("-", "_"))
             raise ValueError(f"{flag} must be {rule}, got {value}")
     if args.log_dir and os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
         raise ValueError(f"--log-dir {args.log_dir} exists and is not a directory")
+    snap = getattr(args, "snapshot_dir", None)
+    if snap and os.path.exists(snap) and not os.path.isdir(snap):
+        raise ValueError(f"--snapshot-dir {snap} exists and is not a directory")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -464,11 +541,22 @@ def run_server(args: argparse.Namespace) -> int:
     check_args(args, "serve")
     sock = bind(args.host, args.port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    source = serving_source(args)
-    pipe = build_pipeline(source, args, None if args.no_log else args.log_dir)
+    log_dir = None if args.no_log else args.log_dir
+    started = pipeline_from_snapshot(args, log_dir) if args.snapshot_dir else None
+    if started is None:
+        source = serving_source(args)
+        started = build_pipeline(source, args, log_dir), source.dim
+    pipe, dim = started
     try:
         limits = HostLimits(args.max_inflight or 0, args.max_body_bytes, args.body_timeout)
-        app = create_app(pipe, limits=limits, embedding_dim=source.dim)
+        app = create_app(
+            pipe,
+            limits=limits,
+            embedding_dim=dim,
+            snapshot_dir=args.snapshot_dir,
+            snapshot_every_s=args.snapshot_every,
+            snapshot_keep=args.snapshot_keep,
+        )
         config = uvicorn.Config(
             app,
             log_level=args.log_level,
@@ -476,7 +564,7 @@ def run_server(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=args.drain_timeout,
         )
         print(
-            f"serving {source.n_items:,} items on http://{args.host}:{args.port} "
+            f"serving {pipe.stats()['store_items']:,} items on http://{args.host}:{args.port} "
             f"(max in flight {app.state.host.admission.limit}; API at /docs)",
             file=sys.stderr,
         )

@@ -53,6 +53,8 @@ class _Host:
 
     def __init__(self, pipeline: Any, limits: HostLimits, embedding_dim: Optional[int]) -> None:
         self.pipeline, self.limits, self.embedding_dim = pipeline, limits, embedding_dim
+        self.snapshot_dir: Optional[str] = None
+        self.snapshot_keep = 3
         self.admission = Admission(limits.max_inflight)
         self.metrics = Metrics(pipeline, self.admission, version=_version())
 
@@ -133,13 +135,16 @@ def _add_routes(app: FastAPI, host: _Host) -> None:
 class CatalogSyncThread:
     """Applies the catalogue changes other hosts publish (uploads, take-downs) every `period_s`
     seconds while the host runs; only with a Redis tier. Failures (Redis down) are counted on
-    `errors` and retried at the next tick; the pipeline counts gaps itself."""
+    `errors` and retried at the next tick; the pipeline counts gaps itself. With
+    `snapshot_dir`, a gap (the stream trimmed past this host's position) reloads the newest
+    snapshot there and replays the stream from it."""
 
-    def __init__(self, pipeline: Any, period_s: float) -> None:
+    def __init__(self, pipeline: Any, period_s: float, snapshot_dir: Optional[str] = None) -> None:
         if not (period_s > 0):
             raise ValueError(f"catalog_sync_s must be > 0, got {period_s}")
         self.pipeline = pipeline
         self.period_s = period_s
+        self.snapshot_dir = snapshot_dir
         self.errors = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -153,7 +158,7 @@ class CatalogSyncThread:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             try:
-                while self.pipeline.sync_catalog()["applied"]:
+                while self.pipeline.sync_catalog(snapshot_dir=self.snapshot_dir)["applied"]:
                     pass
             except OSError:
                 self.errors += 1
@@ -162,6 +167,58 @@ class CatalogSyncThread:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+
+
+class SnapshotThread:
+    """Writes a host snapshot into `snapshot_dir` every `every_s` seconds (keeping the newest
+    `keep`). A failed write is counted by the pipeline (``stats()["snapshots"]``, `/metrics`)
+    and logged; the next tick tries again."""
+
+    def __init__(self, pipeline: Any, snapshot_dir: str, every_s: float, keep: int) -> None:
+        if not (every_s > 0):
+            raise ValueError(f"snapshot_every_s must be > 0, got {every_s}")
+        self.pipeline, self.dir, self.every_s, self.keep = pipeline, snapshot_dir, every_s, keep
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fyp-snapshot", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.pipeline.save_snapshot(self.dir, keep=self.keep)
+            except (OSError, ValueError) as e:
+                _log.error("snapshot into %s failed: %s", self.dir, e)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60.0)
+
+
+def _add_admin_routes(app: FastAPI, host: _Host) -> None:
+    @app.post("/admin/snapshot", include_in_schema=False)
+    async def snapshot() -> Any:
+        """Write a host snapshot now (index, item table, batch tier, stream position) into the
+        host's snapshot directory; requests are served meanwhile."""
+        if host.snapshot_dir is None:
+            raise HTTPException(409, "this host has no snapshot directory (--snapshot-dir)")
+        try:
+            return await anyio.to_thread.run_sync(
+                lambda: host.pipeline.save_snapshot(host.snapshot_dir, keep=host.snapshot_keep)
+            )
+        except (OSError, ValueError) as e:
+            raise HTTPException(500, f"snapshot failed: {e}") from None
+
+    @app.get("/admin/catalog", include_in_schema=False)
+    async def catalog() -> Any:
+        """The live catalogue's size and order-independent digest (equal on hosts that serve
+        the same item set), and the index size."""
+        n, digest = await anyio.to_thread.run_sync(host.pipeline.catalog_digest)
+        st = host.pipeline.stats()
+        return {"items": n, "digest": f"{digest:016x}", "index_items": st.get("index_items", 0)}
 
 
 def create_app(
@@ -173,6 +230,9 @@ def create_app(
     close_timeout_s: float = 30.0,
     embedding_dim: Optional[int] = None,
     catalog_sync_s: float = 0.2,
+    snapshot_dir: Optional[str] = None,
+    snapshot_every_s: float = 0.0,
+    snapshot_keep: int = 3,
 ) -> FastAPI:
     """The ASGI app over `pipeline`. `limits` bounds each request (`HostLimits`);
     `max_inflight` overrides `limits.max_inflight` (default: sized from the cores, see
@@ -180,13 +240,20 @@ def create_app(
     the pipeline's event log, waiting at most `close_timeout_s`. `embedding_dim` (the index
     dimension) makes the published schema pin the length of `/upload`'s embedding. With a
     Redis tier, a thread applies the other hosts' catalogue changes every `catalog_sync_s`
-    seconds (`FeedPipeline.sync_catalog`)."""
+    seconds (`FeedPipeline.sync_catalog`). With `snapshot_dir`, `POST /admin/snapshot` writes
+    a host snapshot there, a thread writes one every `snapshot_every_s` seconds (0: on demand
+    only), the newest `snapshot_keep` are kept, and a stream gap reloads the newest one."""
+    if snapshot_keep < 1:
+        raise ValueError(f"snapshot_keep must be >= 1, got {snapshot_keep}")
+    if snapshot_every_s < 0:
+        raise ValueError(f"snapshot_every_s must be >= 0, got {snapshot_every_s}")
     lim = limits or HostLimits()
     if max_inflight is not None:
         if max_inflight <= 0:
             raise ValueError(f"max_inflight must be > 0, got {max_inflight}")
         lim = HostLimits(max_inflight, lim.max_body_bytes, lim.body_timeout_s, lim.max_json_depth)
     host = _Host(pipeline, lim.resolved(), embedding_dim)
+    host.snapshot_dir, host.snapshot_keep = snapshot_dir, snapshot_keep
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,11 +261,17 @@ def create_app(
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = max(THREAD_POOL, host.admission.limit + 8)
         host.admission.draining = False
-        sync = CatalogSyncThread(pipeline, catalog_sync_s)
+        sync = CatalogSyncThread(pipeline, catalog_sync_s, snapshot_dir)
         sync.start()
+        snaps = None
+        if snapshot_dir is not None and snapshot_every_s > 0:
+            snaps = SnapshotThread(pipeline, snapshot_dir, snapshot_every_s, snapshot_keep)
+            snaps.start()
         yield
         host.admission.draining = True
         sync.stop()
+        if snaps is not None:
+            snaps.stop()
         if close_on_shutdown:
             await close_pipeline(pipeline, close_timeout_s)
 
@@ -212,6 +285,7 @@ def create_app(
     app.openapi = _exact_openapi(app)  # type: ignore[method-assign]
     errors.install(app)
     _add_routes(app, host)
+    _add_admin_routes(app, host)
     endpoints = [r.path for r in app.routes if hasattr(r, "path")]
     app.add_middleware(MetricsMiddleware, metrics=host.metrics, endpoints=endpoints)
     app.state.host = host

@@ -88,32 +88,63 @@ class _PipelineCollector(Collector):
         ):
             if key in st:
                 yield CounterMetricFamily(name, doc, value=st[key])
-        redis = st.get("redis")
-        if redis is not None:  # Redis configured: report it; otherwise say nothing about it
-            yield GaugeMetricFamily(
-                "fyp_redis_available",
-                "1 while the shared Redis tier answers",
-                value=float(redis["available"]),
-            )
-            yield CounterMetricFamily(
-                "fyp_redis_fallbacks",
-                "Feature reads served from the in-process snapshot because "
-                "Redis failed or was down",
-                value=redis["fallbacks"],
-            )
-            yield CounterMetricFamily(
-                "fyp_redis_errors",
-                "Redis read and write errors",
-                value=redis["read_errors"] + redis["write_errors"],
-            )
-            for key, doc in (
-                ("catalog_published", "Catalogue changes this host published to the stream"),
-                ("catalog_publish_failures", "Catalogue changes that could not be published"),
-                ("catalog_applied", "Other hosts' catalogue changes applied here"),
-                ("catalog_gaps", "Times entries were trimmed before this host read them"),
-            ):
-                yield CounterMetricFamily(f"fyp_{key}", doc, value=redis[key])
+        yield from self._redis(st.get("redis"))
+        yield from self._snapshots(st.get("snapshots"))
         yield from self._freshness()
+
+    def _redis(self, redis: Any) -> Iterable[Any]:
+        if redis is None:  # Redis configured: report it; otherwise say nothing about it
+            return
+        yield GaugeMetricFamily(
+            "fyp_redis_available",
+            "1 while the shared Redis tier answers",
+            value=float(redis["available"]),
+        )
+        yield CounterMetricFamily(
+            "fyp_redis_fallbacks",
+            "Feature reads served from the in-process snapshot because Redis failed or was down",
+            value=redis["fallbacks"],
+        )
+        yield CounterMetricFamily(
+            "fyp_redis_errors",
+            "Redis read and write errors",
+            value=redis["read_errors"] + redis["write_errors"],
+        )
+        for key, doc in (
+            ("catalog_published", "Catalogue changes this host published to the stream"),
+            ("catalog_publish_failures", "Catalogue changes that could not be published"),
+            ("catalog_applied", "Other hosts' catalogue changes applied here"),
+            ("catalog_gaps", "Times entries were trimmed before this host read them"),
+            (
+                "catalog_superseded",
+                "Other hosts' entries passed over: this host published a newer change",
+            ),
+        ):
+            yield CounterMetricFamily(f"fyp_{key}", doc, value=redis[key])
+
+    def _snapshots(self, snap: Any) -> Iterable[Any]:
+        if snap is None:
+            return
+        for key, doc in (
+            ("written", "Host snapshots written"),
+            ("write_failures", "Host snapshot writes that failed"),
+            ("loads", "Host snapshots installed (at start, or after a stream gap)"),
+            (
+                "fallbacks",
+                "Snapshots refused at load (corrupt or truncated): an older one was used",
+            ),
+            (
+                "gap_reloads",
+                "Snapshot reloads after the catalogue stream was trimmed past this host",
+            ),
+            ("gap_reload_failures", "Stream gaps no snapshot could cover"),
+        ):
+            yield CounterMetricFamily(f"fyp_snapshot_{key}", doc, value=snap[key])
+        yield GaugeMetricFamily(
+            "fyp_snapshot_last_cut_ms",
+            "Milliseconds uploads waited for the last snapshot's consistent cut",
+            value=snap["last_cut_ms"],
+        )
 
     def _freshness(self) -> Iterable[Any]:
         if not hasattr(self._pipeline, "freshness"):

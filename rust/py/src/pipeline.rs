@@ -12,15 +12,17 @@ use crate::split::PyTrafficSplit;
 use fyp_core::config::Value;
 use fyp_core::rank::RankerSet;
 use fyp_core::serve::pipeline::{
-    FeedResponse, Pipeline, PipelineOptions, Retrieval, MAX_FEED_N, STAGES,
+    FeedResponse, Pipeline, PipelineOptions, Retrieval, SnapshotState, MAX_FEED_N, STAGES,
 };
 use fyp_core::serve::redis_tier::RedisOptions;
 use fyp_core::serve::scorer::ServingConfig;
+use fyp_core::serve::snapshot as snapfiles;
 use fyp_core::serve::store::{ItemInfo, UserStore, MAX_TOPIC};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A Python config dict -> (key, value) changes; the core checks keys, types and ranges.
@@ -800,25 +802,99 @@ impl PyFeedPipeline {
 
     /// Applies up to `max_entries` catalogue changes (uploads, take-downs) that other hosts
     /// sharing the Redis namespace published since the last call; returns ``{"applied", "own",
-    /// "gap", "position"}``. ``gap`` is True when entries were trimmed from the stream before
-    /// this host read them (reload a catalogue snapshot). Without ``redis_url`` it does nothing.
-    /// Raises ``OSError`` while Redis is unreachable (the position does not move).
-    #[pyo3(signature = (max_entries=AnyInt::of(10_000)),
-           text_signature = "($self, max_entries=10000)")]
+    /// "gap", "reloaded", "position"}``. ``gap`` is True when entries were trimmed from the
+    /// stream before this host read them. With ``snapshot_dir``, such a gap reloads the newest
+    /// snapshot there that includes them (``reloaded``) and the entries after it are applied.
+    /// Without ``redis_url`` it does nothing. Raises ``OSError`` while Redis is unreachable
+    /// (the position does not move).
+    #[pyo3(signature = (max_entries=AnyInt::of(10_000), snapshot_dir=None),
+           text_signature = "($self, max_entries=10000, snapshot_dir=None)")]
     fn sync_catalog<'py>(
         &self,
         py: Python<'py>,
         max_entries: AnyInt,
+        snapshot_dir: Option<PathBuf>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let max = max_entries.bounded("max_entries", 1, 100_000)? as usize;
         let p = &self.inner;
-        let r = run_detached(py, || p.sync_catalog(max))?;
+        let r = run_detached(py, || p.sync_catalog(max, snapshot_dir.as_deref()))?;
         let d = PyDict::new(py);
         d.set_item("applied", r.applied)?;
         d.set_item("own", r.own)?;
         d.set_item("gap", r.gap)?;
+        d.set_item("reloaded", r.reloaded)?;
+        d.set_item("superseded", r.superseded)?;
         d.set_item("position", r.position)?;
         Ok(d)
+    }
+
+    /// Writes a host snapshot (index, item table, batch tier, catalogue-stream position) as a
+    /// new directory under `dir`, atomically and checksummed, keeping the newest `keep`.
+    /// Requests are served meanwhile; uploads wait only for the in-memory cut (``cut_ms``).
+    #[pyo3(signature = (dir, keep=AnyInt::of(3)), text_signature = "($self, dir, keep=3)")]
+    fn save_snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        dir: PathBuf,
+        keep: AnyInt,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let keep = keep.bounded("keep", 1, 1000)? as usize;
+        let p = &self.inner;
+        let r = run_detached(py, || p.save_snapshot(&dir, keep))?;
+        let d = PyDict::new(py);
+        d.set_item("path", r.path.to_string_lossy())?;
+        d.set_item("items", r.items)?;
+        d.set_item("position", r.position)?;
+        d.set_item("bytes", r.bytes)?;
+        d.set_item("cut_ms", r.cut_ms)?;
+        d.set_item("total_ms", r.total_ms)?;
+        d.set_item("pruned", r.pruned)?;
+        Ok(d)
+    }
+
+    /// Installs the newest snapshot under `dir` that verifies (older ones are tried when a
+    /// newer one is corrupt or truncated: ``skipped`` lists why, ``stats()["snapshots"]``
+    /// counts them) and sets the catalogue position to it; `sync_catalog` then replays the
+    /// stream from there. ``KeyError`` when `dir` holds no snapshot, ``CorruptFileError`` when
+    /// none verifies.
+    fn load_snapshot<'py>(&self, py: Python<'py>, dir: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+        let p = &self.inner;
+        let r = run_detached(py, || p.load_snapshot(&dir))?;
+        let d = PyDict::new(py);
+        d.set_item("path", r.path.to_string_lossy())?;
+        d.set_item("items", r.items)?;
+        d.set_item("position", r.position)?;
+        d.set_item("consumed", r.consumed)?;
+        d.set_item("skipped", r.skipped)?;
+        d.set_item("load_ms", r.load_ms)?;
+        Ok(d)
+    }
+
+    /// The manifest of the newest snapshot under `dir` (``None`` if there is none): path,
+    /// dim, items, position, created_ms, retrieval_version. Its data files are verified only
+    /// by `load_snapshot`.
+    #[staticmethod]
+    fn latest_snapshot<'py>(py: Python<'py>, dir: PathBuf) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some((path, m)) = run_detached(py, || snapfiles::newest_manifest(&dir))? else {
+            return Ok(None);
+        };
+        let d = PyDict::new(py);
+        d.set_item("path", path.to_string_lossy())?;
+        d.set_item("dim", m.dim)?;
+        d.set_item("items", m.items)?;
+        d.set_item("position", m.position)?;
+        d.set_item("consumed", m.consumed)?;
+        d.set_item("created_ms", m.created_ms)?;
+        d.set_item("origin", m.origin)?;
+        d.set_item("retrieval_version", m.retrieval_version)?;
+        Ok(Some(d))
+    }
+
+    /// ``(live items, digest)``: an order-independent xxh3 digest of the live catalogue (ids,
+    /// topics, creators); two hosts with equal pairs serve the same item set.
+    fn catalog_digest(&self, py: Python<'_>) -> (usize, u64) {
+        let p = &self.inner;
+        py.detach(|| p.catalog_digest())
     }
 
     /// The version of the retrieval snapshot served ("content" until `set_retrieval`).
@@ -935,6 +1011,10 @@ impl PyFeedPipeline {
             d.set_item("log_dropped", st.dropped.iter().sum::<u64>())?;
             d.set_item("log_not_durable", st.not_durable)?;
         }
+        d.set_item(
+            "snapshots",
+            snapshot_stats(py, self.inner.snapshot_state())?,
+        )?;
         if let Some(t) = self.inner.shared_tier() {
             let st = t.stats();
             let r = PyDict::new(py);
@@ -946,11 +1026,13 @@ impl PyFeedPipeline {
             r.set_item("skipped_while_down", st.skipped_while_down)?;
             r.set_item("fallbacks", s.shared_fallbacks.load(Relaxed))?;
             r.set_item("write_failures", s.shared_write_failures.load(Relaxed))?;
-            let [published, publish_failures, applied, gaps] = self.inner.catalog_stats();
+            let [published, publish_failures, applied, gaps, superseded] =
+                self.inner.catalog_stats();
             r.set_item("catalog_published", published)?;
             r.set_item("catalog_publish_failures", publish_failures)?;
             r.set_item("catalog_applied", applied)?;
             r.set_item("catalog_gaps", gaps)?;
+            r.set_item("catalog_superseded", superseded)?;
             r.set_item("served_from_shared", s.shared_reads.load(Relaxed))?;
             d.set_item("redis", r)?;
         }
@@ -973,6 +1055,20 @@ impl PyFeedPipeline {
             self.inner.index().len()
         )
     }
+}
+
+fn snapshot_stats<'py>(py: Python<'py>, s: &SnapshotState) -> PyResult<Bound<'py, PyDict>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let d = PyDict::new(py);
+    d.set_item("written", s.written.load(Relaxed))?;
+    d.set_item("write_failures", s.write_failures.load(Relaxed))?;
+    d.set_item("loads", s.loads.load(Relaxed))?;
+    d.set_item("fallbacks", s.fallbacks.load(Relaxed))?;
+    d.set_item("gap_reloads", s.gap_reloads.load(Relaxed))?;
+    d.set_item("gap_reload_failures", s.gap_reload_failures.load(Relaxed))?;
+    d.set_item("last_cut_ms", f64::from_bits(s.last_cut_ms.load(Relaxed)))?;
+    d.set_item("last_error", s.last_error.lock().clone())?;
+    Ok(d)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -567,6 +567,56 @@ impl HnswIndex {
         let cap = g.slots().max(1024);
         Ok(Self::from_graph(g, cap))
     }
+
+    /// The index file's bytes (the `save` format), copied in memory: writers wait for the copy
+    /// only (not for a disk write); searches continue.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let _x = self.gate.write();
+        let g = self.current();
+        super::persist::to_bytes(&g)
+    }
+
+    /// A point-in-time cut of the index, taken in an instant (writers wait only for the ones
+    /// under way): its bytes are then produced while writers continue. The file holds the
+    /// nodes that existed at the cut; a node removed or replaced after it may read as removed
+    /// (a loader reconciles the index with the item table cut at the same instant).
+    pub fn cut(&self) -> IndexCut {
+        let _x = self.gate.write();
+        let g = self.current();
+        let (slots, entry) = (g.slots(), g.entry());
+        IndexCut { g, slots, entry }
+    }
+
+    /// Every live id (a copy).
+    pub fn ids(&self) -> Vec<u64> {
+        self.current()
+            .ids
+            .items()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// An index from bytes in the `save` format (checksum verified); `name` names them in errors.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Self> {
+        let g = super::persist::from_bytes(bytes, name)?;
+        let cap = g.slots().max(1024);
+        Ok(Self::from_graph(g, cap))
+    }
+}
+
+/// See [`HnswIndex::cut`].
+pub struct IndexCut {
+    g: Arc<Graph>,
+    slots: usize,
+    entry: Option<(u32, usize)>,
+}
+
+impl IndexCut {
+    /// The file bytes of the cut (the `save` format).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        super::persist::to_bytes_upto(&self.g, self.slots, self.entry)
+    }
 }
 
 fn apply(g: &Graph, op: &Op) -> crate::Result<()> {

@@ -15,4 +15,4 @@ mod store;
 mod tests;
 
 pub use distance::{simd_level, Metric};
-pub use index::{Exclude, HnswIndex, HnswParams, HnswStats, IdSet, SearchResult, PAD_ID};
+pub use index::{Exclude, HnswIndex, HnswParams, HnswStats, IdSet, IndexCut, SearchResult, PAD_ID};

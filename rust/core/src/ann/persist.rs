@@ -72,12 +72,43 @@ pub fn save(g: &Graph, path: &Path) -> crate::Result<()> {
 
 fn write_file(g: &Graph, tmp: &Path) -> crate::Result<()> {
     let f = std::fs::File::create(tmp).map_err(|e| io(tmp, "cannot create", e))?;
+    let w = BufWriter::with_capacity(1 << 20, f);
+    let inner = encode(g, g.slots(), g.entry(), w).map_err(|e| io(tmp, "cannot write", e))?;
+    let f = inner
+        .into_inner()
+        .map_err(|x| io(tmp, "cannot write", x.into_error()))?;
+    f.sync_all().map_err(|x| io(tmp, "cannot fsync", x))?;
+    Ok(())
+}
+
+/// The index file's bytes in memory (a host snapshot copies the graph under a short lock and
+/// writes the bytes to disk after releasing it).
+pub fn to_bytes(g: &Graph) -> Vec<u8> {
+    to_bytes_upto(g, g.slots(), g.entry())
+}
+
+/// The file of the graph's first `slots` nodes with entry point `entry`, links to later nodes
+/// left out: a cut taken while no insert was under way (every node below `slots` complete)
+/// and written while inserts continue (nodes are never moved or rewritten; link lists are
+/// read entry by entry, as a search reads them).
+pub fn to_bytes_upto(g: &Graph, slots: usize, entry: Option<(u32, usize)>) -> Vec<u8> {
+    let guess = slots * (8 + 2 + 4 * g.dim + 4 * (2 * g.m + 2)) + HEADER + 8;
+    // writing into a Vec cannot fail
+    encode(g, slots, entry, Vec::with_capacity(guess)).unwrap_or_default()
+}
+
+/// Writes the whole file format (header, nodes, checksum) into `w`; returns `w`.
+fn encode<W: Write>(
+    g: &Graph,
+    slots: usize,
+    entry: Option<(u32, usize)>,
+    w: W,
+) -> std::io::Result<W> {
     let mut w = HashWriter {
-        inner: BufWriter::with_capacity(1 << 20, f),
+        inner: w,
         h: Xxh3::new(),
     };
-    let slots = g.slots();
-    let (en, el) = g.entry().map_or((u32::MAX, 0), |(n, l)| (n, l as u32));
+    let (en, el) = entry.map_or((u32::MAX, 0), |(n, l)| (n, l as u32));
     let mut head = Vec::with_capacity(HEADER);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());
@@ -89,8 +120,7 @@ fn write_file(g: &Graph, tmp: &Path) -> crate::Result<()> {
     head.extend_from_slice(&(slots as u64).to_le_bytes());
     head.extend_from_slice(&en.to_le_bytes());
     head.extend_from_slice(&el.to_le_bytes());
-    let e = |e| io(tmp, "cannot write", e);
-    w.write_all(&head).map_err(e)?;
+    w.write_all(&head)?;
     let mut buf = vec![0u32; 2 * MAX_M];
     let mut rec = Vec::new();
     for i in 0..slots as u32 {
@@ -104,21 +134,18 @@ fn write_file(g: &Graph, tmp: &Path) -> crate::Result<()> {
         }
         for l in 0..=level {
             let n = read_links(g.store.links(i, l), &mut buf);
-            rec.extend_from_slice(&(n as u32).to_le_bytes());
-            for x in &buf[..n] {
+            let kept = buf[..n].iter().filter(|&&x| (x as usize) < slots);
+            rec.extend_from_slice(&(kept.clone().count() as u32).to_le_bytes());
+            for x in kept {
                 rec.extend_from_slice(&x.to_le_bytes());
             }
         }
-        w.write_all(&rec).map_err(e)?;
+        w.write_all(&rec)?;
     }
     let sum = w.h.digest();
     let mut inner = w.inner;
-    inner.write_all(&sum.to_le_bytes()).map_err(e)?;
-    let f = inner
-        .into_inner()
-        .map_err(|x| io(tmp, "cannot write", x.into_error()))?;
-    f.sync_all().map_err(|x| io(tmp, "cannot fsync", x))?;
-    Ok(())
+    inner.write_all(&sum.to_le_bytes())?;
+    Ok(inner)
 }
 
 struct Reader<'a> {
@@ -156,10 +183,14 @@ fn corrupt(m: impl Into<String>) -> Error {
 
 pub fn load(path: &Path) -> crate::Result<Graph> {
     let bytes = std::fs::read(path).map_err(|e| io(path, "cannot read", e))?;
+    from_bytes(&bytes, &path.display().to_string())
+}
+
+/// Parses an index file held in memory; `name` says what it is in error messages.
+pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Graph> {
     if bytes.len() < 8 || &bytes[..8] != MAGIC {
         return Err(Error::Corrupt(format!(
-            "{} is not a fyp_core HNSW index file (bad magic)",
-            path.display()
+            "{name} is not a fyp_core HNSW index file (bad magic)"
         )));
     }
     if bytes.len() < HEADER + 8 {
@@ -201,6 +232,24 @@ pub fn load(path: &Path) -> crate::Result<Graph> {
     }
     let slots = slots as usize;
     let g = Graph::new(dim, metric, m, efc, slots.max(64), seed);
+    read_nodes(&g, &mut r, slots)?;
+    if r.pos != body.len() {
+        return Err(corrupt("trailing bytes after the last node"));
+    }
+    if en != u32::MAX {
+        if en as usize >= slots || el != g.store.level(en) {
+            return Err(corrupt("bad entry point"));
+        }
+        g.set_entry(en, el);
+    } else if slots > 0 {
+        return Err(corrupt("nodes present but no entry point"));
+    }
+    Ok(g)
+}
+
+/// The node records of an index file: vectors, links (bounded by `slots`), tombstones.
+fn read_nodes(g: &Graph, r: &mut Reader<'_>, slots: usize) -> crate::Result<()> {
+    let (dim, m) = (g.dim, g.m);
     let mut vec = vec![0f32; dim];
     let mut links = Vec::with_capacity(2 * m);
     for i in 0..slots {
@@ -244,16 +293,5 @@ pub fn load(path: &Path) -> crate::Result<Graph> {
             g.live.fetch_add(1, Ordering::AcqRel);
         }
     }
-    if r.pos != body.len() {
-        return Err(corrupt("trailing bytes after the last node"));
-    }
-    if en != u32::MAX {
-        if en as usize >= slots || el != g.store.level(en) {
-            return Err(corrupt("bad entry point"));
-        }
-        g.set_entry(en, el);
-    } else if slots > 0 {
-        return Err(corrupt("nodes present but no entry point"));
-    }
-    Ok(g)
+    Ok(())
 }

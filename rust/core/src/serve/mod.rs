@@ -10,5 +10,6 @@ pub mod pipeline;
 pub mod redis_tier;
 pub mod replay;
 pub mod scorer;
+pub mod snapshot;
 pub mod store;
 pub mod window;

@@ -843,6 +843,7 @@ fn check_family<const K: usize>(family: &str, widths: &[f64]) -> Result<()> {
 }
 
 mod stream;
+pub(crate) use stream::parse_id;
 pub use stream::{check_upload_dim, CatalogChange, CatalogEntry, CatalogRead, STREAM_MAXLEN};
 
 #[cfg(test)]

@@ -670,6 +670,72 @@ impl BatchTier {
         self.authority.get(&creator).copied().unwrap_or(0.0)
     }
 
+    /// The snapshot file form: "FYPBATCH", u32 format 1, u32 dim, f64 as_of, u32 version
+    /// length + UTF-8 version, u64 users, then per user key u64 + dim f32, u64 creators, then
+    /// per creator id u64 + authority f32 (little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(40 + self.user_emb.len() * 4 + self.users.len() * 8);
+        b.extend_from_slice(b"FYPBATCH");
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&(self.dim as u32).to_le_bytes());
+        b.extend_from_slice(&self.as_of.to_le_bytes());
+        b.extend_from_slice(&(self.version.len() as u32).to_le_bytes());
+        b.extend_from_slice(self.version.as_bytes());
+        b.extend_from_slice(&(self.users.len() as u64).to_le_bytes());
+        for (&k, &r) in &self.users {
+            b.extend_from_slice(&k.to_le_bytes());
+            let r = r as usize;
+            for x in &self.user_emb[r * self.dim..(r + 1) * self.dim] {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        b.extend_from_slice(&(self.authority.len() as u64).to_le_bytes());
+        for (&c, &a) in &self.authority {
+            b.extend_from_slice(&c.to_le_bytes());
+            b.extend_from_slice(&a.to_le_bytes());
+        }
+        b
+    }
+
+    /// Parses [`BatchTier::encode`]'s bytes.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let bad = || Error::Corrupt("snapshot batch tier is truncated or not a batch file".into());
+        let mut pos = 0usize;
+        let mut take = |n: usize| -> Result<&[u8]> {
+            let s = b.get(pos..pos + n).ok_or_else(bad)?;
+            pos += n;
+            Ok(s)
+        };
+        let u32_at = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        let u64_of = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+        if take(8)? != b"FYPBATCH" || u32_at(take(4)?) != 1 {
+            return Err(bad());
+        }
+        let dim = u32_at(take(4)?) as usize;
+        let as_of = f64::from_bits(u64_of(take(8)?));
+        let vlen = u32_at(take(4)?) as usize;
+        let version = String::from_utf8(take(vlen)?.to_vec()).map_err(|_| bad())?;
+        let n = u64_of(take(8)?) as usize;
+        let rows = take(n.checked_mul(8 + 4 * dim).ok_or_else(bad)?)?;
+        let mut keys = Vec::with_capacity(n);
+        let mut emb = Vec::with_capacity(n * dim);
+        for r in rows.chunks_exact(8 + 4 * dim) {
+            keys.push(u64_of(&r[..8]));
+            emb.extend(r[8..].chunks_exact(4).map(|x| f32::from_bits(u32_at(x))));
+        }
+        let nc = u64_of(take(8)?) as usize;
+        let rows = take(nc.checked_mul(12).ok_or_else(bad)?)?;
+        let creators: Vec<u64> = rows.chunks_exact(12).map(|r| u64_of(&r[..8])).collect();
+        let auth: Vec<f32> = rows
+            .chunks_exact(12)
+            .map(|r| f32::from_bits(u32_at(&r[8..])))
+            .collect();
+        if pos != b.len() {
+            return Err(bad());
+        }
+        BatchTier::new(&version, as_of, dim, &keys, &emb, &creators, &auth)
+    }
+
     /// A checksum of what the features read (user keys and embeddings, creator authority),
     /// independent of insertion order: the feature changelog references a snapshot by version
     /// and checksum, and the replay refuses a snapshot whose checksum differs.

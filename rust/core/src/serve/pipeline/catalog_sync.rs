@@ -3,17 +3,25 @@
 //! (idempotently: upserts and removals by item id) and remembers its stream position.
 
 use super::Pipeline;
-use crate::serve::redis_tier::{check_upload_dim, CatalogChange};
+use crate::serve::idhash::IdMap;
+use crate::serve::redis_tier::{check_upload_dim, parse_id, CatalogChange, CatalogEntry};
 use crate::serve::store::ItemInfo;
 use crate::Result;
 use parking_lot::Mutex;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
 /// Replication state and counters (on `stats()` and `/metrics`).
 pub(super) struct CatalogSync {
     /// The last stream id applied (or skipped as our own), and how many entries this host
     /// consumed since the stream began (to detect entries trimmed before it read them).
-    position: Mutex<(String, u64)>,
+    pub(super) position: Mutex<(String, u64)>,
+    /// Items this host published changes of that its position has not passed yet, with the
+    /// stream id of that change: an older entry read later for the same item is superseded
+    /// (this host already holds the newer state), so every host ends with the stream's last
+    /// change per item (item id + stream id decide, not arrival order).
+    newer: Mutex<IdMap<(u64, u64)>>,
+    pub superseded: AtomicU64,
     pub published: AtomicU64,
     pub publish_failures: AtomicU64,
     pub applied: AtomicU64,
@@ -24,6 +32,8 @@ impl Default for CatalogSync {
     fn default() -> Self {
         CatalogSync {
             position: Mutex::new(("0-0".to_owned(), 0)),
+            newer: Mutex::new(IdMap::default()),
+            superseded: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
             applied: AtomicU64::new(0),
@@ -44,6 +54,11 @@ pub struct SyncReport {
     pub gap: bool,
     /// The stream position after the call.
     pub position: String,
+    /// A gap was covered by reloading the newest snapshot (then replaying from its position).
+    pub reloaded: bool,
+    /// Other hosts' entries passed over because this host published a newer change of the
+    /// same items.
+    pub superseded: usize,
 }
 
 impl Pipeline {
@@ -54,9 +69,55 @@ impl Pipeline {
         let Some(tier) = &self.shared else { return };
         let n = changes.len() as u64;
         match tier.publish_catalog(&self.stream, &changes) {
-            Ok(_) => Self::count(&self.catalog.published, n),
+            Ok(ids) => {
+                Self::count(&self.catalog.published, n);
+                let mut newer = self.catalog.newer.lock();
+                for (c, id) in changes.iter().zip(&ids) {
+                    let Some(at) = parse_id(id) else { continue };
+                    let items = match c {
+                        CatalogChange::Upload { info, .. } => std::slice::from_ref(&info.id),
+                        CatalogChange::Removal { ids, .. } => ids.as_slice(),
+                    };
+                    for &item in items {
+                        let e = newer.entry(item).or_insert(at);
+                        *e = (*e).max(at);
+                    }
+                }
+            }
             Err(_) => Self::count(&self.catalog.publish_failures, n),
         }
+    }
+
+    /// Applies another host's entry; false when this host published a newer change of every
+    /// item it touches (superseded, nothing to do).
+    fn apply_entry(&self, e: &CatalogEntry) -> Result<bool> {
+        let at = parse_id(&e.id);
+        match &e.change {
+            CatalogChange::Upload { info, embedding } => {
+                if self.superseded(info.id, at) {
+                    return Ok(false);
+                }
+                self.upsert(std::slice::from_ref(info), embedding, true, true, false)?;
+            }
+            CatalogChange::Removal { ids, ts } => {
+                let ids: Vec<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&i| !self.superseded(i, at))
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(false);
+                }
+                self.remove(&ids, *ts, false)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether this host published a change of `item` newer than stream id `at`.
+    fn superseded(&self, item: u64, at: Option<(u64, u64)>) -> bool {
+        let newer = self.catalog.newer.lock();
+        matches!((newer.get(&item), at), (Some(n), Some(at)) if *n > at)
     }
 
     pub(super) fn upload_changes(
@@ -76,45 +137,67 @@ impl Pipeline {
 
     /// Applies up to `max_entries` catalogue changes other hosts published since the last
     /// call. Without a shared tier there is nothing to sync (an empty report). Calls are
-    /// serialised; an unreachable tier is an error (the position does not move).
-    pub fn sync_catalog(&self, max_entries: usize) -> Result<SyncReport> {
+    /// serialised; an unreachable tier is an error (the position does not move). With
+    /// `snapshots`, a gap (entries trimmed before this host read them) reloads the newest
+    /// snapshot there that includes them, and the entries after it are applied instead.
+    pub fn sync_catalog(&self, max_entries: usize, snapshots: Option<&Path>) -> Result<SyncReport> {
         let Some(tier) = &self.shared else {
             return Ok(SyncReport::default());
         };
-        let mut pos = self.catalog.position.lock();
-        let read = tier.read_catalog(&pos.0, max_entries)?;
-        // entries trimmed that this host never consumed: it missed changes (reported once)
-        let gap = read.trimmed > pos.1;
-        pos.1 = pos.1.max(read.trimmed);
-        let mut report = SyncReport {
-            gap,
-            ..SyncReport::default()
-        };
-        if gap {
-            Self::count(&self.catalog.gaps, 1);
+        let mut reloaded = None;
+        loop {
+            let mut pos = self.catalog.position.lock();
+            let read = tier.read_catalog(&pos.0, max_entries)?;
+            // entries trimmed that this host never consumed: it missed changes (reported once)
+            let gap = read.trimmed > pos.1;
+            if let (true, None, Some(dir)) = (gap, reloaded, snapshots) {
+                drop(pos);
+                reloaded = Some(self.reload_after_gap(dir, read.trimmed));
+                continue;
+            }
+            pos.1 = pos.1.max(read.trimmed);
+            let mut report = SyncReport {
+                gap,
+                reloaded: reloaded == Some(true),
+                ..SyncReport::default()
+            };
+            if gap {
+                Self::count(&self.catalog.gaps, 1);
+            }
+            self.apply_entries(read.entries, &mut pos, &mut report)?;
+            report.position = pos.0.clone();
+            return Ok(report);
         }
+    }
+
+    fn apply_entries(
+        &self,
+        entries: Vec<CatalogEntry>,
+        pos: &mut (String, u64),
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let dim = self.items.dim();
-        for e in read.entries {
+        for e in entries {
             if e.origin == self.stream {
                 report.own += 1;
             } else {
                 check_upload_dim(&e, dim)?;
-                match &e.change {
-                    CatalogChange::Upload { info, embedding } => {
-                        self.upsert(std::slice::from_ref(info), embedding, true, true, false)?
-                    }
-                    CatalogChange::Removal { ids, ts } => {
-                        self.remove(ids, *ts, false)?;
-                    }
+                if self.apply_entry(&e)? {
+                    report.applied += 1;
+                    Self::count(&self.catalog.applied, 1);
+                } else {
+                    report.superseded += 1;
+                    Self::count(&self.catalog.superseded, 1);
                 }
-                report.applied += 1;
-                Self::count(&self.catalog.applied, 1);
             }
             pos.0 = e.id;
             pos.1 += 1;
         }
-        report.position = pos.0.clone();
-        Ok(report)
+        // entries read from now on are newer than the position: older marks can go
+        if let Some(p) = parse_id(&pos.0) {
+            self.catalog.newer.lock().retain(|_, n| *n > p);
+        }
+        Ok(())
     }
 
     /// This host's name in the catalogue stream and the feature changelog.

@@ -62,6 +62,13 @@ impl Pipeline {
                 infos[p / dim.max(1)].id
             ));
         }
+        // whole, or not at all, in a snapshot's cut (publication included)
+        let _cut = self.cut.read();
+        // published first: its stream id is known before the change is live here, so an
+        // older entry of another host for the same item, read after, is superseded
+        if publish && self.shared.is_some() {
+            self.publish_changes(Self::upload_changes(infos, embeddings, dim));
+        }
         // the item table first: a retrieval swap in between then sees the item and indexes it
         self.items.upsert(infos, embeddings)?;
         if index {
@@ -88,9 +95,6 @@ impl Pipeline {
                 .collect();
             self.submit(rows);
         }
-        if publish && self.shared.is_some() {
-            self.publish_changes(Self::upload_changes(infos, embeddings, dim));
-        }
         Ok(())
     }
 
@@ -106,19 +110,20 @@ impl Pipeline {
                 "now must be finite seconds since the epoch, got {now}"
             ));
         }
-        let n = self.items.remove(ids);
-        self.unindex_items(ids)?;
-        if self.log.is_some() {
-            let mut ev = self.feature_event(FeatureEventKind::Remove, micros(now));
-            ev.item_ids = ids.to_vec();
-            self.submit(vec![elog::Record::FeatureEvent(ev)]);
-        }
+        let _cut = self.cut.read();
         if publish {
             let removal = super::super::redis_tier::CatalogChange::Removal {
                 ids: ids.to_vec(),
                 ts: now,
             };
             self.publish_changes(vec![removal]);
+        }
+        let n = self.items.remove(ids);
+        self.unindex_items(ids)?;
+        if self.log.is_some() {
+            let mut ev = self.feature_event(FeatureEventKind::Remove, micros(now));
+            ev.item_ids = ids.to_vec();
+            self.submit(vec![elog::Record::FeatureEvent(ev)]);
         }
         Ok(n)
     }

@@ -21,6 +21,7 @@ mod freshness;
 mod ingest;
 mod records;
 mod retrieval;
+mod snapshot;
 mod sources;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub use self::catalog_sync::SyncReport;
 pub use self::freshness::{TierFreshness, FRESHNESS_TIERS};
 pub use self::ingest::impression_id;
 pub use self::retrieval::Retrieval;
+pub use self::snapshot::{LoadReport, SnapshotReport, SnapshotState};
 pub use self::sources::{CandidateSet, CandidateSource, SourceContext};
 pub use super::mixer::Source;
 
@@ -294,6 +296,10 @@ pub struct Pipeline {
     freshness: Freshness,
     shared: Option<RedisTier>,
     catalog: catalog_sync::CatalogSync,
+    /// Catalogue writers (uploads, removals, stream applies) share it; a snapshot takes it
+    /// exclusively for its in-memory cut, so the cut holds no half-applied change.
+    cut: RwLock<()>,
+    snapshots: SnapshotState,
     pub stats: PipelineStats,
 }
 
@@ -404,6 +410,8 @@ impl Pipeline {
             freshness: Freshness::default(),
             shared,
             catalog: catalog_sync::CatalogSync::default(),
+            cut: RwLock::new(()),
+            snapshots: SnapshotState::default(),
             stats: PipelineStats::default(),
         })
     }
@@ -651,10 +659,18 @@ impl Pipeline {
         self.shared.as_ref()
     }
 
-    /// Catalogue replication counters: (published, publish failures, applied, gaps).
-    pub fn catalog_stats(&self) -> [u64; 4] {
+    /// Catalogue replication counters: (published, publish failures, applied, gaps,
+    /// superseded).
+    pub fn catalog_stats(&self) -> [u64; 5] {
         let c = &self.catalog;
-        [&c.published, &c.publish_failures, &c.applied, &c.gaps].map(|a| a.load(Ordering::Relaxed))
+        [
+            &c.published,
+            &c.publish_failures,
+            &c.applied,
+            &c.gaps,
+            &c.superseded,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
     }
 
     fn count(c: &AtomicU64, by: u64) {

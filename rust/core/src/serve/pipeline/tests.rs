@@ -445,3 +445,127 @@ fn a_retrieval_swap_reconciles_the_index_and_embeds_later_uploads() {
     assert!(!r.cold_start && r.slots.len() == 10);
     assert_eq!(w.pipe.retrieval().version, "t1");
 }
+
+fn snap_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("fyp-pipe-snap-{name}-{}", std::process::id()));
+    match std::fs::remove_dir_all(&d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot clean {}: {e}", d.display()),
+    }
+    d
+}
+
+fn upload(p: &Pipeline, id: u64) {
+    let info = ItemInfo {
+        id,
+        topic: (id % 7) as u32,
+        creator: id % 13,
+        category: 0,
+        upload_ts: NOW + id as f64,
+    };
+    let e = [0.1 * (id % 5) as f32, -0.2, 0.3, 0.05 * (id % 3) as f32];
+    p.upsert_items(&[info], &e, true, false).unwrap();
+}
+
+#[test]
+fn a_snapshot_restores_the_same_catalogue_and_serves() {
+    let d = snap_dir("restore");
+    let a = world(300, 0.0, caps(), |i| i % 30).pipe;
+    a.remove_items(&[5, 6], NOW).unwrap();
+    a.set_creator_authority(&[1, 2], &[0.5, 0.25]).unwrap();
+    let r = a.save_snapshot(&d, 2).unwrap();
+    assert_eq!(r.items, 298);
+    let b = world(0, 0.0, caps(), |i| i).pipe;
+    upload(&b, 10_000); // not in the snapshot: taken down by the load
+    let l = b.load_snapshot(&d).unwrap();
+    assert_eq!((l.items, l.skipped.len()), (298, 0));
+    assert_eq!(b.catalog_digest(), a.catalog_digest());
+    assert_eq!(b.index().len(), 298);
+    assert_eq!(b.batch().checksum(), a.batch().checksum());
+    assert_eq!(b.feed("u", "r", 20, NOW + 1.0).unwrap().slots.len(), 20);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_corrupt_newest_snapshot_falls_back_to_the_previous_one() {
+    let d = snap_dir("fallback");
+    let a = world(100, 0.0, caps(), |i| i % 10).pipe;
+    a.save_snapshot(&d, 3).unwrap();
+    let first = a.catalog_digest();
+    upload(&a, 5000);
+    let newest = a.save_snapshot(&d, 3).unwrap().path;
+    let items = newest.join("items.bin");
+    let mut b = std::fs::read(&items).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x40;
+    std::fs::write(&items, &b).unwrap();
+    let c = world(0, 0.0, caps(), |i| i).pipe;
+    let l = c.load_snapshot(&d).unwrap();
+    assert_eq!(l.skipped.len(), 1, "{:?}", l.skipped);
+    assert!(l.skipped[0].contains("items.bin fails its xxh3 checksum"));
+    assert_eq!(c.catalog_digest(), first);
+    assert_eq!(c.snapshot_state().fallbacks.load(Ordering::Relaxed), 1);
+    // both corrupt: refused, with each reason
+    let older = crate::serve::snapshot::list(&d).unwrap()[1].join("index.hnsw");
+    let n = std::fs::metadata(&older).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&older)
+        .unwrap()
+        .set_len(n / 2)
+        .unwrap();
+    let e = c.load_snapshot(&d).err().unwrap().to_string();
+    assert!(
+        e.contains("no valid snapshot") && e.contains("truncated"),
+        "{e}"
+    );
+    let empty = snap_dir("empty");
+    assert!(matches!(
+        c.load_snapshot(&empty),
+        Err(crate::Error::NotFound(_))
+    ));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_snapshot_taken_during_uploads_is_a_consistent_cut() {
+    let d = snap_dir("cut");
+    let a = Arc::new(world(200, 0.0, caps(), |i| i % 20).pipe);
+    let w = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for k in 0..400u64 {
+                upload(&a, 100_000 + k);
+                upload(&a, k % 200 + 1); // replaced: its old node tombstoned after some cuts
+                if k % 5 == 0 {
+                    a.remove_items(&[(k * 7) % 200 + 1], NOW).unwrap();
+                }
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while !w.is_finished() || seen.len() < 3 {
+        let r = a.save_snapshot(&d, 50).unwrap();
+        seen.push(r.path);
+    }
+    w.join().unwrap();
+    for p in &seen {
+        let b = world(0, 0.0, caps(), |i| i).pipe;
+        let ms = crate::serve::snapshot::read_manifest(p).unwrap().created_ms;
+        let l = b.load_snapshot_where(&d, |m| m.created_ms == ms).unwrap();
+        // the index holds exactly the table's live items: no upload half in the cut
+        assert_eq!(b.index().len(), l.items);
+        assert_eq!(b.items.read().n_live(), l.items);
+        let mut ids = b.index().ids();
+        ids.sort_unstable();
+        let t = b.items.read();
+        let mut live: Vec<u64> = (0..t.slots())
+            .filter(|&s| t.is_live(s))
+            .map(|s| t.id(s))
+            .collect();
+        live.sort_unstable();
+        assert_eq!(ids, live);
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

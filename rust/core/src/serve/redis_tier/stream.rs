@@ -130,7 +130,7 @@ fn decode_removal(b: &[u8]) -> Option<CatalogChange> {
 }
 
 /// Orders stream ids `ms-seq` numerically.
-fn parse_id(id: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (a, b) = id.split_once('-')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
