@@ -15,6 +15,7 @@ import pytest
 import xxhash
 
 from fyp_core import analytics
+from fyp_core.analytics.duck import outcome_labels
 from fyp_core.analytics.synthetic import generate_log
 from fyp_core.compact import compact
 
@@ -49,6 +50,11 @@ def test_version_1_is_refused_with_the_fix_then_upgraded_by_compact(logs):
     v1, v2 = logs
     with pytest.raises(ValueError, match=r"schema version 1 .*fyp-core compact"):
         analytics.run("shadow_vs_live", v1)
+    # training-set labels run the same views over the engagements: the same refusal
+    imps = analytics.read_table(v2, "impressions", ["impression_id", "ts"]).slice(0, 50)
+    assert outcome_labels(imps, v2).num_rows == 50
+    with pytest.raises(ValueError, match=r"schema version 1 .*fyp-core compact"):
+        outcome_labels(imps, v1)
     res = compact(v1, older_than_hours=0, now=FUTURE)
     assert res.merged, "every partition of a keyed table is rewritten"
     for f in glob.glob(os.path.join(v1, "impressions", "*", "*", "*.parquet")):

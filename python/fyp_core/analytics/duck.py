@@ -134,6 +134,9 @@ def outcome_labels(impressions: pa.Table, root: str, window_hours: float = 24.0)
     else:
         con.register("engagements", eventlog.schema("engagements").empty_table())
     body = dict(views())
-    con.execute(f"CREATE TEMP VIEW eng AS {body['eng']}")
+    try:
+        con.execute(f"CREATE TEMP VIEW eng AS {body['eng']}")
+    except duckdb.Error as e:
+        raise _version_1(e, root) from None
     cols = ", ".join(LABEL_COLUMNS[:-1]) + ", CAST(watched_seconds AS FLOAT) AS watched_seconds"
     return con.sql(f"SELECT {cols} FROM ({body['outcomes']}) ORDER BY _row").to_arrow_table()
