@@ -190,7 +190,7 @@ def test_break_exploration_makes_lift_not_measurable_and_refuses_promotion() -> 
     assert any("not measurable" in why and "promotion refused" in why for why in r["reasons"])
 
 
-def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path) -> None:
+def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path, capsys) -> None:
     out = tmp_path / "parity.jsonl"
     rc = main(
         [
@@ -214,8 +214,12 @@ def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path) -> None:
         ]
     )
     assert rc == 0
+    days = [x for x in capsys.readouterr().out.splitlines() if x.startswith("day ")]
+    assert len(days) == 3 and all("; retrieval content" in x for x in days)
+    assert "(candidate rt-s4-d1 -> " in days[2]  # two_tower_every=2: trained after day 1
     page = (tmp_path / "loop.html").read_text()
     assert "One line per day" in page and page.count("<tr>") == 4  # header + 3 days
+    assert "retrieval served" in page
     assert f"parity: feature {BROKEN_FEATURE}" in page
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert recs[1]["parity_flagged"] == []  # trained on day 0, before the break
