@@ -205,7 +205,7 @@ def _retrieval_day(env: dict[str, Any], cfg: LoopConfig, arm: ev.ExploreArm) -> 
 def _next_candidate(env: dict[str, Any], cfg: LoopConfig, day: int, table: Any) -> None:
     """Trains tomorrow's candidate on the last ``train_days`` days, checks its training set's
     parity against the served log, shadows it; every ``two_tower_every`` days re-runs the user
-    tower's offline pass into the batch tier."""
+    tower's offline pass into the batch tier and trains tomorrow's retrieval candidate."""
     env["tables"] = (env["tables"] + [table])[-cfg.train_days :]
     env["day"] = day
     broken = cfg.break_ == "parity" and day >= cfg.break_from
