@@ -11,6 +11,7 @@ time per row, and the OPE calibration of ``fyp-core loop`` (share of days where 
 value of the candidate's OPE target lies in the estimate's 95% CI).
 
     python benches/compare_loop.py [--quick] [--seeds S] [--json OUT]
+                                   [--policy-only | --calibration-only]
 """
 
 from __future__ import annotations
@@ -120,6 +121,16 @@ def one_seed(cfg: LoopConfig, train_days: int, tmp: str) -> dict[str, Any]:
     return out
 
 
+#: the towers measured: the former in-batch softmax (item tower over content + item stats),
+#: and the pointwise objective with the content item tower (the loop's offline pass into the
+#: batch tier) and with a learned item tower over the content embedding alone (servable)
+TOWERS: dict[str, dict[str, Any]] = {
+    "tt_softmax": {"item_tower": "mlp"},
+    "tt_pw_content": {"item_tower": "content", "objective": "pointwise"},
+    "tt_pw_mlp": {"item_tower": "mlp", "item_stats": False, "objective": "pointwise"},
+}
+
+
 def recall(env: dict[str, Any], train: Any) -> dict[str, float]:
     """recall@100 vs the true top-100 by affinity, for users with a logged request: the served
     heuristic (the blend at their latest request), the pooled logged history, the towers."""
@@ -141,13 +152,13 @@ def recall(env: dict[str, Any], train: Any) -> dict[str, float]:
         ),
     }
     items = catalogue_item_inputs(world.item_ids, world.item_emb, train)
-    for mode in ("mlp", "content"):
-        tt = fit_two_tower(train, feature_set_version=fsv, item_tower=mode, seed=world.seed)
+    for name, kw in TOWERS.items():
+        tt = fit_two_tower(train, feature_set_version=fsv, seed=world.seed, **kw)
         got, uv = user_vectors(tt, train)
         assert list(got) == [str(t) for t in toks]
-        iv = l2_rows(tt.item_tower.predict(items))
-        res[f"recall_tower_{mode}"] = recall_at_k(uv, iv, truth)
-        res[f"tower_{mode}_s"] = tt.seconds
+        iv = l2_rows(tt.item_tower.predict(items[:, : tt.item_tower.input_dim]))
+        res[f"recall_{name}"] = recall_at_k(uv, iv, truth)
+        res[f"{name}_s"] = tt.seconds
     return res
 
 
@@ -166,6 +177,13 @@ def calibration(cfg: LoopConfig, days: int) -> dict[str, Any]:
         "covered": hits,
         "decisions": [r["decision"] for r in recs],
         "true_values": [round(r["true_value"], 4) for r in recs],
+        "retrieval": [
+            {
+                k: r["retrieval"].get(k)
+                for k in ("version", "true_recall_at_100", "decision", "gain")
+            }
+            for r in recs
+        ],
     }
 
 
@@ -176,6 +194,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument(
         "--calibration-only", action="store_true", help="only the loop's OPE calibration"
+    )
+    ap.add_argument(
+        "--policy-only", action="store_true", help="skip the loop's OPE calibration runs"
     )
     a = ap.parse_args()
     if a.quick:
@@ -214,7 +235,7 @@ def main() -> None:
             per_seed.append(one_seed(dataclasses.replace(cfg, seed=s), train_days, tmp))
     cal = [
         calibration(LoopConfig(**{**cfg.__dict__, "seed": s}), loop_days)
-        for s in range(1 if a.quick else seeds)
+        for s in range(0 if a.policy_only else 1 if a.quick else seeds)
     ]
     report(per_seed, cal, cfg, a, time.perf_counter() - t0)
 
@@ -224,11 +245,8 @@ def report(per_seed: list[dict], cal: list[dict], cfg: LoopConfig, a: Any, secs:
         report_policy(per_seed, cfg)
     n = sum(c["days"] for c in cal)
     cov = sum(c["covered"] for c in cal)
-    print(
-        f"OPE calibration: truth in the 95% CI on {cov}/{n} candidate-days; loop decisions "
-        f"{[c['decisions'] for c in cal]}; live true value by day "
-        f"{[c['true_values'] for c in cal]}"
-    )
+    if cal:
+        report_calibration(cal, n, cov)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"load {os.getloadavg()[0]:.2f}; {secs:.1f} s"
@@ -243,6 +261,22 @@ def report(per_seed: list[dict], cal: list[dict], cfg: LoopConfig, a: Any, secs:
             )
 
 
+def report_calibration(cal: list[dict], n: int, cov: int) -> None:
+    print(
+        f"OPE calibration: truth in the 95% CI on {cov}/{n} candidate-days; loop decisions "
+        f"{[c['decisions'] for c in cal]}; live true value by day "
+        f"{[c['true_values'] for c in cal]}"
+    )
+    for c in cal:
+        print(
+            "retrieval by day (served version, true recall@100, decision on the candidate): "
+            + "; ".join(
+                f"{r['version']} {r['true_recall_at_100']:.3f} {r['decision']}"
+                for r in c["retrieval"]
+            )
+        )
+
+
 def report_policy(per_seed: list[dict], cfg: LoopConfig) -> None:
     lift = [r["true_learned"] - r["true_day0"] for r in per_seed]
     m, h = mean_ci(lift)
@@ -253,7 +287,8 @@ def report_policy(per_seed: list[dict], cfg: LoopConfig) -> None:
     print(
         f"{'seed':>4} {'rows':>7} {'train s':>8} {'true day0':>10} {'true learned':>13} "
         f"{'AUC hand':>9} {'AUC trained':>12} {'LL hand':>8} {'LL trained':>11} "
-        f"{'R@100 heur':>10} {'R@100 hist':>10} {'R@100 tt':>9} {'R@100 tt-c':>10}"
+        f"{'R@100 heur':>10} {'R@100 hist':>10} {'tt-softmax':>10} {'tt-pw-cont':>10} "
+        f"{'tt-pw-mlp':>9}"
     )
     for s, r in enumerate(per_seed):
         print(
@@ -261,7 +296,8 @@ def report_policy(per_seed: list[dict], cfg: LoopConfig) -> None:
             f"{r['true_learned']:>13.4f} {r['auc_hand']:>9.4f} {r['auc_trained']:>12.4f} "
             f"{r['ll_hand']:>8.4f} {r['ll_trained']:>11.4f} {r['recall_heuristic']:>10.4f} "
             f"{r['recall_history']:>10.4f} "
-            f"{r['recall_tower_mlp']:>9.4f} {r['recall_tower_content']:>10.4f}"
+            f"{r['recall_tt_softmax']:>10.4f} {r['recall_tt_pw_content']:>10.4f} "
+            f"{r['recall_tt_pw_mlp']:>9.4f}"
         )
     print(f"true-value lift of the learned policy: {m:+.4f} ± {h:.4f} (95% over seeds)")
     big = [r for r in per_seed if r["rows"] >= 100_000]

@@ -17,7 +17,7 @@ pytest.importorskip("optax", reason="fyp_core.loop needs the 'train' extra (jax 
 
 from fyp_core import analytics  # noqa: E402
 from fyp_core.cli import main  # noqa: E402
-from fyp_core.loop import LoopConfig, run, sim  # noqa: E402
+from fyp_core.loop import LoopConfig, PromotionRule, run, sim  # noqa: E402
 from fyp_core.loop.learn import BROKEN_FEATURE  # noqa: E402
 
 SMALL = dict(
@@ -54,6 +54,28 @@ def clean(tmp_path_factory):
     out = root / "days.jsonl"
     recs = run(days=3, seed=1, logdir=str(root / "log"), json_out=str(out), **SMALL)
     return {"records": recs, "log": str(root / "log"), "json": out}
+
+
+@pytest.fixture(scope="module")
+def swapped(tmp_path_factory):
+    """A run whose retrieval rule swaps whatever the gain, so a CI-small world serves the
+    towers (its one-day towers are not better than the heuristic: the rule would keep them)."""
+    root = tmp_path_factory.mktemp("loop-swap")
+    seen: list[dict] = []
+
+    def inspect(rec: dict, env: dict) -> None:  # the state at the end of each day
+        seen.append(
+            {
+                "version": env["pipe"].retrieval_version,
+                "towers": env["retrieval"],
+                "index": env.get("retrieval_index"),
+                "world": env["world"],
+            }
+        )
+
+    rule = PromotionRule(retrieval_min_gain=-1.0, min_retrieval_positives=5)
+    recs = run(days=3, seed=2, logdir=str(root / "log"), inspect=inspect, rule=rule, **SMALL)
+    return {"records": recs, "log": str(root / "log"), "swapped": seen}
 
 
 def test_every_day_has_the_fixed_record(clean) -> None:
@@ -96,6 +118,41 @@ def test_nothing_served_comes_from_the_hidden_truth(clean, tmp_path) -> None:
     # from day 1 on the batch tier's long-term vectors are the user tower's offline pass
     for r in clean["records"][1:]:
         assert r["batch"]["version"].startswith("tt-s1-") and r["batch"]["n_users"] > 0
+    # the retrieval is the content index until a trained candidate is swapped in
+    for r in clean["records"]:
+        assert r["retrieval"]["version"] == "content" or r["retrieval"]["version"].startswith(
+            "rt-s1-d"
+        )
+
+
+def test_the_loop_serves_the_trained_towers_through_set_retrieval(swapped) -> None:
+    recs = swapped["records"]
+    # day 0 trains a retrieval candidate; day 1 judges it on its exploration arm and swaps it
+    assert recs[0]["retrieval"]["version"] == "content"
+    assert recs[1]["retrieval"]["candidate"] == "rt-s2-d0"
+    assert recs[1]["retrieval"]["decision"] == "swap"
+    assert recs[1]["retrieval"]["auc_candidate"] > 0.0 and recs[1]["retrieval"]["n"] > 0
+    # day 2 is served by the towers: the version changed, and feeds were served
+    assert recs[2]["retrieval"]["version"] == "rt-s2-d0"
+    assert recs[2]["impressions"] >= SMALL["requests_per_day"] * (SMALL["slots"] - 1)
+    assert 0.0 < recs[2]["retrieval"]["true_recall_at_100"] <= 1.0
+    states = swapped["swapped"]
+    assert [s["version"] for s in states[:2]] == ["content", "rt-s2-d0"]
+    # the uploads of day 2 (after the swap) were embedded by its item tower into its index
+    after = states[1]
+    world = after["world"]
+    ups = slice(world.n_items - SMALL["uploads_per_day"], world.n_items)
+    got = np.stack([after["index"].get_vector(int(i)) for i in world.item_ids[ups]])
+    want = after["towers"]["item"].predict(world.item_emb[ups].astype(np.float32))
+    assert got.shape == want.shape
+    assert not np.allclose(got, world.item_emb[ups], atol=1e-3)  # not the content embedding
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    day2 = [
+        r
+        for r in analytics.read_table(swapped["log"], "impressions").to_pylist()
+        if r["request_id"].startswith("d2-")
+    ]
+    assert len(day2) == recs[2]["impressions"]
 
 
 def test_a_candidate_never_touches_the_exploration_arm(clean) -> None:
@@ -115,11 +172,13 @@ def test_a_candidate_never_touches_the_exploration_arm(clean) -> None:
 def test_break_diversity_is_flagged_within_two_days() -> None:
     recs = run(days=3, seed=2, break_="diversity", **SMALL)
     ref = recs[1]
-    for r in recs[2:]:
+    for r in recs[2:]:  # the break takes effect the day after the reference day
         assert r["topic_entropy"] < ref["topic_entropy"]
         assert r["creator_gini"] > ref["creator_gini"]
         assert any("topic entropy fell" in why for why in r["reasons"])
-        assert any("creator Gini rose" in why for why in r["reasons"])
+    # The creator Gini rises (+0.013 here) but no longer by the guardrail's gini_rise (0.05)
+    # on this CI world since the batch tier's vectors come from the pointwise tower: a clean
+    # run moves it by +0.02 (docs/loop.md), so the Gini flag cannot separate the two here.
 
 
 def test_break_exploration_makes_lift_not_measurable_and_refuses_promotion() -> None:
@@ -131,7 +190,7 @@ def test_break_exploration_makes_lift_not_measurable_and_refuses_promotion() -> 
     assert any("not measurable" in why and "promotion refused" in why for why in r["reasons"])
 
 
-def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path) -> None:
+def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path, capsys) -> None:
     out = tmp_path / "parity.jsonl"
     rc = main(
         [
@@ -155,8 +214,12 @@ def test_break_parity_flags_exactly_that_feature_and_blocks(tmp_path) -> None:
         ]
     )
     assert rc == 0
+    days = [x for x in capsys.readouterr().out.splitlines() if x.startswith("day ")]
+    assert len(days) == 3 and all("; retrieval content" in x for x in days)
+    assert "(candidate rt-s4-d1 -> " in days[2]  # two_tower_every=2: trained after day 1
     page = (tmp_path / "loop.html").read_text()
     assert "One line per day" in page and page.count("<tr>") == 4  # header + 3 days
+    assert "retrieval served" in page
     assert f"parity: feature {BROKEN_FEATURE}" in page
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert recs[1]["parity_flagged"] == []  # trained on day 0, before the break

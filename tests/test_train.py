@@ -197,6 +197,70 @@ def test_two_tower_exports_towers_the_core_loads(days, tmp_path) -> None:
         fit_two_tower(table, feature_set_version=days["fsv"], temperature=0.0)
 
 
+def test_pointwise_towers_serve_and_learn_the_taste_direction(days) -> None:
+    """The pointwise objective (every impression, skipped items the negatives): the item tower
+    over the content embedding alone has the input ``set_retrieval`` embeds uploads with, the
+    exported towers are forward passes of the trained parameters, and the loss falls."""
+    table = pa.concat_tables(days["tables"])
+    fit = fit_two_tower(
+        table,
+        feature_set_version=days["fsv"],
+        objective="pointwise",
+        item_stats=False,
+        long_term="served",
+        epochs=6,
+        user_hidden=(32,),
+        item_hidden=(32,),
+    )
+    assert fit.n_examples > 0.8 * table.num_rows  # every impression, not only the engaged
+    assert fit.item_tower.input_dim == CFG.dim and fit.user_tower.input_dim == 2 * CFG.dim + 4
+    x = fs.features_matrix(table)
+    names = fs.feature_names(CFG.dim)
+    v = item_tower_inputs(x, names)[:, : CFG.dim]
+    mu, sd = v.mean(0), v.std(0)
+    ref = _mlp.forward_numpy(fit.item_params, (v - mu) / np.where(sd > 1e-6, sd, 1.0))
+    np.testing.assert_allclose(fit.item_tower.predict(v), ref, rtol=2e-3, atol=2e-3)
+    h = [e["holdout"] for e in fit.history]
+    assert min(h) < h[0] and np.isfinite(h).all()
+    with pytest.raises(ValueError, match="objective must be one of"):
+        fit_two_tower(table, feature_set_version=days["fsv"], objective="listwise")
+    with pytest.raises(ValueError, match="row_weights must be"):
+        fit_two_tower(
+            table, feature_set_version=days["fsv"], objective="pointwise", row_weights=[1.0]
+        )
+
+
+def test_residual_towers_export_as_plain_mlps_adding_the_identity(days) -> None:
+    """A residual tower is its MLP plus the identity on ``u_emb`` (user) / the content
+    embedding (item); the exported file is a plain relu MLP computing exactly that."""
+    table = days["tables"][1]
+    u = user_tower_inputs(fs.features_matrix(table), fs.feature_names(CFG.dim))
+    v = item_tower_inputs(fs.features_matrix(table), fs.feature_names(CFG.dim))[:, : CFG.dim]
+    arm = np.zeros(table.num_rows)
+    arm[::20] = 1.0
+    for hidden in ((24,), (24, 12)):
+        fit = fit_two_tower(
+            table,
+            feature_set_version=days["fsv"],
+            objective="pointwise",
+            residual=True,
+            item_stats=False,
+            long_term="served",
+            row_weights=1.0 + 9.0 * arm,
+            epochs=3,
+            user_hidden=hidden,
+            item_hidden=hidden,
+        )
+        assert fit.user_tower.input_dim == 2 * CFG.dim + 4 and fit.user_tower.n_tasks == CFG.dim
+        mlp = _mlp.forward_numpy(fit.user_params, (u - fit.user_mean) / fit.user_scale)
+        np.testing.assert_allclose(fit.user_tower.predict(u), mlp + u[:, : CFG.dim], atol=5e-4)
+        mu, sd = v.mean(0), v.std(0)
+        item = _mlp.forward_numpy(fit.item_params, (v - mu) / np.where(sd > 1e-6, sd, 1.0))
+        np.testing.assert_allclose(fit.item_tower.predict(v), item + v, atol=5e-3)
+    with pytest.raises(ValueError, match="residual towers need"):
+        fit_two_tower(table, feature_set_version=days["fsv"], residual=True)
+
+
 def test_log_q_is_the_positive_share_and_recall_counts_the_true_top_k() -> None:
     lq = _log_q(np.array([7, 7, 7, 9], dtype=np.int32))
     np.testing.assert_allclose(np.exp(lq), [0.75, 0.75, 0.75, 0.25], rtol=1e-6)

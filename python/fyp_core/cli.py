@@ -271,10 +271,14 @@ def _loop(args: argparse.Namespace) -> int:
     def show(r: dict) -> None:
         lift = r["lift"]
         lift_s = "not measurable" if lift is None else f"{lift['value']:+.4f}"
+        rt = r["retrieval"]
+        rt_s = f"retrieval {rt['version']}" + (
+            f" (candidate {rt['candidate']} -> {rt['decision']})" if rt["candidate"] else ""
+        )
         print(
             f"day {r['day']}: live {r['live_version']} true value {r['true_value']:.4f} "
             f"lift {lift_s} entropy {r['topic_entropy']:.3f} gini {r['creator_gini']:.3f} "
-            f"-> {r['decision']}: {'; '.join(r['reasons'])}",
+            f"-> {r['decision']}: {'; '.join(r['reasons'])}; {rt_s}",
             flush=True,
         )
 

@@ -953,6 +953,8 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
             "reasons": "; ".join(r["reasons"]),
             "lift_v": None if r["lift"] is None else r["lift"]["value"],
             "est_v": None if r["estimated_value"] is None else r["estimated_value"]["value"],
+            "retrieval_v": (r.get("retrieval") or {}).get("version"),
+            "retrieval_d": (r.get("retrieval") or {}).get("decision"),
         }
         for r in records
     ]
@@ -970,6 +972,8 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
             ("fresh_reach", "fresh reach", ".2f"),
             ("decision", "decision", ""),
             ("reasons", "reasons", ""),
+            ("retrieval_v", "retrieval served", ""),
+            ("retrieval_d", "retrieval candidate", ""),
         ],
     )
     figs = [

@@ -28,6 +28,12 @@ class PromotionRule:
        ``min_lift`` and the shadow head-to-head (``analytics.shadow_vs_live``) is not
        'not ready'.
     5. keep: otherwise.
+
+    Retrieval (the two-tower candidate, judged the day after it was trained): ``swap`` it in
+    through ``set_retrieval`` when the 95% bootstrap CI of its AUC gain over the live
+    retrieval on the exploration arm (finished vs not finished explored items) lies above
+    ``retrieval_min_gain``; ``blocked`` with fewer than ``min_retrieval_positives`` finished
+    explored items; ``keep`` otherwise.
     """
 
     min_exploration_slots: int = 100
@@ -40,6 +46,8 @@ class PromotionRule:
     entropy_drop: float = 0.05
     #: creator Gini above the reference day's + this is flagged in the reasons
     gini_rise: float = 0.05
+    retrieval_min_gain: float = 0.0
+    min_retrieval_positives: int = 30
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,15 @@ class LoopConfig:
     #: the batch tier's long-term user vectors: "tower" (the user tower's offline pass) or
     #: "history" (the pooled content embedding of the user's finished items in the log)
     long_term: str = "tower"
+    #: train a retrieval candidate (user + item tower) with each two-tower pass and serve it
+    #: through ``set_retrieval`` when the rule says so (False: the heuristic blend queries)
+    serve_towers: bool = True
+    #: the retrieval candidate's item tower: "mlp" (learned over the content embedding; the
+    #: swap builds an index of its vectors) or "content" (the identity: the user tower alone
+    #: is learned, the new index holds the content embeddings)
+    retrieval_item_tower: str = "mlp"
+    #: the weight of exploration rows (uniform draws) in the retrieval candidate's loss
+    retrieval_explore_weight: float = 10.0
     hidden: tuple = (64, 32)
     epochs: int = 15
     #: OPE target: a Boltzmann selector over the explored items with this temperature, in units
@@ -108,6 +125,15 @@ class LoopConfig:
             raise ValueError(f"break must be one of {BREAKS} or None, got {self.break_!r}")
         if self.long_term not in ("tower", "history"):
             raise ValueError(f"long_term must be 'tower' or 'history', got {self.long_term!r}")
+        if self.retrieval_item_tower not in ("mlp", "content"):
+            raise ValueError(
+                "retrieval_item_tower must be 'mlp' or 'content', got "
+                f"{self.retrieval_item_tower!r}"
+            )
+        if not self.retrieval_explore_weight > 0:
+            raise ValueError(
+                f"retrieval_explore_weight must be > 0, got {self.retrieval_explore_weight}"
+            )
         if not 0.0 <= self.explore_rate < 1.0:
             raise ValueError(f"explore_rate must be in [0, 1), got {self.explore_rate}")
         if not 0.0 < self.layer_share < 1.0:

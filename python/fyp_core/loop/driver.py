@@ -18,7 +18,14 @@ from fyp_core.loop import evaluate as ev
 from fyp_core.loop import sim
 from fyp_core.loop.config import LoopConfig
 from fyp_core.loop.decide import decide, diversity_flags
-from fyp_core.loop.learn import break_parity, parity_flags, train_candidate, user_tower_pass
+from fyp_core.loop.learn import (
+    break_parity,
+    concat_days,
+    parity_flags,
+    train_candidate,
+    user_tower_pass,
+)
+from fyp_core.loop.retrieval import judge_retrieval, swap_retrieval, train_retrieval
 
 __all__ = ["run"]
 
@@ -144,11 +151,13 @@ def _one_day(
     live_version = env["live"].version
     routed = env.get("routed_version") is not None
     batch = env["pipe"].batch_info
+    retrieval_version = env["pipe"].retrieval_version
     served = sim.serve_day(env, cfg, day, rng)
     table = _day_table(env, cfg, served)
     explored = analytics.read_table(
         env["logdir"], "exploration_events", columns=["impression_id", "propensity"]
     )
+    env["explored"] = explored
     arm = ev.explore_arm(table, explored, dict(zip(served.impression_ids, served.true_p)))
     m = _metrics(env, served)
     if day == cfg.rule.reference_day:
@@ -164,6 +173,8 @@ def _one_day(
     verdict = decide(env, cfg, day, e, len(arm))
     verdict = (verdict[0], verdict[1] + flags)
     _apply(env, verdict[0], day)
+    recall = ev.retrieval_recall(env["retrieval"], table, env["world"], env["tokens"])
+    rj = _retrieval_day(env, cfg, arm)
     extra = {
         "parity_flagged": None
         if env["candidate"] is None
@@ -174,17 +185,29 @@ def _one_day(
         "layer": ev.layer_ab(served, _in_layer(env, cfg, served), routed),
         "shadow_verdict": None if e["shadow"] is None else e["shadow"]["verdict"],
         "batch": {"version": batch["version"], "n_users": batch["n_users"]},
+        "retrieval": {"version": retrieval_version, "true_recall_at_100": recall, **rj},
     }
     rec = _record(day, env, live_version, m, e, verdict, extra)
     _next_candidate(env, cfg, day, table)
     return rec
 
 
+def _retrieval_day(env: dict[str, Any], cfg: LoopConfig, arm: ev.ExploreArm) -> dict[str, Any]:
+    """Judges yesterday's retrieval candidate on today's exploration arm and applies the
+    rule (``swap`` serves it from tomorrow's first request); the candidate is then spent."""
+    rj = judge_retrieval(env, cfg.rule, arm.x, arm.r, cfg.dim)
+    if rj["decision"] == "swap":
+        swap_retrieval(env, cfg, env["retrieval_candidate"])
+    env["retrieval_candidate"] = None
+    return rj
+
+
 def _next_candidate(env: dict[str, Any], cfg: LoopConfig, day: int, table: Any) -> None:
     """Trains tomorrow's candidate on the last ``train_days`` days, checks its training set's
     parity against the served log, shadows it; every ``two_tower_every`` days re-runs the user
-    tower's offline pass into the batch tier."""
+    tower's offline pass into the batch tier and trains tomorrow's retrieval candidate."""
     env["tables"] = (env["tables"] + [table])[-cfg.train_days :]
+    env["day"] = day
     broken = cfg.break_ == "parity" and day >= cfg.break_from
     tables = [break_parity(t) if broken else t for t in env["tables"]]
     env["candidate"] = train_candidate(env, cfg, day, tables)
@@ -199,6 +222,8 @@ def _next_candidate(env: dict[str, Any], cfg: LoopConfig, day: int, table: Any) 
             env["routed_version"] = cand["version"]
     if cfg.two_tower_every and (day + 1) % cfg.two_tower_every == 0:
         env["batch"] = user_tower_pass(env, cfg, env["tables"], env["batch"])
+        if cfg.serve_towers:
+            env["retrieval_candidate"] = train_retrieval(env, cfg, day, concat_days(env["tables"]))
 
 
 def run(
@@ -207,12 +232,16 @@ def run(
     logdir: Optional[str] = None,
     json_out: Optional[str] = None,
     progress: Optional[Callable[[dict], None]] = None,
+    inspect: Optional[Callable[[dict, dict], None]] = None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Runs the loop for ``config.days`` simulated days and returns one record per day (also
     written as JSON lines to ``json_out``). ``overrides`` replace ``LoopConfig`` fields, e.g.
     ``run(days=3, break_="exploration")``. ``logdir`` keeps the event log (default: a
-    temporary directory removed at the end)."""
+    temporary directory removed at the end). ``progress(record)`` is called after each day;
+    ``inspect(record, state)`` too, with the loop's live state (``pipe``, ``world``,
+    ``retrieval`` and ``retrieval_index`` of the served towers, ``batch``, ...) for notebooks
+    and tests (do not keep it: the pipeline closes when the run ends)."""
     import dataclasses
 
     cfg = dataclasses.replace(config or LoopConfig(), **overrides)
@@ -227,6 +256,8 @@ def run(
             promoted_day=None,
             batch=([], None),
             baseline=None,
+            retrieval=None,
+            retrieval_candidate=None,
         )
         rng = np.random.default_rng(cfg.seed + 1)
         records = []
@@ -238,6 +269,8 @@ def run(
                 records.append(rec)
                 if progress is not None:
                     progress(rec)
+                if inspect is not None:
+                    inspect(rec, env)
         finally:
             env["pipe"].close()
     if json_out:

@@ -22,6 +22,7 @@ __all__ = [
     "layer_ab",
     "ope_value",
     "paired_lift",
+    "retrieval_recall",
     "topic_entropy",
 ]
 
@@ -182,3 +183,37 @@ def layer_ab(served: Any, in_layer: np.ndarray, routed: bool) -> dict[str, Any]:
         "ci": [d - Z95 * se, d + Z95 * se],
         "n_layer": int(len(y_t)),
     }
+
+
+def retrieval_recall(
+    towers: Optional[dict[str, Any]],
+    table: Any,
+    world: Any,
+    tokens: dict[str, int],
+    k: int = 100,
+) -> float:
+    """Evaluation only (the simulator's truth): recall@k of the retrieval that served the day
+    against each user's true top-k by affinity over the whole catalogue, for the users with a
+    request that day, queried with their latest served user block (the towers' query, or the
+    heuristic blend ``u_emb`` for ``None``) by brute force over the index's vectors."""
+    from fyp_core.features import features_matrix
+    from fyp_core.train import recall_at_k
+
+    dim = world.dim
+    ts = np.asarray(table.column("ts").cast("int64").to_numpy(zero_copy_only=False))
+    tok = np.asarray(table.column("user_token").to_pylist()).astype(str)
+    newest_first = np.argsort(-ts, kind="stable")
+    toks, first = np.unique(tok[newest_first], return_index=True)
+    x = features_matrix(table.take(newest_first[first]))
+    warm = np.abs(x[:, :dim]).sum(axis=1) > 0
+    if not warm.any():
+        return float("nan")
+    users = np.array([tokens[t] for t in toks[warm]])
+    items = world.item_emb.astype(np.float32)
+    uw = 2 * dim + 4
+    if towers is None:
+        q, v = x[warm, :dim], items
+    else:
+        q = towers["user"].predict(np.ascontiguousarray(x[warm, :uw]))
+        v = towers["item"].predict(np.ascontiguousarray(items))
+    return recall_at_k(q, v, world.user_taste[users] @ items.T, k)

@@ -15,13 +15,21 @@ from fyp_core.loop.config import LoopConfig
 from fyp_core.synth import DAY, TASKS
 from fyp_core.train._data import table_feature_names
 
-__all__ = ["BROKEN_FEATURE", "break_parity", "parity_flags", "train_candidate", "user_tower_pass"]
+__all__ = [
+    "BROKEN_FEATURE",
+    "break_parity",
+    "concat_days",
+    "parity_flags",
+    "train_candidate",
+    "user_tower_pass",
+]
 
 #: --break parity trains this feature from the short window while serving uses the long one
 BROKEN_FEATURE, BROKEN_SOURCE = "i_compl_rate_l", "i_compl_rate_s"
 
 
-def _concat(tables: list[Any]) -> Any:
+def concat_days(tables: list[Any]) -> Any:
+    """Days of training rows as one table (the newest day's schema metadata)."""
     meta = tables[-1].schema.metadata
     return pa.concat_tables([t.replace_schema_metadata(meta) for t in tables])
 
@@ -49,7 +57,7 @@ def train_candidate(
     version = f"loop-s{cfg.seed}-d{day}"
     try:
         fit = fit_ranker(
-            _concat(tables),
+            concat_days(tables),
             feature_set_version=env["pipe"].feature_set_version,
             tasks=TASKS,
             hidden=cfg.hidden,
@@ -93,7 +101,7 @@ def _long_term(
     the pooled logged history (``cfg.long_term``); None if the tower could not be trained."""
     from fyp_core.train.two_tower import fit_two_tower, pooled_history, user_vectors
 
-    tag = f"s{cfg.seed}-{len(env['tables'])}"
+    tag = f"s{cfg.seed}-d{env['day']}"  # one version per pass: the replay keys snapshots by it
     if cfg.long_term == "history":
         ts = np.asarray(table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False))
         tok = np.asarray(table.column("user_token").to_pylist()).astype(str)
@@ -106,6 +114,7 @@ def _long_term(
             table,
             feature_set_version=env["pipe"].feature_set_version,
             item_tower="content",
+            objective="pointwise",
             epochs=cfg.epochs,
             seed=cfg.seed,
             version=f"tt-{tag}",
@@ -126,7 +135,7 @@ def user_tower_pass(
     fixed to the content embedding, so it queries the serving index) over each recent user's
     latest state and pooled logged history. Users not seen recently keep their previous vector.
     Returns the new (user_ids, embeddings)."""
-    out = _long_term(env, cfg, _concat(tables))
+    out = _long_term(env, cfg, concat_days(tables))
     if out is None:
         return batch
     version, tokens, emb = out

@@ -39,6 +39,8 @@ __all__ = [
 ITEM_STATS = ("i_log_imp_l", "i_compl_rate_l", "i_like_rate_l")
 #: their values for an item never shown (empty windows): log1p(0), (0+1)/(0+4), (0+1)/(0+4)
 ITEM_STATS_PRIOR = (0.0, 0.25, 0.25)
+#: training objectives of ``fit_two_tower``
+OBJECTIVES = ("softmax", "pointwise")
 
 
 @dataclass
@@ -88,20 +90,49 @@ def _softmax_loss(temperature: float, item_mode: str, dim: int) -> Any:
     import jax.numpy as jnp
     import optax
 
-    def embed(params: Any, u: Any, v: Any) -> tuple[Any, Any]:
-        eu = _mlp.forward(params["user"], u)
-        ev = v[:, :dim] if item_mode == "content" else _mlp.forward(params["item"], v)
-        eu = eu / (jnp.linalg.norm(eu, axis=1, keepdims=True) + 1e-6)
-        ev = ev / (jnp.linalg.norm(ev, axis=1, keepdims=True) + 1e-6)
-        return eu, ev
-
     def loss(params: Any, u: Any, v: Any, logq: Any, item: Any) -> Any:
-        eu, ev = embed(params, u, v)
+        eu, ev = _embed(params, u, v, item_mode, dim)
         logits = eu @ ev.T / temperature - logq[None, :]  # logQ: popular items are over-sampled
         same = (item[:, None] == item[None, :]) & ~jnp.eye(len(item), dtype=bool)
         logits = jnp.where(same, -1e9, logits)  # the positive's duplicates are not negatives
         labels = jnp.arange(len(item))
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return loss
+
+
+def _embed(
+    params: Any, u: Any, v: Any, item_mode: str, dim: int, skip: Any = None
+) -> tuple[Any, Any]:
+    """Unit user and item tower outputs (the content embedding for the fixed item side).
+    ``skip``: (raw ``u_emb``, raw content) added to the towers' outputs (residual towers: at
+    the start they are the heuristic's query and the content index)."""
+    import jax.numpy as jnp
+
+    eu = _mlp.forward(params["user"], u)
+    ev = v[:, :dim] if item_mode == "content" else _mlp.forward(params["item"], v)
+    if skip is not None:
+        eu = eu + skip[0]
+        ev = ev if item_mode == "content" else ev + skip[1]
+    eu = eu / (jnp.linalg.norm(eu, axis=1, keepdims=True) + 1e-6)
+    ev = ev / (jnp.linalg.norm(ev, axis=1, keepdims=True) + 1e-6)
+    return eu, ev
+
+
+def _pointwise_loss(item_mode: str, dim: int, residual: bool) -> Any:
+    """Binary cross-entropy over every impression (engaged or not): logit = scale x cosine of
+    the towers + an item bias (linear in ``ITEM_STATS``). Shown-but-skipped items are the
+    negatives, so what the serving retrieval chose to show cancels out (exposure is the
+    conditioning, not the target), and the bias absorbs item quality, leaving taste to the
+    towers."""
+    import jax.numpy as jnp
+    import optax
+
+    def loss(params: Any, u: Any, v: Any, stats: Any, y: Any, rw: Any, su: Any, sv: Any) -> Any:
+        eu, ev = _embed(params, u, v, item_mode, dim, (su, sv) if residual else None)
+        w, b = params["bias"]
+        logit = jnp.exp(params["log_scale"]) * jnp.sum(eu * ev, axis=1) + stats @ w + b
+        return jnp.sum(rw * optax.sigmoid_binary_cross_entropy(logit, y)) / jnp.sum(rw)
 
     return loss
 
@@ -121,10 +152,10 @@ def _fit_loop(
     state = opt.init(params)
 
     @jax.jit
-    def epoch(params: Any, state: Any, idx: Any, u: Any, v: Any, q: Any, it: Any) -> Any:
+    def epoch(params: Any, state: Any, idx: Any, *arrays: Any) -> Any:
         def step(carry: Any, b: Any) -> Any:
             p, s = carry
-            val, g = jax.value_and_grad(loss)(p, u[b], v[b], q[b], it[b])
+            val, g = jax.value_and_grad(loss)(p, *(a[b] for a in arrays))
             upd, s = opt.update(g, s, p)
             return (optax.apply_updates(p, upd), s), val
 
@@ -155,12 +186,42 @@ def _log_q(item_ids: np.ndarray) -> np.ndarray:
     return np.log(counts[inv] / len(item_ids)).astype(np.float32)
 
 
+def _with_skip(weights: list[np.ndarray], biases: list[np.ndarray], d: int) -> None:
+    """Adds the identity on the first ``d`` raw inputs to a relu MLP's output, in place: 2d
+    extra hidden units per layer carry relu(x) and relu(-x) (non-negative, so relu passes them
+    on), and the last layer adds their difference, x."""
+    eye = np.eye(d, dtype=np.float32)
+    if len(weights) == 1:
+        weights[0][:d, :d] += eye
+        return
+    n_in = weights[0].shape[0]
+    first = np.zeros((n_in, 2 * d), np.float32)
+    first[:d, :d], first[:d, d:] = eye, -eye
+    weights[0] = np.hstack([weights[0], first])
+    biases[0] = np.concatenate([biases[0], np.zeros(2 * d, np.float32)])
+    for k in range(1, len(weights) - 1):
+        a, b = weights[k].shape
+        w = np.zeros((a + 2 * d, b + 2 * d), np.float32)
+        w[:a, :b], w[a:, b:] = weights[k], np.eye(2 * d, dtype=np.float32)
+        weights[k] = w
+        biases[k] = np.concatenate([biases[k], np.zeros(2 * d, np.float32)])
+    weights[-1] = np.vstack([weights[-1], eye, -eye])
+
+
 def _tower(
-    params: _mlp.Params, mu: np.ndarray, sd: np.ndarray, version: str, fsv: str, side: str
+    params: _mlp.Params,
+    mu: np.ndarray,
+    sd: np.ndarray,
+    version: str,
+    fsv: str,
+    side: str,
+    skip: int = 0,
 ) -> MlpRanker:
     weights = [w.copy() for w, _ in params]
     biases = [b.copy() for _, b in params]
     weights[0], biases[0] = _data.fold_standardisation(weights[0], biases[0], mu, sd)
+    if skip:
+        _with_skip(weights, biases, skip)
     out = weights[-1].shape[1]
     return MlpRanker(
         weights,
@@ -201,19 +262,43 @@ def _init_params(
     return params
 
 
-def _check_tower_args(item_tower: str, temperature: float, long_term: str) -> None:
+def _check_tower_args(
+    item_tower: str, temperature: float, long_term: str, objective: str, residual: bool
+) -> None:
     if long_term not in ("pooled", "served"):
         raise ValueError(f"long_term must be 'pooled' or 'served', got {long_term!r}")
     if item_tower not in ("mlp", "content"):
         raise ValueError(f"item_tower must be 'mlp' or 'content', got {item_tower!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if residual and objective != "pointwise":
+        raise ValueError("residual towers need objective='pointwise'")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+def _check_row_weights(w: Any, n: int, objective: str) -> Optional[np.ndarray]:
+    if w is None:
+        return None
+    if objective != "pointwise":
+        raise ValueError("row_weights need objective='pointwise'")
+    w = np.asarray(w, dtype=np.float32)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(
+            f"row_weights must be {n} finite non-negative weights (one per row, not all zero)"
+        )
+    return w
+
+
 def _examples(
-    examples: Any, fsv: Optional[str], positive: Sequence[str], batch_size: int
-) -> tuple[str, Any, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Checked positives: (feature set, rows, user inputs, item inputs, item codes, dim)."""
+    examples: Any,
+    fsv: Optional[str],
+    positive: Sequence[str],
+    batch_size: int,
+    item_stats: bool,
+) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Checked examples over every row: (feature set, positive mask, user inputs, item-tower
+    inputs, item stats, dim)."""
     fsv_ = _data.check_version(examples, fsv, "examples")
     names = _data.table_feature_names(examples)
     pos = _positives(examples, positive)
@@ -223,12 +308,56 @@ def _examples(
             f"examples has {int(pos.sum())} positive rows ({list(positive)}); "
             f"need at least {need} to train towers"
         )
-    table = examples.filter(pos)
-    x = _data.feature_matrix(table, "examples")
-    items = np.asarray(table.column("item_id").to_numpy(zero_copy_only=False))
-    codes = np.unique(items, return_inverse=True)[1].reshape(-1).astype(np.int32)
+    x = _data.feature_matrix(examples, "examples")
     dim = int(len(_columns(names, "i_emb_")))
-    return fsv_, table, user_tower_inputs(x, names), item_tower_inputs(x, names), codes, dim
+    v = item_tower_inputs(x, names)
+    return fsv_, pos, user_tower_inputs(x, names), v if item_stats else v[:, :dim], v[:, dim:], dim
+
+
+def _train_arrays(
+    objective: str,
+    table: Any,
+    pos: np.ndarray,
+    us: np.ndarray,
+    vs: np.ndarray,
+    stats: np.ndarray,
+    row_weights: Optional[np.ndarray],
+    skips: tuple[np.ndarray, np.ndarray],
+) -> tuple[Any, tuple[np.ndarray, ...]]:
+    """The rows an objective trains on and its per-row arrays: the engaged rows with logQ and
+    item codes (softmax), or every impression with its item stats and label (pointwise)."""
+    if objective == "pointwise":
+        mu, sd = _data.standardise(stats)
+        st = ((stats - mu) / sd).astype(np.float32)
+        rw = np.ones(len(pos), np.float32) if row_weights is None else row_weights
+        return table, (us, vs, st, pos.astype(np.float32), rw.astype(np.float32), *skips)
+    items = np.asarray(table.column("item_id").to_numpy(zero_copy_only=False))[pos]
+    codes = np.unique(items, return_inverse=True)[1].reshape(-1).astype(np.int32)
+    return table.filter(pos), (us[pos], vs[pos], _log_q(codes), codes)
+
+
+def _objective(
+    objective: str,
+    params: dict[str, Any],
+    n_stats: int,
+    item_tower: str,
+    dim: int,
+    temperature: float,
+    residual: bool,
+) -> Any:
+    """The loss of ``objective``; the pointwise one adds its item bias and scale to ``params``
+    (and, ``residual``, scales the towers' MLP parts' last layers down, so they start as the
+    identity skip)."""
+    if objective == "pointwise":
+        params["bias"] = (np.zeros(n_stats, np.float32), np.float32(-1.0))
+        params["log_scale"] = np.float32(np.log(5.0))
+        if residual:
+            for side in ("user", "item"):
+                if side in params:
+                    w, b = params[side][-1]
+                    params[side][-1] = (w * 0.1, b)
+        return _pointwise_loss(item_tower, dim, residual)
+    return _softmax_loss(temperature, item_tower, dim)
 
 
 def fit_two_tower(
@@ -236,6 +365,10 @@ def fit_two_tower(
     *,
     feature_set_version: Optional[str],
     item_tower: str = "mlp",
+    item_stats: bool = True,
+    objective: str = "softmax",
+    row_weights: Optional[np.ndarray] = None,
+    residual: bool = False,
     user_hidden: Sequence[int] = (128,),
     item_hidden: Sequence[int] = (128,),
     out_dim: Optional[int] = None,
@@ -250,49 +383,79 @@ def fit_two_tower(
     patience: int = 3,
     seed: int = 0,
 ) -> TwoTowerFit:
-    """Trains the user and item towers on the engaged rows of a training set.
+    """Trains the user and item towers on a training set.
 
-    ``examples``: a ``fyp_core.features.training_set`` table; rows with any ``positive`` label
-    are (user state, item) pairs. ``item_tower``: "mlp" (learned over content embedding +
-    ``ITEM_STATS``) or "content" (fixed to the content embedding: the user tower then queries
-    the serving index as it is); ``out_dim`` defaults to the content width. ``long_term``:
-    "pooled" puts ``pooled_history`` (point in time) in the user block's long-term slot, so the
-    offline pass (``user_vectors``) can feed the user's whole logged history; "served" keeps
-    the logged batch vector. ``ValueError``
-    before training on a feature-set mismatch, NaN features or too few positives.
+    ``examples``: a ``fyp_core.features.training_set`` table (user state at request time, the
+    item served, its engagement). ``objective``: "softmax" (in-batch sampled softmax over the
+    rows with a ``positive`` label, logQ corrected, ``temperature``) or "pointwise" (binary
+    cross-entropy over every impression, skipped items the negatives, with an item bias from
+    ``ITEM_STATS`` that is not part of the exported towers; ``row_weights``, one per row,
+    weight its loss, e.g. the exploration arm up; ``residual``: each tower is its MLP plus the
+    identity on ``u_emb`` / the content embedding, so it starts as the heuristic blend's
+    query over the content index and learns a correction; exported as a plain MLP with 2 x dim
+    extra hidden units carrying relu(x) - relu(-x) = x). ``item_tower``: "mlp" (learned over
+    the content embedding, plus ``ITEM_STATS`` when ``item_stats``) or "content" (fixed to the
+    content embedding: the user tower then queries the serving index as it is); ``out_dim``
+    defaults to the content width. An "mlp" item tower with ``item_stats=False`` maps the
+    content embedding alone, the input ``FeedPipeline.set_retrieval`` embeds uploads with.
+    ``long_term``: "pooled" puts ``pooled_history`` (point in time) in the user block's
+    long-term slot, so the offline pass (``user_vectors``) can feed the user's whole logged
+    history; "served" keeps the logged batch vector (what the serving user tower sees).
+    ``ValueError`` before training on a feature-set mismatch, NaN features, too few positives.
     """
-    _check_tower_args(item_tower, temperature, long_term)
-    fsv, table, u, v, codes, dim = _examples(examples, feature_set_version, positive, batch_size)
-    if long_term == "pooled":  # point in time, from the whole examples table (all rows)
-        names = _data.table_feature_names(examples)
-        u = with_long_term(u, names, pooled_history(examples)[_positives(examples, positive)])
-    out = int(out_dim or dim)
-    if item_tower == "content" and out != dim:
-        raise ValueError(f"out_dim must equal the content dim {dim} with item_tower='content'")
-    tr, ho = _data.time_split(table, holdout)
-    t0 = time.perf_counter()
-    mu_u, sd_u = _data.standardise(u[tr])
-    mu_v, sd_v = _data.standardise(v[tr])
-    us = (u - mu_u) / sd_u
-    vs = v if item_tower == "content" else (v - mu_v) / sd_v
-    logq = _log_q(codes)
-    params = _init_params(u.shape[1], v.shape[1], user_hidden, item_hidden, out, item_tower, seed)
-    cfg = _mlp.loop_config(lr, epochs, batch_size, patience, seed)
-    loss = _softmax_loss(temperature, item_tower, dim)
-    best, history, best_epoch = _fit_loop(
-        params,
-        (us[tr], vs[tr], logq[tr], codes[tr]),
-        (us[ho], vs[ho], logq[ho], codes[ho]),
-        loss,
-        cfg,
+    _check_tower_args(item_tower, temperature, long_term, objective, residual)
+    row_weights = _check_row_weights(row_weights, examples.num_rows, objective)
+    fsv, pos, u, v, stats, dim = _examples(
+        examples, feature_set_version, positive, batch_size, item_stats
     )
+    if long_term == "pooled":  # point in time, from the whole examples table
+        names = _data.table_feature_names(examples)
+        u = with_long_term(u, names, pooled_history(examples))
+    out = int(out_dim or dim)
+    if (item_tower == "content" or residual) and out != dim:
+        raise ValueError(
+            f"out_dim must equal the content dim {dim} with item_tower='content' or residual"
+        )
+    t0 = time.perf_counter()
+    mu_u, sd_u = _data.standardise(u)
+    mu_v, sd_v = _data.standardise(v)
+    us = ((u - mu_u) / sd_u).astype(np.float32)
+    vs = v if item_tower == "content" else ((v - mu_v) / sd_v).astype(np.float32)
+    skips = (np.ascontiguousarray(u[:, :dim]), np.ascontiguousarray(v[:, :dim]))
+    table, arrays = _train_arrays(objective, examples, pos, us, vs, stats, row_weights, skips)
+    tr, ho = _data.time_split(table, holdout)
+    params = _init_params(u.shape[1], v.shape[1], user_hidden, item_hidden, out, item_tower, seed)
+    loss = _objective(objective, params, stats.shape[1], item_tower, dim, temperature, residual)
+    cfg = _mlp.loop_config(lr, epochs, batch_size, patience, seed)
+    best, history, best_epoch = _fit_loop(
+        params, tuple(a[tr] for a in arrays), tuple(a[ho] for a in arrays), loss, cfg
+    )
+    rest = {"temperature": temperature, "long_term": long_term, "history": history}
+    rest.update(best_epoch=best_epoch, seconds=time.perf_counter() - t0, n_examples=len(tr))
+    norm = (mu_u, sd_u, mu_v, sd_v)
+    skip = dim if residual else 0
+    return _export(best, item_tower, norm, fsv, version, dim, v.shape[1], rest, skip)
+
+
+def _export(
+    best: Any,
+    item_tower: str,
+    norm: tuple[np.ndarray, ...],
+    fsv: str,
+    version: str,
+    dim: int,
+    item_width: int,
+    rest: dict[str, Any],
+    skip: int,
+) -> TwoTowerFit:
+    mu_u, sd_u, mu_v, sd_v = norm
     up = _mlp.to_numpy(best["user"])
-    user = _tower(up, mu_u, sd_u, f"{version}-user", fsv, "user")
+    user = _tower(up, mu_u, sd_u, f"{version}-user", fsv, "user", skip)
     ip = _mlp.to_numpy(best["item"]) if item_tower == "mlp" else None
     item = (
-        _tower(ip, mu_v, sd_v, f"{version}-item", fsv, "item")
+        _tower(ip, mu_v, sd_v, f"{version}-item", fsv, "item", skip)
         if ip is not None
-        else _content_tower(v.shape[1], dim, f"{version}-item", fsv)
+        else _content_tower(item_width, dim, f"{version}-item", fsv)
     )
     return TwoTowerFit(
         user_tower=user,
@@ -300,14 +463,9 @@ def fit_two_tower(
         user_params=up,
         item_params=ip,
         item_mode=item_tower,
-        temperature=temperature,
-        long_term=long_term,
         user_mean=mu_u,
         user_scale=sd_u,
-        history=history,
-        best_epoch=best_epoch,
-        seconds=time.perf_counter() - t0,
-        n_examples=len(tr),
+        **rest,
     )
 
 
