@@ -120,3 +120,37 @@ def test_demo_shows_a_progress_bar_with_eta_for_every_phase(tmp_path) -> None:
     # the phases start in this order
     starts = [next(i for i, f in enumerate(frames) if f.startswith(p)) for p in phases]
     assert starts == sorted(starts)
+
+
+def test_the_listening_socket_sends_responses_without_nagle_delay() -> None:
+    """Regression: the host's socket was made with proto 0, so asyncio never set TCP_NODELAY on
+    accepted connections and every keep-alive response's body waited ~40 ms (Nagle + delayed
+    ACK) behind its headers. The socket is TCP with TCP_NODELAY, and a real host answers a
+    keep-alive connection's requests in well under 40 ms each."""
+    import http.client
+    import statistics
+
+    from _serve_proc import ServeProcess
+
+    from fyp_core.demo import bind
+
+    s = bind("127.0.0.1", 0)
+    try:
+        assert s.proto == socket.IPPROTO_TCP
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        s.close()
+    host = ServeProcess()
+    try:
+        host.wait_ready()
+        conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=10)
+        took = []
+        for _ in range(30):  # one connection: every request after the first is keep-alive
+            t = time.perf_counter()
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            took.append(time.perf_counter() - t)
+        conn.close()
+    finally:
+        host.stop()
+    assert statistics.median(took[1:]) < 0.025, f"median {statistics.median(took[1:]):.3f} s"

@@ -512,8 +512,13 @@ def check_args(args: argparse.Namespace, command: str) -> None:
 def bind(host: str, port: int) -> socket.socket:
     """Bind the listening socket now, so a busy port fails in a second, not after the build;
     uvicorn then serves on this very socket."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto
+    # says TCP, and without it every keep-alive response's body waited ~40 ms behind its headers
+    # (Nagle + delayed ACK); Linux also copies the listener's TCP_NODELAY to accepted sockets
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
