@@ -3,7 +3,10 @@
 //! `index` is the public API; `graph` the algorithm; `store` the never-moving node storage;
 //! `distance` the SIMD kernels; `scratch` per-thread visited sets; `persist` the file format.
 
+mod churn;
+mod determ;
 pub mod distance;
+mod epoch;
 mod graph;
 mod ids;
 mod index;
@@ -13,6 +16,10 @@ mod scratch;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_robust;
 
 pub use distance::{simd_level, Metric};
-pub use index::{Exclude, HnswIndex, HnswParams, HnswStats, IdSet, SearchResult, PAD_ID};
+pub use index::{
+    Exclude, HnswIndex, HnswParams, HnswStats, IdSet, SearchResult, MAX_CAPACITY, MAX_K, PAD_ID,
+};
