@@ -158,3 +158,22 @@ def test_deterministic_build_same_at_any_thread_count():
     np.testing.assert_array_equal(one, build(2))
     np.testing.assert_array_equal(build(2), build(2))
     assert HnswIndex(4, deterministic=True).deterministic
+
+
+def test_quantised_traversal_keeps_recall_and_exact_distances():
+    x = unit_rows(4000, 50, 6)  # 50 columns: not a multiple of the SIMD width
+    q = unit_rows(100, 50, 7)
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    got = {}
+    for quantize in (True, False):
+        ix = HnswIndex(50, ef_construction=100, quantize=quantize)
+        ix.add(np.arange(500), x[:500])
+        assert not ix.quantized  # fitted only once the index holds enough items
+        ix.add(np.arange(len(x)), x)
+        assert ix.quantized == quantize
+        ids, dist = ix.search(q, 10, ef=128)
+        got[quantize] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)])
+        # distances are the float32 ones (exact re-rank), not the 8-bit estimates
+        want = 1 - np.sum(x[ids[:, 0].astype(np.int64)] * q, axis=1)
+        np.testing.assert_allclose(dist[:, 0], want, atol=2e-5)
+    assert got[True] >= 0.95 and got[True] >= got[False] - 0.02, got

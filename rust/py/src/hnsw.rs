@@ -112,7 +112,7 @@ fn check_cols(cols: usize, dim: usize, name: &str) -> PyResult<()> {
 #[pymethods]
 impl PyHnswIndex {
     #[new]
-    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0, deterministic=false))]
+    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0, deterministic=false, quantize=false))]
     fn new(
         dim: i64,
         metric: &str,
@@ -121,6 +121,7 @@ impl PyHnswIndex {
         capacity: i64,
         seed: u64,
         deterministic: bool,
+        quantize: bool,
     ) -> PyResult<Self> {
         let metric = Metric::parse(metric).map_err(to_py)?;
         let params = HnswParams {
@@ -129,6 +130,7 @@ impl PyHnswIndex {
             capacity: nonneg(capacity, "capacity")?,
             seed,
             deterministic,
+            quantize,
         };
         let inner = HnswIndex::new(nonneg(dim, "dim")?, metric, params).map_err(to_py)?;
         Ok(Self {
@@ -159,6 +161,11 @@ impl PyHnswIndex {
     #[getter]
     fn deterministic(&self) -> bool {
         self.inner.params().deterministic
+    }
+    /// True once level-0 search runs on 8-bit codes (see `docs/hnsw.md`).
+    #[getter]
+    fn quantized(&self) -> bool {
+        self.inner.is_quantized()
     }
     /// Instruction set of the distance kernels on this machine.
     #[getter]

@@ -40,6 +40,7 @@ impl Graph {
                 self.unlink(u, l, &is_doomed);
             }
         }
+        self.adopt_orphans(n, entry, &is_doomed);
         // Readers that loaded a list before it was rewritten may still step onto a doomed node.
         self.epochs.synchronize();
         for &x in &list {
@@ -104,6 +105,71 @@ impl Graph {
         let want = mmax.min(cnt);
         kept.extend(rest.iter().take(want.saturating_sub(kept.len())));
         write_links(list, &kept);
+    }
+
+    /// A live node that lost its last level-0 in-link (it was reached only through freed
+    /// nodes) is linked from its nearest live out-neighbour, which drops its farthest link if
+    /// full. Without this, about 0.1-0.4% of the items became unreachable after 3 rounds of 30%
+    /// churn (depending on the removal order).
+    fn adopt_orphans(&self, n: usize, entry: Option<u32>, is_doomed: &dyn Fn(u32) -> bool) {
+        let mut indeg = vec![0u32; n];
+        let mut buf = [0u32; BUF];
+        for u in 0..n as u32 {
+            if is_doomed(u) || self.store.flags(u) & FLAG_FREE != 0 {
+                continue;
+            }
+            let c = read_links(self.store.links(u, 0), &mut buf);
+            for &x in &buf[..c] {
+                if let Some(d) = indeg.get_mut(x as usize) {
+                    *d += 1;
+                }
+            }
+        }
+        for v in 0..n as u32 {
+            if indeg[v as usize] > 0 || Some(v) == entry || is_doomed(v) || self.store.is_deleted(v)
+            {
+                continue;
+            }
+            let c = read_links(self.store.links(v, 0), &mut buf);
+            let base = self.store.vector(v);
+            let near = buf[..c]
+                .iter()
+                .copied()
+                .filter(|&u| !is_doomed(u) && !self.store.is_deleted(u))
+                .map(|u| Cand {
+                    d: (self.dist)(base, self.store.vector(u)),
+                    id: u,
+                })
+                .min();
+            if let Some(u) = near {
+                self.force_link(u.id, v);
+            }
+        }
+    }
+
+    /// Add `u -> v` on level 0, replacing `u`'s farthest link when the list is full.
+    fn force_link(&self, u: u32, v: u32) {
+        let _g = self.store.lock(u);
+        let list = self.store.links(u, 0);
+        let mut buf = [0u32; BUF];
+        let cnt = read_links(list, &mut buf);
+        if buf[..cnt].contains(&v) {
+            return;
+        }
+        let mut links: Vec<u32> = buf[..cnt].to_vec();
+        if cnt >= self.m0 {
+            let base = self.store.vector(u);
+            let far = (0..cnt).max_by(|&a, &b| {
+                let da = (self.dist)(base, self.store.vector(links[a]));
+                let db = (self.dist)(base, self.store.vector(links[b]));
+                da.total_cmp(&db)
+            });
+            if let Some(f) = far {
+                links.remove(f);
+            }
+        }
+        links.push(v);
+        write_links(list, &links);
     }
 
     /// A tombstoned entry node would be kept for ever and, once its neighbours are freed,

@@ -6,11 +6,13 @@
 use super::distance::{prefetch, DistFn, Metric};
 use super::epoch::Epochs;
 use super::ids::IdMap;
+use super::quant::Quant;
 use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 pub(crate) const EMPTY: u64 = u64::MAX;
 /// Largest supported `m` (level-0 lists hold `2 m` links; stack buffers are sized from this).
@@ -47,6 +49,8 @@ pub struct Graph {
     /// Grace periods: a freed slot is rewritten only after every operation that might still
     /// hold it has ended.
     pub(crate) epochs: Epochs,
+    /// Set once by `calibrate`; from then on every node has a code and level-0 search uses them.
+    pub(crate) quant: OnceLock<Quant>,
     pub(crate) ids: IdMap,
     pub(crate) live: AtomicUsize,
     /// Tombstones not yet freed; while 0, searches skip the per-node flag check (one cache miss
@@ -78,6 +82,7 @@ impl Graph {
             entry_lock: Mutex::new(()),
             free: Mutex::new(Vec::new()),
             epochs: Epochs::default(),
+            quant: OnceLock::new(),
             ids: IdMap::new(),
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
@@ -116,6 +121,9 @@ impl Graph {
             self.store.clear_flags(slot);
         }
         self.store.write_vector(slot, v);
+        if let Some(qz) = self.quant.get() {
+            self.store.write_code(slot, |c| qz.encode(v, c));
+        }
         self.store.set_label(slot, label);
         self.store
             .set_level(slot, level.unwrap_or_else(|| self.random_level(slot)));
@@ -365,7 +373,7 @@ impl Graph {
     /// to `d` goes last and only if there is room left. `u` keeps every other link, so its degree does not shrink with churn and no
     /// node that was reachable through `u` is stranded. Other in-links to `d` stay: the
     /// tombstone keeps its vector and links as a waypoint (never a result) until the heuristic
-    /// prunes it away or `rebuild()` drops it.
+    /// prunes it away or `consolidate` (churn.rs) frees it.
     pub(crate) fn repair(&self, d: u32) {
         let level = self.store.level(d);
         let mut dn = [0u32; BUF];
@@ -445,6 +453,34 @@ impl Graph {
         level: usize,
         accept: F,
     ) {
+        let lines = (self.store.stride * 4).div_ceil(64);
+        self.search_layer_by(
+            sc,
+            eps,
+            (ef, level),
+            accept,
+            |n| (self.dist)(q, self.store.vector(n)),
+            // Every line of every unvisited neighbour, before any arithmetic: the distances
+            // are bound by memory latency, so overlap all the misses.
+            |n| prefetch(self.store.vector_ptr(n), lines),
+        );
+    }
+
+    /// `search_layer` with any node distance `dist` (float vectors or 8-bit codes) and the
+    /// matching prefetch `pf`.
+    pub(crate) fn search_layer_by<F, D, P>(
+        &self,
+        sc: &mut Scratch,
+        eps: &[Cand],
+        (ef, level): (usize, usize),
+        accept: F,
+        dist: D,
+        pf: P,
+    ) where
+        F: Fn(u32) -> bool,
+        D: Fn(u32) -> f32,
+        P: Fn(u32),
+    {
         sc.visited.reset(self.slots());
         sc.cands.clear();
         sc.results.clear();
@@ -464,7 +500,6 @@ impl Graph {
             Some(w) if sc.results.len() >= ef => w.d,
             _ => f32::INFINITY,
         };
-        let lines = (self.store.stride * 4).div_ceil(64);
         let mut buf = [0u32; BUF];
         let mut fresh = [0u32; BUF];
         while let Some(Near(Reverse(c))) = sc.cands.pop() {
@@ -477,14 +512,11 @@ impl Graph {
                 if !sc.visited.check_and_mark(n) {
                     fresh[nf] = n;
                     nf += 1;
-                    // Every line of every unvisited neighbour, before any arithmetic: the
-                    // distances are bound by memory latency, so overlap all the misses
-                    // (measured ~15-20% more QPS than prefetching one neighbour ahead).
-                    prefetch(self.store.vector_ptr(n), lines);
+                    pf(n);
                 }
             }
             for &n in &fresh[..nf] {
-                let d = (self.dist)(q, self.store.vector(n));
+                let d = dist(n);
                 if d < lower || sc.results.len() < ef {
                     sc.cands.push(Near(Reverse(Cand { d, id: n })));
                     if PF_LINKS {
@@ -521,12 +553,73 @@ impl Graph {
         for l in (1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
+        if let Some(qz) = self.quant.get() {
+            return self.knn_codes(qz, q, cur, k, ef.max(k), accept);
+        }
         with_scratch(|sc| {
             self.search_layer(sc, q, &[cur], ef.max(k), 0, accept);
             let mut r = drain_sorted(sc);
             r.truncate(k);
             r
         })
+    }
+
+    /// Level 0 on the 8-bit codes (a quarter of the memory traffic of the float vectors),
+    /// then the `ef` best re-ranked with the float vectors.
+    fn knn_codes<F: Fn(u32) -> bool>(
+        &self,
+        qz: &Quant,
+        q: &[f32],
+        cur: Cand,
+        k: usize,
+        ef: usize,
+        accept: F,
+    ) -> Vec<Cand> {
+        let qc = qz.query(self.metric, q);
+        let lines = self.store.stride.div_ceil(64);
+        let start = Cand {
+            d: qc.dist(self.store.code(cur.id)),
+            id: cur.id,
+        };
+        let mut r = with_scratch(|sc| {
+            self.search_layer_by(
+                sc,
+                &[start],
+                (ef, 0),
+                accept,
+                |n| qc.dist(self.store.code(n)),
+                |n| prefetch(self.store.code_ptr(n), lines),
+            );
+            drain_sorted(sc)
+        });
+        let vl = (self.store.stride * 4).div_ceil(64);
+        r.iter()
+            .for_each(|c| prefetch(self.store.vector_ptr(c.id), vl));
+        for c in r.iter_mut() {
+            c.d = (self.dist)(q, self.store.vector(c.id));
+        }
+        r.sort_unstable();
+        r.truncate(k);
+        r
+    }
+
+    /// Fit the 8-bit quantiser on the live items and encode every node. The caller ensures
+    /// no writer runs (searches may: they read no code until `quant` is set).
+    pub(crate) fn calibrate(&self) {
+        let _pin = self.epochs.pin();
+        self.quant.get_or_init(|| {
+            let items = self.ids.items();
+            let qz = Quant::fit(
+                items.iter().map(|&(_, s)| self.store.vector(s)),
+                self.dim,
+                self.store.stride,
+            );
+            for i in 0..self.slots() as u32 {
+                let v = self.store.vector(i);
+                self.store.write_code(i, |c| qz.encode(v, c));
+            }
+            qz
+        });
     }
 
     /// Exact k nearest live nodes (brute force over the id map), for `recall_probe` and tests.

@@ -38,7 +38,14 @@ pub struct HnswParams {
     /// Batch inserts (and rebuilds) give the same graph at any thread count: searches run in
     /// parallel, links are applied in input order. Holds while no other writer runs at once.
     pub deterministic: bool,
+    /// Search level 0 on 8-bit codes and re-rank with the floats (fitted once the index holds
+    /// `CALIBRATE_AT` items, re-fitted by `rebuild`). Off by default: on clustered data the
+    /// global per-dimension ranges are too coarse (see docs/hnsw.md for the measurement).
+    pub quantize: bool,
 }
+
+/// Live items at which the 8-bit quantiser is fitted.
+pub const CALIBRATE_AT: usize = 1000;
 
 impl Default for HnswParams {
     fn default() -> Self {
@@ -48,6 +55,7 @@ impl Default for HnswParams {
             capacity: 1024,
             seed: 0,
             deterministic: false,
+            quantize: false,
         }
     }
 }
@@ -136,6 +144,7 @@ impl HnswIndex {
         g.store.ensure(0)?;
         let mut me = Self::from_graph(g, params.capacity);
         me.params.deterministic = params.deterministic;
+        me.params.quantize = params.quantize;
         Ok(me)
     }
 
@@ -146,6 +155,7 @@ impl HnswIndex {
             capacity,
             seed: g.seed,
             deterministic: false,
+            quantize: false,
         };
         HnswIndex {
             dim: g.dim,
@@ -190,6 +200,11 @@ impl HnswIndex {
     /// The stored vector of `id` (L2-normalised for "cosine").
     pub fn get_vector(&self, id: u64) -> Option<Vec<f32>> {
         self.current().vector_of(id)
+    }
+
+    /// True once searches traverse the 8-bit codes.
+    pub fn is_quantized(&self) -> bool {
+        self.current().quant.get().is_some()
     }
 
     pub fn is_rebuilding(&self) -> bool {
@@ -262,6 +277,22 @@ impl HnswIndex {
         vectors: &[f32],
         threads: Option<usize>,
     ) -> crate::Result<()> {
+        self.add_inner(ids, vectors, threads)?;
+        self.maybe_calibrate();
+        Ok(())
+    }
+
+    /// Fit the quantiser once the index is big enough, with writers held off for the time it
+    /// takes to encode the items (searches continue on the float path meanwhile).
+    fn maybe_calibrate(&self) {
+        let g = self.current();
+        if self.params.quantize && g.quant.get().is_none() && g.len() >= CALIBRATE_AT {
+            let _x = self.gate.write();
+            g.calibrate();
+        }
+    }
+
+    fn add_inner(&self, ids: &[u64], vectors: &[f32], threads: Option<usize>) -> crate::Result<()> {
         let threads = pool::resolve(threads)?;
         let n = self.check_rows(vectors, "vectors")?;
         if n != ids.len() {
@@ -678,6 +709,10 @@ impl HnswIndex {
                     .with_min_len(4)
                     .try_for_each(|&(id, slot)| g.insert(id, old.store.vector(slot)))
             })??;
+        }
+        if self.params.quantize && g.len() >= CALIBRATE_AT {
+            // Re-fitted on today's items: a rebuild is where drifted ranges are corrected.
+            g.calibrate();
         }
         // Catch up outside the lock until the backlog is small, then finish under it and swap.
         loop {

@@ -12,6 +12,7 @@ mod ids;
 mod index;
 mod persist;
 mod pool;
+mod quant;
 mod scratch;
 mod store;
 #[cfg(test)]
@@ -21,5 +22,6 @@ mod tests_robust;
 
 pub use distance::{simd_level, Metric};
 pub use index::{
-    Exclude, HnswIndex, HnswParams, HnswStats, IdSet, SearchResult, MAX_CAPACITY, MAX_K, PAD_ID,
+    Exclude, HnswIndex, HnswParams, HnswStats, IdSet, SearchResult, CALIBRATE_AT, MAX_CAPACITY,
+    MAX_K, PAD_ID,
 };

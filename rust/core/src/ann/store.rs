@@ -59,6 +59,8 @@ impl Drop for FloatBuf {
 
 pub struct Segment {
     vectors: FloatBuf,
+    /// 8-bit codes, `stride` bytes per node (see `quant.rs`).
+    codes: FloatBuf,
     links0: Box<[AtomicU32]>,
     labels: Box<[AtomicU64]>,
     flags: Box<[AtomicU8]>,
@@ -196,6 +198,7 @@ impl Store {
                     self.stride
                 )
             })?)?,
+            codes: FloatBuf::new(n.saturating_mul(self.stride) / 4)?,
             links0: zeroed(n.saturating_mul(self.l0_width))?,
             labels: zeroed(n)?,
             flags: zeroed(n)?,
@@ -228,6 +231,41 @@ impl Store {
         let (seg, o) = self.seg(i);
         // SAFETY: in bounds of the segment.
         unsafe { seg.vectors.ptr.add(o * self.stride) }
+    }
+
+    #[inline(always)]
+    pub fn code(&self, i: u32) -> &[u8] {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds (`stride` bytes per node); written only before the codes are
+        // published (see `write_code`).
+        unsafe {
+            std::slice::from_raw_parts(
+                (seg.codes.ptr as *const u8).add(o * self.stride),
+                self.stride,
+            )
+        }
+    }
+
+    #[inline(always)]
+    pub fn code_ptr(&self, i: u32) -> *const f32 {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds of the segment.
+        unsafe { (seg.codes.ptr as *const u8).add(o * self.stride) as *const f32 }
+    }
+
+    /// Fill the code of slot `i`. The caller either owns the unpublished slot, or calibrates
+    /// while no writer runs and before the graph's codes are published (readers never read a
+    /// code before `Graph::quant` is set).
+    pub fn write_code(&self, i: u32, f: impl FnOnce(&mut [u8])) {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds; exclusive by the caller's contract above.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                (seg.codes.ptr as *mut u8).add(o * self.stride),
+                self.stride,
+            )
+        };
+        f(dst);
     }
 
     /// Write the vector of a slot the caller owns and has not published yet.
@@ -350,7 +388,7 @@ impl Store {
         for (s, p) in self.segments.iter().enumerate() {
             if !p.load(Ordering::Acquire).is_null() {
                 total +=
-                    self.seg_len(s) * (self.stride * 4 + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
+                    self.seg_len(s) * (self.stride * 5 + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
             }
         }
         total
