@@ -94,7 +94,13 @@ impl Graph {
             if kept.len() >= mmax {
                 break;
             }
-            if kept.iter().all(|&r| self.d(c.id, r) >= c.d) {
+            // The heuristic's test relaxed by ALPHA (DiskANN's robust prune): a candidate
+            // about as far from a kept link as from `u` is kept. Those are the long links
+            // between distant regions that freed nodes held; with the strict test (alpha 1)
+            // they lost to near candidates and vanished round after round (measured on 16
+            // clusters: level-0 links between clusters fell from 1141 to 181 in 3 rounds of 30%
+            // churn, and the items of a cluster the descent missed became unfindable).
+            if kept.iter().all(|&r| relaxed(self.d(c.id, r)) >= c.d) {
                 kept.push(c.id);
             } else {
                 rest.push(c.id);
@@ -190,4 +196,14 @@ impl Graph {
             self.set_entry(b, self.store.level(b));
         }
     }
+}
+
+/// Relaxation of the neighbour-selection test when links to freed nodes are replaced.
+const ALPHA: f32 = 1.1;
+
+/// `ALPHA * d` for d >= 0; for negative distances ("ip" on unnormalised data) the same
+/// margin, `d + (ALPHA - 1) |d|`, so the test stays a relaxation.
+#[inline]
+fn relaxed(d: f32) -> f32 {
+    d + (ALPHA - 1.0) * d.abs()
 }

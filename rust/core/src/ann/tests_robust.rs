@@ -124,12 +124,13 @@ fn churn_keeps_fresh_build_recall_memory_and_reachability() {
             unreachable += 1;
         }
     }
-    // The issue's target is 0.1%. Not met reliably: over 9 runs of this (single-threaded)
-    // test 0 to 87 of 19000 (up to 0.46%) varied from run to run, for a reason not found yet
-    // (docs/hnsw.md). This bound catches a regression to the pre-fix state (0.1-0.4% for a
-    // given order, and much more without slot reuse repairs).
+    eprintln!(
+        "{unreachable} of {} live items not found from their own vector",
+        live.len()
+    );
+    // Issue #17: at most 0.1% of the live items unreachable from their own vector.
     assert!(
-        unreachable as f64 <= 0.005 * live.len() as f64,
+        unreachable as f64 <= 0.001 * live.len() as f64,
         "{unreachable} of {} live items not found from their own vector",
         live.len()
     );
