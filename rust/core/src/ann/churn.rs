@@ -198,12 +198,13 @@ impl Graph {
     }
 }
 
-/// Relaxation of the neighbour-selection test when links to freed nodes are replaced.
-const ALPHA: f32 = 1.1;
+/// Relaxation of the neighbour-selection test where links to removed nodes are replaced
+/// (`Graph::repair` at removal, `unlink` here).
+pub(crate) const ALPHA: f32 = 1.1;
 
 /// `ALPHA * d` for d >= 0; for negative distances ("ip" on unnormalised data) the same
 /// margin, `d + (ALPHA - 1) |d|`, so the test stays a relaxation.
 #[inline]
-fn relaxed(d: f32) -> f32 {
+pub(crate) fn relaxed(d: f32) -> f32 {
     d + (ALPHA - 1.0) * d.abs()
 }

@@ -369,7 +369,8 @@ impl Graph {
 
     /// Local repair after tombstoning `d`: every out-neighbour `u` of `d` that links back to it
     /// takes replacements from `d`'s own links, nearest first, each kept only if no link `u`
-    /// already has is closer to it (the heuristic's test), up to the list's capacity; the link
+    /// already has is closer to it (the heuristic's test, relaxed by `churn::ALPHA` so long links
+    /// survive), up to the list's capacity; the link
     /// to `d` goes last and only if there is room left. `u` keeps every other link, so its degree does not shrink with churn and no
     /// node that was reachable through `u` is stranded. Other in-links to `d` stay: the
     /// tombstone keeps its vector and links as a waypoint (never a result) until the heuristic
@@ -408,7 +409,10 @@ impl Graph {
                     if kept.len() >= mmax {
                         break;
                     }
-                    if kept.iter().all(|&r| self.d(cand.id, r) >= cand.d) {
+                    if kept
+                        .iter()
+                        .all(|&r| super::churn::relaxed(self.d(cand.id, r)) >= cand.d)
+                    {
                         kept.push(cand.id);
                     }
                 }
