@@ -511,6 +511,10 @@ impl Graph {
                 break;
             }
             let cnt = read_links(self.store.links(c.id, level), &mut buf);
+            // The next candidate's list, while this one's neighbours are scored.
+            if let Some(Near(Reverse(top))) = sc.cands.peek() {
+                prefetch(self.store.links(top.id, level).as_ptr() as *const f32, 1);
+            }
             let mut nf = 0;
             for &n in &buf[..cnt] {
                 if !sc.visited.check_and_mark(n) {
