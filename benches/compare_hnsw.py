@@ -7,6 +7,11 @@ by numpy brute force.
 
     python benches/compare_hnsw.py --quick      # CI: 20k x 64, seconds
     python benches/compare_hnsw.py              # RESULTS.md: 400k x 96 (builds 4 indexes)
+    python benches/compare_hnsw.py --interleaved --libs fyp_core,fyp_core_sq8,hnswlib
+
+`--interleaved` builds every contender first, then times the query batches round-robin (each
+ef: one batch per library in turn, `--rounds` times) and reports medians, so machine load hits
+every library alike; ratios are against hnswlib measured in the same rounds.
 
 Reports: build time (all cores, wall clock), single-thread recall@10 vs QPS for ef 16..512
 (QPS from the calling thread's CPU time, median of repetitions), K=1000 latency
@@ -83,11 +88,14 @@ def rss_bytes() -> int:
 
 class Ours:
     name = "fyp_core"
+    quantize = False
 
     def __init__(self, dim: int) -> None:
         import fyp_core
 
-        self.ix = fyp_core.HnswIndex(dim, metric="ip", m=M, ef_construction=EF_CONSTRUCTION)
+        self.ix = fyp_core.HnswIndex(
+            dim, metric="ip", m=M, ef_construction=EF_CONSTRUCTION, quantize=self.quantize
+        )
 
     def build(self, data, ids, threads):
         self.ix.add(ids, data, threads=threads)
@@ -97,6 +105,13 @@ class Ours:
 
     def add_one(self, i, v):
         self.ix.add(np.array([i], dtype=np.uint64), v[None, :], threads=1)
+
+
+class OursSq8(Ours):
+    """Ours with the 8-bit traversal on (`quantize=True`; float32 re-rank of the candidates)."""
+
+    name = "fyp_core_sq8"
+    quantize = True
 
 
 class Hnswlib:
@@ -233,12 +248,7 @@ def concurrent_inserts(lib, data, start: int, count: int, queries, seconds_cap: 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    # A fixed mmap threshold makes glibc return each big index allocation to the OS when it is
-    # freed, so the RSS growth of one library's build is not hidden by the previous one's pages.
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -248,7 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nq", type=int, default=None)
     ap.add_argument("--libs", default="fyp_core,hnswlib,faiss,usearch")
     ap.add_argument("--json", default=None, help="write all figures to this file")
-    a = ap.parse_args(argv)
+    ap.add_argument("--interleaved", action="store_true", help="round-robin timing, medians")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds for --interleaved")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # A fixed mmap threshold makes glibc return each big index allocation to the OS when it is
+    # freed, so the RSS growth of one library's build is not hidden by the previous one's pages.
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ and argv is None:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    a = parse_args(argv)
     n = a.n or (20_000 if a.quick else 400_000)
     dim = a.dim or (64 if a.quick else 96)
     nq = a.nq or (200 if a.quick else 1000)
@@ -276,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     print(f"# machine: {cpu}, {threads_all} cores; python {sys.version.split()[0]}")
 
-    adapters = {"fyp_core": Ours, "hnswlib": Hnswlib, "faiss": Faiss, "usearch": USearch}
+    if a.interleaved:
+        return interleaved(a, data, queries, base, truth10, qb, truth_big, k_big, efs, efs_big)
+    adapters = ADAPTERS
     results: dict = {"n": n, "dim": dim, "nq": nq, "machine": cpu, "cores": threads_all, "libs": {}}
     ids = np.arange(n, dtype=np.int64)
     for name in a.libs.split(","):
@@ -316,6 +339,79 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
     return 0
+
+
+ADAPTERS = {
+    "fyp_core": Ours,
+    "fyp_core_sq8": OursSq8,
+    "hnswlib": Hnswlib,
+    "faiss": Faiss,
+    "usearch": USearch,
+}
+
+
+def interleaved(a, data, queries, base, truth10, qb, truth_big, k_big, efs, efs_big) -> int:
+    """Build every library, then time query batches round-robin; report medians and ratios."""
+    threads_all = os.cpu_count() or 1
+    rounds = a.rounds or (3 if a.quick else 7)
+    libs: dict = {}
+    ids = np.arange(len(data), dtype=np.int64)
+    for name in a.libs.split(","):
+        try:
+            lib = ADAPTERS[name](data.shape[1])
+        except ImportError as e:
+            print(f"## {name}: not installed ({e}); skipped")
+            continue
+        t = time.perf_counter()
+        lib.build(data[:base], ids[:base], threads_all)
+        libs[name] = (lib, time.perf_counter() - t)
+        print(f"# built {name} in {libs[name][1]:.1f}s")
+    res: dict = {name: {"build_s": b, "curve": [], "k_big": []} for name, (_, b) in libs.items()}
+
+    def rr(q, k, ef):
+        times: dict = {name: [] for name in libs}
+        for _ in range(rounds):
+            for name, (lib, _) in libs.items():
+                t = time.thread_time()
+                lib.search(q, k, ef, 1)
+                times[name].append(time.thread_time() - t)
+        return {name: float(np.median(ts)) for name, ts in times.items()}
+
+    for ef in efs:
+        med = rr(queries, 10, ef)
+        for name, (lib, _) in libs.items():
+            rc = recall(lib.search(queries, 10, ef, 1), truth10)
+            res[name]["curve"].append({"ef": ef, "recall": rc, "qps": len(queries) / med[name]})
+    for ef in efs_big:
+        med = rr(qb, k_big, ef)
+        for name, (lib, _) in libs.items():
+            rc = recall(lib.search(qb, k_big, ef, 1), truth_big)
+            ms = med[name] / len(qb) * 1e3
+            res[name]["k_big"].append({"ef": ef, "recall": rc, "ms_per_query": ms})
+    print_interleaved(res, k_big, rounds)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+def print_interleaved(res: dict, k_big: int, rounds: int) -> None:
+    print(f"\n## interleaved, medians of {rounds} round-robin rounds, 1 query thread")
+    print("| library | build s | QPS@0.90 | QPS@0.95 | QPS@0.99 | vs hnswlib @0.95 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    ref = qps_at(res["hnswlib"]["curve"], 0.95) if "hnswlib" in res else None
+    for name, r in res.items():
+        qs = [qps_at(r["curve"], t) for t in (0.90, 0.95, 0.99)]
+        cells = [f"{q:.0f}" if q else "-" for q in qs]
+        ratio = f"{qs[1] / ref:.2f}x" if (qs[1] and ref) else "-"
+        print(f"| {name} | {r['build_s']:.1f} | {' | '.join(cells)} | {ratio} |")
+    for name, r in res.items():
+        pts = ", ".join(f"ef {p['ef']}: {p['recall']:.3f} @ {p['qps']:.0f}" for p in r["curve"])
+        big = ", ".join(
+            f"ef {p['ef']}: r{k_big} {p['recall']:.3f} in {p['ms_per_query']:.2f} ms"
+            for p in r["k_big"]
+        )
+        print(f"- {name}: {pts}\n  K={k_big}: {big}")
 
 
 def print_lib(name: str, r: dict, k_big: int) -> None:

@@ -164,7 +164,10 @@ def test_churn_keeps_recall(queries):
     assert r_churn >= r_fresh - 0.01, (r_churn, r_fresh)
     assert abs(churned.recall_probe(queries, k=10, ef=ef) - r_churn) < 1e-9
     stats = churned.stats()
-    assert stats["tombstones"] == len(gone) and stats["live"] == len(live)
+    assert stats["live"] == len(live)
+    # removed slots were unlinked and reused by the new items (consolidation)
+    assert stats["tombstones"] < max(64, len(live) // 10), stats
+    assert stats["slots"] <= 1.15 * len(live), stats
     churned.rebuild(threads=1)
     assert churned.stats()["tombstones"] == 0
     # The rebuilt graph inserts the live items in slot order, not in the fresh build's order, so

@@ -70,11 +70,18 @@ fn exclude_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<ExcludeArg> {
     if obj.is_none() {
         return Ok(ExcludeArg::None);
     }
+    // Per query when any element is None or a sequence; a flat list of ints is one shared set.
+    // Deciding from every element (not the first) accepts the documented `[None, ids, None]`.
     let nested = if obj.cast::<PyList>().is_ok() || obj.cast::<PyTuple>().is_ok() {
-        obj.try_iter()?.next().transpose()?.is_some_and(|first| {
-            !first.is_instance_of::<pyo3::types::PyInt>()
-                && first.hasattr("__len__").unwrap_or(false)
-        })
+        let mut any = false;
+        for e in obj.try_iter()? {
+            let e = e?;
+            if e.is_none() || (!e.is_instance_of::<pyo3::types::PyInt>() && e.hasattr("__len__")?) {
+                any = true;
+                break;
+            }
+        }
+        any
     } else {
         false
     };
@@ -105,7 +112,7 @@ fn check_cols(cols: usize, dim: usize, name: &str) -> PyResult<()> {
 #[pymethods]
 impl PyHnswIndex {
     #[new]
-    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0))]
+    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0, deterministic=false, quantize=false))]
     fn new(
         dim: i64,
         metric: &str,
@@ -113,6 +120,8 @@ impl PyHnswIndex {
         ef_construction: i64,
         capacity: i64,
         seed: u64,
+        deterministic: bool,
+        quantize: bool,
     ) -> PyResult<Self> {
         let metric = Metric::parse(metric).map_err(to_py)?;
         let params = HnswParams {
@@ -120,6 +129,8 @@ impl PyHnswIndex {
             ef_construction: nonneg(ef_construction, "ef_construction")?,
             capacity: nonneg(capacity, "capacity")?,
             seed,
+            deterministic,
+            quantize,
         };
         let inner = HnswIndex::new(nonneg(dim, "dim")?, metric, params).map_err(to_py)?;
         Ok(Self {
@@ -147,6 +158,15 @@ impl PyHnswIndex {
     fn seed(&self) -> u64 {
         self.inner.params().seed
     }
+    #[getter]
+    fn deterministic(&self) -> bool {
+        self.inner.params().deterministic
+    }
+    /// True once level-0 search runs on 8-bit codes (see `docs/hnsw.md`).
+    #[getter]
+    fn quantized(&self) -> bool {
+        self.inner.is_quantized()
+    }
     /// Instruction set of the distance kernels on this machine.
     #[getter]
     fn simd(&self) -> &'static str {
@@ -157,13 +177,14 @@ impl PyHnswIndex {
         self.inner.is_rebuilding()
     }
 
-    /// `{"live", "slots", "tombstones", "memory_bytes"}`.
+    /// `{"live", "slots", "tombstones", "free_slots", "memory_bytes"}`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);
         d.set_item("live", s.live)?;
         d.set_item("slots", s.slots)?;
         d.set_item("tombstones", s.tombstones)?;
+        d.set_item("free_slots", s.free_slots)?;
         d.set_item("memory_bytes", s.memory_bytes)?;
         Ok(d)
     }
@@ -282,23 +303,24 @@ impl PyHnswIndex {
     #[pyo3(signature = (wait=true, threads=None))]
     fn rebuild(&self, py: Python<'_>, wait: bool, threads: Option<i64>) -> PyResult<()> {
         let threads = threads_arg(threads)?;
-        if self.inner.is_rebuilding() {
-            return Err(PyValueError::new_err(
-                "a rebuild is already running on this index",
-            ));
-        }
-        let inner = self.inner.clone();
+        let inner = &self.inner;
         if wait {
             return run_detached(py, || inner.rebuild(threads));
         }
-        std::thread::Builder::new()
-            .name("fyp-hnsw-rebuild".into())
-            .spawn(move || {
-                // A failed background rebuild leaves the old graph in place (nothing to report to).
-                let _ = inner.rebuild(threads);
-            })
-            .map_err(|e| PyValueError::new_err(format!("cannot start the rebuild thread: {e}")))?;
-        Ok(())
+        inner.rebuild_in_background(threads).map_err(to_py)
+    }
+
+    /// Why the last background rebuild failed (None when it succeeded or none ran).
+    #[getter]
+    fn rebuild_error(&self) -> Option<String> {
+        self.inner.rebuild_error()
+    }
+
+    /// Unlink every tombstone and free its slot for reuse now; returns the slots freed (writes
+    /// do this by themselves once tombstones reach a tenth of the live items).
+    fn consolidate(&self, py: Python<'_>) -> PyResult<usize> {
+        let inner = &self.inner;
+        run_detached(py, || Ok(inner.consolidate()))
     }
 
     /// The stored vector of `id` (normalised for "cosine"); KeyError when absent.

@@ -4,25 +4,28 @@
 //! never lock (see the publication rule in `store.rs`), removal is a tombstone plus local repair.
 
 use super::distance::{prefetch, DistFn, Metric};
+use super::epoch::Epochs;
 use super::ids::IdMap;
+use super::quant::Quant;
 use super::scratch::{with_scratch, Cand, Near, Scratch};
-use super::store::{read_links, write_links, Store, MAX_LEVEL};
+use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
-const EMPTY: u64 = u64::MAX;
+pub(crate) const EMPTY: u64 = u64::MAX;
 /// Largest supported `m` (level-0 lists hold `2 m` links; stack buffers are sized from this).
 pub const MAX_M: usize = 128;
-const BUF: usize = 2 * MAX_M;
+pub(crate) const BUF: usize = 2 * MAX_M;
 const PF_LINKS: bool = true;
 
 #[inline]
-fn pack(node: u32, level: usize) -> u64 {
+pub(crate) fn pack(node: u32, level: usize) -> u64 {
     ((level as u64) << 32) | node as u64
 }
 #[inline]
-fn unpack(e: u64) -> (u32, usize) {
+pub(crate) fn unpack(e: u64) -> (u32, usize) {
     (e as u32, (e >> 32) as usize)
 }
 
@@ -40,11 +43,18 @@ pub struct Graph {
     pub(crate) next: AtomicU32,
     /// Packed (max level, entry node), or EMPTY.
     pub(crate) entry: AtomicU64,
-    entry_lock: Mutex<()>,
+    pub(crate) entry_lock: Mutex<()>,
+    /// Slots freed by `consolidate`, reused before new ones are handed out.
+    pub(crate) free: Mutex<Vec<u32>>,
+    /// Grace periods: a freed slot is rewritten only after every operation that might still
+    /// hold it has ended.
+    pub(crate) epochs: Epochs,
+    /// Set once by `calibrate`; from then on every node has a code and level-0 search uses them.
+    pub(crate) quant: OnceLock<Quant>,
     pub(crate) ids: IdMap,
     pub(crate) live: AtomicUsize,
-    /// Nodes ever tombstoned in this graph; while 0, searches skip the per-node flag check (one
-    /// cache miss per candidate saved).
+    /// Tombstones not yet freed; while 0, searches skip the per-node flag check (one cache miss
+    /// per candidate saved). Freed slots are unreachable, so they need no check.
     pub(crate) tombstones: AtomicUsize,
 }
 
@@ -70,6 +80,9 @@ impl Graph {
             next: AtomicU32::new(0),
             entry: AtomicU64::new(EMPTY),
             entry_lock: Mutex::new(()),
+            free: Mutex::new(Vec::new()),
+            epochs: Epochs::default(),
+            quant: OnceLock::new(),
             ids: IdMap::new(),
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
@@ -95,30 +108,50 @@ impl Graph {
     }
 
     #[inline(always)]
-    fn d(&self, a: u32, b: u32) -> f32 {
+    pub(crate) fn d(&self, a: u32, b: u32) -> f32 {
         (self.dist)(self.store.vector(a), self.store.vector(b))
     }
 
     /// Allocate a slot and write the node's data (not yet reachable).
     pub(crate) fn alloc(&self, label: u64, v: &[f32], level: Option<usize>) -> crate::Result<u32> {
-        let slot = self.next.fetch_add(1, Ordering::AcqRel);
-        if slot as usize >= self.store.max_slots() {
-            self.next.fetch_sub(1, Ordering::AcqRel);
-            return Err(crate::invalid!(
-                "the index is full ({} slots)",
-                self.store.max_slots()
-            ));
+        let (slot, reused) = self.take_slot()?;
+        if reused {
+            // Unreachable since `consolidate`'s grace period: plain resets are safe.
+            self.store.clear_links0(slot);
+            self.store.clear_flags(slot);
         }
-        self.store.ensure(slot);
         self.store.write_vector(slot, v);
+        if let Some(qz) = self.quant.get() {
+            self.store.write_code(slot, |c| qz.encode(v, c));
+        }
         self.store.set_label(slot, label);
         self.store
             .set_level(slot, level.unwrap_or_else(|| self.random_level(slot)));
         Ok(slot)
     }
 
+    /// A slot whose segment exists. Serialised (a few ns against an insert's ~100 us) so a
+    /// refused allocation leaves no hole: `next` moves only once the segment is there.
+    fn take_slot(&self) -> crate::Result<(u32, bool)> {
+        let mut free = self.free.lock();
+        if let Some(slot) = free.pop() {
+            return Ok((slot, true));
+        }
+        let slot = self.next.load(Ordering::Acquire);
+        if slot as usize >= self.store.max_slots() {
+            return Err(crate::invalid!(
+                "the index is full ({} slots)",
+                self.store.max_slots()
+            ));
+        }
+        self.store.ensure(slot)?;
+        self.next.store(slot + 1, Ordering::Release);
+        Ok((slot, false))
+    }
+
     /// Insert or replace `label` with the prepared (validated, normalised) vector `v`.
     pub fn insert(&self, label: u64, v: &[f32]) -> crate::Result<()> {
+        let _pin = self.epochs.pin();
         let slot = self.alloc(label, v, None)?;
         // The old version disappears from results before the new one is linked: a search never
         // returns the same id twice.
@@ -140,6 +173,7 @@ impl Graph {
 
     /// Tombstone `label` and repair its neighbours' links. Returns false when absent.
     pub fn remove(&self, label: u64) -> bool {
+        let _pin = self.epochs.pin();
         let Some(slot) = self.ids.remove(label) else {
             return false;
         };
@@ -166,6 +200,7 @@ impl Graph {
     }
 
     pub fn vector_of(&self, label: u64) -> Option<Vec<f32>> {
+        let _pin = self.epochs.pin();
         self.ids
             .get(label)
             .map(|s| self.store.vector(s)[..self.dim].to_vec())
@@ -173,7 +208,6 @@ impl Graph {
 
     fn link(&self, s: u32) {
         let level = self.store.level(s);
-        let q = self.store.vector(s);
         let mut guard = None;
         let mut e = self.entry.load(Ordering::Acquire);
         if e == EMPTY || level > unpack(e).1 {
@@ -187,6 +221,18 @@ impl Graph {
                 guard = None;
             }
         }
+        let plan = self.plan(s, e);
+        self.commit(s, &plan);
+        if guard.is_some() {
+            self.entry.store(pack(s, level), Ordering::Release);
+        }
+    }
+
+    /// The read-only half of an insert: candidates for `s` on every level it shares with the
+    /// graph whose entry is `e` (sorted by distance, tombstones and `s` excluded).
+    pub(crate) fn plan(&self, s: u32, e: u64) -> Vec<(usize, Vec<Cand>)> {
+        let level = self.store.level(s);
+        let q = self.store.vector(s);
         let (ep, maxl) = unpack(e);
         let mut cur = Cand {
             d: (self.dist)(q, self.store.vector(ep)),
@@ -195,11 +241,8 @@ impl Graph {
         for l in (level + 1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
-        // Search every level top-down first, then write `s`'s own lists, then link it in from
-        // level 0 upwards: when another thread can reach `s` on a level, every list of `s` at
-        // that level and below is complete, so no search ever dead-ends in a half-linked node.
         let mut eps = vec![cur];
-        let mut plan: Vec<(usize, Vec<u32>)> = Vec::with_capacity(level.min(maxl) + 1);
+        let mut plan: Vec<(usize, Vec<Cand>)> = Vec::with_capacity(level.min(maxl) + 1);
         for l in (0..=level.min(maxl)).rev() {
             let mut w = with_scratch(|sc| {
                 if self.has_tombstones() {
@@ -212,14 +255,30 @@ impl Graph {
                 drain_sorted(sc)
             });
             if w.is_empty() {
-                w = eps.iter().copied().filter(|c| c.id != s).collect();
+                // Never link to a tombstone: `consolidate` relies on no new in-links to one.
+                w = eps
+                    .iter()
+                    .copied()
+                    .filter(|c| c.id != s && !self.store.is_deleted(c.id))
+                    .collect();
             }
-            plan.push((l, self.heuristic(&w, self.m)));
             if !w.is_empty() {
-                eps = w;
+                eps = w.clone();
             }
+            plan.push((l, w));
         }
-        for (l, sel) in &plan {
+        plan
+    }
+
+    /// The writing half: select neighbours from the plan, write `s`'s own lists, then link it
+    /// in from level 0 upwards. When another thread can reach `s` on a level, every list of
+    /// `s` at that level and below is complete, so no search dead-ends in a half-linked node.
+    pub(crate) fn commit(&self, s: u32, plan: &[(usize, Vec<Cand>)]) {
+        let sels: Vec<(usize, Vec<u32>)> = plan
+            .iter()
+            .map(|(l, w)| (*l, self.heuristic(w, self.m)))
+            .collect();
+        for (l, sel) in &sels {
             let mmax = if *l == 0 { self.m0 } else { self.m };
             // Another insert may already have linked to `s` on this level (it found `s` through
             // a level above); keep those links rather than overwrite them.
@@ -246,14 +305,11 @@ impl Graph {
             }
             write_links(list, &all);
         }
-        for (l, sel) in plan.iter().rev() {
+        for (l, sel) in sels.iter().rev() {
             let mmax = if *l == 0 { self.m0 } else { self.m };
             for &n in sel {
                 self.connect(n, s, *l, mmax);
             }
-        }
-        if guard.is_some() {
-            self.entry.store(pack(s, level), Ordering::Release);
         }
     }
 
@@ -295,7 +351,7 @@ impl Graph {
 
     /// Malkov & Yashunin's heuristic: keep a candidate only if it is closer to the base than to
     /// every neighbour already kept. `cands` is sorted by distance to the base.
-    fn heuristic(&self, cands: &[Cand], m: usize) -> Vec<u32> {
+    pub(crate) fn heuristic(&self, cands: &[Cand], m: usize) -> Vec<u32> {
         if cands.len() <= m {
             return cands.iter().map(|c| c.id).collect();
         }
@@ -313,12 +369,13 @@ impl Graph {
 
     /// Local repair after tombstoning `d`: every out-neighbour `u` of `d` that links back to it
     /// takes replacements from `d`'s own links, nearest first, each kept only if no link `u`
-    /// already has is closer to it (the heuristic's test), up to the list's capacity; the link
+    /// already has is closer to it (the heuristic's test, relaxed by `churn::ALPHA` so long links
+    /// survive), up to the list's capacity; the link
     /// to `d` goes last and only if there is room left. `u` keeps every other link, so its degree does not shrink with churn and no
     /// node that was reachable through `u` is stranded. Other in-links to `d` stay: the
     /// tombstone keeps its vector and links as a waypoint (never a result) until the heuristic
-    /// prunes it away or `rebuild()` drops it.
-    fn repair(&self, d: u32) {
+    /// prunes it away or `consolidate` (churn.rs) frees it.
+    pub(crate) fn repair(&self, d: u32) {
         let level = self.store.level(d);
         let mut dn = [0u32; BUF];
         let mut un = [0u32; BUF];
@@ -352,7 +409,10 @@ impl Graph {
                     if kept.len() >= mmax {
                         break;
                     }
-                    if kept.iter().all(|&r| self.d(cand.id, r) >= cand.d) {
+                    if kept
+                        .iter()
+                        .all(|&r| super::churn::relaxed(self.d(cand.id, r)) >= cand.d)
+                    {
                         kept.push(cand.id);
                     }
                 }
@@ -364,6 +424,7 @@ impl Graph {
                 write_links(list, &kept);
             }
         }
+        self.store.set_flag(d, FLAG_REPAIRED);
     }
 
     fn greedy(&self, q: &[f32], mut cur: Cand, l: usize) -> Cand {
@@ -396,6 +457,34 @@ impl Graph {
         level: usize,
         accept: F,
     ) {
+        let lines = (self.store.stride * 4).div_ceil(64);
+        self.search_layer_by(
+            sc,
+            eps,
+            (ef, level),
+            accept,
+            |n| (self.dist)(q, self.store.vector(n)),
+            // Every line of every unvisited neighbour, before any arithmetic: the distances
+            // are bound by memory latency, so overlap all the misses.
+            |n| prefetch(self.store.vector_ptr(n), lines),
+        );
+    }
+
+    /// `search_layer` with any node distance `dist` (float vectors or 8-bit codes) and the
+    /// matching prefetch `pf`.
+    pub(crate) fn search_layer_by<F, D, P>(
+        &self,
+        sc: &mut Scratch,
+        eps: &[Cand],
+        (ef, level): (usize, usize),
+        accept: F,
+        dist: D,
+        pf: P,
+    ) where
+        F: Fn(u32) -> bool,
+        D: Fn(u32) -> f32,
+        P: Fn(u32),
+    {
         sc.visited.reset(self.slots());
         sc.cands.clear();
         sc.results.clear();
@@ -415,7 +504,6 @@ impl Graph {
             Some(w) if sc.results.len() >= ef => w.d,
             _ => f32::INFINITY,
         };
-        let lines = (self.store.stride * 4).div_ceil(64);
         let mut buf = [0u32; BUF];
         let mut fresh = [0u32; BUF];
         while let Some(Near(Reverse(c))) = sc.cands.pop() {
@@ -423,19 +511,20 @@ impl Graph {
                 break;
             }
             let cnt = read_links(self.store.links(c.id, level), &mut buf);
+            // The next candidate's list, while this one's neighbours are scored.
+            if let Some(Near(Reverse(top))) = sc.cands.peek() {
+                prefetch(self.store.links(top.id, level).as_ptr() as *const f32, 1);
+            }
             let mut nf = 0;
             for &n in &buf[..cnt] {
                 if !sc.visited.check_and_mark(n) {
                     fresh[nf] = n;
                     nf += 1;
-                    // Every line of every unvisited neighbour, before any arithmetic: the
-                    // distances are bound by memory latency, so overlap all the misses
-                    // (measured ~15-20% more QPS than prefetching one neighbour ahead).
-                    prefetch(self.store.vector_ptr(n), lines);
+                    pf(n);
                 }
             }
             for &n in &fresh[..nf] {
-                let d = (self.dist)(q, self.store.vector(n));
+                let d = dist(n);
                 if d < lower || sc.results.len() < ef {
                     sc.cands.push(Near(Reverse(Cand { d, id: n })));
                     if PF_LINKS {
@@ -459,6 +548,7 @@ impl Graph {
 
     /// k nearest accepted nodes to the prepared query `q` (length = store stride, zero-padded).
     pub fn knn<F: Fn(u32) -> bool>(&self, q: &[f32], k: usize, ef: usize, accept: F) -> Vec<Cand> {
+        let _pin = self.epochs.pin();
         let e = self.entry.load(Ordering::Acquire);
         if e == EMPTY || k == 0 {
             return Vec::new();
@@ -471,6 +561,9 @@ impl Graph {
         for l in (1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
+        if let Some(qz) = self.quant.get() {
+            return self.knn_codes(qz, q, cur, k, ef.max(k), accept);
+        }
         with_scratch(|sc| {
             self.search_layer(sc, q, &[cur], ef.max(k), 0, accept);
             let mut r = drain_sorted(sc);
@@ -479,9 +572,68 @@ impl Graph {
         })
     }
 
+    /// Level 0 on the 8-bit codes (a quarter of the memory traffic of the float vectors),
+    /// then the `ef` best re-ranked with the float vectors.
+    fn knn_codes<F: Fn(u32) -> bool>(
+        &self,
+        qz: &Quant,
+        q: &[f32],
+        cur: Cand,
+        k: usize,
+        ef: usize,
+        accept: F,
+    ) -> Vec<Cand> {
+        let qc = qz.query(self.metric, q);
+        let lines = self.store.stride.div_ceil(64);
+        let start = Cand {
+            d: qc.dist(self.store.code(cur.id)),
+            id: cur.id,
+        };
+        let mut r = with_scratch(|sc| {
+            self.search_layer_by(
+                sc,
+                &[start],
+                (ef, 0),
+                accept,
+                |n| qc.dist(self.store.code(n)),
+                |n| prefetch(self.store.code_ptr(n), lines),
+            );
+            drain_sorted(sc)
+        });
+        let vl = (self.store.stride * 4).div_ceil(64);
+        r.iter()
+            .for_each(|c| prefetch(self.store.vector_ptr(c.id), vl));
+        for c in r.iter_mut() {
+            c.d = (self.dist)(q, self.store.vector(c.id));
+        }
+        r.sort_unstable();
+        r.truncate(k);
+        r
+    }
+
+    /// Fit the 8-bit quantiser on the live items and encode every node. The caller ensures
+    /// no writer runs (searches may: they read no code until `quant` is set).
+    pub(crate) fn calibrate(&self) {
+        let _pin = self.epochs.pin();
+        self.quant.get_or_init(|| {
+            let items = self.ids.items();
+            let qz = Quant::fit(
+                items.iter().map(|&(_, s)| self.store.vector(s)),
+                self.dim,
+                self.store.stride,
+            );
+            for i in 0..self.slots() as u32 {
+                let v = self.store.vector(i);
+                self.store.write_code(i, |c| qz.encode(v, c));
+            }
+            qz
+        });
+    }
+
     /// Exact k nearest live nodes (brute force over the id map), for `recall_probe` and tests.
     pub fn brute_force(&self, q: &[f32], k: usize) -> Vec<Cand> {
-        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+        let _pin = self.epochs.pin();
+        let mut heap = std::collections::BinaryHeap::with_capacity(k.min(self.len()) + 1);
         for (_, i) in self.ids.items() {
             if self.store.is_deleted(i) {
                 continue;

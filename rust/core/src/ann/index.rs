@@ -14,6 +14,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Largest `k` a search accepts (the feed asks for 1000; rows are padded to `k`).
+pub const MAX_K: usize = 1 << 20;
+/// Largest `capacity` hint (slots are u32).
+pub const MAX_CAPACITY: usize = 1 << 31;
+
 /// Id used to pad result rows that have fewer than k reachable items (`2**64 - 1`).
 pub const PAD_ID: u64 = u64::MAX;
 
@@ -30,7 +35,17 @@ pub struct HnswParams {
     pub capacity: usize,
     /// Seed of the level generator: same seed + same single-threaded inserts = same graph.
     pub seed: u64,
+    /// Batch inserts (and rebuilds) give the same graph at any thread count: searches run in
+    /// parallel, links are applied in input order. Holds while no other writer runs at once.
+    pub deterministic: bool,
+    /// Search level 0 on 8-bit codes and re-rank with the floats (fitted once the index holds
+    /// `CALIBRATE_AT` items, re-fitted by `rebuild`). Off by default: on clustered data the
+    /// global per-dimension ranges are too coarse (see docs/hnsw.md for the measurement).
+    pub quantize: bool,
 }
+
+/// Live items at which the 8-bit quantiser is fitted.
+pub const CALIBRATE_AT: usize = 1000;
 
 impl Default for HnswParams {
     fn default() -> Self {
@@ -39,6 +54,8 @@ impl Default for HnswParams {
             ef_construction: 200,
             capacity: 1024,
             seed: 0,
+            deterministic: false,
+            quantize: false,
         }
     }
 }
@@ -64,6 +81,8 @@ pub struct HnswStats {
     pub live: usize,
     pub slots: usize,
     pub tombstones: usize,
+    /// Slots freed by consolidation, reused by the next inserts.
+    pub free_slots: usize,
     pub memory_bytes: usize,
 }
 
@@ -80,6 +99,10 @@ pub struct HnswIndex {
     /// Writes made while a rebuild runs, replayed into the new graph before the swap.
     log: Mutex<Option<Vec<Op>>>,
     rebuilding: AtomicBool,
+    /// The error of the last background rebuild (cleared when the next rebuild starts).
+    rebuild_error: Mutex<Option<String>>,
+    /// Held by a rebuild or a consolidation (one maintenance job at a time).
+    maint: Mutex<()>,
     /// Writers share it; `save` takes it exclusively for a consistent snapshot.
     gate: RwLock<()>,
 }
@@ -101,6 +124,13 @@ impl HnswIndex {
                 params.ef_construction
             ));
         }
+        if params.capacity > MAX_CAPACITY {
+            return Err(crate::invalid!(
+                "capacity must be <= 2**31, got {} (the index grows by itself; the hint only \
+                 sizes the first block)",
+                params.capacity
+            ));
+        }
         let g = Graph::new(
             dim,
             metric,
@@ -109,7 +139,13 @@ impl HnswIndex {
             params.capacity,
             params.seed,
         );
-        Ok(Self::from_graph(g, params.capacity))
+        // Reserve the first block now, so a capacity the machine cannot hold fails here with an
+        // error instead of at the first insert.
+        g.store.ensure(0)?;
+        let mut me = Self::from_graph(g, params.capacity);
+        me.params.deterministic = params.deterministic;
+        me.params.quantize = params.quantize;
+        Ok(me)
     }
 
     pub(crate) fn from_graph(g: Graph, capacity: usize) -> Self {
@@ -118,6 +154,8 @@ impl HnswIndex {
             ef_construction: g.ef_construction,
             capacity,
             seed: g.seed,
+            deterministic: false,
+            quantize: false,
         };
         HnswIndex {
             dim: g.dim,
@@ -126,6 +164,8 @@ impl HnswIndex {
             graph: RwLock::new(Arc::new(g)),
             log: Mutex::new(None),
             rebuilding: AtomicBool::new(false),
+            rebuild_error: Mutex::new(None),
+            maint: Mutex::new(()),
             gate: RwLock::new(()),
         }
     }
@@ -162,6 +202,11 @@ impl HnswIndex {
         self.current().vector_of(id)
     }
 
+    /// True once searches traverse the 8-bit codes.
+    pub fn is_quantized(&self) -> bool {
+        self.current().quant.get().is_some()
+    }
+
     pub fn is_rebuilding(&self) -> bool {
         self.rebuilding.load(Ordering::Acquire)
     }
@@ -170,10 +215,12 @@ impl HnswIndex {
         let g = self.current();
         let live = g.len();
         let slots = g.slots();
+        let free_slots = g.free.lock().len();
         HnswStats {
             live,
             slots,
-            tombstones: slots.saturating_sub(live),
+            tombstones: slots.saturating_sub(live + free_slots),
+            free_slots,
             memory_bytes: g.store.allocated_bytes() + g.ids.heap_bytes(),
         }
     }
@@ -230,6 +277,22 @@ impl HnswIndex {
         vectors: &[f32],
         threads: Option<usize>,
     ) -> crate::Result<()> {
+        self.add_inner(ids, vectors, threads)?;
+        self.maybe_calibrate();
+        Ok(())
+    }
+
+    /// Fit the quantiser once the index is big enough, with writers held off for the time it
+    /// takes to encode the items (searches continue on the float path meanwhile).
+    fn maybe_calibrate(&self) {
+        let g = self.current();
+        if self.params.quantize && g.quant.get().is_none() && g.len() >= CALIBRATE_AT {
+            let _x = self.gate.write();
+            g.calibrate();
+        }
+    }
+
+    fn add_inner(&self, ids: &[u64], vectors: &[f32], threads: Option<usize>) -> crate::Result<()> {
         let threads = pool::resolve(threads)?;
         let n = self.check_rows(vectors, "vectors")?;
         if n != ids.len() {
@@ -258,6 +321,11 @@ impl HnswIndex {
             }
         }
         let _w = self.gate.read();
+        if self.params.deterministic {
+            self.add_deterministic(ids, vectors, &keep, threads)?;
+            self.maybe_consolidate();
+            return Ok(());
+        }
         let one = |i: usize| -> crate::Result<()> {
             if !keep[i] {
                 return Ok(());
@@ -272,12 +340,59 @@ impl HnswIndex {
             self.add_prepared(ids[i], v)
         };
         if threads <= 1 || n <= 1 {
-            (0..n).try_for_each(one)
+            (0..n).try_for_each(one)?;
         } else {
             pool::install(threads, || {
                 (0..n).into_par_iter().with_min_len(4).try_for_each(one)
-            })?
+            })??;
         }
+        self.maybe_consolidate();
+        Ok(())
+    }
+
+    /// Free tombstones once they are a tenth of the live items (at least 64), so churn keeps
+    /// a fresh build's memory and speed. Skipped while a rebuild or another consolidation runs
+    /// (the next write tries again).
+    fn maybe_consolidate(&self) {
+        let g = self.current();
+        let t = g.tombstones.load(Ordering::Acquire);
+        if t >= 64.max(g.len() / 10) {
+            if let Some(_m) = self.maint.try_lock() {
+                g.consolidate();
+            }
+        }
+    }
+
+    /// Unlink every tombstone and free its slot for reuse now (writes trigger this by
+    /// themselves once tombstones reach a tenth of the live items). Returns the slots freed.
+    pub fn consolidate(&self) -> usize {
+        let _w = self.gate.read();
+        let _m = self.maint.lock();
+        self.current().consolidate()
+    }
+
+    fn add_deterministic(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        keep: &[bool],
+        threads: usize,
+    ) -> crate::Result<()> {
+        let mut rows = Vec::with_capacity(ids.len());
+        for (i, row) in vectors.chunks_exact(self.dim).enumerate() {
+            if keep[i] {
+                let mut v = Vec::with_capacity(self.dim + 16);
+                self.prepare(row, "vectors", i, &mut v)?;
+                rows.push((ids[i], v));
+            }
+        }
+        let items: Vec<(u64, &[f32])> = rows.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+        let g = self.current();
+        g.insert_deterministic(&items, threads)?;
+        for (id, v) in rows {
+            self.after_write(&g, Op::Add(id, v))?;
+        }
+        Ok(())
     }
 
     fn add_prepared(&self, id: u64, v: Vec<f32>) -> crate::Result<()> {
@@ -313,7 +428,15 @@ impl HnswIndex {
             }
             self.after_write(&g, Op::Remove(id))?;
         }
+        self.maybe_consolidate();
         Ok(removed)
+    }
+
+    fn check_k(k: usize) -> crate::Result<()> {
+        if k == 0 || k > MAX_K {
+            return Err(crate::invalid!("k must be in 1..={MAX_K}, got {k}"));
+        }
+        Ok(())
     }
 
     fn resolve_ef(&self, k: usize, ef: Option<usize>) -> usize {
@@ -335,9 +458,7 @@ impl HnswIndex {
                 self.dim
             ));
         }
-        if k == 0 {
-            return Err(crate::invalid!("k must be >= 1, got 0"));
-        }
+        Self::check_k(k)?;
         let mut q = Vec::with_capacity(self.dim + 16);
         self.prepare(query, "query", 0, &mut q)?;
         let g = self.current();
@@ -355,9 +476,7 @@ impl HnswIndex {
     ) -> crate::Result<SearchResult> {
         let threads = pool::resolve(threads)?;
         let nq = self.check_rows(queries, "queries")?;
-        if k == 0 {
-            return Err(crate::invalid!("k must be >= 1, got 0"));
-        }
+        Self::check_k(k)?;
         if nq.saturating_mul(k) > 1 << 30 {
             return Err(crate::invalid!(
                 "{nq} queries x k={k} results is too large (limit 2**30)"
@@ -377,8 +496,8 @@ impl HnswIndex {
         }
         let ef = self.resolve_ef(k, ef);
         let g = self.current();
-        let mut ids = vec![PAD_ID; nq * k];
-        let mut distances = vec![f32::INFINITY; nq * k];
+        let mut ids = filled(nq * k, PAD_ID)?;
+        let mut distances = filled(nq * k, f32::INFINITY)?;
         let one = |(i, (ri, rd)): (usize, (&mut [u64], &mut [f32]))| {
             let mut q = Vec::with_capacity(self.dim + 16);
             // Validated above; prepare cannot fail here.
@@ -437,9 +556,7 @@ impl HnswIndex {
     ) -> crate::Result<f64> {
         let threads = pool::resolve(threads)?;
         let nq = self.check_rows(queries, "sample")?;
-        if k == 0 {
-            return Err(crate::invalid!("k must be >= 1, got 0"));
-        }
+        Self::check_k(k)?;
         if nq == 0 {
             return Err(crate::invalid!("recall_probe needs at least one query"));
         }
@@ -477,6 +594,7 @@ impl HnswIndex {
     /// `n` stored live vectors picked deterministically (for `recall_probe` on the index's own data).
     pub fn sample_vectors(&self, n: usize, seed: u64) -> Vec<f32> {
         let g = self.current();
+        let _pin = g.epochs.pin();
         let items = g.ids.items();
         if items.is_empty() || n == 0 {
             return Vec::new();
@@ -498,17 +616,70 @@ impl HnswIndex {
     /// into the new graph, so none is lost. Tombstones are dropped (memory is reclaimed).
     pub fn rebuild(&self, threads: Option<usize>) -> crate::Result<()> {
         let threads = pool::resolve(threads)?;
-        if self.rebuilding.swap(true, Ordering::AcqRel) {
-            return Err(crate::invalid!(
-                "a rebuild is already running on this index"
-            ));
-        }
+        self.begin_rebuild()?;
         let r = self.rebuild_inner(threads);
         self.rebuilding.store(false, Ordering::Release);
         r
     }
 
+    /// Claim the rebuild flag (refused while one runs) and clear the last background error.
+    fn begin_rebuild(&self) -> crate::Result<()> {
+        if self.rebuilding.swap(true, Ordering::AcqRel) {
+            return Err(crate::invalid!(
+                "a rebuild is already running on this index; wait until `rebuilding` is false"
+            ));
+        }
+        *self.rebuild_error.lock() = None;
+        Ok(())
+    }
+
+    /// `rebuild` on a background thread. `is_rebuilding()` is true from before this returns
+    /// until the new graph is live or the rebuild failed; a failure is kept in
+    /// `rebuild_error()`. A second call while one runs is refused.
+    pub fn rebuild_in_background(self: &Arc<Self>, threads: Option<usize>) -> crate::Result<()> {
+        let threads = pool::resolve(threads)?;
+        self.begin_rebuild()?;
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("fyp-hnsw-rebuild".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    me.rebuild_inner(threads)
+                }));
+                let err = match r {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("the background rebuild panicked".to_string()),
+                };
+                *me.rebuild_error.lock() = err;
+                me.rebuilding.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.rebuilding.store(false, Ordering::Release);
+            return Err(crate::Error::Io(format!(
+                "cannot start the rebuild thread: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Why the last background rebuild failed (the old graph stayed live), if it did.
+    pub fn rebuild_error(&self) -> Option<String> {
+        self.rebuild_error.lock().clone()
+    }
+
+    /// Build and swap; on any failure the write log is switched off again (the old graph,
+    /// which every write reached, stays live).
     fn rebuild_inner(&self, threads: usize) -> crate::Result<()> {
+        let r = self.build_and_swap(threads);
+        if r.is_err() {
+            *self.log.lock() = None;
+        }
+        r
+    }
+
+    fn build_and_swap(&self, threads: usize) -> crate::Result<()> {
+        let _m = self.maint.lock();
         *self.log.lock() = Some(Vec::new());
         let old = self.current();
         let items = old.ids.items();
@@ -520,15 +691,28 @@ impl HnswIndex {
             items.len().max(self.params.capacity),
             old.seed,
         );
-        let built = pool::install(threads, || {
+        if self.params.deterministic {
+            let rows: Vec<(u64, &[f32])> = items
+                .iter()
+                .map(|&(id, slot)| (id, old.store.vector(slot)))
+                .collect();
+            g.insert_deterministic(&rows, threads)?;
+        } else if threads <= 1 {
+            // On the calling thread: `par_iter` outside a pool would start rayon's global one.
             items
-                .par_iter()
-                .with_min_len(4)
-                .try_for_each(|&(id, slot)| g.insert(id, old.store.vector(slot)))
-        });
-        if let Err(e) = built.and_then(|r| r) {
-            *self.log.lock() = None;
-            return Err(e);
+                .iter()
+                .try_for_each(|&(id, slot)| g.insert(id, old.store.vector(slot)))?;
+        } else {
+            pool::install(threads, || {
+                items
+                    .par_iter()
+                    .with_min_len(4)
+                    .try_for_each(|&(id, slot)| g.insert(id, old.store.vector(slot)))
+            })??;
+        }
+        if self.params.quantize && g.len() >= CALIBRATE_AT {
+            // Re-fitted on today's items: a rebuild is where drifted ranges are corrected.
+            g.calibrate();
         }
         // Catch up outside the lock until the backlog is small, then finish under it and swap.
         loop {
@@ -619,6 +803,15 @@ impl IndexCut {
     }
 }
 
+/// `n` copies of `x`, or an error when the memory is not there (never an abort).
+fn filled<T: Copy>(n: usize, x: T) -> crate::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| super::store::out_of_memory(n * std::mem::size_of::<T>(), "search results"))?;
+    v.resize(n, x);
+    Ok(v)
+}
+
 fn apply(g: &Graph, op: &Op) -> crate::Result<()> {
     match op {
         Op::Add(id, v) => g.insert(*id, v),
@@ -636,6 +829,8 @@ fn search_graph(
     ef: usize,
     exclude: Option<&(dyn Fn(u64) -> bool + Sync)>,
 ) -> Vec<(u64, f32)> {
+    // Held until the labels are read: a slot freed meanwhile must not be reused under us.
+    let _pin = g.epochs.pin();
     let st = &g.store;
     let hits = match exclude {
         None if !g.has_tombstones() => g.knn(q, k, ef, |_| true),

@@ -3,16 +3,25 @@
 //! `index` is the public API; `graph` the algorithm; `store` the never-moving node storage;
 //! `distance` the SIMD kernels; `scratch` per-thread visited sets; `persist` the file format.
 
+mod churn;
+mod determ;
 pub mod distance;
+mod epoch;
 mod graph;
 mod ids;
 mod index;
 mod persist;
 mod pool;
+mod quant;
 mod scratch;
 mod store;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_robust;
 
 pub use distance::{simd_level, Metric};
-pub use index::{Exclude, HnswIndex, HnswParams, HnswStats, IdSet, IndexCut, SearchResult, PAD_ID};
+pub use index::{
+    Exclude, HnswIndex, HnswParams, HnswStats, IdSet, IndexCut, SearchResult, CALIBRATE_AT,
+    MAX_CAPACITY, MAX_K, PAD_ID,
+};

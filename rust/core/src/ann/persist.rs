@@ -10,7 +10,7 @@
 
 use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
-use super::store::{read_links, write_links, FLAG_DELETED, MAX_LEVEL};
+use super::store::{read_links, write_links, FLAG_DELETED, FLAG_REPAIRED, MAX_LEVEL};
 use crate::Error;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -285,7 +285,9 @@ fn read_nodes(g: &Graph, r: &mut Reader<'_>, slots: usize) -> crate::Result<()> 
             write_links(g.store.links(slot, l), &links);
         }
         if flags & FLAG_DELETED != 0 {
+            // Saved under the exclusive gate, so every tombstone's repair had finished.
             g.tombstone(slot);
+            g.store.set_flag(slot, FLAG_REPAIRED);
         } else {
             if g.ids.insert(label, slot).is_some() {
                 return Err(corrupt(format!("id {label} is live twice")));

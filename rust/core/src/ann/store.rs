@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, 
 pub const MAX_SEGMENTS: usize = 40;
 pub const MAX_LEVEL: usize = 15;
 pub const FLAG_DELETED: u8 = 1;
+/// Set on a tombstone once its neighbours' links were repaired (only then may it be unlinked).
+pub const FLAG_REPAIRED: u8 = 2;
+/// Set on a tombstone whose slot is on the free list (unreachable, waiting for reuse).
+pub const FLAG_FREE: u8 = 4;
 
 /// A zeroed, 64-byte aligned float buffer written through raw pointers (see the publication rule).
 struct FloatBuf {
@@ -22,15 +26,28 @@ struct FloatBuf {
 }
 
 impl FloatBuf {
-    fn new(len: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(1) * 4, 64).expect("vector segment too large");
+    /// A zeroed buffer, or an error when the allocator refuses (never an abort).
+    fn new(len: usize) -> crate::Result<Self> {
+        let layout = len
+            .max(1)
+            .checked_mul(4)
+            .and_then(|b| Layout::from_size_align(b, 64).ok())
+            .ok_or_else(|| crate::invalid!("a vector segment of {len} floats is too large"))?;
         // SAFETY: layout has non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) } as *mut f32;
         if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return Err(out_of_memory(layout.size(), "vectors"));
         }
-        FloatBuf { ptr, layout }
+        Ok(FloatBuf { ptr, layout })
     }
+}
+
+/// The error for a refused allocation (maps to `ValueError` in Python; the index is unchanged).
+pub fn out_of_memory(bytes: usize, what: &str) -> crate::Error {
+    crate::invalid!(
+        "cannot allocate {bytes} bytes for the index {what} (out of memory or over the process \
+         memory limit); use a smaller capacity or free memory"
+    )
 }
 
 impl Drop for FloatBuf {
@@ -42,6 +59,8 @@ impl Drop for FloatBuf {
 
 pub struct Segment {
     vectors: FloatBuf,
+    /// 8-bit codes, `stride` bytes per node (see `quant.rs`).
+    codes: FloatBuf,
     links0: Box<[AtomicU32]>,
     labels: Box<[AtomicU64]>,
     flags: Box<[AtomicU8]>,
@@ -73,19 +92,20 @@ unsafe impl Zeroable for Mutex<()> {}
 
 /// A zeroed boxed slice straight from the allocator: large segments come from fresh pages, so
 /// slots not used yet cost address space, not resident memory.
-fn zeroed<T: Zeroable>(n: usize) -> Box<[T]> {
+fn zeroed<T: Zeroable>(n: usize) -> crate::Result<Box<[T]>> {
     if n == 0 || std::mem::size_of::<T>() == 0 {
-        return boxed(n, || unreachable_zero());
+        return Ok(boxed(n, || unreachable_zero()));
     }
-    let layout = Layout::array::<T>(n).expect("segment too large");
+    let layout = Layout::array::<T>(n)
+        .map_err(|_| crate::invalid!("a segment of {n} nodes is too large"))?;
     // SAFETY: non-zero size; T is Zeroable, so zeroed memory is a valid [T; n]; the pointer and
     // layout match what Box<[T]> frees with.
     unsafe {
         let p = alloc_zeroed(layout) as *mut T;
         if p.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return Err(out_of_memory(layout.size(), "node table"));
         }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+        Ok(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)))
     }
 }
 
@@ -160,26 +180,34 @@ impl Store {
     }
 
     /// Make sure the segment holding slot `i` exists (allocates at most once per segment).
-    pub fn ensure(&self, i: u32) {
+    /// A refused allocation is an error and leaves the store as it was.
+    pub fn ensure(&self, i: u32) -> crate::Result<()> {
         let (s, _) = self.locate(i);
         if !self.segments[s].load(Ordering::Acquire).is_null() {
-            return;
+            return Ok(());
         }
         let _g = self.grow.lock();
         if !self.segments[s].load(Ordering::Acquire).is_null() {
-            return;
+            return Ok(());
         }
         let n = self.seg_len(s);
         let seg = Box::new(Segment {
-            vectors: FloatBuf::new(n * self.stride),
-            links0: zeroed(n * self.l0_width),
-            labels: zeroed(n),
-            flags: zeroed(n),
-            levels: zeroed(n),
-            upper: zeroed(n),
-            locks: zeroed(n),
+            vectors: FloatBuf::new(n.checked_mul(self.stride).ok_or_else(|| {
+                crate::invalid!(
+                    "a segment of {n} nodes x {} floats is too large",
+                    self.stride
+                )
+            })?)?,
+            codes: FloatBuf::new(n.saturating_mul(self.stride) / 4)?,
+            links0: zeroed(n.saturating_mul(self.l0_width))?,
+            labels: zeroed(n)?,
+            flags: zeroed(n)?,
+            levels: zeroed(n)?,
+            upper: zeroed(n)?,
+            locks: zeroed(n)?,
         });
         self.segments[s].store(Box::into_raw(seg), Ordering::Release);
+        Ok(())
     }
 
     #[inline(always)]
@@ -203,6 +231,41 @@ impl Store {
         let (seg, o) = self.seg(i);
         // SAFETY: in bounds of the segment.
         unsafe { seg.vectors.ptr.add(o * self.stride) }
+    }
+
+    #[inline(always)]
+    pub fn code(&self, i: u32) -> &[u8] {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds (`stride` bytes per node); written only before the codes are
+        // published (see `write_code`).
+        unsafe {
+            std::slice::from_raw_parts(
+                (seg.codes.ptr as *const u8).add(o * self.stride),
+                self.stride,
+            )
+        }
+    }
+
+    #[inline(always)]
+    pub fn code_ptr(&self, i: u32) -> *const f32 {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds of the segment.
+        unsafe { (seg.codes.ptr as *const u8).add(o * self.stride) as *const f32 }
+    }
+
+    /// Fill the code of slot `i`. The caller either owns the unpublished slot, or calibrates
+    /// while no writer runs and before the graph's codes are published (readers never read a
+    /// code before `Graph::quant` is set).
+    pub fn write_code(&self, i: u32, f: impl FnOnce(&mut [u8])) {
+        let (seg, o) = self.seg(i);
+        // SAFETY: in bounds; exclusive by the caller's contract above.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(
+                (seg.codes.ptr as *mut u8).add(o * self.stride),
+                self.stride,
+            )
+        };
+        f(dst);
     }
 
     /// Write the vector of a slot the caller owns and has not published yet.
@@ -233,9 +296,27 @@ impl Store {
         }
     }
 
+    /// Set the level of a slot the caller owns and has not published yet, with empty upper
+    /// lists. A reused slot keeps its upper block when the level matches, else frees it.
     pub fn set_level(&self, i: u32, level: usize) {
         let (seg, o) = self.seg(i);
+        let old = seg.upper[o].load(Ordering::Acquire);
+        let old_lv = seg.levels[o].load(Ordering::Acquire) as usize;
         seg.levels[o].store(level as u8, Ordering::Release);
+        if !old.is_null() {
+            let len = old_lv * self.up_width;
+            if old_lv == level {
+                // SAFETY: allocated below with `old_lv * up_width` entries; still owned by the slot.
+                let lists = unsafe { std::slice::from_raw_parts(old, len) };
+                lists.iter().for_each(|x| x.store(0, Ordering::Release));
+                return;
+            }
+            seg.upper[o].store(std::ptr::null_mut(), Ordering::Release);
+            self.upper_bytes.fetch_sub(len * 4, Ordering::Relaxed);
+            // SAFETY: allocated below as a boxed slice of exactly this length; the slot is
+            // unreachable (free-list reuse happens after a grace period), so no reader holds it.
+            unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(old, len))) };
+        }
         if level > 0 {
             let b: Box<[AtomicU32]> = boxed(level * self.up_width, || AtomicU32::new(0));
             self.upper_bytes
@@ -243,6 +324,13 @@ impl Store {
             let p = Box::into_raw(b) as *mut AtomicU32;
             seg.upper[o].store(p, Ordering::Release);
         }
+    }
+
+    /// Empty the level-0 list of a slot being reused (unreachable, owned by the caller).
+    pub fn clear_links0(&self, i: u32) {
+        self.links(i, 0)
+            .iter()
+            .for_each(|x| x.store(0, Ordering::Release));
     }
 
     #[inline(always)]
@@ -273,6 +361,16 @@ impl Store {
         seg.flags[o].load(Ordering::Acquire)
     }
 
+    pub fn set_flag(&self, i: u32, f: u8) {
+        let (seg, o) = self.seg(i);
+        seg.flags[o].fetch_or(f, Ordering::AcqRel);
+    }
+
+    pub fn clear_flags(&self, i: u32) {
+        let (seg, o) = self.seg(i);
+        seg.flags[o].store(0, Ordering::Release);
+    }
+
     /// Returns true when this call marked the node (it was live before).
     pub fn mark_deleted(&self, i: u32) -> bool {
         let (seg, o) = self.seg(i);
@@ -290,7 +388,7 @@ impl Store {
         for (s, p) in self.segments.iter().enumerate() {
             if !p.load(Ordering::Acquire).is_null() {
                 total +=
-                    self.seg_len(s) * (self.stride * 4 + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
+                    self.seg_len(s) * (self.stride * 5 + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
             }
         }
         total
@@ -347,7 +445,7 @@ mod tests {
     fn vectors_survive_growth() {
         let st = Store::new(5, 4, 64);
         for i in 0..1000u32 {
-            st.ensure(i);
+            st.ensure(i).unwrap();
             st.write_vector(i, &[i as f32; 5]);
             st.set_level(i, (i % 3) as usize);
         }
