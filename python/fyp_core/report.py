@@ -47,6 +47,9 @@ class Thresholds:
 
 @dataclass
 class Tile:
+    """One headline tile of the report: a title, a value, a one-line detail and a status
+    (green/amber/red/grey, shown as OK/WATCH/ALERT/INFO)."""
+
     title: str
     value: str
     detail: str

@@ -31,6 +31,8 @@ from fyp_core.server.models import (
     upload_model,
 )
 
+__all__ = ["CatalogSyncThread", "create_app", "SnapshotThread"]
+
 _log = logging.getLogger("fyp_core.server")
 
 _E: Dict[str, Any] = {"model": ErrorBody}

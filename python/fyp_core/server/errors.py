@@ -13,6 +13,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+__all__ = ["field_errors", "install"]
+
 _log = logging.getLogger("fyp_core.server")
 
 
@@ -47,6 +49,9 @@ def field_errors(exc: RequestValidationError) -> tuple[int, dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
+    """Register the host's error handlers on ``app``: validation errors, HTTP errors (404/405
+    included) and anything unexpected all answer with the JSON error body (``ErrorBody``)."""
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, body = field_errors(exc)

@@ -16,6 +16,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+__all__ = [
+    "Admission",
+    "bounded_route",
+    "BoundedRequest",
+    "default_max_inflight",
+    "HostLimits",
+    "parse_json",
+    "THREAD_POOL",
+]
+
 # anyio's default worker-thread pool, which runs the pipeline calls and the JSON parsing
 THREAD_POOL = 40
 

@@ -22,6 +22,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+__all__ = ["Metrics", "MetricsMiddleware", "REQUEST_BUCKETS", "STAGE_BUCKETS"]
+
 # fine below the 20 ms budget, then around the 200 ms SLO, then the tail
 REQUEST_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,

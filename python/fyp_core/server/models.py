@@ -8,6 +8,21 @@ from typing import Annotated, Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+__all__ = [
+    "EngageRequest",
+    "ErrorBody",
+    "exact_integer_bounds",
+    "FeedRequest",
+    "FeedResponse",
+    "FieldError",
+    "Health",
+    "ID_LIMIT",
+    "Ok",
+    "Slot",
+    "upload_model",
+    "UploadRequest",
+]
+
 U64_MAX = 2**64 - 1
 # ids sent to the host are int64-safe (Java long, SQL bigint); 2**64-1 is the index's "no item"
 ID_LIMIT = 2**63
@@ -46,6 +61,8 @@ Int = Annotated[int, BeforeValidator(_integral)]
 
 
 class FeedRequest(BaseModel):
+    """A request for one user's feed (POST /feed)."""
+
     model_config = _STRICT
     user_id: Id = Field(description="the caller's user id (hashed before anything is logged)")
     request_id: Id = Field(description="unique per request; impression ids derive from it")
@@ -53,6 +70,8 @@ class FeedRequest(BaseModel):
 
 
 class EngageRequest(BaseModel):
+    """What the user did with one served slot, by its impression id (POST /engage)."""
+
     model_config = _STRICT
     impression_id: Annotated[str, Field(min_length=1, max_length=512)]
     watched_seconds: Finite = Field(0.0, ge=0.0, le=86_400.0)
@@ -63,6 +82,8 @@ class EngageRequest(BaseModel):
 
 
 class UploadRequest(BaseModel):
+    """A new or replaced item: its embedding and metadata (POST /upload)."""
+
     model_config = _STRICT
     item_id: Int = Field(ge=0, lt=ID_LIMIT, description="new or replaced item id")
     embedding: List[Float32] = Field(
@@ -85,6 +106,8 @@ def upload_model(dim: Optional[int]) -> type[UploadRequest]:
 
 
 class Slot(BaseModel):
+    """One served slot of a feed, with the prediction and propensity frozen for the log."""
+
     item_id: int = Field(ge=0, le=U64_MAX)
     position: int = Field(ge=0)
     source: Literal["ranked", "exploration", "fresh"]
@@ -98,6 +121,8 @@ class Slot(BaseModel):
 
 
 class FeedResponse(BaseModel):
+    """The served feed: its slots in order and the request's identity."""
+
     request_id: str
     model_version: str
     slots: List[Slot]
@@ -106,10 +131,14 @@ class FeedResponse(BaseModel):
 
 
 class Ok(BaseModel):
+    """An accepted write."""
+
     ok: bool = True
 
 
 class Health(BaseModel):
+    """Readiness: whether the host takes traffic, and its load."""
+
     status: Literal["ok", "shedding", "draining"] = Field(
         description="ok: ready for traffic; shedding: at --max-inflight (or shed within the "
         "last second); draining: shutting down"
@@ -120,10 +149,14 @@ class Health(BaseModel):
 
 
 class FieldError(BaseModel):
+    """One rejected field and what to fix."""
+
     field: str = Field(description="dotted path of the offending field ('' for the body)")
     message: str
 
 
 class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: one line saying what was wrong, and the field errors."""
+
     error: str = Field(description="what was wrong and what would be right")
     errors: List[FieldError] = Field(default_factory=list)

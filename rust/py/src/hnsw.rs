@@ -14,6 +14,16 @@ use std::sync::Arc;
 /// `(ids uint64[nq, k], distances float32[nq, k])`.
 type SearchOut<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>);
 
+/// The candidate index: a concurrent online HNSW graph over `dim`-dimensional vectors.
+///
+/// Inserts, replacements and removals run while other threads search (every method is safe to
+/// call from several threads; heavy calls release the GIL). `metric`: "ip" (distance 1 - dot,
+/// for normalised embeddings), "cosine" (vectors and queries L2-normalised on the way in) or
+/// "l2" (squared Euclidean). `m` links per node, `ef_construction` the build beam; `capacity`
+/// is a sizing hint (the index grows by itself, at most 2**31). `deterministic=True`: the same
+/// seed and data give the same graph and results at any thread count. `quantize=True`: level-0
+/// traversal on 8-bit codes with float re-ranking (off by default: it did not pay here).
+/// Bad sizes or a metric it does not know raise ValueError; docs/hnsw.md has the details.
 #[pyclass(name = "HnswIndex", module = "fyp_core", frozen)]
 pub struct PyHnswIndex {
     pub inner: Arc<HnswIndex>,
@@ -138,26 +148,32 @@ impl PyHnswIndex {
         })
     }
 
+    /// Dimension of the stored vectors.
     #[getter]
     fn dim(&self) -> usize {
         self.inner.dim()
     }
+    /// Distance: "ip", "cosine" or "l2".
     #[getter]
     fn metric(&self) -> &'static str {
         self.inner.metric().name()
     }
+    /// Links per node on the upper levels (twice that on level 0).
     #[getter]
     fn m(&self) -> usize {
         self.inner.params().m
     }
+    /// Beam width used while linking new items.
     #[getter]
     fn ef_construction(&self) -> usize {
         self.inner.params().ef_construction
     }
+    /// Seed of the level draws (with `deterministic`, of the whole build).
     #[getter]
     fn seed(&self) -> u64 {
         self.inner.params().seed
     }
+    /// True when builds are reproducible at any thread count (not stored in saved files).
     #[getter]
     fn deterministic(&self) -> bool {
         self.inner.params().deterministic
@@ -172,6 +188,7 @@ impl PyHnswIndex {
     fn simd(&self) -> &'static str {
         fyp_core::ann::simd_level()
     }
+    /// True from `rebuild(wait=False)` until the background rebuild has swapped in (or failed).
     #[getter]
     fn rebuilding(&self) -> bool {
         self.inner.is_rebuilding()
@@ -189,6 +206,13 @@ impl PyHnswIndex {
         Ok(d)
     }
 
+    /// Insert items, or replace those whose id exists.
+    ///
+    /// `ids` uint64 (n,), `vectors` float32 (n, dim) (other numeric dtypes are converted once).
+    /// A replaced id's old vector leaves the results before the new one is linked; duplicate
+    /// ids in one batch: the last row wins. The batch is validated in full before anything is
+    /// inserted: NaN/Inf, a wrong dimension, ids/rows mismatch or the reserved id 2**64-1 raise
+    /// ValueError. `threads=None` uses every core, 1 the calling thread. Releases the GIL.
     #[pyo3(signature = (ids, vectors, threads=None))]
     fn add(
         &self,
@@ -215,6 +239,12 @@ impl PyHnswIndex {
         run_detached(py, || inner.add_with_threads(ids, v, threads))
     }
 
+    /// The `k` nearest stored items of each query row, as `(ids, distances)`: uint64 ids and float32 distances of
+    /// shape (nq, k), ascending. Rows with fewer than k reachable items are padded with id
+    /// 2**64-1 and distance inf. `ef` is the search beam (None: max(64, k); raised to k).
+    /// `exclude`: one id array for every query, or a list with one array (or None) per query;
+    /// excluded items are traversed but never take a result slot. `k` in 1..=2**20; a result
+    /// the memory cannot hold raises ValueError. Releases the GIL.
     #[pyo3(signature = (queries, k, ef=None, threads=None, exclude=None))]
     fn search<'py>(
         &self,
@@ -333,11 +363,15 @@ impl PyHnswIndex {
         }
     }
 
+    /// Write the index to one file at `path` (the graph and vectors; not the `deterministic`
+    /// or `quantize` flags). OSError when the file cannot be written. Releases the GIL.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let inner = &self.inner;
         run_detached(py, || inner.save(&path))
     }
 
+    /// Read an index from a file written by `save`. A truncated or corrupt file
+    /// raises `fyp_core.CorruptFileError` (a ValueError), never crashes. Releases the GIL.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = run_detached(py, || HnswIndex::load(&path))?;
