@@ -43,6 +43,9 @@ class _RedisStats(TypedDict):
     catalog_applied: int
     catalog_gaps: int
     catalog_superseded: int
+    catalog_pending: int
+    catalog_republished: int
+    catalog_pending_dropped: int
 
 class _SnapshotStats(TypedDict):
     written: int

@@ -121,8 +121,15 @@ class _PipelineCollector(Collector):
                 "catalog_superseded",
                 "Other hosts' entries passed over: this host published a newer change",
             ),
+            ("catalog_republished", "Changes published late, after the stream was unreachable"),
+            ("catalog_pending_dropped", "Unpublished changes dropped over the pending bound"),
         ):
             yield CounterMetricFamily(f"fyp_{key}", doc, value=redis[key])
+        yield GaugeMetricFamily(
+            "fyp_catalog_pending",
+            "Catalogue changes made here and not yet published (the stream was unreachable)",
+            value=redis["catalog_pending"],
+        )
 
     def _snapshots(self, snap: Any) -> Iterable[Any]:
         if snap is None:

@@ -1026,8 +1026,11 @@ impl PyFeedPipeline {
             r.set_item("skipped_while_down", st.skipped_while_down)?;
             r.set_item("fallbacks", s.shared_fallbacks.load(Relaxed))?;
             r.set_item("write_failures", s.shared_write_failures.load(Relaxed))?;
-            let [published, publish_failures, applied, gaps, superseded] =
+            let [published, publish_failures, applied, gaps, superseded, republished, dropped] =
                 self.inner.catalog_stats();
+            r.set_item("catalog_pending", self.inner.catalog_pending())?;
+            r.set_item("catalog_republished", republished)?;
+            r.set_item("catalog_pending_dropped", dropped)?;
             r.set_item("catalog_published", published)?;
             r.set_item("catalog_publish_failures", publish_failures)?;
             r.set_item("catalog_applied", applied)?;

@@ -8,8 +8,14 @@ use crate::serve::redis_tier::{check_upload_dim, parse_id, CatalogChange, Catalo
 use crate::serve::store::ItemInfo;
 use crate::Result;
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
+
+/// Catalogue changes kept for republication while the shared tier is unreachable; beyond this
+/// the oldest are dropped (counted: those changes then reach the other hosts only through a
+/// snapshot).
+pub const MAX_PENDING_CHANGES: usize = 100_000;
 
 /// Replication state and counters (on `stats()` and `/metrics`).
 pub(super) struct CatalogSync {
@@ -21,6 +27,11 @@ pub(super) struct CatalogSync {
     /// (this host already holds the newer state), so every host ends with the stream's last
     /// change per item (item id + stream id decide, not arrival order).
     newer: Mutex<IdMap<(u64, u64)>>,
+    /// Live changes not published yet (the tier was unreachable), oldest first: published, in
+    /// order, before any later change and at the start of every `sync_catalog`.
+    pending: Mutex<VecDeque<CatalogChange>>,
+    pub republished: AtomicU64,
+    pub pending_dropped: AtomicU64,
     pub superseded: AtomicU64,
     pub published: AtomicU64,
     pub publish_failures: AtomicU64,
@@ -33,6 +44,9 @@ impl Default for CatalogSync {
         CatalogSync {
             position: Mutex::new(("0-0".to_owned(), 0)),
             newer: Mutex::new(IdMap::default()),
+            pending: Mutex::new(VecDeque::new()),
+            republished: AtomicU64::new(0),
+            pending_dropped: AtomicU64::new(0),
             superseded: AtomicU64::new(0),
             published: AtomicU64::new(0),
             publish_failures: AtomicU64::new(0),
@@ -62,30 +76,71 @@ pub struct SyncReport {
 }
 
 impl Pipeline {
-    /// Publishes live catalogue changes to the shared tier (when attached); a failure is
-    /// counted (`catalog_publish_failures`): the change is applied here, the other hosts miss
-    /// it until they reload a snapshot.
+    /// Publishes live catalogue changes to the shared tier (when attached), after any still
+    /// pending from an outage (stream order = the order they were made here). A failure is
+    /// counted (`catalog_publish_failures`) and the changes wait in the pending queue (bounded,
+    /// `MAX_PENDING_CHANGES`): applied here at once, published when the tier answers again.
     pub(super) fn publish_changes(&self, changes: Vec<CatalogChange>) {
-        let Some(tier) = &self.shared else { return };
-        let n = changes.len() as u64;
-        match tier.publish_catalog(&self.stream, &changes) {
-            Ok(ids) => {
-                Self::count(&self.catalog.published, n);
-                let mut newer = self.catalog.newer.lock();
-                for (c, id) in changes.iter().zip(&ids) {
-                    let Some(at) = parse_id(id) else { continue };
-                    let items = match c {
-                        CatalogChange::Upload { info, .. } => std::slice::from_ref(&info.id),
-                        CatalogChange::Removal { ids, .. } => ids.as_slice(),
-                    };
-                    for &item in items {
-                        let e = newer.entry(item).or_insert(at);
-                        *e = (*e).max(at);
-                    }
-                }
-            }
-            Err(_) => Self::count(&self.catalog.publish_failures, n),
+        if self.shared.is_none() {
+            return;
         }
+        let mut pending = self.catalog.pending.lock();
+        let n = changes.len() as u64;
+        pending.extend(changes);
+        if self.flush_locked(&mut pending).is_err() {
+            Self::count(&self.catalog.publish_failures, n);
+            let over = pending.len().saturating_sub(MAX_PENDING_CHANGES);
+            if over > 0 {
+                pending.drain(..over);
+                Self::count(&self.catalog.pending_dropped, over as u64);
+            }
+        }
+    }
+
+    /// Publishes the pending changes (those left from an outage are counted as republished);
+    /// an unreachable tier is an error and the changes stay queued.
+    pub(super) fn flush_pending(&self) -> Result<()> {
+        let mut pending = self.catalog.pending.lock();
+        let before = pending.len() as u64;
+        self.flush_locked(&mut pending)?;
+        Self::count(&self.catalog.republished, before);
+        Ok(())
+    }
+
+    fn flush_locked(&self, pending: &mut VecDeque<CatalogChange>) -> Result<()> {
+        let Some(tier) = &self.shared else {
+            return Ok(());
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<CatalogChange> = pending.iter().cloned().collect();
+        let ids = tier.publish_catalog(&self.stream, &changes)?;
+        pending.clear();
+        Self::count(&self.catalog.published, changes.len() as u64);
+        self.mark_newer(&changes, &ids);
+        Ok(())
+    }
+
+    /// Remembers the stream id of this host's latest change per item (see `newer`).
+    fn mark_newer(&self, changes: &[CatalogChange], ids: &[String]) {
+        let mut newer = self.catalog.newer.lock();
+        for (c, id) in changes.iter().zip(ids) {
+            let Some(at) = parse_id(id) else { continue };
+            let items = match c {
+                CatalogChange::Upload { info, .. } => std::slice::from_ref(&info.id),
+                CatalogChange::Removal { ids, .. } => ids.as_slice(),
+            };
+            for &item in items {
+                let e = newer.entry(item).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+    }
+
+    /// Live changes waiting for the shared tier.
+    pub fn catalog_pending(&self) -> usize {
+        self.catalog.pending.lock().len()
     }
 
     /// Applies another host's entry; false when this host published a newer change of every
@@ -144,6 +199,8 @@ impl Pipeline {
         let Some(tier) = &self.shared else {
             return Ok(SyncReport::default());
         };
+        // this host's changes from an outage go out first, so the others catch up on them
+        self.flush_pending()?;
         let mut reloaded = None;
         loop {
             let mut pos = self.catalog.position.lock();

@@ -660,8 +660,8 @@ impl Pipeline {
     }
 
     /// Catalogue replication counters: (published, publish failures, applied, gaps,
-    /// superseded).
-    pub fn catalog_stats(&self) -> [u64; 5] {
+    /// superseded, republished after an outage, pending changes dropped over the bound).
+    pub fn catalog_stats(&self) -> [u64; 7] {
         let c = &self.catalog;
         [
             &c.published,
@@ -669,6 +669,8 @@ impl Pipeline {
             &c.applied,
             &c.gaps,
             &c.superseded,
+            &c.republished,
+            &c.pending_dropped,
         ]
         .map(|a| a.load(Ordering::Relaxed))
     }
