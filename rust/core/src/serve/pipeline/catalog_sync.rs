@@ -85,9 +85,11 @@ impl Pipeline {
             return;
         }
         let mut pending = self.catalog.pending.lock();
-        let n = changes.len() as u64;
+        let (n, late) = (changes.len() as u64, pending.len() as u64);
         pending.extend(changes);
-        if self.flush_locked(&mut pending).is_err() {
+        if self.flush_locked(&mut pending).is_ok() {
+            Self::count(&self.catalog.republished, late);
+        } else {
             Self::count(&self.catalog.publish_failures, n);
             let over = pending.len().saturating_sub(MAX_PENDING_CHANGES);
             if over > 0 {
