@@ -165,3 +165,11 @@ def test_dr_survives_bad_q_hat():
         ]
     )
     assert abs(v.mean() - world.true_value) < 3 * v.std(ddof=1) / 10
+
+
+def test_a_propensity_whose_weight_overflows_the_variance_is_refused():
+    """Found by the fuzz test: p = 4e-269 gave a finite DR value with an infinite stderr."""
+    rows = np.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 4.156036434115825e-269, 1.0, 1.0, 0.0]]).T
+    for fn, args in [(ope.ips, rows[:3]), (ope.dr, rows), (ope.switch_dr, rows)]:
+        with pytest.raises(ValueError, match="importance weight .* logging bug"):
+            fn(*args)

@@ -41,6 +41,10 @@ class Estimate:
         )
 
 
+#: importance weights beyond this are refused: their squares (the variance) would overflow
+_MAX_WEIGHT = 1e100
+
+
 def _array(name: str, x: object, n: Optional[int]) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1:
@@ -66,6 +70,14 @@ def _inputs(r: object, p: object, pi: object) -> Tuple[np.ndarray, np.ndarray, n
     if np.any((pi_ < 0) | (pi_ > 1)):
         bad = int(np.flatnonzero((pi_ < 0) | (pi_ > 1))[0])
         raise ValueError(f"target propensities must be in [0, 1]; pi[{bad}] = {pi_[bad]}")
+    w = pi_ / p_
+    if np.any(w > _MAX_WEIGHT):
+        bad = int(np.argmax(w))
+        raise ValueError(
+            f"importance weight pi/p = {w[bad]:.3g} at row {bad} (p = {p_[bad]:.3g}) is beyond "
+            f"{_MAX_WEIGHT:.0e}: its square overflows the variance; a logging propensity this "
+            f"small is a logging bug (the smallest real one is 1 / the catalogue size)"
+        )
     return r_, p_, pi_
 
 
