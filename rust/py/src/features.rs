@@ -21,7 +21,6 @@ fn some<'py>(o: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
 }
 
 /// Optional batch-tier arrays -> a `BatchTier`; `key` maps a user id to the store's user key.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn batch_from_py(
     version: &str,
     as_of: f64,
@@ -137,7 +136,6 @@ fn batch_snapshots(
                     categories=None, upload_ts=None, user_ids=None, user_embeddings=None,
                     creator_ids=None, creator_authority=None, history_len=50,
                     counter_windows=(3600.0, 86400.0), request_ids=None, batches=None))]
-#[allow(clippy::too_many_arguments)]
 fn replay_features<'py>(
     py: Python<'py>,
     paths: Vec<PathBuf>,

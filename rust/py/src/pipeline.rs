@@ -434,7 +434,6 @@ impl PyFeedPipeline {
                              impression_capacity=1000000, tier_cadence_s=(60.0, 300.0, 86400.0), \
                              redis_url=None, redis_namespace='default', redis_timeout_ms=25, \
                              redis_retry_after_ms=1000)")]
-    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         index: &Bound<'_, PyHnswIndex>,
@@ -539,7 +538,6 @@ impl PyFeedPipeline {
     /// finite. Releases the GIL.
     #[pyo3(signature = (item_id, embedding, topic, creator, category=AnyInt::of(0), ts=None),
            text_signature = "($self, item_id, embedding, topic, creator, category=0, ts=None)")]
-    #[allow(clippy::too_many_arguments)]
     fn upload(
         &self,
         py: Python<'_>,
@@ -567,7 +565,6 @@ impl PyFeedPipeline {
     /// Bulk load: `ids`, `embeddings (n x dim)`, `topics`, `creators`, optional `categories` and
     /// `upload_ts` (default now). `index=False` when the index already holds these vectors.
     #[pyo3(signature = (ids, embeddings, topics, creators, categories=None, upload_ts=None, index=true))]
-    #[allow(clippy::too_many_arguments)]
     fn load_items(
         &self,
         py: Python<'_>,
@@ -614,7 +611,6 @@ impl PyFeedPipeline {
     /// serve (or has forgotten), ValueError for negative or non-finite `watched_seconds` or
     /// `now`. Releases the GIL.
     #[pyo3(signature = (impression_id, watched_seconds=0.0, completed=false, liked=false, shared=false, followed=false, now=None))]
-    #[allow(clippy::too_many_arguments)]
     fn engage(
         &self,
         py: Python<'_>,
@@ -668,7 +664,6 @@ impl PyFeedPipeline {
     /// long-term user embeddings and creator authority, computed offline. `as_of` is the time
     /// the batch data describes (its freshness), seconds since the epoch.
     #[pyo3(signature = (version, as_of, user_ids=None, user_embeddings=None, creator_ids=None, creator_authority=None))]
-    #[allow(clippy::too_many_arguments)]
     fn load_batch(
         &self,
         py: Python<'_>,

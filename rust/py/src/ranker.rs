@@ -74,7 +74,6 @@ impl PyMlpRanker {
     #[new]
     #[pyo3(signature = (weights, biases, activation="relu", outputs=None, version="v0", *,
         task_names=None, cross_layers=None, input_schema=None, task_weights=None, kernel=None))]
-    #[allow(clippy::too_many_arguments)]
     fn new(
         weights: &Bound<'_, PyAny>,
         biases: &Bound<'_, PyAny>,

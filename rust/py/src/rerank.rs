@@ -262,7 +262,6 @@ fn to_i64(v: Vec<usize>) -> Vec<i64> {
 }
 
 impl PyReranker {
-    #[allow(clippy::too_many_arguments)]
     fn run<'py>(
         &self,
         py: Python<'py>,
@@ -308,7 +307,6 @@ impl PyReranker {
 
     /// Indices into the candidates in feed order (int64, at most k).
     #[pyo3(signature = (scores, topics, creators, k, embeddings=None, categories=None, is_fresh=None))]
-    #[allow(clippy::too_many_arguments)]
     fn rerank<'py>(
         &self,
         py: Python<'py>,
@@ -328,7 +326,6 @@ impl PyReranker {
 
     /// Like `rerank`, with which rules were relaxed and how often.
     #[pyo3(signature = (scores, topics, creators, k, embeddings=None, categories=None, is_fresh=None))]
-    #[allow(clippy::too_many_arguments)]
     fn rerank_detailed<'py>(
         &self,
         py: Python<'py>,

@@ -538,7 +538,6 @@ impl Mlp {
     }
 
     /// One layer over one block: `out[j][r] = step(bias[j] + sum_k x[k][r] * W[k_off + k][j])`.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn layer(
         &self,
         l: &DenseLayer,

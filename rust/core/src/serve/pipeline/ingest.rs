@@ -152,7 +152,6 @@ impl Pipeline {
     }
 
     /// Feeds an engagement back: the user's history, the item's counters and the event log.
-    #[allow(clippy::too_many_arguments)]
     pub fn engage(
         &self,
         impression_id: &str,
