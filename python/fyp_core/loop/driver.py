@@ -54,7 +54,7 @@ def _apply_break(env: dict[str, Any], cfg: LoopConfig, day: int) -> None:
         env["pipe"].update_config({"explore_rate": 0.0})
 
 
-def _metrics(env: dict[str, Any], served: sim.Served) -> dict[str, Any]:
+def _metrics(env: dict[str, Any], served: sim.Served, max_slots: int) -> dict[str, Any]:
     world = env["world"]
     ranked = served.sources != "exploration"
     return {
@@ -62,6 +62,7 @@ def _metrics(env: dict[str, Any], served: sim.Served) -> dict[str, Any]:
         "observed_value": float(served.finished[ranked].mean()),
         "topic_entropy": ev.topic_entropy(served.request_of, served.topics),
         "creator_gini": ev.creator_gini(served.creators, world.item_creator),
+        "creator_overflow": ev.creator_overflow(served.request_of, served.creators, max_slots),
         "fresh_reach": ev.fresh_reach(served.uploads, world.item_ids[served.item_rows]),
         "impressions": int(len(served.item_rows)),
         "exploration_slots": int((~ranked).sum()),
@@ -137,6 +138,7 @@ def _record(
         "lift": e["lift"],
         "topic_entropy": m["topic_entropy"],
         "creator_gini": m["creator_gini"],
+        "creator_overflow": m["creator_overflow"],
         "fresh_reach": m["fresh_reach"],
         "decision": verdict[0],
         "reasons": verdict[1],
@@ -159,7 +161,7 @@ def _one_day(
     )
     env["explored"] = explored
     arm = ev.explore_arm(table, explored, dict(zip(served.impression_ids, served.true_p)))
-    m = _metrics(env, served)
+    m = _metrics(env, served, cfg.rule.max_creator_slots)
     if day == cfg.rule.reference_day:
         env["baseline"] = m
     e = _evaluate(
