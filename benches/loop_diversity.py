@@ -78,7 +78,7 @@ def _measures(served: sim.Served, catalogue: np.ndarray, start: np.ndarray) -> d
         "gini_start_creators": ev.creator_gini(cre[in_start], start),
         "feed_gini": fg,
         "feed_top_share": top,
-        "creator_overflow": ev.creator_overflow(served.request_of, cre, 2),
+        "creator_overflow": ev.creator_overflow(served.request_of, cre, 2, served.positions, 12),
     }
 
 

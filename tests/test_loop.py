@@ -269,6 +269,14 @@ def test_diversity_measures_against_hand_computed_values() -> None:
     assert np.isclose(ev.creator_overflow(req, cre, 2), 1 / 3)
     assert np.isclose(ev.creator_overflow(req, cre, 1), 2 / 3)
     assert ev.creator_overflow(req, cre, 3) == 0.0
+    # a 14-slot response, creator 7 at positions 0, 1, 12, 13: 4 slots in the response, but
+    # at most 2 in any 12 consecutive slots
+    pos = np.arange(14)
+    cre14 = np.array([7, 7] + list(range(10, 20)) + [7, 7])
+    one = np.zeros(14, dtype=np.int64)
+    assert ev.creator_overflow(one, cre14, 2) == 1.0
+    assert ev.creator_overflow(one, cre14, 2, pos, 12) == 0.0
+    assert ev.creator_overflow(one, cre14, 2, pos, 13) == 1.0  # positions 0, 1, 12 in [0, 13)
     # one creator has every impression, three more exist: Gini = (n - 1) / n = 0.75
     assert np.isclose(ev.creator_gini(np.array([5, 5, 5]), np.array([5, 6, 7, 8])), 0.75)
     assert ev.fresh_reach(np.array([1, 2, 3, 4], np.uint64), np.array([2, 4, 9])) == 0.5
