@@ -278,7 +278,8 @@ def _loop(args: argparse.Namespace) -> int:
         print(
             f"day {r['day']}: live {r['live_version']} true value {r['true_value']:.4f} "
             f"lift {lift_s} entropy {r['topic_entropy']:.3f} gini {r['creator_gini']:.3f} "
-            f"-> {r['decision']}: {'; '.join(r['reasons'])}; {rt_s}",
+            f"over-cap {r['creator_overflow']:.3f} -> {r['decision']}: "
+            f"{'; '.join(r['reasons'])}; {rt_s}",
             flush=True,
         )
 

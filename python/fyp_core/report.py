@@ -949,11 +949,18 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
     )
     d.line(xs, [r["topic_entropy"] for r in records], PALETTE[3], "topic entropy (nats)")
     d.line(xs, [r["creator_gini"] for r in records], PALETTE[4], "creator Gini")
+    d.line(
+        xs,
+        [r.get("creator_overflow") for r in records],
+        PALETTE[6],
+        "feeds over the creator cap",
+    )
     d.line(xs, [r["fresh_reach"] for r in records], PALETTE[5], "fresh reach")
     rows = [
         {
             **r,
             "reasons": "; ".join(r["reasons"]),
+            "creator_overflow": r.get("creator_overflow"),
             "lift_v": None if r["lift"] is None else r["lift"]["value"],
             "est_v": None if r["estimated_value"] is None else r["estimated_value"]["value"],
             "retrieval_v": (r.get("retrieval") or {}).get("version"),
@@ -972,6 +979,7 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
             ("lift_v", "lift", "+.4f"),
             ("topic_entropy", "entropy", ".3f"),
             ("creator_gini", "Gini", ".3f"),
+            ("creator_overflow", "feeds over creator cap", ".3f"),
             ("fresh_reach", "fresh reach", ".2f"),
             ("decision", "decision", ""),
             ("reasons", "reasons", ""),

@@ -46,6 +46,13 @@ class PromotionRule:
     entropy_drop: float = 0.05
     #: creator Gini above the reference day's + this is flagged in the reasons
     gini_rise: float = 0.05
+    #: the most slots one creator may hold within ``creator_window`` consecutive slots of a
+    #: response (the policy's ``max_per_creator`` 2 over its 12-slot window)
+    max_creator_slots: int = 2
+    creator_window: int = 12
+    #: a share of responses with a creator above ``max_creator_slots`` (``creator_overflow``)
+    #: above the reference day's + this is flagged in the reasons
+    overflow_rise: float = 0.03
     retrieval_min_gain: float = 0.0
     min_retrieval_positives: int = 30
 

@@ -83,8 +83,9 @@ def decide(
 def diversity_flags(
     m: dict[str, Any], baseline: Optional[dict[str, Any]], rule: PromotionRule
 ) -> list[str]:
-    """Guardrail reasons: topic entropy fallen or creator Gini risen against the reference
-    day (``PromotionRule.reference_day``)."""
+    """Guardrail reasons: topic entropy fallen, creator Gini risen, or the share of feeds
+    with a creator above ``max_creator_slots`` risen, against the reference day
+    (``PromotionRule.reference_day``)."""
     if baseline is None or baseline is m:
         return []
     out = []
@@ -94,4 +95,10 @@ def diversity_flags(
     g0, g = baseline["creator_gini"], m["creator_gini"]
     if g > g0 + rule.gini_rise:
         out.append(f"diversity: creator Gini rose to {g:.3f} from {g0:.3f} on the reference day")
+    o0, o = baseline.get("creator_overflow"), m.get("creator_overflow")
+    if o is not None and o0 is not None and o > o0 + rule.overflow_rise:
+        out.append(
+            f"diversity: creator concentration rose: {o:.1%} of feeds give one creator more "
+            f"than {rule.max_creator_slots} slots, {o0:.1%} on the reference day"
+        )
     return out

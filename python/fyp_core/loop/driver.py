@@ -16,7 +16,7 @@ from fyp_core import analytics
 from fyp_core import features as fs
 from fyp_core.loop import evaluate as ev
 from fyp_core.loop import sim
-from fyp_core.loop.config import LoopConfig
+from fyp_core.loop.config import LoopConfig, PromotionRule
 from fyp_core.loop.decide import decide, diversity_flags
 from fyp_core.loop.learn import (
     break_parity,
@@ -54,7 +54,7 @@ def _apply_break(env: dict[str, Any], cfg: LoopConfig, day: int) -> None:
         env["pipe"].update_config({"explore_rate": 0.0})
 
 
-def _metrics(env: dict[str, Any], served: sim.Served) -> dict[str, Any]:
+def _metrics(env: dict[str, Any], served: sim.Served, rule: PromotionRule) -> dict[str, Any]:
     world = env["world"]
     ranked = served.sources != "exploration"
     return {
@@ -62,6 +62,13 @@ def _metrics(env: dict[str, Any], served: sim.Served) -> dict[str, Any]:
         "observed_value": float(served.finished[ranked].mean()),
         "topic_entropy": ev.topic_entropy(served.request_of, served.topics),
         "creator_gini": ev.creator_gini(served.creators, world.item_creator),
+        "creator_overflow": ev.creator_overflow(
+            served.request_of,
+            served.creators,
+            rule.max_creator_slots,
+            served.positions,
+            rule.creator_window,
+        ),
         "fresh_reach": ev.fresh_reach(served.uploads, world.item_ids[served.item_rows]),
         "impressions": int(len(served.item_rows)),
         "exploration_slots": int((~ranked).sum()),
@@ -137,6 +144,7 @@ def _record(
         "lift": e["lift"],
         "topic_entropy": m["topic_entropy"],
         "creator_gini": m["creator_gini"],
+        "creator_overflow": m["creator_overflow"],
         "fresh_reach": m["fresh_reach"],
         "decision": verdict[0],
         "reasons": verdict[1],
@@ -159,7 +167,7 @@ def _one_day(
     )
     env["explored"] = explored
     arm = ev.explore_arm(table, explored, dict(zip(served.impression_ids, served.true_p)))
-    m = _metrics(env, served)
+    m = _metrics(env, served, cfg.rule)
     if day == cfg.rule.reference_day:
         env["baseline"] = m
     e = _evaluate(

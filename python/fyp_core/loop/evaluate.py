@@ -17,6 +17,7 @@ __all__ = [
     "OpeResult",
     "boltzmann_weights",
     "creator_gini",
+    "creator_overflow",
     "explore_arm",
     "fresh_reach",
     "layer_ab",
@@ -155,6 +156,35 @@ def creator_gini(creators: np.ndarray, all_creators: Optional[np.ndarray] = None
     c = np.sort(counts).astype(np.float64)
     n = len(c)
     return float((2.0 * np.sum(np.arange(1, n + 1) * c) / (n * c.sum())) - (n + 1.0) / n)
+
+
+def creator_overflow(
+    request_of: np.ndarray,
+    creators: np.ndarray,
+    max_slots: int,
+    positions: Optional[np.ndarray] = None,
+    window: Optional[int] = None,
+) -> float:
+    """Share of responses in which one creator holds more than ``max_slots`` slots (within
+    some ``window`` consecutive positions when both are given and a response is longer): the
+    per-feed creator concentration the re-ranker's cap (``max_per_creator`` per window)
+    bounds. 0 while the cap holds; unlike a mean over feeds it is not moved by how many feeds
+    reach the cap, which varies day to day with the ranker and the batch tier."""
+    if len(creators) == 0:
+        return float("nan")
+    if positions is None or window is None or int(positions.max()) < window:
+        masks = [np.ones(len(creators), dtype=bool)]
+    else:  # one mask per window offset (a loop over offsets, not impressions)
+        masks = [
+            (positions >= o) & (positions < o + window)
+            for o in range(int(positions.max()) - window + 2)
+        ]
+    over = []
+    for w in masks:
+        pair = np.stack([request_of[w], creators[w]])
+        pairs, counts = np.unique(pair, axis=1, return_counts=True)
+        over.append(pairs[0][counts > max_slots])
+    return float(len(np.unique(np.concatenate(over))) / len(np.unique(request_of)))
 
 
 def fresh_reach(uploads: np.ndarray, served_items: np.ndarray) -> Optional[float]:
