@@ -53,3 +53,54 @@ def test_an_uninterrupted_call_returns_normally():
     assert time.perf_counter() - t >= 0.05
     with pytest.raises(ValueError, match="seconds must be in"):
         _core._wait_interruptible(-1.0)
+
+
+ADD_CHILD = r"""
+import sys, time
+import numpy as np
+import fyp_core
+n, dim = 200_000, 32
+rng = np.random.default_rng(0)
+data = rng.standard_normal((n, dim)).astype(np.float32)
+ix = fyp_core.HnswIndex(dim, m=16, ef_construction=200, capacity=n)
+print("ready", flush=True)
+t = time.perf_counter()
+try:
+    ix.add(np.arange(n), data, threads=1)
+except KeyboardInterrupt:
+    took = time.perf_counter() - t
+    have = len(ix)
+    # the rows inserted before the interrupt are whole: each is found from its own vector
+    probe = np.arange(0, have, max(1, have // 50))
+    ids, _ = ix.search(data[probe], 1, ef=64)
+    found = float((ids[:, 0] == probe).mean())
+    print(f"interrupted {took:.3f} {have} {found:.3f}", flush=True)
+    sys.exit(0)
+print("not interrupted", flush=True)
+sys.exit(1)
+"""
+
+
+def test_sigint_interrupts_a_bulk_hnsw_add_and_keeps_what_was_inserted():
+    p = subprocess.Popen(
+        [sys.executable, "-c", ADD_CHILD],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        sent = time.perf_counter()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        took = time.perf_counter() - sent
+    finally:
+        p.kill()
+    assert p.returncode == 0, (out, err)
+    word, _, have, found = out.split()
+    assert word == "interrupted", out
+    assert 0 < int(have) < 200_000, out
+    assert float(found) >= 0.95, out
+    assert took < 5.0, f"the add ran {took:.1f} s past Ctrl-C"

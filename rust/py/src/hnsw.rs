@@ -2,7 +2,7 @@
 //! the GIL around every call that does real work, and maps errors.
 
 use crate::convert::{f32_matrix, u64_vector};
-use crate::errors::{run_detached, to_py};
+use crate::errors::{run_detached, run_interruptible, to_py};
 use fyp_core::ann::{Exclude, HnswIndex, HnswParams, IdSet, Metric};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -213,6 +213,9 @@ impl PyHnswIndex {
     /// ids in one batch: the last row wins. The batch is validated in full before anything is
     /// inserted: NaN/Inf, a wrong dimension, ids/rows mismatch or the reserved id 2**64-1 raise
     /// ValueError. `threads=None` uses every core, 1 the calling thread. Releases the GIL.
+    /// Ctrl-C raises KeyboardInterrupt within milliseconds: the rows inserted before it stay
+    /// (whole and searchable; `len` counts them), the rest are not inserted (an index built
+    /// with `deterministic=True` finishes its batch first).
     #[pyo3(signature = (ids, vectors, threads=None))]
     fn add(
         &self,
@@ -236,7 +239,7 @@ impl PyHnswIndex {
         }
         let (ids, v) = (ids.as_slice()?, v.as_slice()?);
         let inner = &self.inner;
-        run_detached(py, || inner.add_with_threads(ids, v, threads))
+        run_interruptible(py, |cancel| inner.add_cancellable(ids, v, threads, cancel))
     }
 
     /// The `k` nearest stored items of each query row, as `(ids, distances)`: uint64 ids and float32 distances of

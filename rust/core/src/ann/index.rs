@@ -6,6 +6,7 @@ use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
 use super::ids::IdHasher;
 use super::pool;
+use crate::cancel::Cancel;
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -277,7 +278,20 @@ impl HnswIndex {
         vectors: &[f32],
         threads: Option<usize>,
     ) -> crate::Result<()> {
-        self.add_inner(ids, vectors, threads)?;
+        self.add_cancellable(ids, vectors, threads, &Cancel::new())
+    }
+
+    /// `add_with_threads` that stops at the next row once `cancel` is set, with
+    /// `Error::Interrupted`: the rows inserted before stay (each is whole and searchable), the
+    /// rest are not inserted. A `deterministic` index inserts its batch to the end.
+    pub fn add_cancellable(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        threads: Option<usize>,
+        cancel: &Cancel,
+    ) -> crate::Result<()> {
+        self.add_inner(ids, vectors, threads, cancel)?;
         self.maybe_calibrate();
         Ok(())
     }
@@ -292,7 +306,13 @@ impl HnswIndex {
         }
     }
 
-    fn add_inner(&self, ids: &[u64], vectors: &[f32], threads: Option<usize>) -> crate::Result<()> {
+    fn add_inner(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        threads: Option<usize>,
+        cancel: &Cancel,
+    ) -> crate::Result<()> {
         let threads = pool::resolve(threads)?;
         let n = self.check_rows(vectors, "vectors")?;
         if n != ids.len() {
@@ -330,6 +350,7 @@ impl HnswIndex {
             if !keep[i] {
                 return Ok(());
             }
+            cancel.check("HnswIndex.add")?;
             let mut v = Vec::with_capacity(self.dim + 16);
             self.prepare(
                 &vectors[i * self.dim..(i + 1) * self.dim],
