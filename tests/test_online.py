@@ -186,8 +186,13 @@ def online(tmp_path_factory):
     root = tmp_path_factory.mktemp("online-loop")
     shadows: list[list[str]] = []
 
+    models: dict = {}
+    state: dict = {}
+
     def inspect(rec: dict, env: dict) -> None:
         shadows.append(list(env["pipe"].model_versions["shadows"]))
+        models.update(env.get("online_models", {}))
+        state.update(catalogue=env["catalogue"], batches=env.get("batches"))
 
     recs = run(
         days=2,
@@ -197,7 +202,13 @@ def online(tmp_path_factory):
         online_every_minutes=360,
         **SMALL,
     )
-    return {"records": recs, "log": str(root / "log"), "shadows": shadows}
+    return {
+        "records": recs,
+        "log": str(root / "log"),
+        "shadows": shadows,
+        "models": models,
+        **state,
+    }
 
 
 def test_the_online_shadow_changes_each_chunk_live_and_exploration_untouched(online) -> None:
@@ -235,6 +246,38 @@ def test_the_online_shadow_changes_each_chunk_live_and_exploration_untouched(onl
     explored = {v for s, v in zip(imp["source"], imp["model_version"]) if s == "exploration"}
     assert "day0-handmade" in explored and explored <= live | routed
     assert not any(v.startswith("online-") for v in imp["model_version"])
+
+
+def test_the_synced_weights_are_what_the_shadow_scored(online) -> None:
+    """Parameter sync: each online version's logged predictions are its fine-tuned model's
+    predictions on the served feature vectors of the impressions it scored."""
+    scores = analytics.read_table(
+        online["log"], "ranker_scores", columns=["impression_id", "model_version", "pred_finish"]
+    ).to_pydict()
+    rows = fs.training_set(
+        online["log"],
+        online["catalogue"],
+        user_token_key=sim.KEY,
+        history_len=LoopConfig().history_len,
+        batches=online["batches"],
+    )
+    row_of = {imp: i for i, imp in enumerate(rows.column("impression_id").to_pylist())}
+    x = fs.features_matrix(rows)
+    checked = 0
+    for v, model in online["models"].items():
+        pairs = [
+            (row_of[i], p)
+            for i, m, p in zip(
+                scores["impression_id"], scores["model_version"], scores["pred_finish"]
+            )
+            if m == v
+        ]
+        if not pairs:  # the day's last version is removed before it scores
+            continue
+        idx, logged = (np.array(a) for a in zip(*pairs))
+        np.testing.assert_allclose(model.predict(x[idx])[:, 0], logged, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked == len(online["models"]) - 1 == 3
 
 
 def test_no_log_row_is_lost_serving_in_chunks(online) -> None:

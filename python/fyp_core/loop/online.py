@@ -161,6 +161,7 @@ def serve_day_online(
         "seconds_rows": 0.0,
     }
     parts, fit, shadow = [], None, None
+    env["online_models"] = {}  # the day's synced models by version (tests, notebooks)
     pooled: dict[str, list[np.ndarray]] = {}
     for k in range(math.ceil(DAY / step)):
         part = sim.serve_until(env, cfg, plan, t_day + (k + 1) * step, rng)
@@ -194,6 +195,7 @@ def serve_day_online(
         finally:
             rec["seconds_train"] += _now() - t
         shadow = sync_shadow(pipe, fit.ranker, shadow)
+        env["online_models"][shadow] = fit.ranker
         rec["synced"].append(shadow)
     if shadow is not None:  # tomorrow's chain starts from tomorrow's daily model
         pipe.remove_shadow(shadow)
