@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--days", type=int, default=3, help="simulated days (full mode)")
-    ap.add_argument("--requests", type=int, default=3000, help="requests per day (full mode)")
+    ap.add_argument("--requests", type=int, default=4500, help="requests per day (full mode)")
     ap.add_argument("--every", type=int, default=60, help="simulated minutes per chunk")
     ap.add_argument("--steps", type=int, default=8, help="AdamW steps per chunk")
     ap.add_argument("--lr", type=float, default=5e-4)
