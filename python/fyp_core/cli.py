@@ -134,6 +134,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="remove one safeguard from day 1 on (the loop must detect it)",
     )
     lp.add_argument(
+        "--online-every",
+        dest="online_every",
+        metavar="MIN",
+        type=int,
+        default=0,
+        help="fine-tune an online shadow every MIN simulated minutes (docs/train.md; 0: off)",
+    )
+    lp.add_argument(
         "--json",
         dest="json_out",
         metavar="OUT",
@@ -282,6 +290,14 @@ def _loop(args: argparse.Namespace) -> int:
             f"{'; '.join(r['reasons'])}; {rt_s}",
             flush=True,
         )
+        on = (r.get("online") or {}).get("day")
+        if on:
+            print(
+                f"  online ({len(r['online']['synced'])} syncs): next-chunk AUC "
+                f"{on['auc_online']:.4f} vs daily {on['auc_daily']:.4f}, log-loss "
+                f"{on['ll_online']:.4f} vs {on['ll_daily']:.4f}",
+                flush=True,
+            )
 
     records = run(
         days=args.days,
@@ -290,6 +306,7 @@ def _loop(args: argparse.Namespace) -> int:
         users=args.users,
         requests_per_day=args.requests,
         break_=args.break_,
+        online_every_minutes=args.online_every,
         json_out=args.json_out,
         progress=show,
     )

@@ -104,6 +104,13 @@ class LoopConfig:
     #: guardrails' reference day (so the reference is clean)
     break_day: Optional[int] = None
     task_weights: tuple = (1.0, 0.5, 1.0, 1.0, 0.3, 0.02)
+    #: online fine-tuning (``loop/online.py``, docs/train.md): every this many simulated
+    #: minutes, fine-tune the day's model on the newest chunk of log and sync it into the
+    #: online shadow (0: off)
+    online_every_minutes: int = 0
+    #: the online fine-tune's AdamW steps per chunk (mini-batches of 128 rows) and learning rate
+    online_steps: int = 8
+    online_lr: float = 5e-4
     rule: PromotionRule = field(default_factory=PromotionRule)
 
     @property
@@ -145,5 +152,14 @@ class LoopConfig:
             raise ValueError(f"explore_rate must be in [0, 1), got {self.explore_rate}")
         if not 0.0 < self.layer_share < 1.0:
             raise ValueError(f"layer_share must be in (0, 1), got {self.layer_share}")
+        if not 0 <= int(self.online_every_minutes) <= 24 * 60:
+            raise ValueError(
+                f"online_every_minutes must be in [0, 1440], got {self.online_every_minutes}"
+            )
+        if int(self.online_steps) <= 0 or not self.online_lr > 0:
+            raise ValueError(
+                f"online_steps and online_lr must be > 0, got {self.online_steps} and "
+                f"{self.online_lr}"
+            )
         if self.ope_temperature <= 0:
             raise ValueError(f"ope_temperature must be > 0, got {self.ope_temperature}")

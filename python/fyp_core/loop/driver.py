@@ -15,7 +15,7 @@ import numpy as np
 from fyp_core import analytics
 from fyp_core import features as fs
 from fyp_core.loop import evaluate as ev
-from fyp_core.loop import sim
+from fyp_core.loop import online, sim
 from fyp_core.loop.config import LoopConfig, PromotionRule
 from fyp_core.loop.decide import decide, diversity_flags
 from fyp_core.loop.learn import (
@@ -160,7 +160,7 @@ def _one_day(
     routed = env.get("routed_version") is not None
     batch = env["pipe"].batch_info
     retrieval_version = env["pipe"].retrieval_version
-    served = sim.serve_day(env, cfg, day, rng)
+    served, online_rec = online.serve(env, cfg, day, rng)
     table = _day_table(env, cfg, served)
     explored = analytics.read_table(
         env["logdir"], "exploration_events", columns=["impression_id", "propensity"]
@@ -195,6 +195,8 @@ def _one_day(
         "batch": {"version": batch["version"], "n_users": batch["n_users"]},
         "retrieval": {"version": retrieval_version, "true_recall_at_100": recall, **rj},
     }
+    if online_rec is not None:
+        extra["online"] = online_rec
     rec = _record(day, env, live_version, m, e, verdict, extra)
     _next_candidate(env, cfg, day, table)
     return rec

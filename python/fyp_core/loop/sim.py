@@ -15,7 +15,17 @@ from fyp_core.catalog import Catalogue, apply_catalogue
 from fyp_core.loop.config import LoopConfig
 from fyp_core.synth import DAY, TASKS, World, demo_ranker_weights, make_world
 
-__all__ = ["POLICY", "NO_CAPS_POLICY", "Served", "build", "serve_day", "true_finish"]
+__all__ = [
+    "POLICY",
+    "NO_CAPS_POLICY",
+    "DayPlan",
+    "Served",
+    "build",
+    "plan_day",
+    "serve_day",
+    "serve_until",
+    "true_finish",
+]
 
 KEY = b"fyp-loop-user-token-key"
 POLICY = {
@@ -151,22 +161,53 @@ def _upload(
     return np.asarray(new["ids"])
 
 
-def serve_day(env: dict[str, Any], cfg: LoopConfig, day: int, rng: np.random.Generator) -> Served:
-    """Serves ``cfg.requests_per_day`` requests spread over simulated day ``day`` (uploads
-    interleaved), feeds every outcome back through ``engage``; returns what was served."""
-    world, pipe = env["world"], env["pipe"]
+@dataclass
+class DayPlan:
+    """One simulated day's traffic, drawn up front: request times and users, upload times; and
+    how far serving has got (``serve_until`` serves it in pieces)."""
+
+    day: int
+    times: np.ndarray
+    users: np.ndarray
+    up_times: np.ndarray
+    next_request: int = 0
+    next_upload: int = 0
+
+
+def plan_day(env: dict[str, Any], cfg: LoopConfig, day: int, rng: np.random.Generator) -> DayPlan:
+    """Draws the day's ``cfg.requests_per_day`` request times and users (activity Zipf-like)
+    and ``cfg.uploads_per_day`` upload times, spread over simulated day ``day``."""
     t_day = env["t0"] + day * DAY
     times = np.sort(rng.uniform(0.0, DAY - 120.0, cfg.requests_per_day)) + t_day
     activity = 1.0 / np.arange(1, cfg.users + 1) ** 0.6
     users = rng.choice(cfg.users, size=cfg.requests_per_day, p=activity / activity.sum())
     up_times = np.sort(rng.uniform(0.0, DAY - 120.0, cfg.uploads_per_day)) + t_day
+    return DayPlan(day, times, users, up_times)
+
+
+def serve_day(env: dict[str, Any], cfg: LoopConfig, day: int, rng: np.random.Generator) -> Served:
+    """Serves ``cfg.requests_per_day`` requests spread over simulated day ``day`` (uploads
+    interleaved), feeds every outcome back through ``engage``; returns what was served."""
+    return serve_until(env, cfg, plan_day(env, cfg, day, rng), np.inf, rng)
+
+
+def serve_until(
+    env: dict[str, Any], cfg: LoopConfig, plan: DayPlan, until: float, rng: np.random.Generator
+) -> Served:
+    """Serves the planned requests not served yet whose time is before ``until`` (uploads due
+    before each interleaved), feeding every outcome back through ``engage``; returns what was
+    served. Serving a plan in pieces draws the same traffic as serving it at once."""
+    world, pipe = env["world"], env["pipe"]
     uploads, cols, req_ids, imp_ids = [], [], [], []
-    nxt = 0
-    for r, (t, u) in enumerate(zip(times, users)):
-        k = int(np.searchsorted(up_times, t)) - nxt
+    day = plan.day
+    while plan.next_request < len(plan.times) and plan.times[plan.next_request] < until:
+        r = plan.next_request
+        t, u = plan.times[r], plan.users[r]
+        plan.next_request += 1
+        k = int(np.searchsorted(plan.up_times, t)) - plan.next_upload
         if k > 0:
             uploads.append(_upload(world, pipe, k, float(t), rng))
-            nxt += k
+            plan.next_upload += k
         rid = f"d{day}-r{r}"
         resp = pipe.feed(world.user_ids[u], rid, n=cfg.slots, now=float(t))
         rows = np.searchsorted(world.item_ids, resp.item_ids)
@@ -206,6 +247,9 @@ def _collect(
     imp_ids: list[str],
     uploads: list[np.ndarray],
 ) -> Served:
+    if not cols:  # nothing due in this piece of the day
+        z = np.zeros(0, np.int64)
+        cols = [(z, z, z, z, np.zeros(0, "<U11"), z, np.zeros(0, np.uint64), np.zeros(0, bool))]
     req, users, items, pos, src, top, cre, fin = (np.concatenate(c) for c in zip(*cols))
     return Served(
         request_ids=req_ids,

@@ -70,11 +70,15 @@ def feature_matrix(table: Any, what: str) -> np.ndarray:
     return x
 
 
-def labels(table: Any, tasks: list[str], what: str) -> tuple[np.ndarray, np.ndarray]:
+def labels(
+    table: Any, tasks: list[str], what: str, *, allow_single_class: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Label matrix (n, tasks) float32 and a mask of tasks that have a label in the log.
 
     Binary tasks must have both classes; a task without a label column in the engagement log
-    (e.g. "comment") is not trained and outputs a constant prior.
+    (e.g. "comment") is not trained and outputs a constant prior. ``allow_single_class`` (the
+    fine-tuner: a chunk of a few hundred rows may hold no share, and no share is information
+    for a model that already has a prior): a single-class binary task is trained, not refused.
     """
     n = table.num_rows
     y = np.zeros((n, len(tasks)), dtype=np.float32)
@@ -90,7 +94,7 @@ def labels(table: Any, tasks: list[str], what: str) -> tuple[np.ndarray, np.ndar
             raise ValueError(f"{what} label {col!r} must be finite")
         if col != "watched_seconds":
             pos = int(v.sum())
-            if pos == 0 or pos == n:
+            if (pos == 0 or pos == n) and not allow_single_class:
                 raise ValueError(
                     f"{what} label {col!r} (task {t!r}) is single-class ({pos} of {n} "
                     "positive): collect more traffic before training"

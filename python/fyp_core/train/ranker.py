@@ -9,6 +9,7 @@ absorbs the input standardisation, tagged with the training set's feature-set ve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 from fyp_core._core import MlpRanker
 from fyp_core.train import _data, _mlp
 
-__all__ = ["RankerFit", "fit_ranker", "train_ranker", "ranker_outputs"]
+__all__ = ["RankerFit", "finetune_ranker", "fit_ranker", "ranker_outputs", "train_ranker"]
 
 
 @dataclass
@@ -37,6 +38,10 @@ class RankerFit:
     seconds: float = 0.0
     n_train: int = 0
     n_holdout: int = 0
+    #: ``finetune_ranker`` only: the loss of the base model on the rows before any step, and
+    #: the optimizer state to continue the next fine-tune of the same chain from
+    start_loss: Optional[float] = None
+    opt_state: Any = None
 
 
 def ranker_outputs(tasks: Sequence[str]) -> list[str]:
@@ -61,36 +66,54 @@ def _check_args(
         raise ValueError(f"lr and huber_delta must be > 0, got {lr} and {huber_delta}")
 
 
-def _loss_fn(binary: np.ndarray, watch: np.ndarray, task_w: np.ndarray, delta: float) -> Any:
+def _row_loss_fn(binary: np.ndarray, watch: np.ndarray, task_w: np.ndarray, delta: float) -> Any:
+    """Per-row loss: binary cross-entropy on the logits of the binary tasks, Huber on
+    softplus(logit) for watch seconds, weighted per task."""
     import jax.numpy as jnp
     import optax
 
     bmask, wmask, tw = jnp.asarray(binary), jnp.asarray(watch), jnp.asarray(task_w)
 
-    def loss(params: Any, x: Any, y: Any) -> Any:
+    def row_loss(params: Any, x: Any, y: Any) -> Any:
         z = _mlp.forward(params, x)
         bce = optax.sigmoid_binary_cross_entropy(z, y)
         hub = optax.huber_loss(jnp.logaddexp(z, 0.0), y, delta=delta)  # softplus(z) vs seconds
         per_task = jnp.where(bmask, bce, 0.0) + jnp.where(wmask, hub, 0.0)
-        return jnp.mean(per_task @ tw)
+        return per_task @ tw
+
+    return row_loss
+
+
+def _loss_fn(binary: np.ndarray, watch: np.ndarray, task_w: np.ndarray, delta: float) -> Any:
+    """The training loss: the mean of ``_row_loss_fn`` over the rows."""
+    import jax.numpy as jnp
+
+    row_loss = _row_loss_fn(binary, watch, task_w, delta)
+
+    def loss(params: Any, x: Any, y: Any) -> Any:
+        return jnp.mean(row_loss(params, x, y))
 
     return loss
 
 
-def _train_loop(
-    params: Any,
-    x: np.ndarray,
-    y: np.ndarray,
-    xh: np.ndarray,
-    yh: np.ndarray,
-    loss: Any,
-    cfg: dict[str, Any],
-) -> tuple[Any, list[dict[str, float]], int]:
+@functools.lru_cache(maxsize=32)
+def _compiled(
+    binary: tuple[bool, ...],
+    watch: tuple[bool, ...],
+    task_w: tuple[float, ...],
+    delta: float,
+    lr: float,
+    weight_decay: float,
+) -> tuple[Any, Any, Any, Any, Any]:
+    """(loss, optimizer, jitted epoch, jitted loss, jitted row-masked mean loss) for one loss
+    and optimizer setting, shared
+    by ``fit_ranker`` and ``finetune_ranker`` (cached: a fine-tune per chunk compiles once).
+    The epoch is one ``jax.lax.scan`` of AdamW steps over the rows of an index matrix."""
     import jax
     import optax
 
-    opt = optax.adamw(cfg["lr"], weight_decay=cfg["weight_decay"])
-    state = opt.init(params)
+    loss = _loss_fn(np.array(binary), np.array(watch), np.array(task_w, dtype=np.float32), delta)
+    opt = optax.adamw(lr, weight_decay=weight_decay)
 
     @jax.jit
     def epoch(params: Any, state: Any, idx: Any, xj: Any, yj: Any) -> Any:
@@ -103,7 +126,60 @@ def _train_loop(
         (params, state), vals = jax.lax.scan(step, (params, state), idx)
         return params, state, vals.mean()
 
-    eval_loss = jax.jit(loss)
+    row_loss = _row_loss_fn(
+        np.array(binary), np.array(watch), np.array(task_w, dtype=np.float32), delta
+    )
+
+    @jax.jit
+    def masked_loss(params: Any, x: Any, y: Any, w: Any) -> Any:
+        return (row_loss(params, x, y) * w).sum() / w.sum()
+
+    return loss, opt, epoch, jax.jit(loss), masked_loss
+
+
+def _padded_loss(masked_loss: Any, params: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """The mean loss over all rows, evaluated on rows padded to a power of two (mask 0 on the
+    padding), so chunks of any size share a few compilations."""
+    import jax.numpy as jnp
+
+    n = len(x)
+    size = max(256, 1 << (n - 1).bit_length())
+    w = np.zeros(size, np.float32)
+    w[:n] = 1.0
+    xp = np.zeros((size, x.shape[1]), np.float32)
+    yp = np.zeros((size, y.shape[1]), np.float32)
+    xp[:n], yp[:n] = x, y
+    return float(masked_loss(params, jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(w)))
+
+
+def _task_masks(
+    tasks: list[str], trained: np.ndarray, watch_weight: float
+) -> tuple[tuple[bool, ...], tuple[bool, ...], tuple[float, ...]]:
+    """Which outputs take the binary cross-entropy, which the Huber loss, and their weights
+    (0 for a task without labels)."""
+    binary = np.array([t != "watch_seconds" for t in tasks]) & trained
+    watch = np.array([t == "watch_seconds" for t in tasks]) & trained
+    task_w = np.where(watch, watch_weight, 1.0).astype(np.float32) * trained
+    return (
+        tuple(bool(v) for v in binary),
+        tuple(bool(v) for v in watch),
+        tuple(float(v) for v in task_w),
+    )
+
+
+def _train_loop(
+    params: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    xh: np.ndarray,
+    yh: np.ndarray,
+    compiled: tuple[Any, Any, Any, Any, Any],
+    cfg: dict[str, Any],
+) -> tuple[Any, list[dict[str, float]], int]:
+    import jax
+
+    _, opt, epoch, eval_loss, _ = compiled
+    state = opt.init(params)
     rng = np.random.default_rng(cfg["seed"])
     xj, yj, xhj, yhj = (jax.numpy.asarray(a) for a in (x, y, xh, yh))
     best, best_params, best_epoch, history = np.inf, params, 0, []
@@ -189,10 +265,12 @@ def fit_ranker(
     t0 = time.perf_counter()
     mu, sd = _data.standardise(x[tr])
     xs = (x - mu) / sd
-    binary = np.array([t != "watch_seconds" for t in tasks]) & trained
-    watch = np.array([t == "watch_seconds" for t in tasks]) & trained
-    task_w = np.where(watch, watch_weight, 1.0).astype(np.float32) * trained
-    loss = _loss_fn(binary, watch, task_w, huber_delta)
+    compiled = _compiled(
+        *_task_masks(tasks, trained, watch_weight),
+        float(huber_delta),
+        float(lr),
+        float(weight_decay),
+    )
     sizes = [x.shape[1], *[int(h) for h in hidden], len(tasks)]
     cfg = {
         "lr": lr,
@@ -203,7 +281,7 @@ def fit_ranker(
         "weight_decay": weight_decay,
     }
     params, history, best = _train_loop(
-        _mlp.init_params(sizes, seed), xs[tr], y[tr], xs[ho], y[ho], loss, cfg
+        _mlp.init_params(sizes, seed), xs[tr], y[tr], xs[ho], y[ho], compiled, cfg
     )
     params = _mlp.to_numpy(params)
     version = version or _default_version(fsv, x, seed)
@@ -229,3 +307,158 @@ def train_ranker(
     """``fit_ranker(...).ranker``: the trained ``MlpRanker``, ready for ``add_shadow`` or
     ``save``. See ``fit_ranker`` for the arguments."""
     return fit_ranker(training_set, feature_set_version=feature_set_version, **kwargs).ranker
+
+
+def _base_params(
+    base: Any, x: np.ndarray, tasks: list[str]
+) -> tuple[_mlp.Params, np.ndarray, np.ndarray]:
+    """(parameters over standardised inputs, mean, scale) that compute exactly what ``base``
+    computes: a ``RankerFit``'s own, or an ``MlpRanker``'s raw-input weights unfolded over the
+    rows' standardisation (``W = W0 * sd``, ``b = b0 + mu W0``, the inverse of the export's
+    folding)."""
+    if isinstance(base, RankerFit) and len(base.params) > 1:
+        # the output layer as exported (a head without labels is the constant prior there)
+        last = (
+            np.asarray(base.ranker.weights()[-1], np.float32),
+            np.asarray(base.ranker.biases()[-1], np.float32),
+        )
+        return [(w.copy(), b.copy()) for w, b in base.params[:-1]] + [last], base.mean, base.scale
+    if isinstance(base, RankerFit):
+        base = base.ranker
+    mu, sd = _data.standardise(x)
+    ws, bs = base.weights(), base.biases()
+    w0 = np.asarray(ws[0], np.float64)
+    first = (
+        (w0 * sd.astype(np.float64)[:, None]).astype(np.float32),
+        (np.asarray(bs[0], np.float64) + mu.astype(np.float64) @ w0).astype(np.float32),
+    )
+    rest = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in zip(ws, bs)]
+    return [first, *rest[1:]], mu, sd
+
+
+def _check_base(base: Any, fsv: str, d: int) -> tuple[MlpRanker, list[str]]:
+    """The base's model and tasks, refusing one the fine-tuner cannot continue from: another
+    feature set, another input width, or not a plain relu MLP with the trainer's outputs."""
+    from fyp_core.train._data import model_feature_set_version
+
+    model = base.ranker if isinstance(base, RankerFit) else base
+    if not isinstance(model, MlpRanker):
+        raise TypeError(f"base must be an MlpRanker or a RankerFit, got {type(base).__name__}")
+    have = model_feature_set_version(model)
+    if have is not None and have != fsv:
+        raise ValueError(
+            f"base model {model.version!r} was trained for feature set {have!r}, the training "
+            f"set was built with {fsv!r}: fine-tune a model of the serving feature set"
+        )
+    if model.input_dim != d:
+        raise ValueError(
+            f"base model {model.version!r} takes {model.input_dim} inputs, the training set "
+            f"has {d} features"
+        )
+    tasks = list(model.task_names)
+    if model.activation != "relu" or model.cross_layers():
+        raise ValueError(
+            f"base model {model.version!r} must be a plain relu MLP (the trainer's form), got "
+            f"activation {model.activation!r} with {len(model.cross_layers())} cross layers"
+        )
+    if list(model.outputs) != ranker_outputs(tasks):
+        raise ValueError(
+            f"base model {model.version!r} has outputs {model.outputs}, the trainer's for tasks "
+            f"{tasks} are {ranker_outputs(tasks)}"
+        )
+    return model, tasks
+
+
+def finetune_ranker(
+    base: Any,
+    training_set: Any,
+    *,
+    feature_set_version: Optional[str],
+    steps: int = 8,
+    batch_size: int = 128,
+    lr: float = 5e-4,
+    weight_decay: float = 1e-4,
+    huber_delta: float = 5.0,
+    watch_weight: float = 0.05,
+    version: Optional[str] = None,
+    seed: int = 0,
+    opt_state: Any = None,
+) -> RankerFit:
+    """Warm-started fine-tuning: ``steps`` AdamW steps from ``base``'s weights over the rows of
+    ``training_set`` (the newest log, ``features.training_set``), with ``fit_ranker``'s losses,
+    exported as a new model version.
+
+    ``base``: an ``MlpRanker`` in the trainer's form (relu, ``ranker_outputs`` of its tasks;
+    a model file from ``fit_ranker`` or the hand-made weights) or a ``RankerFit`` (a previous
+    fine-tune of the same chain: its parameters and standardisation are continued as they are;
+    pass its ``opt_state`` to continue the optimizer too). The tasks are the base's. Each step
+    is a mini-batch of ``batch_size`` rows drawn without replacement within a pass over the
+    rows (passes repeat when ``steps x batch_size`` exceeds them); no hold-out, no early
+    stopping: the next chunk of traffic is the judge. A binary task that is single-class in
+    the rows is trained all the same (a chunk without a share is evidence, not an error); a
+    task with no label in the log ("comment") is left out of the loss and its output layer
+    keeps the base's weights. ``start_loss`` of the result is the base's loss on the
+    rows (before any step).
+
+    Raises ``ValueError`` before any step on: a training set whose feature-set version differs
+    from ``feature_set_version`` (``None`` skips that check), a base tagged with another
+    feature set or taking another input width, an empty set, non-finite features, a base not
+    in the trainer's form, ``steps``/``batch_size``/``lr`` not positive.
+    """
+    import jax
+
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if int(v) <= 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+    if not (lr > 0 and huber_delta > 0 and weight_decay >= 0):
+        raise ValueError(
+            f"lr and huber_delta must be > 0 and weight_decay >= 0, got {lr}, {huber_delta} "
+            f"and {weight_decay}"
+        )
+    fsv = _data.check_version(training_set, feature_set_version, "training_set")
+    x = _data.feature_matrix(training_set, "training_set")
+    model, tasks = _check_base(base, fsv, x.shape[1])
+    y, trained = _data.labels(training_set, tasks, "training_set", allow_single_class=True)
+    names = _data.table_feature_names(training_set)
+    t0 = time.perf_counter()
+    params0, mu, sd = _base_params(base, x, tasks)
+    xs = (x - mu) / sd
+    _, opt, epoch, _, masked_loss = _compiled(
+        *_task_masks(tasks, trained, watch_weight),
+        float(huber_delta),
+        float(lr),
+        float(weight_decay),
+    )
+    # a fixed (steps x batch_size) gather: every chunk has the same shapes, one compilation
+    rng = np.random.default_rng(seed)
+    n, bs, k = len(x), int(batch_size), int(steps)
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-k * bs // n))])[: k * bs]
+    xj, yj = jax.numpy.asarray(xs[order]), jax.numpy.asarray(y[order])
+    idx = jax.numpy.asarray(np.arange(k * bs).reshape(k, bs))
+    start = _padded_loss(masked_loss, params0, xs, y)
+    state = opt.init(params0) if opt_state is None else opt_state
+    params, state, tr = epoch(params0, state, idx, xj, yj)
+    end = _padded_loss(masked_loss, params, xs, y)
+    params = _mlp.to_numpy(params)
+    last = len(params) - 1
+    w_last, b_last = params[last][0].copy(), params[last][1].copy()
+    params[last] = (w_last, b_last)
+    for j in np.flatnonzero(~trained):  # no labels in these rows: the base's head, unchanged
+        w_last[:, j], b_last[j] = params0[last][0][:, j], params0[last][1][j]
+    version = version or "ft" + _default_version(fsv, x, seed)[len("trained") :]
+    ranker = _export(params, mu, sd, tasks, np.ones(len(tasks), bool), names, fsv, version, 0.5)
+    return RankerFit(
+        ranker=ranker,
+        params=params,
+        mean=mu,
+        scale=sd,
+        tasks=tasks,
+        trained_tasks=[t for t, h in zip(tasks, trained) if h],
+        history=[{"steps": float(k), "start": start, "train": float(tr), "end": end}],
+        best_epoch=0,
+        seconds=time.perf_counter() - t0,
+        n_train=n,
+        n_holdout=0,
+        start_loss=start,
+        opt_state=state,
+    )
