@@ -293,7 +293,7 @@ impl PyFeedResponse {
                 preds.set_item(name, r.predictions[i * t + k])?;
             }
             d.set_item("predictions", preds)?;
-            d.set_item("model_version", &r.model_version)?;
+            d.set_item("model_version", r.slot_version(i))?;
             slots.append(d)?;
         }
         let out = PyDict::new(py);

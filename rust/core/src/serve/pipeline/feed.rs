@@ -164,6 +164,7 @@ impl Pipeline {
             request_id: request_id.to_owned(),
             user_token: req.token.clone(),
             model_version: req.model.version().to_owned(),
+            live_version: req.snap.live.version().to_owned(),
             task_names: req.model.task_names().to_vec(),
             predictions: gather_rows(&scored.preds, &slot_rows, req.model.n_tasks()),
             slots,

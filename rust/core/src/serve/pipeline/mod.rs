@@ -188,6 +188,9 @@ pub struct FeedResponse {
     /// The version that ranked this request (the live model, or the model an experiment
     /// layer routes this user to).
     pub model_version: String,
+    /// The live model's version: it predicts the exploration slots of every request, routed or
+    /// not (equal to `model_version` when the request is not routed).
+    pub live_version: String,
     pub task_names: Vec<String>,
     pub slots: Vec<Slot>,
     /// `slots.len() x tasks` predictions, frozen before the response leaves.
@@ -201,6 +204,18 @@ pub struct FeedResponse {
     pub cold_start: bool,
     /// Milliseconds per stage, indexed by [`Stage`].
     pub timings: [f64; 7],
+}
+
+impl FeedResponse {
+    /// The version whose prediction slot `i` carries: the live model's for an exploration slot
+    /// (a candidate never touches the exploration arm), else the request's model.
+    pub fn slot_version(&self, i: usize) -> &str {
+        if self.slots[i].source == Source::Exploration {
+            &self.live_version
+        } else {
+            &self.model_version
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

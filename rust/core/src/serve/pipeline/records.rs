@@ -64,7 +64,7 @@ pub(super) fn request_records(
             position: s.position as i32,
             source: s.source,
             propensity: s.propensity,
-            model_version: r.model_version.clone(),
+            model_version: r.slot_version(i).to_owned(),
             experiments: if exploration {
                 "{}".to_owned()
             } else {
@@ -91,7 +91,7 @@ pub(super) fn request_records(
             r,
             i,
             ts_us,
-            &r.model_version,
+            r.slot_version(i),
             false,
             s.value,
             live,

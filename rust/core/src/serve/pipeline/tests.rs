@@ -297,7 +297,7 @@ fn routed_users_are_ranked_by_their_model_and_exploration_stays_live() {
     assert!(w.pipe.set_route("nope", "candidate", Some("v2")).is_err());
     w.pipe.set_route("ranker", "candidate", Some("v2")).unwrap();
     let split = w.pipe.split();
-    let (mut routed, mut live) = (0, 0);
+    let (mut routed, mut live, mut explored) = (0, 0, 0);
     for q in 0..200 {
         let user = format!("u{q}");
         let r = w.pipe.feed(&user, &format!("r{q}"), 20, NOW).unwrap();
@@ -307,12 +307,35 @@ fn routed_users_are_ranked_by_their_model_and_exploration_stays_live() {
             routed += 1;
             // the routed model's predictions are the frozen ones, not a shadow's
             assert!(r.shadows.iter().all(|s| s.version != "v2"));
+            // the exploration slots keep the live model's prediction and version, in the
+            // response and in every logged row (impressions and ranker scores)
+            let recs = records::request_records(&r, &split, vec![], vec![], NOW);
+            for (i, s) in r.slots.iter().enumerate() {
+                let want = if s.source == Source::Exploration {
+                    "v1"
+                } else {
+                    "v2"
+                };
+                assert_eq!(r.slot_version(i), want);
+                assert_eq!(recs.impressions[i].model_version, want);
+                assert!(recs
+                    .scores
+                    .iter()
+                    .any(|x| x.impression_id == s.impression_id
+                        && !x.is_shadow
+                        && x.model_version == want));
+            }
+            explored += r
+                .slots
+                .iter()
+                .filter(|s| s.source == Source::Exploration)
+                .count();
         } else {
             live += 1;
             assert!(r.shadows.iter().any(|s| s.version == "v2"));
         }
     }
-    assert!(routed > 50 && live > 50);
+    assert!(routed > 50 && live > 50 && explored > 50);
     assert_eq!(w.pipe.stats.routed_requests.load(Ordering::Relaxed), routed);
 }
 
@@ -545,7 +568,9 @@ fn a_snapshot_taken_during_uploads_is_a_consistent_cut() {
         })
     };
     let mut seen = Vec::new();
-    while !w.is_finished() || seen.len() < 3 {
+    // at most 40 cuts, all kept (keep 50): a fast machine would otherwise prune the first
+    // ones while the loop still holds their paths
+    while (!w.is_finished() && seen.len() < 40) || seen.len() < 3 {
         let r = a.save_snapshot(&d, 50).unwrap();
         seen.push(r.path);
     }
