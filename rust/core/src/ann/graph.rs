@@ -6,7 +6,7 @@
 use super::distance::{prefetch, DistFn, Metric};
 use super::epoch::Epochs;
 use super::ids::IdMap;
-use super::quant::Quant;
+use super::quant::{Codec, Quant, Quantize};
 use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
@@ -49,8 +49,11 @@ pub struct Graph {
     /// Grace periods: a freed slot is rewritten only after every operation that might still
     /// hold it has ended.
     pub(crate) epochs: Epochs,
-    /// Set once by `calibrate`; from then on every node has a code and level-0 search uses them.
-    pub(crate) quant: OnceLock<Quant>,
+    /// Which traversal codes this graph keeps.
+    pub quantize: Quantize,
+    /// Set once (at construction for fp16, by `calibrate` for sq8); from then on every node has
+    /// a code and level-0 search uses them.
+    pub(crate) codec: OnceLock<Codec>,
     pub(crate) ids: IdMap,
     pub(crate) live: AtomicUsize,
     /// Tombstones not yet freed; while 0, searches skip the per-node flag check (one cache miss
@@ -66,7 +69,13 @@ impl Graph {
         ef_construction: usize,
         capacity: usize,
         seed: u64,
+        quantize: Quantize,
     ) -> Self {
+        let codec = OnceLock::new();
+        if quantize == Quantize::Fp16 {
+            // Nothing to fit: every node is encoded as it is written.
+            let _ = codec.set(Codec::Fp16);
+        }
         Graph {
             dim,
             metric,
@@ -76,13 +85,14 @@ impl Graph {
             seed,
             level_mult: 1.0 / (m as f64).ln(),
             dist: super::distance::select(metric),
-            store: Store::new(dim, m, capacity),
+            store: Store::new(dim, m, capacity, quantize),
             next: AtomicU32::new(0),
             entry: AtomicU64::new(EMPTY),
             entry_lock: Mutex::new(()),
             free: Mutex::new(Vec::new()),
             epochs: Epochs::default(),
-            quant: OnceLock::new(),
+            quantize,
+            codec,
             ids: IdMap::new(),
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
@@ -121,8 +131,8 @@ impl Graph {
             self.store.clear_flags(slot);
         }
         self.store.write_vector(slot, v);
-        if let Some(qz) = self.quant.get() {
-            self.store.write_code(slot, |c| qz.encode(v, c));
+        if let Some(codec) = self.codec.get() {
+            self.store.write_code(slot, |c| codec.encode(v, c));
         }
         self.store.set_label(slot, label);
         self.store
@@ -561,8 +571,8 @@ impl Graph {
         for l in (1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
-        if let Some(qz) = self.quant.get() {
-            return self.knn_codes(qz, q, cur, k, ef.max(k), accept);
+        if let Some(codec) = self.codec.get() {
+            return self.knn_codes(codec, q, cur, k, ef.max(k), accept);
         }
         with_scratch(|sc| {
             self.search_layer(sc, q, &[cur], ef.max(k), 0, accept);
@@ -572,19 +582,19 @@ impl Graph {
         })
     }
 
-    /// Level 0 on the 8-bit codes (a quarter of the memory traffic of the float vectors),
-    /// then the `ef` best re-ranked with the float vectors.
+    /// Level 0 on the codes (half (fp16) or a quarter (sq8) of the memory traffic of the float
+    /// vectors), then the `ef` best re-ranked with the float vectors.
     fn knn_codes<F: Fn(u32) -> bool>(
         &self,
-        qz: &Quant,
+        codec: &Codec,
         q: &[f32],
         cur: Cand,
         k: usize,
         ef: usize,
         accept: F,
     ) -> Vec<Cand> {
-        let qc = qz.query(self.metric, q);
-        let lines = self.store.stride.div_ceil(64);
+        let qc = codec.query(self.metric, q);
+        let lines = self.store.code_bytes.div_ceil(64);
         let start = Cand {
             d: qc.dist(self.store.code(cur.id)),
             id: cur.id,
@@ -611,11 +621,15 @@ impl Graph {
         r
     }
 
-    /// Fit the 8-bit quantiser on the live items and encode every node. The caller ensures
-    /// no writer runs (searches may: they read no code until `quant` is set).
+    /// Fit the 8-bit quantiser on the live items and encode every node (sq8 only: fp16 codes
+    /// need no fit). The caller ensures no writer runs (searches may: they read no code until
+    /// `codec` is set).
     pub(crate) fn calibrate(&self) {
+        if self.quantize != Quantize::Sq8 {
+            return;
+        }
         let _pin = self.epochs.pin();
-        self.quant.get_or_init(|| {
+        self.codec.get_or_init(|| {
             let items = self.ids.items();
             let qz = Quant::fit(
                 items.iter().map(|&(_, s)| self.store.vector(s)),
@@ -626,7 +640,7 @@ impl Graph {
                 let v = self.store.vector(i);
                 self.store.write_code(i, |c| qz.encode(v, c));
             }
-            qz
+            Codec::Sq8(qz)
         });
     }
 
