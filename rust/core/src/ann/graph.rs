@@ -19,6 +19,8 @@ pub(crate) const EMPTY: u64 = u64::MAX;
 pub const MAX_M: usize = 128;
 pub(crate) const BUF: usize = 2 * MAX_M;
 const PF_LINKS: bool = true;
+/// A code search re-ranks `ef / RERANK_SLACK + 2` scored candidates beyond its beam.
+const RERANK_SLACK: usize = 8;
 
 #[inline]
 pub(crate) fn pack(node: u32, level: usize) -> u64 {
@@ -604,11 +606,26 @@ impl Graph {
                 sc,
                 &[start],
                 (ef, 0),
-                accept,
+                &accept,
                 |n| qc.dist(self.store.code(n)),
                 |n| prefetch(self.store.code_ptr(n), lines),
             );
-            drain_sorted(sc)
+            let mut r = drain_sorted(sc);
+            // Re-rank slack: the nearest scored candidates just outside the beam (left in the
+            // candidate heap, all farther than the beam's last by code distance) join the
+            // re-rank, so nodes within the code rounding of the k-th are not lost at the
+            // boundary when ef is close to k.
+            let mut extra = ef / RERANK_SLACK + 2;
+            while extra > 0 {
+                let Some(Near(Reverse(c))) = sc.cands.pop() else {
+                    break;
+                };
+                if accept(c.id) {
+                    r.push(c);
+                    extra -= 1;
+                }
+            }
+            r
         });
         let vl = (self.store.stride * 4).div_ceil(64);
         r.iter()
