@@ -7,7 +7,10 @@ by numpy brute force.
 
     python benches/compare_hnsw.py --quick      # CI: 20k x 64, seconds
     python benches/compare_hnsw.py              # RESULTS.md: 400k x 96 (builds 4 indexes)
-    python benches/compare_hnsw.py --interleaved --libs fyp_core,fyp_core_sq8,hnswlib
+    python benches/compare_hnsw.py --interleaved --libs fyp_core_f32,fyp_core_fp16,hnswlib
+
+Our variants: `fyp_core` (the default, fp16 traversal codes), `fyp_core_fp16`, `fyp_core_sq8`
+(8-bit codes) and `fyp_core_f32` (`quantize="off"`: traversal on the float32 rows).
 
 `--interleaved` builds every contender first, then times the query batches round-robin (each
 ef: one batch per library in turn, `--rounds` times) and reports medians, so machine load hits
@@ -87,8 +90,10 @@ def rss_bytes() -> int:
 
 
 class Ours:
+    """Ours with the library default (`quantize=None`: fp16 traversal codes)."""
+
     name = "fyp_core"
-    quantize = False
+    quantize: bool | str | None = None
 
     def __init__(self, dim: int) -> None:
         import fyp_core
@@ -108,10 +113,24 @@ class Ours:
 
 
 class OursSq8(Ours):
-    """Ours with the 8-bit traversal on (`quantize=True`; float32 re-rank of the candidates)."""
+    """Ours with the 8-bit traversal on (`quantize="sq8"`; float32 re-rank of the candidates)."""
 
     name = "fyp_core_sq8"
-    quantize = True
+    quantize = "sq8"
+
+
+class OursFp16(Ours):
+    """Ours with half-precision traversal codes (`quantize="fp16"`; float32 re-rank)."""
+
+    name = "fyp_core_fp16"
+    quantize = "fp16"
+
+
+class OursF32(Ours):
+    """Ours traversing the float32 rows (`quantize="off"`, the default before fp16)."""
+
+    name = "fyp_core_f32"
+    quantize = "off"
 
 
 class Hnswlib:
@@ -344,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
 ADAPTERS = {
     "fyp_core": Ours,
     "fyp_core_sq8": OursSq8,
+    "fyp_core_fp16": OursFp16,
+    "fyp_core_f32": OursF32,
     "hnswlib": Hnswlib,
     "faiss": Faiss,
     "usearch": USearch,

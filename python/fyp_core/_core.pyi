@@ -4,7 +4,7 @@
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict, Union, final
+from typing import Any, Literal, TypedDict, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -180,7 +180,7 @@ class HnswIndex:
         capacity: int = 1024,
         seed: int = 0,
         deterministic: bool = False,
-        quantize: bool = False,
+        quantize: bool | Literal["fp16", "sq8", "off"] | None = None,
     ) -> HnswIndex: ...
     @property
     def dim(self) -> int: ...
@@ -196,6 +196,8 @@ class HnswIndex:
     def deterministic(self) -> bool: ...
     @property
     def quantized(self) -> bool: ...
+    @property
+    def quantize(self) -> Literal["fp16", "sq8", "off"]: ...
     @property
     def simd(self) -> str: ...
     @property

@@ -3,11 +3,11 @@
 
 use crate::convert::{f32_matrix, u64_vector};
 use crate::errors::{run_detached, run_interruptible, to_py};
-use fyp_core::ann::{Exclude, HnswIndex, HnswParams, IdSet, Metric};
+use fyp_core::ann::{Exclude, HnswIndex, HnswParams, IdSet, Metric, Quantize};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,8 +21,9 @@ type SearchOut<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>);
 /// for normalised embeddings), "cosine" (vectors and queries L2-normalised on the way in) or
 /// "l2" (squared Euclidean). `m` links per node, `ef_construction` the build beam; `capacity`
 /// is a sizing hint (the index grows by itself, at most 2**31). `deterministic=True`: the same
-/// seed and data give the same graph and results at any thread count. `quantize=True`: level-0
-/// traversal on 8-bit codes with float re-ranking (off by default: it did not pay here).
+/// seed and data give the same graph and results at any thread count. `quantize`: the codes
+/// level-0 search traverses before re-ranking with the floats: "fp16" (half precision, the
+/// default, also `None`), "sq8" (8-bit codes, also `True`) or "off" (also `False`: float rows).
 /// Bad sizes or a metric it does not know raise ValueError; docs/hnsw.md has the details.
 #[pyclass(name = "HnswIndex", module = "fyp_core", frozen)]
 pub struct PyHnswIndex {
@@ -51,6 +52,31 @@ fn ef_arg(ef: Option<i64>) -> PyResult<Option<usize>> {
             "ef must be >= 1 (or None), got {e}"
         ))),
     }
+}
+
+/// `quantize`: "fp16", "sq8", "off"; `True` is "sq8" (its meaning before fp16 existed),
+/// `False` is "off", `None` the default.
+fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(Quantize::default());
+    };
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(if b.is_true() {
+            Quantize::Sq8
+        } else {
+            Quantize::Off
+        });
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        if let Ok(q) = Quantize::parse(&s.to_cow()?) {
+            return Ok(q);
+        }
+    }
+    Err(PyValueError::new_err(format!(
+        "quantize must be \"fp16\", \"sq8\", \"off\", True (sq8), False (off) or None \
+         (the default, fp16), got {}",
+        obj.repr()?
+    )))
 }
 
 fn k_arg(k: i64) -> PyResult<usize> {
@@ -122,7 +148,7 @@ fn check_cols(cols: usize, dim: usize, name: &str) -> PyResult<()> {
 #[pymethods]
 impl PyHnswIndex {
     #[new]
-    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0, deterministic=false, quantize=false))]
+    #[pyo3(signature = (dim, metric="ip", m=16, ef_construction=200, capacity=1024, seed=0, deterministic=false, quantize=None))]
     fn new(
         dim: i64,
         metric: &str,
@@ -131,9 +157,10 @@ impl PyHnswIndex {
         capacity: i64,
         seed: u64,
         deterministic: bool,
-        quantize: bool,
+        quantize: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let metric = Metric::parse(metric).map_err(to_py)?;
+        let quantize = quantize_arg(quantize)?;
         let params = HnswParams {
             m: nonneg(m, "m")?,
             ef_construction: nonneg(ef_construction, "ef_construction")?,
@@ -178,10 +205,15 @@ impl PyHnswIndex {
     fn deterministic(&self) -> bool {
         self.inner.params().deterministic
     }
-    /// True once level-0 search runs on 8-bit codes (see `docs/hnsw.md`).
+    /// True once level-0 search runs on codes (fp16: from the start; sq8: once fitted).
     #[getter]
     fn quantized(&self) -> bool {
         self.inner.is_quantized()
+    }
+    /// Traversal codes: "fp16", "sq8" or "off" (see `docs/hnsw.md`).
+    #[getter]
+    fn quantize(&self) -> &'static str {
+        self.inner.params().quantize.name()
     }
     /// Instruction set of the distance kernels on this machine.
     #[getter]
@@ -366,8 +398,8 @@ impl PyHnswIndex {
         }
     }
 
-    /// Write the index to one file at `path` (the graph and vectors; not the `deterministic`
-    /// or `quantize` flags). OSError when the file cannot be written. Releases the GIL.
+    /// Write the index to one file at `path` (the graph, vectors and `quantize` mode; not the
+    /// `deterministic` flag). OSError when the file cannot be written. Releases the GIL.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let inner = &self.inner;
         run_detached(py, || inner.save(&path))

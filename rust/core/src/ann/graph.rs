@@ -6,7 +6,7 @@
 use super::distance::{prefetch, DistFn, Metric};
 use super::epoch::Epochs;
 use super::ids::IdMap;
-use super::quant::Quant;
+use super::quant::{Codec, Quant, Quantize};
 use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
@@ -19,6 +19,8 @@ pub(crate) const EMPTY: u64 = u64::MAX;
 pub const MAX_M: usize = 128;
 pub(crate) const BUF: usize = 2 * MAX_M;
 const PF_LINKS: bool = true;
+/// A code search re-ranks `ef / RERANK_SLACK + 2` scored candidates beyond its beam.
+const RERANK_SLACK: usize = 8;
 
 #[inline]
 pub(crate) fn pack(node: u32, level: usize) -> u64 {
@@ -49,8 +51,11 @@ pub struct Graph {
     /// Grace periods: a freed slot is rewritten only after every operation that might still
     /// hold it has ended.
     pub(crate) epochs: Epochs,
-    /// Set once by `calibrate`; from then on every node has a code and level-0 search uses them.
-    pub(crate) quant: OnceLock<Quant>,
+    /// Which traversal codes this graph keeps.
+    pub quantize: Quantize,
+    /// Set once (at construction for fp16, by `calibrate` for sq8); from then on every node has
+    /// a code and level-0 search uses them.
+    pub(crate) codec: OnceLock<Codec>,
     pub(crate) ids: IdMap,
     pub(crate) live: AtomicUsize,
     /// Tombstones not yet freed; while 0, searches skip the per-node flag check (one cache miss
@@ -66,7 +71,13 @@ impl Graph {
         ef_construction: usize,
         capacity: usize,
         seed: u64,
+        quantize: Quantize,
     ) -> Self {
+        let codec = OnceLock::new();
+        if quantize == Quantize::Fp16 {
+            // Nothing to fit: every node is encoded as it is written.
+            let _ = codec.set(Codec::Fp16);
+        }
         Graph {
             dim,
             metric,
@@ -76,13 +87,14 @@ impl Graph {
             seed,
             level_mult: 1.0 / (m as f64).ln(),
             dist: super::distance::select(metric),
-            store: Store::new(dim, m, capacity),
+            store: Store::new(dim, m, capacity, quantize),
             next: AtomicU32::new(0),
             entry: AtomicU64::new(EMPTY),
             entry_lock: Mutex::new(()),
             free: Mutex::new(Vec::new()),
             epochs: Epochs::default(),
-            quant: OnceLock::new(),
+            quantize,
+            codec,
             ids: IdMap::new(),
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
@@ -121,8 +133,8 @@ impl Graph {
             self.store.clear_flags(slot);
         }
         self.store.write_vector(slot, v);
-        if let Some(qz) = self.quant.get() {
-            self.store.write_code(slot, |c| qz.encode(v, c));
+        if let Some(codec) = self.codec.get() {
+            self.store.write_code(slot, |c| codec.encode(v, c));
         }
         self.store.set_label(slot, label);
         self.store
@@ -561,8 +573,8 @@ impl Graph {
         for l in (1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
-        if let Some(qz) = self.quant.get() {
-            return self.knn_codes(qz, q, cur, k, ef.max(k), accept);
+        if let Some(codec) = self.codec.get() {
+            return self.knn_codes(codec, q, cur, k, ef.max(k), accept);
         }
         with_scratch(|sc| {
             self.search_layer(sc, q, &[cur], ef.max(k), 0, accept);
@@ -572,19 +584,19 @@ impl Graph {
         })
     }
 
-    /// Level 0 on the 8-bit codes (a quarter of the memory traffic of the float vectors),
-    /// then the `ef` best re-ranked with the float vectors.
+    /// Level 0 on the codes (half (fp16) or a quarter (sq8) of the memory traffic of the float
+    /// vectors), then the `ef` best re-ranked with the float vectors.
     fn knn_codes<F: Fn(u32) -> bool>(
         &self,
-        qz: &Quant,
+        codec: &Codec,
         q: &[f32],
         cur: Cand,
         k: usize,
         ef: usize,
         accept: F,
     ) -> Vec<Cand> {
-        let qc = qz.query(self.metric, q);
-        let lines = self.store.stride.div_ceil(64);
+        let qc = codec.query(self.metric, q);
+        let lines = self.store.code_bytes.div_ceil(64);
         let start = Cand {
             d: qc.dist(self.store.code(cur.id)),
             id: cur.id,
@@ -594,11 +606,26 @@ impl Graph {
                 sc,
                 &[start],
                 (ef, 0),
-                accept,
+                &accept,
                 |n| qc.dist(self.store.code(n)),
                 |n| prefetch(self.store.code_ptr(n), lines),
             );
-            drain_sorted(sc)
+            let mut r = drain_sorted(sc);
+            // Re-rank slack: the nearest scored candidates just outside the beam (left in the
+            // candidate heap, all farther than the beam's last by code distance) join the
+            // re-rank, so nodes within the code rounding of the k-th are not lost at the
+            // boundary when ef is close to k.
+            let mut extra = ef / RERANK_SLACK + 2;
+            while extra > 0 {
+                let Some(Near(Reverse(c))) = sc.cands.pop() else {
+                    break;
+                };
+                if accept(c.id) {
+                    r.push(c);
+                    extra -= 1;
+                }
+            }
+            r
         });
         let vl = (self.store.stride * 4).div_ceil(64);
         r.iter()
@@ -611,11 +638,15 @@ impl Graph {
         r
     }
 
-    /// Fit the 8-bit quantiser on the live items and encode every node. The caller ensures
-    /// no writer runs (searches may: they read no code until `quant` is set).
+    /// Fit the 8-bit quantiser on the live items and encode every node (sq8 only: fp16 codes
+    /// need no fit). The caller ensures no writer runs (searches may: they read no code until
+    /// `codec` is set).
     pub(crate) fn calibrate(&self) {
+        if self.quantize != Quantize::Sq8 {
+            return;
+        }
         let _pin = self.epochs.pin();
-        self.quant.get_or_init(|| {
+        self.codec.get_or_init(|| {
             let items = self.ids.items();
             let qz = Quant::fit(
                 items.iter().map(|&(_, s)| self.store.vector(s)),
@@ -626,7 +657,7 @@ impl Graph {
                 let v = self.store.vector(i);
                 self.store.write_code(i, |c| qz.encode(v, c));
             }
-            qz
+            Codec::Sq8(qz)
         });
     }
 

@@ -6,6 +6,7 @@ use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
 use super::ids::IdHasher;
 use super::pool;
+use super::quant::Quantize;
 use crate::cancel::Cancel;
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
@@ -39,10 +40,9 @@ pub struct HnswParams {
     /// Batch inserts (and rebuilds) give the same graph at any thread count: searches run in
     /// parallel, links are applied in input order. Holds while no other writer runs at once.
     pub deterministic: bool,
-    /// Search level 0 on 8-bit codes and re-rank with the floats (fitted once the index holds
-    /// `CALIBRATE_AT` items, re-fitted by `rebuild`). Off by default: on clustered data the
-    /// global per-dimension ranges are too coarse (see docs/hnsw.md for the measurement).
-    pub quantize: bool,
+    /// Which codes level-0 search traverses before re-ranking with the floats (see
+    /// `Quantize` and docs/hnsw.md for the measurements).
+    pub quantize: Quantize,
 }
 
 /// Live items at which the 8-bit quantiser is fitted.
@@ -56,7 +56,7 @@ impl Default for HnswParams {
             capacity: 1024,
             seed: 0,
             deterministic: false,
-            quantize: false,
+            quantize: Quantize::default(),
         }
     }
 }
@@ -139,6 +139,7 @@ impl HnswIndex {
             params.ef_construction,
             params.capacity,
             params.seed,
+            params.quantize,
         );
         // Reserve the first block now, so a capacity the machine cannot hold fails here with an
         // error instead of at the first insert.
@@ -156,7 +157,7 @@ impl HnswIndex {
             capacity,
             seed: g.seed,
             deterministic: false,
-            quantize: false,
+            quantize: g.quantize,
         };
         HnswIndex {
             dim: g.dim,
@@ -203,9 +204,9 @@ impl HnswIndex {
         self.current().vector_of(id)
     }
 
-    /// True once searches traverse the 8-bit codes.
+    /// True once searches traverse the codes (fp16: always; sq8: once fitted).
     pub fn is_quantized(&self) -> bool {
-        self.current().quant.get().is_some()
+        self.current().codec.get().is_some()
     }
 
     pub fn is_rebuilding(&self) -> bool {
@@ -300,7 +301,7 @@ impl HnswIndex {
     /// takes to encode the items (searches continue on the float path meanwhile).
     fn maybe_calibrate(&self) {
         let g = self.current();
-        if self.params.quantize && g.quant.get().is_none() && g.len() >= CALIBRATE_AT {
+        if g.quantize == Quantize::Sq8 && g.codec.get().is_none() && g.len() >= CALIBRATE_AT {
             let _x = self.gate.write();
             g.calibrate();
         }
@@ -711,6 +712,7 @@ impl HnswIndex {
             old.ef_construction,
             items.len().max(self.params.capacity),
             old.seed,
+            self.params.quantize,
         );
         if self.params.deterministic {
             let rows: Vec<(u64, &[f32])> = items
@@ -731,7 +733,7 @@ impl HnswIndex {
                     .try_for_each(|&(id, slot)| g.insert(id, old.store.vector(slot)))
             })??;
         }
-        if self.params.quantize && g.len() >= CALIBRATE_AT {
+        if g.len() >= CALIBRATE_AT {
             // Re-fitted on today's items: a rebuild is where drifted ranges are corrected.
             g.calibrate();
         }
@@ -770,7 +772,10 @@ impl HnswIndex {
     pub fn load(path: &Path) -> crate::Result<Self> {
         let g = super::persist::load(path)?;
         let cap = g.slots().max(1024);
-        Ok(Self::from_graph(g, cap))
+        let me = Self::from_graph(g, cap);
+        // Saved files hold the mode, not the 8-bit ranges: re-fit them (fp16 needs nothing).
+        me.maybe_calibrate();
+        Ok(me)
     }
 
     /// The index file's bytes (the `save` format), copied in memory: writers wait for the copy
@@ -806,7 +811,9 @@ impl HnswIndex {
     pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Self> {
         let g = super::persist::from_bytes(bytes, name)?;
         let cap = g.slots().max(1024);
-        Ok(Self::from_graph(g, cap))
+        let me = Self::from_graph(g, cap);
+        me.maybe_calibrate();
+        Ok(me)
     }
 }
 

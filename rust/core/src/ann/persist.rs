@@ -3,13 +3,15 @@
 //! directory) so a crash never leaves a half-written index under the final name. Tombstones are
 //! saved too, so a loaded index answers exactly like the saved one.
 //!
-//! Layout v1: magic "FYPHNSW\0", u32 version, u32 dim, u8 metric, 3 pad bytes, u32 m,
+//! Layout v1: magic "FYPHNSW\0", u32 version, u32 dim, u8 metric, u8 quantize mode (0 off,
+//! 1 sq8, 2 fp16; older writers left it 0 and older readers skip it), 2 pad bytes, u32 m,
 //! u32 ef_construction, u64 seed, u64 slots, u32 entry node (u32::MAX = empty), u32 entry level;
 //! then per slot: u64 label, u8 flags, u8 level, dim x f32 vector, and for each level 0..=level
 //! a u32 count followed by that many u32 links; then the u64 checksum of everything before it.
 
 use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
+use super::quant::Quantize;
 use super::store::{read_links, write_links, FLAG_DELETED, FLAG_REPAIRED, MAX_LEVEL};
 use crate::Error;
 use std::io::{BufWriter, Write};
@@ -113,7 +115,7 @@ fn encode<W: Write>(
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&VERSION.to_le_bytes());
     head.extend_from_slice(&(g.dim as u32).to_le_bytes());
-    head.extend_from_slice(&[g.metric.code(), 0, 0, 0]);
+    head.extend_from_slice(&[g.metric.code(), g.quantize.code(), 0, 0]);
     head.extend_from_slice(&(g.m as u32).to_le_bytes());
     head.extend_from_slice(&(g.ef_construction as u32).to_le_bytes());
     head.extend_from_slice(&g.seed.to_le_bytes());
@@ -212,7 +214,8 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Graph> {
     let mut r = Reader { b: body, pos: 12 };
     let dim = r.u32()? as usize;
     let metric = Metric::from_code(r.u8()?).ok_or_else(|| corrupt("unknown metric"))?;
-    r.take(3)?;
+    let quantize = Quantize::from_code(r.u8()?).ok_or_else(|| corrupt("unknown quantize mode"))?;
+    r.take(2)?;
     let m = r.u32()? as usize;
     let efc = r.u32()? as usize;
     let seed = r.u64()?;
@@ -231,7 +234,7 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Graph> {
         )));
     }
     let slots = slots as usize;
-    let g = Graph::new(dim, metric, m, efc, slots.max(64), seed);
+    let g = Graph::new(dim, metric, m, efc, slots.max(64), seed, quantize);
     read_nodes(&g, &mut r, slots)?;
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes after the last node"));

@@ -1,10 +1,127 @@
-//! 8-bit scalar quantisation for graph traversal. Per-dimension offset and scale are fitted
-//! once (from the items present at calibration, with a margin) and then fixed, so the code of
-//! an inserted vector is computed on the fly (clipped to the range); a rebuild re-fits. A search
-//! compares the float query with the u8 codes (asymmetric distance: only the stored side is
-//! quantised), then re-ranks its final candidates with the float vectors.
+//! Traversal codes: a compact copy of every stored vector that level-0 search reads instead of
+//! the float row, then re-ranks its final candidates with the floats (so returned distances are
+//! exact). Two codecs share this machinery (storage in `store.rs`, publication and search in
+//! `graph.rs`): IEEE half precision (`f16.rs`; computed per insert, no fitting) and 8-bit scalar
+//! codes (per-dimension offset and scale fitted once from the items present at calibration, with a
+//! margin, then fixed, so the code of an inserted vector is computed on the fly, clipped to the
+//! range; a rebuild re-fits). Both are asymmetric: the float query meets the stored codes.
 
 use super::distance::Metric;
+use super::f16;
+
+/// Which traversal codes an index keeps (`HnswParams::quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantize {
+    /// Level-0 search on the float rows.
+    Off,
+    /// 8-bit scalar codes, fitted once the index holds `CALIBRATE_AT` items.
+    Sq8,
+    /// IEEE half-precision codes from the first insert on.
+    #[default]
+    Fp16,
+}
+
+impl Quantize {
+    /// `"fp16"`, `"sq8"`, or `"off"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Off => "off",
+            Quantize::Sq8 => "sq8",
+            Quantize::Fp16 => "fp16",
+        }
+    }
+
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s {
+            "off" => Ok(Quantize::Off),
+            "sq8" => Ok(Quantize::Sq8),
+            "fp16" => Ok(Quantize::Fp16),
+            _ => Err(crate::invalid!(
+                "quantize must be one of \"fp16\", \"sq8\", \"off\", got {s:?}"
+            )),
+        }
+    }
+
+    /// Stored in the file header (0 = off, so files from before the modes read as off).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Quantize::Off => 0,
+            Quantize::Sq8 => 1,
+            Quantize::Fp16 => 2,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        [Quantize::Off, Quantize::Sq8, Quantize::Fp16]
+            .into_iter()
+            .find(|q| q.code() == c)
+    }
+
+    /// Bytes of code per node for rows of `stride` floats: whole cache lines from 64 bytes up
+    /// (so a row never straddles one line more than it needs), 0 when off.
+    pub(crate) fn code_bytes(self, stride: usize) -> usize {
+        let raw = match self {
+            Quantize::Off => return 0,
+            Quantize::Sq8 => stride,
+            Quantize::Fp16 => 2 * stride,
+        };
+        if raw <= 32 {
+            raw
+        } else {
+            raw.div_ceil(64) * 64
+        }
+    }
+}
+
+/// The codes in use by a graph (set once; from then on every node has a code).
+pub enum Codec {
+    Sq8(Quant),
+    Fp16,
+}
+
+impl Codec {
+    /// The code of `v` (a stored, padded row) into `out`.
+    pub fn encode(&self, v: &[f32], out: &mut [u8]) {
+        match self {
+            Codec::Sq8(q) => q.encode(v, out),
+            Codec::Fp16 => f16::encode(v, out),
+        }
+    }
+
+    /// The query prepared for `metric` against these codes.
+    pub fn query(&self, metric: Metric, q: &[f32]) -> QueryCode {
+        match self {
+            Codec::Sq8(qz) => QueryCode::Sq8(qz.query(metric, q)),
+            Codec::Fp16 => QueryCode::Fp16 {
+                q: q.to_vec(),
+                l2: metric == Metric::L2,
+                simd: f16::has_f16c(),
+            },
+        }
+    }
+}
+
+/// A query prepared for one codec.
+pub enum QueryCode {
+    Sq8(Sq8Query),
+    /// `1 - q.h` (ip, cosine) or `|q - h|^2` (l2) against the halfs `h`.
+    Fp16 {
+        q: Vec<f32>,
+        l2: bool,
+        simd: bool,
+    },
+}
+
+impl QueryCode {
+    #[inline(always)]
+    pub fn dist(&self, code: &[u8]) -> f32 {
+        match self {
+            QueryCode::Sq8(s) => s.dist(code),
+            QueryCode::Fp16 { q, l2: true, simd } => f16::l2(q, code, *simd),
+            QueryCode::Fp16 { q, l2: false, simd } => 1.0 - f16::dot(q, code, *simd),
+        }
+    }
+}
 
 /// Fitted per-dimension ranges; codes are `stride` bytes (zero in the padding).
 pub struct Quant {
@@ -15,7 +132,7 @@ pub struct Quant {
 }
 
 /// A query prepared for one metric: `dist(code) = bias + kernel(a, w, code)`.
-pub struct QueryCode {
+pub struct Sq8Query {
     pub a: Vec<f32>,
     pub w: Vec<f32>,
     pub bias: f32,
@@ -75,8 +192,8 @@ impl Quant {
         }
     }
 
-    /// The query terms for `metric` (see `QueryCode`).
-    pub fn query(&self, metric: Metric, q: &[f32]) -> QueryCode {
+    /// The query terms for `metric` (see `Sq8Query`).
+    pub fn query(&self, metric: Metric, q: &[f32]) -> Sq8Query {
         let n = self.stride;
         let (mut a, mut w) = (vec![0f32; n], vec![0f32; n]);
         let mut bias = 0f32;
@@ -100,7 +217,7 @@ impl Quant {
         if !l2 {
             bias += 1.0;
         }
-        QueryCode {
+        Sq8Query {
             a,
             w,
             bias,
@@ -110,7 +227,7 @@ impl Quant {
     }
 }
 
-impl QueryCode {
+impl Sq8Query {
     #[inline(always)]
     pub fn dist(&self, code: &[u8]) -> f32 {
         if self.l2 {

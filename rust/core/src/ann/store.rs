@@ -7,6 +7,7 @@
 //! the one thread that allocated the slot, before any link to the node is stored (links are
 //! stored with `Release` and loaded with `Acquire`), so every node a reader can reach is complete.
 
+use super::quant::Quantize;
 use parking_lot::Mutex;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -59,7 +60,7 @@ impl Drop for FloatBuf {
 
 pub struct Segment {
     vectors: FloatBuf,
-    /// 8-bit codes, `stride` bytes per node (see `quant.rs`).
+    /// Traversal codes, `code_bytes` per node (see `quant.rs`; empty when off).
     codes: FloatBuf,
     links0: Box<[AtomicU32]>,
     labels: Box<[AtomicU64]>,
@@ -116,6 +117,8 @@ fn unreachable_zero<T>() -> T {
 /// Everything a reader needs to address one node.
 pub struct Store {
     pub stride: usize,
+    /// Bytes of traversal code per node (`Quantize::code_bytes`; 0 = no codes).
+    pub code_bytes: usize,
     /// `M0 + 1` u32 per node: count, then the links.
     pub l0_width: usize,
     /// `M + 1` u32 per upper level.
@@ -149,10 +152,12 @@ impl Drop for Store {
 }
 
 impl Store {
-    pub fn new(dim: usize, m: usize, capacity: usize) -> Self {
+    pub fn new(dim: usize, m: usize, capacity: usize, quantize: Quantize) -> Self {
         let base = capacity.clamp(64, 1 << 24).next_power_of_two();
+        let stride = dim.div_ceil(16) * 16;
         Store {
-            stride: dim.div_ceil(16) * 16,
+            stride,
+            code_bytes: quantize.code_bytes(stride),
             l0_width: 2 * m + 1,
             up_width: m + 1,
             base_shift: base.trailing_zeros(),
@@ -198,7 +203,7 @@ impl Store {
                     self.stride
                 )
             })?)?,
-            codes: FloatBuf::new(n.saturating_mul(self.stride) / 4)?,
+            codes: FloatBuf::new(n.saturating_mul(self.code_bytes) / 4)?,
             links0: zeroed(n.saturating_mul(self.l0_width))?,
             labels: zeroed(n)?,
             flags: zeroed(n)?,
@@ -236,12 +241,12 @@ impl Store {
     #[inline(always)]
     pub fn code(&self, i: u32) -> &[u8] {
         let (seg, o) = self.seg(i);
-        // SAFETY: in bounds (`stride` bytes per node); written only before the codes are
+        // SAFETY: in bounds (`code_bytes` per node); written only before the codes are
         // published (see `write_code`).
         unsafe {
             std::slice::from_raw_parts(
-                (seg.codes.ptr as *const u8).add(o * self.stride),
-                self.stride,
+                (seg.codes.ptr as *const u8).add(o * self.code_bytes),
+                self.code_bytes,
             )
         }
     }
@@ -250,7 +255,7 @@ impl Store {
     pub fn code_ptr(&self, i: u32) -> *const f32 {
         let (seg, o) = self.seg(i);
         // SAFETY: in bounds of the segment.
-        unsafe { (seg.codes.ptr as *const u8).add(o * self.stride) as *const f32 }
+        unsafe { (seg.codes.ptr as *const u8).add(o * self.code_bytes) as *const f32 }
     }
 
     /// Fill the code of slot `i`. The caller either owns the unpublished slot, or calibrates
@@ -261,8 +266,8 @@ impl Store {
         // SAFETY: in bounds; exclusive by the caller's contract above.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(
-                (seg.codes.ptr as *mut u8).add(o * self.stride),
-                self.stride,
+                (seg.codes.ptr as *mut u8).add(o * self.code_bytes),
+                self.code_bytes,
             )
         };
         f(dst);
@@ -382,13 +387,14 @@ impl Store {
         seg.locks[o].lock()
     }
 
-    /// Bytes allocated: segments (vectors, level-0 links, labels, flags, locks) + upper links.
+    /// Bytes allocated: segments (vectors, codes, level-0 links, labels, flags, locks) + upper
+    /// links.
     pub fn allocated_bytes(&self) -> usize {
         let mut total = self.upper_bytes.load(Ordering::Relaxed);
         for (s, p) in self.segments.iter().enumerate() {
             if !p.load(Ordering::Acquire).is_null() {
-                total +=
-                    self.seg_len(s) * (self.stride * 5 + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
+                total += self.seg_len(s)
+                    * (self.stride * 4 + self.code_bytes + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
             }
         }
         total
@@ -425,7 +431,7 @@ mod tests {
 
     #[test]
     fn locate_is_contiguous_across_segments() {
-        let st = Store::new(3, 4, 64);
+        let st = Store::new(3, 4, 64, Quantize::Off);
         let mut prev = (0usize, 0usize);
         for i in 0..10_000u32 {
             let (s, o) = st.locate(i);
@@ -443,7 +449,7 @@ mod tests {
 
     #[test]
     fn vectors_survive_growth() {
-        let st = Store::new(5, 4, 64);
+        let st = Store::new(5, 4, 64, Quantize::Fp16);
         for i in 0..1000u32 {
             st.ensure(i).unwrap();
             st.write_vector(i, &[i as f32; 5]);
