@@ -4,6 +4,8 @@ builds, and churn that keeps fresh-build recall, memory and reachability."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -119,8 +121,16 @@ def test_failed_background_rebuild_is_reported():
     import subprocess
     import sys
 
+    # One malloc arena: with glibc's per-thread arenas, the 64 MiB of address space the
+    # (interruptible, so threaded) add's arena already reserved lets the rebuild thread
+    # allocate under the limit, and the test would not test a failed rebuild.
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
     r = subprocess.run(
-        [sys.executable, "-c", _REBUILD_LIMITED], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _REBUILD_LIMITED],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     # The rebuild could not get its memory: the reason is kept (or the start was refused),
