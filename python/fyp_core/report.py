@@ -937,14 +937,11 @@ def _ci(x: Optional[dict], key: str = "value") -> Tuple[Optional[float], float, 
     return x[key], x["ci"][0], x["ci"][1]
 
 
-def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
-    """One HTML page of the learning loop's daily records (``fyp_core.loop.run``): the live
-    policy's true value beside the candidate's OPE estimate, the lift with its CI, diversity,
-    and one table line per day with the decision and its reasons."""
-    xs = [float(r["day"]) for r in records]
-    labels = [(x, f"{x:g}") for x in xs]
+def _loop_value_figure(
+    records: Sequence[dict], xs: List[float], labels: List[Tuple[float, str]]
+) -> str:
+    """The live policy's true value beside the candidate's OPE estimate (95% CI) per day."""
     est = [_ci(r["estimated_value"]) for r in records]
-    lift = [_ci(r["lift"]) for r in records]
     vals = [r["true_value"] for r in records] + [v for e in est for v in e[1:] if math.isfinite(v)]
     p = _Plot(
         (xs[0], xs[-1]) if xs else (0, 1),
@@ -958,6 +955,14 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
     for x, (v, lo, hi) in zip(xs, est):
         if v is not None:
             p.whisker(x, v, lo, hi, PALETTE[1])
+    return p.svg("Live true value and candidate OPE estimate (95% CI)")
+
+
+def _loop_lift_figure(
+    records: Sequence[dict], xs: List[float], labels: List[Tuple[float, str]]
+) -> str:
+    """The candidate's lift over live on the exploration arm (95% CI) per day."""
+    lift = [_ci(r["lift"]) for r in records]
     ls = [v for e in lift for v in e if v is not None and math.isfinite(v)]
     q = _Plot(
         (xs[0], xs[-1]) if xs else (0, 1),
@@ -970,6 +975,13 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
     for x, (v, lo, hi) in zip(xs, lift):
         if v is not None:
             q.whisker(x, v, lo, hi, PALETTE[2])
+    return q.svg("Candidate lift over live on the exploration arm (95% CI)")
+
+
+def _loop_diversity_figure(
+    records: Sequence[dict], xs: List[float], labels: List[Tuple[float, str]]
+) -> str:
+    """Topic entropy, creator Gini, feeds over the creator cap and fresh reach per day."""
     d = _Plot(
         (xs[0], xs[-1]) if xs else (0, 1),
         (0.0, max([r["topic_entropy"] for r in records] + [1.0])),
@@ -985,6 +997,11 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
         "feeds over the creator cap",
     )
     d.line(xs, [r["fresh_reach"] for r in records], PALETTE[5], "fresh reach")
+    return d.svg("Diversity and fresh reach")
+
+
+def _loop_table(records: Sequence[dict]) -> str:
+    """One table line per day: versions, values, diversity, the decision and its reasons."""
     rows = [
         {
             **r,
@@ -997,7 +1014,7 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
         }
         for r in records
     ]
-    table = _table(
+    return _table(
         rows,
         [
             ("day", "day", ""),
@@ -1016,11 +1033,20 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
             ("retrieval_d", "retrieval candidate", ""),
         ],
     )
+
+
+def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
+    """One HTML page of the learning loop's daily records (``fyp_core.loop.run``): the live
+    policy's true value beside the candidate's OPE estimate, the lift with its CI, diversity,
+    and one table line per day with the decision and its reasons."""
+    xs = [float(r["day"]) for r in records]
+    labels = [(x, f"{x:g}") for x in xs]
     figs = [
-        p.svg("Live true value and candidate OPE estimate (95% CI)"),
-        q.svg("Candidate lift over live on the exploration arm (95% CI)"),
-        d.svg("Diversity and fresh reach"),
+        _loop_value_figure(records, xs, labels),
+        _loop_lift_figure(records, xs, labels),
+        _loop_diversity_figure(records, xs, labels),
     ]
+    table = _loop_table(records)
     return "".join(
         [
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
