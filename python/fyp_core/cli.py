@@ -62,10 +62,8 @@ def _add_compact_parser(sub: Any) -> None:
     )
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fyp-core", description=__doc__)
-    p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command")
+def _add_demo_and_serve_parsers(sub: Any) -> None:
+    """The ``demo`` and ``serve`` commands (the demo's arguments; serve adds a catalogue)."""
     d = sub.add_parser("demo", help="serve a feed over a synthetic catalogue and print figures")
     from fyp_core.demo import DEMO_LOG_DIR, add_arguments, add_serve_arguments
 
@@ -83,6 +81,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(v)
 
+
+def _add_catalogue_parser(sub: Any) -> None:
+    """The ``catalogue`` command: ``export`` the demo world as a catalogue, or ``check`` one."""
     c = sub.add_parser("catalogue", help="export the demo world as a catalogue, or check one")
     csub = c.add_subparsers(dest="catalogue_command")
     ce = csub.add_parser("export", help="write the synthetic world as a catalogue directory")
@@ -101,21 +102,27 @@ def _build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("check", help="validate a catalogue directory and print a summary")
     cc.add_argument("dir")
 
-    _add_report_parser(sub)
-    _add_compact_parser(sub)
 
+def _add_retention_parser(sub: Any) -> None:
+    """The ``retention`` command: roll up, then delete old raw partitions."""
     t = sub.add_parser("retention", help="roll up, then delete raw partitions older than N days")
     t.add_argument("logdir")
     t.add_argument("--days", type=int, default=30, help="days of raw logs to keep (default 30)")
     t.add_argument("--dry-run", action="store_true", help="list what would go, change nothing")
     t.add_argument("--window-hours", type=float, default=24.0)
 
+
+def _add_simulate_parser(sub: Any) -> None:
+    """The ``simulate`` command: a simulated log directory with known ground truth."""
     s = sub.add_parser("simulate", help="write a simulated log directory with known ground truth")
     s.add_argument("logdir")
     s.add_argument("--requests", type=int, default=20_000)
     s.add_argument("--days", type=int, default=28)
     s.add_argument("--seed", type=int, default=0)
 
+
+def _add_loop_parser(sub: Any) -> None:
+    """The ``loop`` command: the learning loop over the synthetic world, day by day."""
     lp = sub.add_parser(
         "loop",
         help="run the learning loop over the synthetic world, one "
@@ -154,6 +161,19 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="write an HTML page of the daily series (one line per day)",
     )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fyp-core", description=__doc__)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command")
+    _add_demo_and_serve_parsers(sub)
+    _add_catalogue_parser(sub)
+    _add_report_parser(sub)
+    _add_compact_parser(sub)
+    _add_retention_parser(sub)
+    _add_simulate_parser(sub)
+    _add_loop_parser(sub)
     return p
 
 

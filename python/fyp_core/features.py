@@ -88,6 +88,77 @@ def _batch_snapshot(version: str, obj: Any) -> dict[str, Any]:
     return out
 
 
+def _replay(
+    files: list[str],
+    cat: Any,
+    user_token_key: bytes,
+    *,
+    history_len: int,
+    counter_windows: tuple[float, float],
+    request_ids: Sequence[str] | None,
+    batches: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Replay the feature changelog ``files`` from the catalogue ``cat`` in the core; returns its
+    columns (``features``, ``position``, ``request_id``, ...) and replay counts."""
+
+    def opt(name: str) -> Any:
+        v = getattr(cat, name, None)
+        return None if v is None or len(v) == 0 else v
+
+    return _core.replay_features(
+        files,
+        user_token_key,
+        cat.item_ids,
+        cat.item_embeddings,
+        cat.topics,
+        cat.creators,
+        categories=getattr(cat, "categories", None),
+        upload_ts=getattr(cat, "upload_ts", None),
+        user_ids=opt("user_ids"),
+        user_embeddings=opt("user_embeddings"),
+        creator_ids=opt("creator_ids"),
+        creator_authority=opt("creator_authority"),
+        history_len=history_len,
+        counter_windows=counter_windows,
+        request_ids=None if request_ids is None else list(request_ids),
+        batches=[_batch_snapshot(v, b) for v, b in (batches or {}).items()],
+    )
+
+
+def _replayed_rows(out: dict[str, Any]) -> pa.Table:
+    """The replay's rows as a table: ids, ``ts``, ``position`` and ``features`` (list<float32>)."""
+    feats = out["features"]
+    n, width = feats.shape
+    positions = out["position"].astype(np.int32)
+    request_ids = pa.array(out["request_id"], pa.string())
+    # the pipeline's impression id, derived in the core (one definition, serve::pipeline)
+    impression_ids = pa.array(out["impression_id"], pa.string())
+    flat = pa.array(feats.reshape(-1), type=pa.float32())
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    return pa.table(
+        {
+            "request_id": request_ids,
+            "ts": pa.array(out["ts_us"], pa.timestamp("us", tz="UTC")),
+            "user_token": pa.array(out["user_token"], pa.string()),
+            "item_id": pa.array(out["item_id"], pa.uint64()),
+            "position": pa.array(positions, pa.int32()),
+            "impression_id": impression_ids,
+            "features": pa.ListArray.from_arrays(offsets, flat),
+        }
+    )
+
+
+def _replay_metadata(out: dict[str, Any]) -> dict[str, str]:
+    """The training set's schema metadata: feature names and set version, replay counts."""
+    return {
+        # one encoding with the served log (the event log writes a JSON list)
+        "fyp.feature_names": json.dumps(list(out["feature_names"])),
+        "fyp.feature_set_version": out["feature_set_version"],
+        "fyp.missing_items": str(out["missing_items"]),
+        "fyp.events": str(out["n_events"]),
+    }
+
+
 def training_set(
     logdir: str | os.PathLike[str],
     catalogue: Any,
@@ -130,59 +201,19 @@ def training_set(
             f"no feature_events files under {os.fspath(logdir)!r}: attach an EventLog to the "
             "FeedPipeline (it writes the feature changelog) and flush or close it first"
         )
-    cat = _catalogue(catalogue)
-
-    def opt(name: str) -> Any:
-        v = getattr(cat, name, None)
-        return None if v is None or len(v) == 0 else v
-
-    out = _core.replay_features(
+    out = _replay(
         files,
+        _catalogue(catalogue),
         user_token_key,
-        cat.item_ids,
-        cat.item_embeddings,
-        cat.topics,
-        cat.creators,
-        categories=getattr(cat, "categories", None),
-        upload_ts=getattr(cat, "upload_ts", None),
-        user_ids=opt("user_ids"),
-        user_embeddings=opt("user_embeddings"),
-        creator_ids=opt("creator_ids"),
-        creator_authority=opt("creator_authority"),
         history_len=history_len,
         counter_windows=counter_windows,
-        request_ids=None if request_ids is None else list(request_ids),
-        batches=[_batch_snapshot(v, b) for v, b in (batches or {}).items()],
+        request_ids=request_ids,
+        batches=batches,
     )
-    feats = out["features"]
-    n, width = feats.shape
-    positions = out["position"].astype(np.int32)
-    request_ids = pa.array(out["request_id"], pa.string())
-    # the pipeline's impression id, derived in the core (one definition, serve::pipeline)
-    impression_ids = pa.array(out["impression_id"], pa.string())
-    flat = pa.array(feats.reshape(-1), type=pa.float32())
-    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
-    table = pa.table(
-        {
-            "request_id": request_ids,
-            "ts": pa.array(out["ts_us"], pa.timestamp("us", tz="UTC")),
-            "user_token": pa.array(out["user_token"], pa.string()),
-            "item_id": pa.array(out["item_id"], pa.uint64()),
-            "position": pa.array(positions, pa.int32()),
-            "impression_id": impression_ids,
-            "features": pa.ListArray.from_arrays(offsets, flat),
-        }
-    )
+    table = _replayed_rows(out)
     if labels:
         table = _join_labels(table, logdir, window_hours)
-    meta = {
-        # one encoding with the served log (the event log writes a JSON list)
-        "fyp.feature_names": json.dumps(list(out["feature_names"])),
-        "fyp.feature_set_version": out["feature_set_version"],
-        "fyp.missing_items": str(out["missing_items"]),
-        "fyp.events": str(out["n_events"]),
-    }
-    return table.replace_schema_metadata(meta)
+    return table.replace_schema_metadata(_replay_metadata(out))
 
 
 def _join_labels(table: pa.Table, logdir: str | os.PathLike[str], window_hours: float) -> pa.Table:

@@ -113,6 +113,138 @@ def from_torch(
     )
 
 
+def _load_onnx(model: Any) -> Any:
+    """The ``onnx.ModelProto`` of a path, bytes or an already loaded model."""
+    import onnx  # noqa: PLC0415  (optional dependency)
+
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(os.fspath(model))
+    elif isinstance(model, (bytes, bytearray)):
+        model = onnx.load_from_string(bytes(model))
+    return model
+
+
+def _onnx_initializers(g: Any) -> dict[str, np.ndarray]:
+    """The graph's constant tensors as float32: its initializers and its ``Constant`` nodes."""
+    from onnx import numpy_helper  # noqa: PLC0415  (optional dependency)
+
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    inits[node.output[0]] = numpy_helper.to_array(a.t).astype(np.float32)
+    return inits
+
+
+def _onnx_attr(node: Any, name: str, default: Any) -> Any:
+    """The value of ``node``'s attribute ``name``, or ``default`` when it is not set."""
+    import onnx  # noqa: PLC0415  (optional dependency)
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+class _OnnxChain:
+    """The MLP read so far from an ONNX node chain: layers, hidden activation, output transform,
+    and the running tensor's name."""
+
+    def __init__(self, cur: str) -> None:
+        self.cur = cur
+        self.weights: list[np.ndarray] = []
+        self.biases: list[np.ndarray] = []
+        self.activation: str | None = None
+        self.trailing: str | None = None
+        self.pending = False  # a MatMul without its Add yet
+
+    def other(self, node: Any, inits: dict[str, np.ndarray]) -> str:
+        """The name of ``node``'s one initializer operand beside the running tensor."""
+        ins = list(node.input)
+        if self.cur not in ins:
+            raise ValueError(f"node {node.name or node.op_type} does not consume {self.cur!r}")
+        rest = [i for i in ins if i != self.cur]
+        if len(rest) != 1 or rest[0] not in inits:
+            raise ValueError(f"node {node.name or node.op_type} needs one initializer operand")
+        return rest[0]
+
+    def gemm(self, node: Any, inits: dict[str, np.ndarray]) -> None:
+        """Append a ``Gemm`` layer (``transA=0``; ``transB``, ``alpha`` and ``beta`` folded in)."""
+        if _onnx_attr(node, "transA", 0):
+            raise ValueError("Gemm with transA=1 is not supported")
+        if node.input[0] != self.cur or node.input[1] not in inits:
+            raise ValueError("Gemm must take the running tensor and an initializer weight")
+        w = inits[node.input[1]]
+        w = (w.T if _onnx_attr(node, "transB", 0) else w) * float(_onnx_attr(node, "alpha", 1.0))
+        b = (
+            inits[node.input[2]] * float(_onnx_attr(node, "beta", 1.0))
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(w.shape[1], np.float32)
+        )
+        self.weights.append(np.ascontiguousarray(w, np.float32))
+        self.biases.append(np.broadcast_to(b.reshape(-1), (w.shape[1],)).astype(np.float32))
+
+    def matmul(self, node: Any, inits: dict[str, np.ndarray]) -> None:
+        """Append a ``MatMul`` layer with a zero bias, pending the ``Add`` that sets it."""
+        if node.input[0] != self.cur or node.input[1] not in inits:
+            raise ValueError("MatMul must be (running tensor) @ (initializer weight)")
+        w = inits[node.input[1]]
+        self.weights.append(np.ascontiguousarray(w, np.float32))
+        self.biases.append(np.zeros(w.shape[1], np.float32))
+        self.pending = True
+
+    def add_bias(self, node: Any, inits: dict[str, np.ndarray]) -> None:
+        """Set the pending ``MatMul`` layer's bias from its ``Add``."""
+        b = inits[self.other(node, inits)].reshape(-1)
+        self.biases[-1] = np.broadcast_to(b, self.biases[-1].shape).astype(np.float32)
+        self.pending = False
+
+    def activate(self, node: Any, nodes: list[Any]) -> None:
+        """Record a hidden activation, or the output transform when no layer follows it."""
+        op = node.op_type
+        self.pending = False
+        if not self.weights:
+            raise ValueError(f"{op} before the first layer")
+        is_last = not any(n.op_type in ("Gemm", "MatMul") for n in nodes[nodes.index(node) + 1 :])
+        if is_last and op in _OUTPUT:
+            self.trailing = _OUTPUT[op]
+        elif op in _HIDDEN:
+            if op == "Gelu" and _onnx_attr(node, "approximate", "none") != "none":
+                raise ValueError("only exact Gelu (approximate='none') is supported")
+            kind = _HIDDEN[op]
+            if self.activation is not None and self.activation != kind:
+                raise ValueError(f"mixed hidden activations {self.activation!r} and {kind!r}")
+            self.activation = kind
+        else:
+            raise ValueError(f"{op} as a hidden activation is not supported")
+
+    def step(self, node: Any, inits: dict[str, np.ndarray], nodes: list[Any]) -> None:
+        """Consume one node of the chain."""
+        op = node.op_type
+        if op == "Constant" or (op == "Identity" and self.trailing is not None):
+            self.cur = node.output[0] if op == "Identity" else self.cur
+            return
+        if self.trailing is not None:
+            raise ValueError(f"{op} follows the output transform {self.trailing!r}")
+        if op in ("Identity", "Flatten", "Dropout"):
+            pass
+        elif op == "Gemm":
+            self.gemm(node, inits)
+        elif op == "MatMul":
+            self.matmul(node, inits)
+        elif op == "Add" and self.pending:
+            self.add_bias(node, inits)
+        elif op in _HIDDEN or op in _OUTPUT:
+            self.activate(node, nodes)
+        else:
+            raise ValueError(
+                f"unsupported ONNX op {op!r}; supported: Gemm, MatMul+Add, Relu, Gelu, and a final "
+                "Sigmoid or Softplus"
+            )
+        self.cur = node.output[0]
+
+
 def from_onnx(
     model: Any,
     version: str = "v0",
@@ -124,110 +256,22 @@ def from_onnx(
     (``transA=0``) or ``MatMul`` + ``Add`` layers with ``Relu`` or ``Gelu`` between them, optionally
     ending in ``Sigmoid`` or ``Softplus``. Weights must be initializers. ``Identity``, ``Flatten``
     and ``Dropout`` are skipped."""
-    import onnx  # noqa: PLC0415  (optional dependency)
-    from onnx import numpy_helper  # noqa: PLC0415
-
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model))
-    elif isinstance(model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(model))
-    g = model.graph
-    inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in g.initializer}
-    for node in g.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    inits[node.output[0]] = numpy_helper.to_array(a.t).astype(np.float32)
+    g = _load_onnx(model).graph
+    inits = _onnx_initializers(g)
     feeds = [i.name for i in g.input if i.name not in inits]
     if len(feeds) != 1:
         raise ValueError(f"expected one graph input, got {feeds}")
-    cur = feeds[0]
-    weights: list[np.ndarray] = []
-    biases: list[np.ndarray] = []
-    activation: str | None = None
-    trailing: str | None = None
-    pending = False  # a MatMul without its Add yet
-
-    def attr(node: Any, name: str, default: Any) -> Any:
-        for a in node.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
-
-    def other(node: Any) -> str:
-        ins = list(node.input)
-        if cur not in ins:
-            raise ValueError(f"node {node.name or node.op_type} does not consume {cur!r}")
-        rest = [i for i in ins if i != cur]
-        if len(rest) != 1 or rest[0] not in inits:
-            raise ValueError(f"node {node.name or node.op_type} needs one initializer operand")
-        return rest[0]
-
+    chain = _OnnxChain(feeds[0])
+    nodes = list(g.node)
     for node in g.node:
-        op = node.op_type
-        if op == "Constant" or (op == "Identity" and trailing is not None):
-            cur = node.output[0] if op == "Identity" else cur
-            continue
-        if trailing is not None:
-            raise ValueError(f"{op} follows the output transform {trailing!r}")
-        if op in ("Identity", "Flatten", "Dropout"):
-            pass
-        elif op == "Gemm":
-            if attr(node, "transA", 0):
-                raise ValueError("Gemm with transA=1 is not supported")
-            if node.input[0] != cur or node.input[1] not in inits:
-                raise ValueError("Gemm must take the running tensor and an initializer weight")
-            w = inits[node.input[1]]
-            w = (w.T if attr(node, "transB", 0) else w) * float(attr(node, "alpha", 1.0))
-            b = (
-                inits[node.input[2]] * float(attr(node, "beta", 1.0))
-                if len(node.input) > 2 and node.input[2]
-                else np.zeros(w.shape[1], np.float32)
-            )
-            weights.append(np.ascontiguousarray(w, np.float32))
-            biases.append(np.broadcast_to(b.reshape(-1), (w.shape[1],)).astype(np.float32))
-        elif op == "MatMul":
-            if node.input[0] != cur or node.input[1] not in inits:
-                raise ValueError("MatMul must be (running tensor) @ (initializer weight)")
-            w = inits[node.input[1]]
-            weights.append(np.ascontiguousarray(w, np.float32))
-            biases.append(np.zeros(w.shape[1], np.float32))
-            pending = True
-        elif op == "Add" and pending:
-            b = inits[other(node)].reshape(-1)
-            biases[-1] = np.broadcast_to(b, biases[-1].shape).astype(np.float32)
-            pending = False
-        elif op in _HIDDEN or op in _OUTPUT:
-            pending = False
-            if not weights:
-                raise ValueError(f"{op} before the first layer")
-            is_last = not any(
-                n.op_type in ("Gemm", "MatMul") for n in g.node[list(g.node).index(node) + 1 :]
-            )
-            if is_last and op in _OUTPUT:
-                trailing = _OUTPUT[op]
-            elif op in _HIDDEN:
-                if op == "Gelu" and attr(node, "approximate", "none") != "none":
-                    raise ValueError("only exact Gelu (approximate='none') is supported")
-                kind = _HIDDEN[op]
-                if activation is not None and activation != kind:
-                    raise ValueError(f"mixed hidden activations {activation!r} and {kind!r}")
-                activation = kind
-            else:
-                raise ValueError(f"{op} as a hidden activation is not supported")
-        else:
-            raise ValueError(
-                f"unsupported ONNX op {op!r}; supported: Gemm, MatMul+Add, Relu, Gelu, and a final "
-                "Sigmoid or Softplus"
-            )
-        cur = node.output[0]
-    if not weights:
+        chain.step(node, inits, nodes)
+    if not chain.weights:
         raise ValueError("the ONNX graph has no Gemm or MatMul layer")
     return MlpRanker(
-        weights,
-        biases,
-        activation=activation or "relu",
-        outputs=_outputs_for(weights[-1].shape[1], outputs, trailing),
+        chain.weights,
+        chain.biases,
+        activation=chain.activation or "relu",
+        outputs=_outputs_for(chain.weights[-1].shape[1], outputs, chain.trailing),
         version=version,
         task_names=task_names,
         input_schema=input_schema,

@@ -255,38 +255,9 @@ def _safe(name: str, root: str, con: Any = None, **kw: Any) -> Optional[List[dic
     return analytics.run(name, root, con, **kw).to_pylist()
 
 
-def build_report(
-    root: str,
-    window_hours: float = 24.0,
-    young_days: int = 7,
-    fresh_hours: float = 24.0,
-    explore_setpoint: float = 0.05,
-    thresholds: Thresholds = Thresholds(),
-    title: str = "fyp_core feed report",
-    engine: str = "duckdb",
-) -> str:
-    """Run the analytics over ``root`` on ``engine`` ("duckdb" or "spark") and return the report
-    as one HTML string."""
-    if not analytics.available_queries(root):
-        raise ValueError(f"no impressions/engagements found under {root!r}")
-    th = thresholds
-    con = analytics.connect(root, engine=engine)
-    wh = dict(window_hours=window_hours)
-    daily = _safe("daily_summary", root, con, **wh) or []
-    lift = _safe("lift_by_topic", root, con, **wh) or []
-    posb = _safe("position_bias", root, con, **wh) or []
-    cohorts = _safe("cohort_diversity", root, con) or []
-    gini = _safe("creator_gini", root, con, young_days=int(young_days)) or []
-    shadow = _safe("shadow_vs_live", root, con, **wh)
-    calib = _safe("shadow_calibration", root, con, **wh)
-    fresh = _safe("fresh_items", root, con, fresh_hours=float(fresh_hours))
-    ope_rows = _shadow_ope_rows(root, window_hours, con)  # outcomes on the same engine
-    con.close()
-
-    tiles: List[Tile] = []
-    figs: List[str] = []
-
-    # live model lift
+def _lift_section(lift: List[dict], tiles: List[Tile], figs: List[str]) -> None:
+    """The live-model lift tile (amber when a topic's lift is surely negative) and the per-topic
+    lift plot with 95% CIs."""
     total = next((r for r in lift if r["topic"] is None), None)
     if total and total["lift"] is not None:
         lo, hi = total["lift_lo"], total["lift_hi"]
@@ -329,195 +300,253 @@ def build_report(
     else:
         tiles.append(Tile("Live model lift", "n/a", "no ranked and exploration slots", GREY))
 
-    # live calibration and shadow readiness
-    if shadow:
-        ece = shadow[0]["live_ece"]
-        tiles.append(
-            Tile(
-                "Live calibration",
-                f"ECE {ece:.3f}",
-                f"{shadow[0]['live_version']}: log-loss {shadow[0]['live_log_loss']:.4f},"
-                f" AUC {shadow[0]['live_auc']:.3f}",
-                _level(ece, *th.calibration_ece),
-            )
-        )
-        verdicts = {r["shadow_version"]: r["verdict"] for r in shadow}
-        ready = [v for v, x in verdicts.items() if x == "ready"]
-        st = GREEN if ready else AMBER if "inconclusive" in verdicts.values() else GREY
-        tiles.append(
-            Tile(
-                "Shadow readiness",
-                f"{len(ready)}/{len(verdicts)} ready",
-                "; ".join(
-                    f"{r['shadow_version']}: {r['verdict']} ({_verdict_reason(r)})" for r in shadow
-                ),
-                st,
-            )
-        )
-    else:
-        tiles += _no_shadow_tiles(calib, th)
 
+def _shadow_tiles(
+    shadow: Optional[List[dict]], calib: Optional[List[dict]], th: Thresholds
+) -> List[Tile]:
+    """The live-calibration and shadow-readiness tiles (from the calibration deciles when no
+    shadow is logged)."""
+    if not shadow:
+        return _no_shadow_tiles(calib, th)
+    ece = shadow[0]["live_ece"]
+    tiles = [
+        Tile(
+            "Live calibration",
+            f"ECE {ece:.3f}",
+            f"{shadow[0]['live_version']}: log-loss {shadow[0]['live_log_loss']:.4f},"
+            f" AUC {shadow[0]['live_auc']:.3f}",
+            _level(ece, *th.calibration_ece),
+        )
+    ]
+    verdicts = {r["shadow_version"]: r["verdict"] for r in shadow}
+    ready = [v for v, x in verdicts.items() if x == "ready"]
+    st = GREEN if ready else AMBER if "inconclusive" in verdicts.values() else GREY
+    tiles.append(
+        Tile(
+            "Shadow readiness",
+            f"{len(ready)}/{len(verdicts)} ready",
+            "; ".join(
+                f"{r['shadow_version']}: {r['verdict']} ({_verdict_reason(r)})" for r in shadow
+            ),
+            st,
+        )
+    )
+    return tiles
+
+
+def _exploration_section(
+    daily: List[dict],
+    explore_setpoint: float,
+    window_hours: float,
+    th: Thresholds,
+    tiles: List[Tile],
+    figs: List[str],
+) -> None:
+    """The exploration-share tile (vs its setpoint's 3-sigma band) and per-day plot, and the
+    late-engagements tile."""
+    slots = sum(r["slots"] for r in daily)
+    share = sum(r["slots"] * (r["exploration_share"] or 0) for r in daily) / slots
+    sig = math.sqrt(explore_setpoint * (1 - explore_setpoint) / slots)
+    off = [
+        r["day"]
+        for r in daily
+        if abs((r["exploration_share"] or 0) - explore_setpoint)
+        > 3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])
+    ]
+    st = RED if abs(share - explore_setpoint) > 3 * sig else AMBER if off else GREEN
+    tiles.append(
+        Tile(
+            "Exploration share",
+            _fmt_pct(share, 2),
+            f"setpoint {_fmt_pct(explore_setpoint, 1)} ± {_fmt_pct(3 * sig, 2)} "
+            f"(3σ); {len(off)} day(s) outside their own 3σ band",
+            st,
+        )
+    )
+    days = [r["day"] for r in daily]
+    xs, xl = _days_axis(days)
+    band = [3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"]) for r in daily]
+    ys = [r["exploration_share"] for r in daily]
+    hi = max([explore_setpoint + b for b in band] + [y or 0 for y in ys])
+    lo = min([explore_setpoint - b for b in band] + [y or 0 for y in ys])
+    p = _Plot(
+        (0, max(xs[-1], 1)),
+        (max(0.0, lo), hi),
+        x_labels=xl,
+        y_pct=True,
+        x_title="day (UTC)",
+        y_title="share of slots",
+    )
+    p.band(
+        xs,
+        [explore_setpoint - b for b in band],
+        [explore_setpoint + b for b in band],
+        PALETTE[2],
+    )
+    p.hline(explore_setpoint, PALETTE[2], "setpoint ± 3σ")
+    p.line(xs, ys, PALETTE[0], "exploration")
+    figs.append(p.svg("Exploration share per day"))
+    late = [r["late_share"] for r in daily if r["late_share"] is not None]
+    if late:
+        lv = sum(late) / len(late)
+        tiles.append(
+            Tile(
+                "Late engagements",
+                _fmt_pct(lv),
+                f"engaged impressions reporting after the {window_hours:g} h window",
+                _level(lv, *th.late_share),
+            )
+        )
+
+
+def _diversity_section(
+    cohorts: List[dict], th: Thresholds, tiles: List[Tile], figs: List[str]
+) -> None:
+    """The content-diversity tile (largest drop as a cohort ages) and the per-cohort plot."""
+    by: Dict[_dt.date, List[dict]] = {}
+    for r in cohorts:
+        by.setdefault(r["cohort_week"], []).append(r)
+    drops = []
+    for rs in by.values():
+        rs.sort(key=lambda r: r["age_weeks"])
+        if len(rs) > 1 and rs[0]["mean_topics"] > 0:
+            drops.append(1 - rs[-1]["mean_topics"] / rs[0]["mean_topics"])
+    worst = max(drops) if drops else 0.0
+    tiles.append(
+        Tile(
+            "Content diversity",
+            f"{cohorts[-1]['mean_topics']:.2f} topics",
+            f"per user-week (newest cohort); largest drop as a cohort ages: {_fmt_pct(worst)}",
+            _level(worst, *th.diversity_drop),
+        )
+    )
+    maxage = max(r["age_weeks"] for r in cohorts)
+    p = _Plot(
+        (0, max(maxage, 1)),
+        (0.0, max(r["mean_topics"] for r in cohorts)),
+        x_labels=[(a, str(a)) for a in range(maxage + 1)],
+        x_title="weeks since the cohort's first week",
+        y_title="topics / user-week",
+    )
+    for i, (week, rs) in enumerate(sorted(by.items())):
+        p.line(
+            [r["age_weeks"] for r in rs],
+            [r["mean_topics"] for r in rs],
+            PALETTE[i % len(PALETTE)],
+            f"cohort {week:%m-%d}",
+        )
+    figs.append(p.svg("Content diversity by cohort"))
+
+
+def _fresh_section(
+    fresh: List[dict], fresh_hours: float, th: Thresholds, tiles: List[Tile], figs: List[str]
+) -> None:
+    """The fresh-item retrieval tile and per-day plot (uncensored days only)."""
+    valid = [r for r in fresh if not r["censored"] and r["retrieval_rate"] is not None]
+    if not valid:
+        return
+    rate = sum(r["retrieval_rate"] * r["new_items"] for r in valid) / sum(
+        r["new_items"] for r in valid
+    )
+    lag = sorted(r["lag_p50_hours"] for r in valid if r["lag_p50_hours"] is not None)
+    tiles.append(
+        Tile(
+            "Fresh-item retrieval",
+            _fmt_pct(rate),
+            f"new items shown within {fresh_hours:g} h of first appearance; "
+            f"median lag {lag[len(lag) // 2]:.1f} h"
+            if lag
+            else "",
+            _level(rate, *th.fresh_retrieval, higher_is_bad=False),
+        )
+    )
+    days = [r["day"] for r in fresh]
+    xs, xl = _days_axis(days)
+    p = _Plot(
+        (0, max(xs[-1], 1)),
+        (0.0, 1.0),
+        x_labels=xl,
+        y_pct=True,
+        x_title="day of first appearance (UTC)",
+        y_title="share",
+    )
+    p.line(
+        xs,
+        [None if r["censored"] else r["retrieval_rate"] for r in fresh],
+        PALETTE[0],
+        "new items retrieved",
+    )
+    p.line(xs, [r["fresh_slot_share"] for r in fresh], PALETTE[2], "fresh slot share")
+    figs.append(p.svg("Fresh-item retrieval rate"))
+
+
+def _calibration_figure(calib: List[dict]) -> str:
+    """The reliability diagram: observed vs mean predicted finish rate per decile, per model."""
+    models = sorted({r["model_version"] for r in calib})
+    top = max(max(r["mean_pred"], r["observed"]) for r in calib)
+    p = _Plot(
+        (0, top),
+        (0, top),
+        x_title="mean predicted finish rate (decile)",
+        y_title="observed finish rate",
+    )
+    p.line([0, top], [0, top], "#8c959f", "perfect", dashed=True, points=False)
+    for i, m in enumerate(models):
+        rs = [r for r in calib if r["model_version"] == m]
+        p.line(
+            [r["mean_pred"] for r in rs],
+            [r["observed"] for r in rs],
+            PALETTE[i % len(PALETTE)],
+            m,
+        )
+    return p.svg("Calibration by decile (reliability diagram)")
+
+
+def build_report(
+    root: str,
+    window_hours: float = 24.0,
+    young_days: int = 7,
+    fresh_hours: float = 24.0,
+    explore_setpoint: float = 0.05,
+    thresholds: Thresholds = Thresholds(),
+    title: str = "fyp_core feed report",
+    engine: str = "duckdb",
+) -> str:
+    """Run the analytics over ``root`` on ``engine`` ("duckdb" or "spark") and return the report
+    as one HTML string."""
+    if not analytics.available_queries(root):
+        raise ValueError(f"no impressions/engagements found under {root!r}")
+    th = thresholds
+    con = analytics.connect(root, engine=engine)
+    wh = dict(window_hours=window_hours)
+    daily = _safe("daily_summary", root, con, **wh) or []
+    lift = _safe("lift_by_topic", root, con, **wh) or []
+    posb = _safe("position_bias", root, con, **wh) or []
+    cohorts = _safe("cohort_diversity", root, con) or []
+    gini = _safe("creator_gini", root, con, young_days=int(young_days)) or []
+    shadow = _safe("shadow_vs_live", root, con, **wh)
+    calib = _safe("shadow_calibration", root, con, **wh)
+    fresh = _safe("fresh_items", root, con, fresh_hours=float(fresh_hours))
+    ope_rows = _shadow_ope_rows(root, window_hours, con)  # outcomes on the same engine
+    con.close()
+
+    tiles: List[Tile] = []
+    figs: List[str] = []
+    _lift_section(lift, tiles, figs)
+    tiles += _shadow_tiles(shadow, calib, th)
     tiles.append(_shadow_ope_tile(ope_rows))
-
-    # exploration share
     if daily:
-        slots = sum(r["slots"] for r in daily)
-        share = sum(r["slots"] * (r["exploration_share"] or 0) for r in daily) / slots
-        sig = math.sqrt(explore_setpoint * (1 - explore_setpoint) / slots)
-        off = [
-            r["day"]
-            for r in daily
-            if abs((r["exploration_share"] or 0) - explore_setpoint)
-            > 3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"])
-        ]
-        st = RED if abs(share - explore_setpoint) > 3 * sig else AMBER if off else GREEN
-        tiles.append(
-            Tile(
-                "Exploration share",
-                _fmt_pct(share, 2),
-                f"setpoint {_fmt_pct(explore_setpoint, 1)} ± {_fmt_pct(3 * sig, 2)} "
-                f"(3σ); {len(off)} day(s) outside their own 3σ band",
-                st,
-            )
-        )
-        days = [r["day"] for r in daily]
-        xs, xl = _days_axis(days)
-        band = [
-            3 * math.sqrt(explore_setpoint * (1 - explore_setpoint) / r["slots"]) for r in daily
-        ]
-        ys = [r["exploration_share"] for r in daily]
-        hi = max([explore_setpoint + b for b in band] + [y or 0 for y in ys])
-        lo = min([explore_setpoint - b for b in band] + [y or 0 for y in ys])
-        p = _Plot(
-            (0, max(xs[-1], 1)),
-            (max(0.0, lo), hi),
-            x_labels=xl,
-            y_pct=True,
-            x_title="day (UTC)",
-            y_title="share of slots",
-        )
-        p.band(
-            xs,
-            [explore_setpoint - b for b in band],
-            [explore_setpoint + b for b in band],
-            PALETTE[2],
-        )
-        p.hline(explore_setpoint, PALETTE[2], "setpoint ± 3σ")
-        p.line(xs, ys, PALETTE[0], "exploration")
-        figs.append(p.svg("Exploration share per day"))
-        late = [r["late_share"] for r in daily if r["late_share"] is not None]
-        if late:
-            lv = sum(late) / len(late)
-            tiles.append(
-                Tile(
-                    "Late engagements",
-                    _fmt_pct(lv),
-                    f"engaged impressions reporting after the {window_hours:g} h window",
-                    _level(lv, *th.late_share),
-                )
-            )
-
+        _exploration_section(daily, explore_setpoint, window_hours, th, tiles, figs)
     if posb:
         _position_section(posb, tiles, figs)
-
-    # cohort diversity
     if cohorts:
-        by: Dict[_dt.date, List[dict]] = {}
-        for r in cohorts:
-            by.setdefault(r["cohort_week"], []).append(r)
-        drops = []
-        for rs in by.values():
-            rs.sort(key=lambda r: r["age_weeks"])
-            if len(rs) > 1 and rs[0]["mean_topics"] > 0:
-                drops.append(1 - rs[-1]["mean_topics"] / rs[0]["mean_topics"])
-        worst = max(drops) if drops else 0.0
-        tiles.append(
-            Tile(
-                "Content diversity",
-                f"{cohorts[-1]['mean_topics']:.2f} topics",
-                f"per user-week (newest cohort); largest drop as a cohort ages: {_fmt_pct(worst)}",
-                _level(worst, *th.diversity_drop),
-            )
-        )
-        maxage = max(r["age_weeks"] for r in cohorts)
-        p = _Plot(
-            (0, max(maxage, 1)),
-            (0.0, max(r["mean_topics"] for r in cohorts)),
-            x_labels=[(a, str(a)) for a in range(maxage + 1)],
-            x_title="weeks since the cohort's first week",
-            y_title="topics / user-week",
-        )
-        for i, (week, rs) in enumerate(sorted(by.items())):
-            p.line(
-                [r["age_weeks"] for r in rs],
-                [r["mean_topics"] for r in rs],
-                PALETTE[i % len(PALETTE)],
-                f"cohort {week:%m-%d}",
-            )
-        figs.append(p.svg("Content diversity by cohort"))
-
+        _diversity_section(cohorts, th, tiles, figs)
     if gini:
         _gini_section(gini, young_days, th, tiles, figs)
-
-    # fresh items
     if fresh:
-        valid = [r for r in fresh if not r["censored"] and r["retrieval_rate"] is not None]
-        if valid:
-            rate = sum(r["retrieval_rate"] * r["new_items"] for r in valid) / sum(
-                r["new_items"] for r in valid
-            )
-            lag = sorted(r["lag_p50_hours"] for r in valid if r["lag_p50_hours"] is not None)
-            tiles.append(
-                Tile(
-                    "Fresh-item retrieval",
-                    _fmt_pct(rate),
-                    f"new items shown within {fresh_hours:g} h of first appearance; "
-                    f"median lag {lag[len(lag) // 2]:.1f} h"
-                    if lag
-                    else "",
-                    _level(rate, *th.fresh_retrieval, higher_is_bad=False),
-                )
-            )
-            days = [r["day"] for r in fresh]
-            xs, xl = _days_axis(days)
-            p = _Plot(
-                (0, max(xs[-1], 1)),
-                (0.0, 1.0),
-                x_labels=xl,
-                y_pct=True,
-                x_title="day of first appearance (UTC)",
-                y_title="share",
-            )
-            p.line(
-                xs,
-                [None if r["censored"] else r["retrieval_rate"] for r in fresh],
-                PALETTE[0],
-                "new items retrieved",
-            )
-            p.line(xs, [r["fresh_slot_share"] for r in fresh], PALETTE[2], "fresh slot share")
-            figs.append(p.svg("Fresh-item retrieval rate"))
-
-    # calibration diagrams
+        _fresh_section(fresh, fresh_hours, th, tiles, figs)
     if calib:
-        models = sorted({r["model_version"] for r in calib})
-        top = max(max(r["mean_pred"], r["observed"]) for r in calib)
-        p = _Plot(
-            (0, top),
-            (0, top),
-            x_title="mean predicted finish rate (decile)",
-            y_title="observed finish rate",
-        )
-        p.line([0, top], [0, top], "#8c959f", "perfect", dashed=True, points=False)
-        for i, m in enumerate(models):
-            rs = [r for r in calib if r["model_version"] == m]
-            p.line(
-                [r["mean_pred"] for r in rs],
-                [r["observed"] for r in rs],
-                PALETTE[i % len(PALETTE)],
-                m,
-            )
-        figs.append(p.svg("Calibration by decile (reliability diagram)"))
-
+        figs.append(_calibration_figure(calib))
     return _page(title, root, daily, tiles, figs, lift, shadow, ope_rows)
 
 
@@ -908,14 +937,11 @@ def _ci(x: Optional[dict], key: str = "value") -> Tuple[Optional[float], float, 
     return x[key], x["ci"][0], x["ci"][1]
 
 
-def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
-    """One HTML page of the learning loop's daily records (``fyp_core.loop.run``): the live
-    policy's true value beside the candidate's OPE estimate, the lift with its CI, diversity,
-    and one table line per day with the decision and its reasons."""
-    xs = [float(r["day"]) for r in records]
-    labels = [(x, f"{x:g}") for x in xs]
+def _loop_value_figure(
+    records: Sequence[dict], xs: List[float], labels: List[Tuple[float, str]]
+) -> str:
+    """The live policy's true value beside the candidate's OPE estimate (95% CI) per day."""
     est = [_ci(r["estimated_value"]) for r in records]
-    lift = [_ci(r["lift"]) for r in records]
     vals = [r["true_value"] for r in records] + [v for e in est for v in e[1:] if math.isfinite(v)]
     p = _Plot(
         (xs[0], xs[-1]) if xs else (0, 1),
@@ -929,6 +955,14 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
     for x, (v, lo, hi) in zip(xs, est):
         if v is not None:
             p.whisker(x, v, lo, hi, PALETTE[1])
+    return p.svg("Live true value and candidate OPE estimate (95% CI)")
+
+
+def _loop_lift_figure(
+    records: Sequence[dict], xs: List[float], labels: List[Tuple[float, str]]
+) -> str:
+    """The candidate's lift over live on the exploration arm (95% CI) per day."""
+    lift = [_ci(r["lift"]) for r in records]
     ls = [v for e in lift for v in e if v is not None and math.isfinite(v)]
     q = _Plot(
         (xs[0], xs[-1]) if xs else (0, 1),
@@ -941,6 +975,13 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
     for x, (v, lo, hi) in zip(xs, lift):
         if v is not None:
             q.whisker(x, v, lo, hi, PALETTE[2])
+    return q.svg("Candidate lift over live on the exploration arm (95% CI)")
+
+
+def _loop_diversity_figure(
+    records: Sequence[dict], xs: List[float], labels: List[Tuple[float, str]]
+) -> str:
+    """Topic entropy, creator Gini, feeds over the creator cap and fresh reach per day."""
     d = _Plot(
         (xs[0], xs[-1]) if xs else (0, 1),
         (0.0, max([r["topic_entropy"] for r in records] + [1.0])),
@@ -956,6 +997,11 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
         "feeds over the creator cap",
     )
     d.line(xs, [r["fresh_reach"] for r in records], PALETTE[5], "fresh reach")
+    return d.svg("Diversity and fresh reach")
+
+
+def _loop_table(records: Sequence[dict]) -> str:
+    """One table line per day: versions, values, diversity, the decision and its reasons."""
     rows = [
         {
             **r,
@@ -968,7 +1014,7 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
         }
         for r in records
     ]
-    table = _table(
+    return _table(
         rows,
         [
             ("day", "day", ""),
@@ -987,11 +1033,20 @@ def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
             ("retrieval_d", "retrieval candidate", ""),
         ],
     )
+
+
+def loop_page(records: Sequence[dict], title: str = "fyp-core loop") -> str:
+    """One HTML page of the learning loop's daily records (``fyp_core.loop.run``): the live
+    policy's true value beside the candidate's OPE estimate, the lift with its CI, diversity,
+    and one table line per day with the decision and its reasons."""
+    xs = [float(r["day"]) for r in records]
+    labels = [(x, f"{x:g}") for x in xs]
     figs = [
-        p.svg("Live true value and candidate OPE estimate (95% CI)"),
-        q.svg("Candidate lift over live on the exploration arm (95% CI)"),
-        d.svg("Diversity and fresh reach"),
+        _loop_value_figure(records, xs, labels),
+        _loop_lift_figure(records, xs, labels),
+        _loop_diversity_figure(records, xs, labels),
     ]
+    table = _loop_table(records)
     return "".join(
         [
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',

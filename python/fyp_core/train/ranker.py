@@ -369,6 +369,41 @@ def _check_base(base: Any, fsv: str, d: int) -> tuple[MlpRanker, list[str]]:
     return model, tasks
 
 
+def _check_finetune_args(
+    steps: int, batch_size: int, lr: float, huber_delta: float, weight_decay: float
+) -> None:
+    """Reject non-positive ``steps``/``batch_size``/``lr``/``huber_delta`` and a negative
+    ``weight_decay``."""
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if int(v) <= 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+    if not (lr > 0 and huber_delta > 0 and weight_decay >= 0):
+        raise ValueError(
+            f"lr and huber_delta must be > 0 and weight_decay >= 0, got {lr}, {huber_delta} "
+            f"and {weight_decay}"
+        )
+
+
+def _step_order(n: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
+    """The rows of ``steps`` mini-batches of ``batch_size``, drawn without replacement within a
+    pass over the ``n`` rows (passes repeat as needed): a fixed (steps x batch_size) gather, so
+    every chunk has the same shapes and one compilation."""
+    rng = np.random.default_rng(seed)
+    k, bs = steps, batch_size
+    return np.concatenate([rng.permutation(n) for _ in range(-(-k * bs // n))])[: k * bs]
+
+
+def _keep_untrained_heads(params: list, params0: Any, trained: np.ndarray) -> list:
+    """``params`` with the output layer's columns of tasks without labels in the rows put back
+    to the base's (``params0``) weights; the output layer is copied, not changed in place."""
+    last = len(params) - 1
+    w_last, b_last = params[last][0].copy(), params[last][1].copy()
+    params[last] = (w_last, b_last)
+    for j in np.flatnonzero(~trained):  # no labels in these rows: the base's head, unchanged
+        w_last[:, j], b_last[j] = params0[last][0][:, j], params0[last][1][j]
+    return params
+
+
 def finetune_ranker(
     base: Any,
     training_set: Any,
@@ -407,14 +442,7 @@ def finetune_ranker(
     """
     import jax
 
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if int(v) <= 0:
-            raise ValueError(f"{name} must be > 0, got {v}")
-    if not (lr > 0 and huber_delta > 0 and weight_decay >= 0):
-        raise ValueError(
-            f"lr and huber_delta must be > 0 and weight_decay >= 0, got {lr}, {huber_delta} "
-            f"and {weight_decay}"
-        )
+    _check_finetune_args(steps, batch_size, lr, huber_delta, weight_decay)
     fsv = _data.check_version(training_set, feature_set_version, "training_set")
     x = _data.feature_matrix(training_set, "training_set")
     model, tasks = _check_base(base, fsv, x.shape[1])
@@ -429,22 +457,15 @@ def finetune_ranker(
         float(lr),
         float(weight_decay),
     )
-    # a fixed (steps x batch_size) gather: every chunk has the same shapes, one compilation
-    rng = np.random.default_rng(seed)
     n, bs, k = len(x), int(batch_size), int(steps)
-    order = np.concatenate([rng.permutation(n) for _ in range(-(-k * bs // n))])[: k * bs]
+    order = _step_order(n, k, bs, seed)
     xj, yj = jax.numpy.asarray(xs[order]), jax.numpy.asarray(y[order])
     idx = jax.numpy.asarray(np.arange(k * bs).reshape(k, bs))
     start = _padded_loss(masked_loss, params0, xs, y)
     state = opt.init(params0) if opt_state is None else opt_state
     params, state, tr = epoch(params0, state, idx, xj, yj)
     end = _padded_loss(masked_loss, params, xs, y)
-    params = _mlp.to_numpy(params)
-    last = len(params) - 1
-    w_last, b_last = params[last][0].copy(), params[last][1].copy()
-    params[last] = (w_last, b_last)
-    for j in np.flatnonzero(~trained):  # no labels in these rows: the base's head, unchanged
-        w_last[:, j], b_last[j] = params0[last][0][:, j], params0[last][1][j]
+    params = _keep_untrained_heads(_mlp.to_numpy(params), params0, trained)
     version = version or "ft" + _default_version(fsv, x, seed)[len("trained") :]
     ranker = _export(params, mu, sd, tasks, np.ones(len(tasks), bool), names, fsv, version, 0.5)
     return RankerFit(
