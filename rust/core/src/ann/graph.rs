@@ -48,6 +48,9 @@ pub struct Graph {
     pub(crate) entry_lock: Mutex<()>,
     /// Slots freed by `consolidate`, reused before new ones are handed out.
     pub(crate) free: Mutex<Vec<u32>>,
+    /// Open point-in-time cuts (`HnswIndex::cut`): while any is open, inserts take fresh slots
+    /// only, so no node a cut covers is rewritten while its bytes are produced.
+    pub(crate) cuts: AtomicUsize,
     /// Grace periods: a freed slot is rewritten only after every operation that might still
     /// hold it has ended.
     pub(crate) epochs: Epochs,
@@ -92,6 +95,7 @@ impl Graph {
             entry: AtomicU64::new(EMPTY),
             entry_lock: Mutex::new(()),
             free: Mutex::new(Vec::new()),
+            cuts: AtomicUsize::new(0),
             epochs: Epochs::default(),
             quantize,
             codec,
@@ -146,8 +150,10 @@ impl Graph {
     /// refused allocation leaves no hole: `next` moves only once the segment is there.
     fn take_slot(&self) -> crate::Result<(u32, bool)> {
         let mut free = self.free.lock();
-        if let Some(slot) = free.pop() {
-            return Ok((slot, true));
+        if self.cuts.load(Ordering::Acquire) == 0 {
+            if let Some(slot) = free.pop() {
+                return Ok((slot, true));
+            }
         }
         let slot = self.next.load(Ordering::Acquire);
         if slot as usize >= self.store.max_slots() {

@@ -794,6 +794,7 @@ impl HnswIndex {
         let _x = self.gate.write();
         let g = self.current();
         let (slots, entry) = (g.slots(), g.entry());
+        g.cuts.fetch_add(1, Ordering::AcqRel);
         IndexCut { g, slots, entry }
     }
 
@@ -817,11 +818,19 @@ impl HnswIndex {
     }
 }
 
-/// See [`HnswIndex::cut`].
+/// See [`HnswIndex::cut`]. While it lives, inserts into its graph take fresh slots (beyond the
+/// cut) instead of reusing freed ones: a reused slot below `slots` would put a node written
+/// after the cut into it (an id live twice, or a row read while it is rewritten).
 pub struct IndexCut {
     g: Arc<Graph>,
     slots: usize,
     entry: Option<(u32, usize)>,
+}
+
+impl Drop for IndexCut {
+    fn drop(&mut self) {
+        self.g.cuts.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl IndexCut {

@@ -183,7 +183,11 @@ impl Pipeline {
         };
         let cut_ms = t0.elapsed().as_secs_f64() * 1e3;
         // the index nodes of the cut, read while uploads go on (install reconciles)
-        let index = index.to_bytes();
+        // the cut ends here (freed slots may be reused again)
+        let index = {
+            let cut = index;
+            cut.to_bytes()
+        };
         let items = files::encode_items(&infos, &emb, dim);
         let batch = batch.encode();
         *last_ms = now_ms().max(*last_ms + 1);
