@@ -469,24 +469,7 @@ impl Mlp {
         let len = 3 * blk + m0_pad.div_ceil(16) * 16;
         with_scratch(len, |s| {
             let (bufs, pre) = s.split_at_mut(3 * blk);
-            // The split first layer: prefix = b0 + user . W0[:du], once per request.
-            let split = match input {
-                Input::Request { user, .. } if self.cross.is_empty() => {
-                    let l0 = &self.layers[0];
-                    let m = l0.out_dim();
-                    pre[m..m0_pad].fill(0.0);
-                    gemm::prefix_bias(
-                        self.kernel,
-                        user,
-                        &l0.weight()[..user.len() * m],
-                        m,
-                        l0.bias(),
-                        pre,
-                    );
-                    Some(user.len())
-                }
-                _ => None,
-            };
+            let split = self.split_prefix(input, pre, m0_pad);
             let base = bufs.as_mut_ptr();
             let mut row0 = 0;
             while row0 < n {
@@ -532,6 +515,29 @@ impl Mlp {
             }
         });
         Ok(())
+    }
+
+    /// The split first layer: writes prefix = b0 + user . W0[:du] (zero-padded to `m0_pad`)
+    /// into `pre`, once per request, and returns `du`; `None` when the first layer is not split
+    /// (dense input, or cross layers first).
+    fn split_prefix(&self, input: Input<'_>, pre: &mut [f32], m0_pad: usize) -> Option<usize> {
+        match input {
+            Input::Request { user, .. } if self.cross.is_empty() => {
+                let l0 = &self.layers[0];
+                let m = l0.out_dim();
+                pre[m..m0_pad].fill(0.0);
+                gemm::prefix_bias(
+                    self.kernel,
+                    user,
+                    &l0.weight()[..user.len() * m],
+                    m,
+                    l0.bias(),
+                    pre,
+                );
+                Some(user.len())
+            }
+            _ => None,
+        }
     }
 
     /// Writes the block's input features-major into `dst` (`[feature][RB]`), zero-padded to
