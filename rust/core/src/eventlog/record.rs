@@ -403,93 +403,133 @@ pub(crate) mod tests {
 
     pub fn samples() -> Vec<Record> {
         vec![
-            Record::Impression(Impression {
-                impression_id: "r1:0".into(),
-                ts_us: 1_700_000_000_123_456,
-                request_id: "r1".into(),
-                user_token: TOK.into(),
-                item_id: u64::MAX,
-                position: 0,
-                source: Source::Exploration,
-                propensity: 0.001,
-                model_version: "m1".into(),
-                experiments: "{\"a\":\"b\"}".into(),
-                topic: -3,
-                creator_id: 7,
-                sampled_pct: 100.0,
-            }),
-            Record::Engagement(Engagement {
-                impression_id: "r1:0".into(),
-                ts_us: 5,
-                user_token: TOK.into(),
-                watched_seconds: 3.5,
-                completed: true,
-                liked: false,
-                shared: true,
-                followed: false,
-            }),
-            Record::Exploration(ExplorationEvent {
-                impression_id: "r1:0".into(),
-                ts_us: 6,
-                user_token: TOK.into(),
-                item_id: 9,
-                position: 0,
-                topic: 1,
-                propensity: 0.5,
-                policy: "uniform".into(),
-            }),
-            Record::Score(RankerScore {
-                impression_id: "r1:0".into(),
-                ts_us: 7,
-                model_version: "m2".into(),
-                is_shadow: true,
-                value_score: 0.25,
-                preds: vec![0.1, 0.2, 0.3, 0.4, 5.0],
-                request_id: "r1".into(),
-                exploration: true,
-                sampled_pct: 100.0,
-            }),
-            Record::Request(RequestRow {
-                request_id: "r1".into(),
-                ts_us: 8,
-                user_token: TOK.into(),
-                candidate_item_ids: vec![1, 2, 3],
-                candidate_scores: vec![0.5, 0.25, 0.125],
-                served_item_ids: vec![3, 1],
-                sampled_pct: 10.0,
-                shadow_versions: vec!["s1".into(), "s2".into()],
-                shadow_candidate_scores: vec![0.1, 0.2, 0.3, -1.0, -2.0, -3.0],
-            }),
-            Record::Features(ServedFeatures {
-                request_id: "r1".into(),
-                ts_us: 9,
-                item_id: 3,
-                features: vec![1.0, -2.0],
-                feature_set_version: "fs1".into(),
-                sampled_pct: 10.0,
-            }),
-            Record::FeatureEvent(FeatureEvent {
-                item_ids: vec![12],
-                topic: 3,
-                creator_id: 9,
-                category: 1,
-                upload_ts: 1.5,
-                embedding: vec![0.5, 0.25],
-                long_term_weight: 0.5,
-                recency_half_life: 10.0,
-                ..FeatureEvent::new(FeatureEventKind::Upload, 10, "s1", 4)
-            }),
-            Record::FeatureEvent(FeatureEvent {
-                request_id: "r1:0".into(),
-                user_token: TOK.into(),
-                item_ids: vec![12],
-                watched_frac: 0.75,
-                liked: true,
-                long_term_weight: 0.5,
-                recency_half_life: 10.0,
-                ..FeatureEvent::new(FeatureEventKind::Engagement, 11, "s1", 5)
-            }),
+            sample_impression(),
+            sample_engagement(),
+            sample_exploration(),
+            sample_ranker_score(),
+            sample_request_row(),
+            sample_served_features(),
+            sample_upload_event(),
+            sample_engagement_event(),
         ]
+    }
+
+    /// An exploration-slot impression with extreme ids.
+    fn sample_impression() -> Record {
+        Record::Impression(Impression {
+            impression_id: "r1:0".into(),
+            ts_us: 1_700_000_000_123_456,
+            request_id: "r1".into(),
+            user_token: TOK.into(),
+            item_id: u64::MAX,
+            position: 0,
+            source: Source::Exploration,
+            propensity: 0.001,
+            model_version: "m1".into(),
+            experiments: "{\"a\":\"b\"}".into(),
+            topic: -3,
+            creator_id: 7,
+            sampled_pct: 100.0,
+        })
+    }
+
+    /// An engagement with mixed flags.
+    fn sample_engagement() -> Record {
+        Record::Engagement(Engagement {
+            impression_id: "r1:0".into(),
+            ts_us: 5,
+            user_token: TOK.into(),
+            watched_seconds: 3.5,
+            completed: true,
+            liked: false,
+            shared: true,
+            followed: false,
+        })
+    }
+
+    /// An exploration event.
+    fn sample_exploration() -> Record {
+        Record::Exploration(ExplorationEvent {
+            impression_id: "r1:0".into(),
+            ts_us: 6,
+            user_token: TOK.into(),
+            item_id: 9,
+            position: 0,
+            topic: 1,
+            propensity: 0.5,
+            policy: "uniform".into(),
+        })
+    }
+
+    /// A shadow ranker score of an exploration slot.
+    fn sample_ranker_score() -> Record {
+        Record::Score(RankerScore {
+            impression_id: "r1:0".into(),
+            ts_us: 7,
+            model_version: "m2".into(),
+            is_shadow: true,
+            value_score: 0.25,
+            preds: vec![0.1, 0.2, 0.3, 0.4, 5.0],
+            request_id: "r1".into(),
+            exploration: true,
+            sampled_pct: 100.0,
+        })
+    }
+
+    /// A request row with shadow scores.
+    fn sample_request_row() -> Record {
+        Record::Request(RequestRow {
+            request_id: "r1".into(),
+            ts_us: 8,
+            user_token: TOK.into(),
+            candidate_item_ids: vec![1, 2, 3],
+            candidate_scores: vec![0.5, 0.25, 0.125],
+            served_item_ids: vec![3, 1],
+            sampled_pct: 10.0,
+            shadow_versions: vec!["s1".into(), "s2".into()],
+            shadow_candidate_scores: vec![0.1, 0.2, 0.3, -1.0, -2.0, -3.0],
+        })
+    }
+
+    /// Served features.
+    fn sample_served_features() -> Record {
+        Record::Features(ServedFeatures {
+            request_id: "r1".into(),
+            ts_us: 9,
+            item_id: 3,
+            features: vec![1.0, -2.0],
+            feature_set_version: "fs1".into(),
+            sampled_pct: 10.0,
+        })
+    }
+
+    /// An upload feature event.
+    fn sample_upload_event() -> Record {
+        Record::FeatureEvent(FeatureEvent {
+            item_ids: vec![12],
+            topic: 3,
+            creator_id: 9,
+            category: 1,
+            upload_ts: 1.5,
+            embedding: vec![0.5, 0.25],
+            long_term_weight: 0.5,
+            recency_half_life: 10.0,
+            ..FeatureEvent::new(FeatureEventKind::Upload, 10, "s1", 4)
+        })
+    }
+
+    /// An engagement feature event.
+    fn sample_engagement_event() -> Record {
+        Record::FeatureEvent(FeatureEvent {
+            request_id: "r1:0".into(),
+            user_token: TOK.into(),
+            item_ids: vec![12],
+            watched_frac: 0.75,
+            liked: true,
+            long_term_weight: 0.5,
+            recency_half_life: 10.0,
+            ..FeatureEvent::new(FeatureEventKind::Engagement, 11, "s1", 5)
+        })
     }
 
     #[test]

@@ -103,53 +103,8 @@ impl Parser<'_> {
             return self.err("nesting too deep");
         }
         let v = match self.b.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut kv = vec![];
-                self.ws();
-                if self.b.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                } else {
-                    loop {
-                        self.ws();
-                        let k = self.string()?;
-                        self.eat(b':')?;
-                        kv.push((k, self.value()?));
-                        self.ws();
-                        match self.b.get(self.i) {
-                            Some(b',') => self.i += 1,
-                            Some(b'}') => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return self.err("expected ',' or '}'"),
-                        }
-                    }
-                }
-                Json::Obj(kv)
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut a = vec![];
-                self.ws();
-                if self.b.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                } else {
-                    loop {
-                        a.push(self.value()?);
-                        self.ws();
-                        match self.b.get(self.i) {
-                            Some(b',') => self.i += 1,
-                            Some(b']') => {
-                                self.i += 1;
-                                break;
-                            }
-                            _ => return self.err("expected ',' or ']'"),
-                        }
-                    }
-                }
-                Json::Arr(a)
-            }
+            Some(b'{') => self.object()?,
+            Some(b'[') => self.array()?,
             Some(b'"') => Json::Str(self.string()?),
             Some(b't') if self.b[self.i..].starts_with(b"true") => {
                 self.i += 4;
@@ -163,26 +118,77 @@ impl Parser<'_> {
                 self.i += 4;
                 Json::Null
             }
-            Some(c) if *c == b'-' || c.is_ascii_digit() => {
-                let st = self.i;
-                while self.i < self.b.len()
-                    && matches!(
-                        self.b[self.i],
-                        b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'
-                    )
-                {
-                    self.i += 1;
-                }
-                let t = std::str::from_utf8(&self.b[st..self.i]).map_err(|e| e.to_string())?;
-                Json::Num(
-                    t.parse()
-                        .map_err(|_| format!("bad number {t:?} at byte {st}"))?,
-                )
-            }
+            Some(c) if *c == b'-' || c.is_ascii_digit() => self.number()?,
             _ => return self.err("expected a JSON value"),
         };
         self.depth -= 1;
         Ok(v)
+    }
+    /// An object, from its `{`.
+    fn object(&mut self) -> Result<Json, String> {
+        self.i += 1;
+        let mut kv = vec![];
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                let k = self.string()?;
+                self.eat(b':')?;
+                kv.push((k, self.value()?));
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return self.err("expected ',' or '}'"),
+                }
+            }
+        }
+        Ok(Json::Obj(kv))
+    }
+    /// An array, from its `[`.
+    fn array(&mut self) -> Result<Json, String> {
+        self.i += 1;
+        let mut a = vec![];
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+        } else {
+            loop {
+                a.push(self.value()?);
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b']') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return self.err("expected ',' or ']'"),
+                }
+            }
+        }
+        Ok(Json::Arr(a))
+    }
+    /// A number, from its first character.
+    fn number(&mut self) -> Result<Json, String> {
+        let st = self.i;
+        while self.i < self.b.len()
+            && matches!(
+                self.b[self.i],
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'
+            )
+        {
+            self.i += 1;
+        }
+        let t = std::str::from_utf8(&self.b[st..self.i]).map_err(|e| e.to_string())?;
+        Ok(Json::Num(
+            t.parse()
+                .map_err(|_| format!("bad number {t:?} at byte {st}"))?,
+        ))
     }
     fn string(&mut self) -> Result<String, String> {
         if self.b.get(self.i) != Some(&b'"') {

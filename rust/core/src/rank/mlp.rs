@@ -178,6 +178,94 @@ fn check_finite(what: &str, v: &[f32], cols: usize) -> Result<()> {
     ))
 }
 
+/// Packs the cross layers, each of which must be `(d, d)`.
+fn build_cross(specs: Vec<LayerSpec>, d: usize) -> Result<Vec<DenseLayer>> {
+    let mut cross = Vec::with_capacity(specs.len());
+    for (i, c) in specs.into_iter().enumerate() {
+        if c.in_dim != d || c.out_dim != d {
+            return Err(invalid!(
+                "cross layer {i} has shape ({}, {}); cross layers must be ({d}, {d})",
+                c.in_dim,
+                c.out_dim
+            ));
+        }
+        cross.push(DenseLayer::new(c, &format!("cross layer {i}"))?);
+    }
+    Ok(cross)
+}
+
+/// Packs the dense layers, each of which must take the previous one's outputs (the first `d`);
+/// also returns the last layer's width (the number of tasks).
+fn build_layers(specs: Vec<LayerSpec>, d: usize) -> Result<(Vec<DenseLayer>, usize)> {
+    let mut layers = Vec::with_capacity(specs.len());
+    let mut prev = d;
+    for (i, l) in specs.into_iter().enumerate() {
+        if l.in_dim != prev {
+            return Err(invalid!(
+                "weights[{i}] has {} input rows, the previous layer has {prev} outputs",
+                l.in_dim
+            ));
+        }
+        prev = l.out_dim;
+        layers.push(DenseLayer::new(l, &format!("layer {i}"))?);
+    }
+    Ok((layers, prev))
+}
+
+/// The task names (`task_{t}` by default): one per task, non-empty and unique.
+fn checked_task_names(names: Option<Vec<String>>, tasks: usize) -> Result<Vec<String>> {
+    let task_names = names.unwrap_or_else(|| (0..tasks).map(|t| format!("task_{t}")).collect());
+    if task_names.len() != tasks {
+        return Err(invalid!(
+            "task_names has {} names, the model has {tasks} tasks",
+            task_names.len()
+        ));
+    }
+    for (i, n) in task_names.iter().enumerate() {
+        if n.is_empty() || task_names[..i].contains(n) {
+            return Err(invalid!(
+                "task names must be non-empty and unique, got {n:?} twice or empty"
+            ));
+        }
+    }
+    Ok(task_names)
+}
+
+/// The input schema (one `features` block by default): widths summing to `d`, unique non-empty
+/// names, widths > 0.
+fn checked_input_schema(
+    schema: Option<Vec<(String, usize)>>,
+    d: usize,
+) -> Result<Vec<(String, usize)>> {
+    let input_schema = schema.unwrap_or_else(|| vec![("features".into(), d)]);
+    let total: usize = input_schema.iter().map(|(_, w)| w).sum();
+    if total != d {
+        return Err(invalid!(
+            "input_schema widths sum to {total}, the model's input width is {d}"
+        ));
+    }
+    for (i, (n, w)) in input_schema.iter().enumerate() {
+        if n.is_empty() || *w == 0 || input_schema[..i].iter().any(|(m, _)| m == n) {
+            return Err(invalid!(
+                "input_schema entries need unique non-empty names and widths > 0, got ({n:?}, {w})"
+            ));
+        }
+    }
+    Ok(input_schema)
+}
+
+/// The GEMM kernel (the best this CPU has by default), which the CPU must support.
+fn checked_kernel(kernel: Option<Kernel>) -> Result<Kernel> {
+    let kernel = kernel.unwrap_or_else(Kernel::best);
+    if !kernel.available() {
+        return Err(invalid!(
+            "kernel {:?} is not supported by this CPU",
+            kernel.name()
+        ));
+    }
+    Ok(kernel)
+}
+
 impl Mlp {
     pub fn new(cfg: MlpConfig) -> Result<Self> {
         if cfg.layers.is_empty() {
@@ -189,30 +277,8 @@ impl Mlp {
             return Err(invalid!("version must be a non-empty string"));
         }
         let d = cfg.cross.first().unwrap_or(&cfg.layers[0]).in_dim;
-        let mut cross = Vec::with_capacity(cfg.cross.len());
-        for (i, c) in cfg.cross.into_iter().enumerate() {
-            if c.in_dim != d || c.out_dim != d {
-                return Err(invalid!(
-                    "cross layer {i} has shape ({}, {}); cross layers must be ({d}, {d})",
-                    c.in_dim,
-                    c.out_dim
-                ));
-            }
-            cross.push(DenseLayer::new(c, &format!("cross layer {i}"))?);
-        }
-        let mut layers = Vec::with_capacity(cfg.layers.len());
-        let mut prev = d;
-        for (i, l) in cfg.layers.into_iter().enumerate() {
-            if l.in_dim != prev {
-                return Err(invalid!(
-                    "weights[{i}] has {} input rows, the previous layer has {prev} outputs",
-                    l.in_dim
-                ));
-            }
-            prev = l.out_dim;
-            layers.push(DenseLayer::new(l, &format!("layer {i}"))?);
-        }
-        let tasks = prev;
+        let cross = build_cross(cfg.cross, d)?;
+        let (layers, tasks) = build_layers(cfg.layers, d)?;
         let outputs = cfg
             .outputs
             .unwrap_or_else(|| vec![OutputTransform::Identity; tasks]);
@@ -222,47 +288,11 @@ impl Mlp {
                 outputs.len()
             ));
         }
-        let task_names = cfg
-            .task_names
-            .unwrap_or_else(|| (0..tasks).map(|t| format!("task_{t}")).collect());
-        if task_names.len() != tasks {
-            return Err(invalid!(
-                "task_names has {} names, the model has {tasks} tasks",
-                task_names.len()
-            ));
-        }
-        for (i, n) in task_names.iter().enumerate() {
-            if n.is_empty() || task_names[..i].contains(n) {
-                return Err(invalid!(
-                    "task names must be non-empty and unique, got {n:?} twice or empty"
-                ));
-            }
-        }
-        let input_schema = cfg
-            .input_schema
-            .unwrap_or_else(|| vec![("features".into(), d)]);
-        let total: usize = input_schema.iter().map(|(_, w)| w).sum();
-        if total != d {
-            return Err(invalid!(
-                "input_schema widths sum to {total}, the model's input width is {d}"
-            ));
-        }
-        for (i, (n, w)) in input_schema.iter().enumerate() {
-            if n.is_empty() || *w == 0 || input_schema[..i].iter().any(|(m, _)| m == n) {
-                return Err(invalid!(
-                    "input_schema entries need unique non-empty names and widths > 0, got ({n:?}, {w})"
-                ));
-            }
-        }
+        let task_names = checked_task_names(cfg.task_names, tasks)?;
+        let input_schema = checked_input_schema(cfg.input_schema, d)?;
         let task_weights = cfg.task_weights.unwrap_or_else(|| vec![1.0; tasks]);
         check_task_weights(&task_weights, tasks)?;
-        let kernel = cfg.kernel.unwrap_or_else(Kernel::best);
-        if !kernel.available() {
-            return Err(invalid!(
-                "kernel {:?} is not supported by this CPU",
-                kernel.name()
-            ));
-        }
+        let kernel = checked_kernel(cfg.kernel)?;
         let d_pad = d.div_ceil(NR) * NR;
         let widest = layers
             .iter()
@@ -439,24 +469,7 @@ impl Mlp {
         let len = 3 * blk + m0_pad.div_ceil(16) * 16;
         with_scratch(len, |s| {
             let (bufs, pre) = s.split_at_mut(3 * blk);
-            // The split first layer: prefix = b0 + user . W0[:du], once per request.
-            let split = match input {
-                Input::Request { user, .. } if self.cross.is_empty() => {
-                    let l0 = &self.layers[0];
-                    let m = l0.out_dim();
-                    pre[m..m0_pad].fill(0.0);
-                    gemm::prefix_bias(
-                        self.kernel,
-                        user,
-                        &l0.weight()[..user.len() * m],
-                        m,
-                        l0.bias(),
-                        pre,
-                    );
-                    Some(user.len())
-                }
-                _ => None,
-            };
+            let split = self.split_prefix(input, pre, m0_pad);
             let base = bufs.as_mut_ptr();
             let mut row0 = 0;
             while row0 < n {
@@ -502,6 +515,29 @@ impl Mlp {
             }
         });
         Ok(())
+    }
+
+    /// The split first layer: writes prefix = b0 + user . W0[:du] (zero-padded to `m0_pad`)
+    /// into `pre`, once per request, and returns `du`; `None` when the first layer is not split
+    /// (dense input, or cross layers first).
+    fn split_prefix(&self, input: Input<'_>, pre: &mut [f32], m0_pad: usize) -> Option<usize> {
+        match input {
+            Input::Request { user, .. } if self.cross.is_empty() => {
+                let l0 = &self.layers[0];
+                let m = l0.out_dim();
+                pre[m..m0_pad].fill(0.0);
+                gemm::prefix_bias(
+                    self.kernel,
+                    user,
+                    &l0.weight()[..user.len() * m],
+                    m,
+                    l0.bias(),
+                    pre,
+                );
+                Some(user.len())
+            }
+            _ => None,
+        }
     }
 
     /// Writes the block's input features-major into `dst` (`[feature][RB]`), zero-padded to

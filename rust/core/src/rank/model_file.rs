@@ -170,6 +170,46 @@ pub fn load(path: &Path, kernel: Option<Kernel>) -> Result<Mlp> {
 
 pub fn from_bytes(bytes: &[u8], path: &Path, kernel: Option<Kernel>) -> Result<Mlp> {
     let c = |w: &dyn std::fmt::Display| corrupt(path, w);
+    let (hlen, text) = verified_header(bytes, path)?;
+    let h = json::parse(text).map_err(|e| c(&format!("header is not valid JSON: {e}")))?;
+    let meta = Meta {
+        meta: h.get("__metadata__").ok_or_else(|| c(&"no __metadata__"))?,
+        path,
+    };
+    meta.check_format()?;
+    let outputs = strings(&meta.sub("outputs")?, "outputs", path)?
+        .iter()
+        .map(|s| OutputTransform::parse(s).map_err(|e| c(&e)))
+        .collect::<Result<Vec<_>>>()?;
+    let task_names = strings(&meta.sub("task_names")?, "task_names", path)?;
+    let schema = meta.input_schema()?;
+    let activation = Activation::parse(meta.field("activation")?).map_err(|e| c(&e))?;
+    let mut tensors = Tensors {
+        header: &h,
+        data: &bytes[8 + hlen..],
+        used: 0,
+        path,
+    };
+    let cross = tensors.layers("cross", meta.count("n_cross")?)?;
+    let layers = tensors.layers("layers", meta.count("n_layers")?)?;
+    tensors.check_all_used()?;
+    check_schema_width(&schema, &cross, &layers, path)?;
+    Mlp::new(MlpConfig {
+        layers,
+        cross,
+        activation,
+        outputs: Some(outputs),
+        task_names: Some(task_names),
+        version: meta.field("version")?.to_string(),
+        input_schema: Some(schema),
+        task_weights: None,
+        kernel,
+    })
+}
+
+/// Checks the header length and the file's CRC, and returns the header length and its text.
+fn verified_header<'b>(bytes: &'b [u8], path: &Path) -> Result<(usize, &'b str)> {
+    let c = |w: &dyn std::fmt::Display| corrupt(path, w);
     if bytes.len() < 8 {
         return Err(c(&"shorter than its 8-byte header length"));
     }
@@ -194,66 +234,105 @@ pub fn from_bytes(bytes: &[u8], path: &Path, kernel: Option<Kernel>) -> Result<M
         )));
     }
     let text = std::str::from_utf8(hbytes).map_err(|_| c(&"header is not UTF-8"))?;
-    let h = json::parse(text).map_err(|e| c(&format!("header is not valid JSON: {e}")))?;
-    let meta = h.get("__metadata__").ok_or_else(|| c(&"no __metadata__"))?;
-    let field = |k: &str| {
-        meta.get(k)
+    Ok((hlen, text))
+}
+
+/// The header's `__metadata__` object (all values are strings).
+struct Meta<'a> {
+    meta: &'a Json,
+    path: &'a Path,
+}
+
+impl<'a> Meta<'a> {
+    /// The string value of `k`.
+    fn field(&self, k: &str) -> Result<&'a str> {
+        self.meta
+            .get(k)
             .and_then(Json::as_str)
-            .ok_or_else(|| c(&format!("metadata has no string {k:?}")))
-    };
-    if field("format")? != FORMAT {
-        return Err(c(&format!(
-            "format is {:?}, expected {FORMAT:?}",
-            field("format")?
-        )));
+            .ok_or_else(|| corrupt(self.path, format!("metadata has no string {k:?}")))
     }
-    if field("format_version")? != FORMAT_VERSION {
-        return Err(c(&format!(
-            "format_version {:?} is not supported (this build reads {FORMAT_VERSION})",
-            field("format_version")?
-        )));
+
+    /// The value of `k` parsed as JSON.
+    fn sub(&self, k: &str) -> Result<Json> {
+        json::parse(self.field(k)?)
+            .map_err(|e| corrupt(self.path, format!("metadata {k:?} is not valid JSON: {e}")))
     }
-    let sub = |k: &str| -> Result<Json> {
-        json::parse(field(k)?).map_err(|e| c(&format!("metadata {k:?} is not valid JSON: {e}")))
-    };
-    let count = |k: &str| -> Result<usize> {
-        field(k)?
+
+    /// The value of `k` parsed as a count.
+    fn count(&self, k: &str) -> Result<usize> {
+        self.field(k)?
             .parse()
-            .map_err(|_| c(&format!("metadata {k:?} is not a count")))
-    };
-    let strings = |v: &Json, k: &str| -> Result<Vec<String>> {
-        v.as_arr()
-            .ok_or_else(|| c(&format!("{k} is not a list")))?
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| c(&format!("{k} holds a non-string")))
-            })
-            .collect()
-    };
-    let outputs = strings(&sub("outputs")?, "outputs")?
-        .iter()
-        .map(|s| OutputTransform::parse(s).map_err(|e| c(&e)))
-        .collect::<Result<Vec<_>>>()?;
-    let task_names = strings(&sub("task_names")?, "task_names")?;
-    let schema_json = sub("input_schema")?;
-    let mut schema = vec![];
-    for e in schema_json
-        .as_arr()
-        .ok_or_else(|| c(&"input_schema is not a list"))?
-    {
-        let pair = e.as_arr().filter(|p| p.len() == 2);
-        let (n, w) = pair
-            .and_then(|p| Some((p[0].as_str()?.to_owned(), p[1].as_usize()?)))
-            .ok_or_else(|| c(&"input_schema entries must be [name, width]"))?;
-        schema.push((n, w));
+            .map_err(|_| corrupt(self.path, format!("metadata {k:?} is not a count")))
     }
-    let activation = Activation::parse(field("activation")?).map_err(|e| c(&e))?;
-    let data = &bytes[8 + hlen..];
-    let mut used = 0usize;
-    let mut tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let t = h
+
+    /// Refuses other formats and format versions.
+    fn check_format(&self) -> Result<()> {
+        if self.field("format")? != FORMAT {
+            return Err(corrupt(
+                self.path,
+                format!("format is {:?}, expected {FORMAT:?}", self.field("format")?),
+            ));
+        }
+        if self.field("format_version")? != FORMAT_VERSION {
+            return Err(corrupt(
+                self.path,
+                format!(
+                    "format_version {:?} is not supported (this build reads {FORMAT_VERSION})",
+                    self.field("format_version")?
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `input_schema`: `[name, width]` pairs.
+    fn input_schema(&self) -> Result<Vec<(String, usize)>> {
+        let c = |w: &dyn std::fmt::Display| corrupt(self.path, w);
+        let schema_json = self.sub("input_schema")?;
+        let mut schema = vec![];
+        for e in schema_json
+            .as_arr()
+            .ok_or_else(|| c(&"input_schema is not a list"))?
+        {
+            let pair = e.as_arr().filter(|p| p.len() == 2);
+            let (n, w) = pair
+                .and_then(|p| Some((p[0].as_str()?.to_owned(), p[1].as_usize()?)))
+                .ok_or_else(|| c(&"input_schema entries must be [name, width]"))?;
+            schema.push((n, w));
+        }
+        Ok(schema)
+    }
+}
+
+/// The list of strings `v` (named `k` in errors).
+fn strings(v: &Json, k: &str, path: &Path) -> Result<Vec<String>> {
+    v.as_arr()
+        .ok_or_else(|| corrupt(path, format!("{k} is not a list")))?
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| corrupt(path, format!("{k} holds a non-string")))
+        })
+        .collect()
+}
+
+/// Reads the tensors the header describes from the data section, tracking how much of it they
+/// cover.
+struct Tensors<'a> {
+    header: &'a Json,
+    data: &'a [u8],
+    /// The end of the furthest tensor read so far.
+    used: usize,
+    path: &'a Path,
+}
+
+impl Tensors<'_> {
+    /// The F32 tensor `name`, which must have `shape`.
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let c = |w: &dyn std::fmt::Display| corrupt(self.path, w);
+        let t = self
+            .header
             .get(name)
             .ok_or_else(|| c(&format!("tensor {name:?} is missing")))?;
         if t.get("dtype").and_then(Json::as_str) != Some("F32") {
@@ -277,48 +356,71 @@ pub fn from_bytes(bytes: &[u8], path: &Path, kernel: Option<Kernel>) -> Result<M
         if offs.len() != 2
             || offs[1] < offs[0]
             || offs[1] - offs[0] != 4 * n
-            || offs[1] > data.len()
+            || offs[1] > self.data.len()
         {
             return Err(c(&format!("tensor {name:?} has bad data_offsets {offs:?}")));
         }
-        used = used.max(offs[1]);
-        Ok(data[offs[0]..offs[1]]
+        self.used = self.used.max(offs[1]);
+        Ok(self.data[offs[0]..offs[1]]
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
-    };
-    let shape_of = |name: &str| -> Result<(usize, usize)> {
-        let s: Option<Vec<usize>> = h
+    }
+
+    /// The shape of the 2-D tensor `name`.
+    fn shape_of(&self, name: &str) -> Result<(usize, usize)> {
+        let s: Option<Vec<usize>> = self
+            .header
             .get(name)
             .and_then(|t| t.get("shape"))
             .and_then(Json::as_arr)
             .map(|a| a.iter().filter_map(Json::as_usize).collect());
         match s.as_deref() {
             Some([a, b]) => Ok((*a, *b)),
-            _ => Err(c(&format!("tensor {name:?} is missing or not 2-D"))),
+            _ => Err(corrupt(
+                self.path,
+                format!("tensor {name:?} is missing or not 2-D"),
+            )),
         }
-    };
-    let mut read_layers = |prefix: &str, count: usize| -> Result<Vec<LayerSpec>> {
+    }
+
+    /// The `count` dense layers `{prefix}.{i}.weight|bias`.
+    fn layers(&mut self, prefix: &str, count: usize) -> Result<Vec<LayerSpec>> {
         (0..count)
             .map(|i| {
-                let (k, m) = shape_of(&format!("{prefix}.{i}.weight"))?;
+                let (k, m) = self.shape_of(&format!("{prefix}.{i}.weight"))?;
                 Ok(LayerSpec {
-                    weight: tensor(&format!("{prefix}.{i}.weight"), &[k, m])?,
+                    weight: self.tensor(&format!("{prefix}.{i}.weight"), &[k, m])?,
                     in_dim: k,
                     out_dim: m,
-                    bias: tensor(&format!("{prefix}.{i}.bias"), &[m])?,
+                    bias: self.tensor(&format!("{prefix}.{i}.bias"), &[m])?,
                 })
             })
             .collect()
-    };
-    let cross = read_layers("cross", count("n_cross")?)?;
-    let layers = read_layers("layers", count("n_layers")?)?;
-    if used != data.len() {
-        return Err(c(&format!(
-            "{} trailing bytes after the tensors",
-            data.len() - used
-        )));
     }
+
+    /// Refuses bytes after the last tensor.
+    fn check_all_used(&self) -> Result<()> {
+        if self.used != self.data.len() {
+            return Err(corrupt(
+                self.path,
+                format!(
+                    "{} trailing bytes after the tensors",
+                    self.data.len() - self.used
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The input schema's widths must sum to the model's input width.
+fn check_schema_width(
+    schema: &[(String, usize)],
+    cross: &[LayerSpec],
+    layers: &[LayerSpec],
+    path: &Path,
+) -> Result<()> {
     let d = cross
         .first()
         .or(layers.first())
@@ -331,17 +433,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path, kernel: Option<Kernel>) -> Result<M
             path.display()
         )));
     }
-    Mlp::new(MlpConfig {
-        layers,
-        cross,
-        activation,
-        outputs: Some(outputs),
-        task_names: Some(task_names),
-        version: field("version")?.to_string(),
-        input_schema: Some(schema),
-        task_weights: None,
-        kernel,
-    })
+    Ok(())
 }
 
 impl Mlp {

@@ -226,28 +226,11 @@ impl Queue {
         g: &mut G,
         level: impl Fn(usize) -> Option<usize>,
     ) -> Option<Picked> {
-        while self.head < self.order.len() && self.order[self.head].i == DEAD {
-            self.head += 1;
-        }
+        self.skip_dead_head();
         // (source, level, entry) of the best fresh candidate so far.
         let mut best: Option<(From, usize, Entry)> = None;
         let mut p = self.head;
-        loop {
-            let a = self.next_live(p);
-            p = a.unwrap_or(p);
-            let h = self.heap.peek().map(|r| r.0);
-            let (src, e) = match (a, h) {
-                (None, None) => break,
-                (Some(q), None) => (From::Array(q), self.order[q]),
-                (None, Some(he)) => (From::Heap, he),
-                (Some(q), Some(he)) => {
-                    if self.order[q] < he {
-                        (From::Array(q), self.order[q])
-                    } else {
-                        (From::Heap, he)
-                    }
-                }
-            };
+        while let Some((src, e)) = self.next_candidate(&mut p) {
             if let Some((_, bl, be)) = best {
                 // Everything from here on has a bound no better than the best's value.
                 if bl == 0 && e >= be {
@@ -261,51 +244,95 @@ impl Queue {
                 (Some(l), Some((_, bl, be))) => l > bl || (l == bl && e >= be),
                 _ => false,
             };
-            let take = |q: &mut Self| match src {
-                From::Array(pos) => {
-                    q.order[pos].i = DEAD;
-                }
-                From::Heap => {
-                    q.heap.pop();
-                }
-            };
             if skip {
-                match src {
-                    From::Array(_) => p += 1,
-                    From::Heap => {
-                        self.heap.pop();
-                        self.side.push(e);
-                    }
-                }
+                self.pass(src, e, &mut p);
                 continue;
             }
             if !g.is_fresh(i) {
-                // The bound could win: compute the value and re-queue it (a heap top is
-                // replaced in place: one sift-down instead of a pop and a push).
-                let fresh = Reverse(Entry::new(g.refresh(i), i));
-                match src {
-                    From::Heap => {
-                        if let Some(mut top) = self.heap.peek_mut() {
-                            *top = fresh;
-                        }
-                    }
-                    From::Array(_) => {
-                        take(self);
-                        self.heap.push(fresh);
-                    }
-                }
+                // The bound could win: compute the value and re-queue it.
+                self.requeue(src, Entry::new(g.refresh(i), i));
                 continue;
             }
-            match src {
-                From::Array(_) => p += 1,
-                From::Heap => {
-                    self.heap.pop();
-                    self.side.push(e);
-                }
-            }
+            self.pass(src, e, &mut p);
             best = Some((src, lvl.unwrap_or(0), e));
         }
-        let picked = best.map(|(src, _, e)| {
+        let e = self.end_walk(best.map(|(src, _, e)| (src, e)))?;
+        let i = e.i as usize;
+        let raise = g.select(i);
+        if raise != 0.0 {
+            self.raise(raise);
+        }
+        Some(Picked {
+            i,
+            value: e.value(),
+        })
+    }
+
+    /// Advances `head` past dead array slots.
+    #[inline]
+    fn skip_dead_head(&mut self) {
+        while self.head < self.order.len() && self.order[self.head].i == DEAD {
+            self.head += 1;
+        }
+    }
+
+    /// The next candidate of a walk at array position `p` (moved to the next live slot): the
+    /// better of the array's next live entry and the heap's top.
+    #[inline]
+    fn next_candidate(&mut self, p: &mut usize) -> Option<(From, Entry)> {
+        let a = self.next_live(*p);
+        *p = a.unwrap_or(*p);
+        let h = self.heap.peek().map(|r| r.0);
+        match (a, h) {
+            (None, None) => None,
+            (Some(q), None) => Some((From::Array(q), self.order[q])),
+            (None, Some(he)) => Some((From::Heap, he)),
+            (Some(q), Some(he)) => {
+                if self.order[q] < he {
+                    Some((From::Array(q), self.order[q]))
+                } else {
+                    Some((From::Heap, he))
+                }
+            }
+        }
+    }
+
+    /// Moves the walk past `e`, which stays queued: the next array slot, or off the heap into
+    /// `side` (put back after the walk).
+    #[inline]
+    fn pass(&mut self, src: From, e: Entry, p: &mut usize) {
+        match src {
+            From::Array(_) => *p += 1,
+            From::Heap => {
+                self.heap.pop();
+                self.side.push(e);
+            }
+        }
+    }
+
+    /// Re-queues a refreshed entry on the heap (a heap top is replaced in place: one sift-down
+    /// instead of a pop and a push; an array slot is killed).
+    #[inline]
+    fn requeue(&mut self, src: From, fresh: Entry) {
+        let fresh = Reverse(fresh);
+        match src {
+            From::Heap => {
+                if let Some(mut top) = self.heap.peek_mut() {
+                    *top = fresh;
+                }
+            }
+            From::Array(pos) => {
+                self.order[pos].i = DEAD;
+                self.heap.push(fresh);
+            }
+        }
+    }
+
+    /// Ends a walk: removes the best entry (if any) from the queue, puts the passed heap
+    /// entries back, and returns the best.
+    #[inline]
+    fn end_walk(&mut self, best: Option<(From, Entry)>) -> Option<Entry> {
+        let picked = best.map(|(src, e)| {
             match src {
                 From::Array(pos) => self.order[pos].i = DEAD,
                 From::Heap => {
@@ -319,16 +346,7 @@ impl Queue {
         for e in self.side.drain(..) {
             self.heap.push(Reverse(e));
         }
-        let e = picked?;
-        let i = e.i as usize;
-        let raise = g.select(i);
-        if raise != 0.0 {
-            self.raise(raise);
-        }
-        Some(Picked {
-            i,
-            value: e.value(),
-        })
+        picked
     }
 }
 

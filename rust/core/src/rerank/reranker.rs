@@ -3,10 +3,10 @@
 //! the fixed order of [`Rule::ORDER`] only when no candidate satisfies them, and never relaxing
 //! safety rules (the feed gets shorter instead). Deterministic: ties go to the lower index.
 
-use super::caps::{level, Item, NO_CAP};
-use super::dpp::DppGain;
-use super::lazy::ScoreGain;
-use super::mmr::MmrGain;
+use super::caps::{level, Item, Window, NO_CAP};
+use super::dpp::{DppGain, DppState};
+use super::lazy::{Picked, Queue, ScoreGain};
+use super::mmr::{MmrGain, MmrState};
 use super::policy::{cap_count, Diversity, Policy, Rule};
 use super::scratch::{with_scratch, Scratch};
 use crate::{invalid, Result};
@@ -266,6 +266,8 @@ enum Mode {
     Dpp,
 }
 
+/// Fills up to `k` slots: pinned items at their positions, candidates elsewhere, each the best
+/// admissible one under the current objective.
 fn run(
     pol: &Compiled,
     c: &Candidates<'_>,
@@ -277,17 +279,94 @@ fn run(
     let p = &pol.policy;
     let n = c.scores.len();
     let w = p.window;
+    load_items(pol, c, pinned, exclude, sc);
+    let n_pinned = pinned.iter().filter(|p| p.position < k).count();
+    let kcap = k.min(sc.eligible.len() + n_pinned);
+    let mut mode = match p.diversity {
+        Diversity::None => Mode::Score,
+        Diversity::Mmr => Mode::Mmr,
+        Diversity::Dpp => Mode::Dpp,
+    };
+    let emb = c.embeddings.map_or((&[][..], 0), |e| e);
+    build_queue(p, c, mode, emb, kcap, sc)?;
     let Scratch {
         dpp,
         mmr,
+        items,
+        window,
+        queue,
+        ..
+    } = sc;
+
+    let first_len = w.min(kcap);
+    let fresh_target = p.fresh_floor.min(first_len);
+    let mut fresh_in_first = 0usize;
+    let mut placed: Vec<usize> = Vec::with_capacity(kcap);
+    let mut relaxed = [0u32; 4];
+    let mut diversity_fallback = None;
+    let mut pins = Pins::new(pinned);
+    let pinned_items = &items[n..];
+    for pos in 0..k {
+        window.slide(&placed, items, pos);
+        pins.enter(window, pinned_items, pos, w);
+        if let Some(pi) = pins.take(window, pinned_items, pos) {
+            let it = pinned_items[pi];
+            window.add(it);
+            placed.push(n + pi);
+            if pos < first_len && it.fresh {
+                fresh_in_first += 1;
+            }
+            continue;
+        }
+        // The fresh floor is met as late as possible in the first window, so that it displaces
+        // as little relevance as it can: slot `pos` is forced once the slots left equal the need.
+        let forced = pos < first_len
+            && fresh_in_first < fresh_target
+            && fresh_target - fresh_in_first >= first_len - pos;
+        let win = &*window;
+        let mask = |i: usize| violations(win, items[i], &pol.cap_limits, forced);
+        let lvl = |i: usize| level(mask(i));
+        let mut pick = pick_by_mode(mode, queue, dpp, mmr, c.scores, emb.0, lvl);
+        if let (Mode::Dpp, Some(pk)) = (mode, pick) {
+            if pk.value < RERANK_DPP_EPS {
+                // No admissible candidate adds diversity any more: the rest goes by score.
+                mode = Mode::Score;
+                diversity_fallback = Some(pos);
+                pick = fall_back_to_score(queue, c.scores, pk.i, k - pos, lvl);
+            }
+        }
+        let Some(pk) = pick else { break };
+        let j = pk.i;
+        count_relaxed(&mut relaxed, mask(j));
+        let it = items[j];
+        window.add(it);
+        placed.push(j);
+        if pos < first_len && it.fresh {
+            fresh_in_first += 1;
+        }
+    }
+    Ok(outcome(p, n, k, placed, items, relaxed, diversity_fallback))
+}
+
+/// Stage 1: interns every candidate and pinned item (pinned items become items `n..`, so that
+/// the windows count them like placed candidates), lists the eligible candidates (not blocked,
+/// not excluded) and resets the window counts to the interned sizes.
+fn load_items(
+    pol: &Compiled,
+    c: &Candidates<'_>,
+    pinned: &[Pinned],
+    exclude: Option<&[bool]>,
+    sc: &mut Scratch,
+) {
+    let n = c.scores.len();
+    let Scratch {
         topics,
         creators,
         items,
         window,
-        queue,
         eligible,
+        ..
     } = sc;
-
     topics.reset(n + pinned.len());
     creators.reset(n + pinned.len());
     items.clear();
@@ -312,7 +391,6 @@ fn run(
             fresh: c.is_fresh.is_some_and(|f| f[i]),
         });
     }
-    // pinned items become items n.. so that the windows count them like placed candidates
     for p in pinned {
         let cap = pol
             .cap_keys
@@ -326,22 +404,33 @@ fn run(
         });
     }
     window.reset(
-        w,
+        pol.policy.window,
         pol.topic_cap,
         pol.creator_cap,
         topics.len(),
         creators.len(),
         pol.cap_keys.len(),
     );
+}
 
-    let n_pinned = pinned.iter().filter(|p| p.position < k).count();
-    let kcap = k.min(eligible.len() + n_pinned);
-    let mut mode = match p.diversity {
-        Diversity::None => Mode::Score,
-        Diversity::Mmr => Mode::Mmr,
-        Diversity::Dpp => Mode::Dpp,
-    };
-    let emb = c.embeddings.map_or((&[][..], 0), |e| e);
+/// Stage 2: resets the diversity state of `mode` and fills the queue with the eligible
+/// candidates under that objective's initial bounds.
+fn build_queue(
+    p: &Policy,
+    c: &Candidates<'_>,
+    mode: Mode,
+    emb: (&[f32], usize),
+    kcap: usize,
+    sc: &mut Scratch,
+) -> Result<()> {
+    let n = c.scores.len();
+    let Scratch {
+        dpp,
+        mmr,
+        queue,
+        eligible,
+        ..
+    } = sc;
     match mode {
         Mode::Dpp => {
             dpp.reset(c.scores, emb.0, emb.1, p.dpp_alpha, kcap)?;
@@ -372,109 +461,142 @@ fn run(
             );
         }
     }
+    Ok(())
+}
 
-    let first_len = w.min(kcap);
-    let fresh_target = p.fresh_floor.min(first_len);
-    let mut fresh_in_first = 0usize;
-    let mut placed: Vec<usize> = Vec::with_capacity(kcap);
-    let mut relaxed = [0u32; 4];
-    let mut diversity_fallback = None;
+/// The pinned items' progress through the slots. Pinned items within the next `w - 1` slots sit
+/// in the window's look-ahead counts until their slot is reached, so candidates placed before
+/// them leave room for them.
+struct Pins<'p> {
+    pinned: &'p [Pinned],
+    /// The next pinned item to be placed.
+    next: usize,
+    /// The next pinned item to enter the look-ahead.
+    entering: usize,
+    in_ahead: Vec<bool>,
+}
 
-    let mut next_pin = pinned.iter().enumerate().peekable();
-    // pinned items within the next w - 1 slots sit in the window's look-ahead counts until
-    // their slot is reached, so candidates placed before them leave room for them
-    let mut entering = 0usize;
-    let mut in_ahead = vec![false; pinned.len()];
-    for pos in 0..k {
-        window.slide(&placed, items, pos);
-        while entering < pinned.len() && pinned[entering].position < pos + w {
-            if pinned[entering].position > pos {
-                window.ahead(items[n + entering], true);
-                in_ahead[entering] = true;
-            }
-            entering += 1;
-        }
-        if let Some((pi, _)) = next_pin.next_if(|(_, p)| p.position == pos) {
-            let it = items[n + pi];
-            if in_ahead[pi] {
-                window.ahead(it, false);
-            }
-            window.add(it);
-            placed.push(n + pi);
-            if pos < first_len && it.fresh {
-                fresh_in_first += 1;
-            }
-            continue;
-        }
-        // The fresh floor is met as late as possible in the first window, so that it displaces
-        // as little relevance as it can: slot `pos` is forced once the slots left equal the need.
-        let forced = pos < first_len
-            && fresh_in_first < fresh_target
-            && fresh_target - fresh_in_first >= first_len - pos;
-        let win = &*window;
-        let mask = |i: usize| {
-            let it = items[i];
-            let mut m = win.violations(it, &pol.cap_limits);
-            if forced && !it.fresh {
-                m |= Rule::FreshFloor.bit();
-            }
-            m
-        };
-        let lvl = |i: usize| level(mask(i));
-        let mut pick = match mode {
-            Mode::Score => queue.pick(&mut ScoreGain(c.scores), lvl),
-            Mode::Mmr => queue.pick(
-                &mut MmrGain {
-                    state: mmr,
-                    emb: emb.0,
-                    scores: c.scores,
-                },
-                lvl,
-            ),
-            Mode::Dpp => queue.pick(
-                &mut DppGain {
-                    state: dpp,
-                    emb: emb.0,
-                },
-                lvl,
-            ),
-        };
-        if let (Mode::Dpp, Some(pk)) = (mode, pick) {
-            if pk.value < RERANK_DPP_EPS {
-                // No admissible candidate adds diversity any more: the rest goes by score.
-                mode = Mode::Score;
-                diversity_fallback = Some(pos);
-                let rest: Vec<usize> = queue.indices().chain([pk.i]).collect();
-                queue.build(c.scores, rest.into_iter(), |i| c.scores[i] as f64, k - pos);
-                pick = queue.pick(&mut ScoreGain(c.scores), lvl);
-            }
-        }
-        let Some(pk) = pick else { break };
-        let j = pk.i;
-        let m = mask(j);
-        for r in [Rule::MaxTopicShare, Rule::CategoryCaps, Rule::MaxPerCreator] {
-            if m & r.bit() != 0 {
-                relaxed[r as usize] += 1;
-            }
-        }
-        let it = items[j];
-        window.add(it);
-        placed.push(j);
-        if pos < first_len && it.fresh {
-            fresh_in_first += 1;
+impl<'p> Pins<'p> {
+    /// No pinned item placed or in the look-ahead yet.
+    fn new(pinned: &'p [Pinned]) -> Self {
+        Pins {
+            pinned,
+            next: 0,
+            entering: 0,
+            in_ahead: vec![false; pinned.len()],
         }
     }
 
-    let first = w.min(placed.len());
+    /// Adds the pinned items that fall within the window starting at `pos` (but after it) to the
+    /// look-ahead counts.
+    #[inline]
+    fn enter(&mut self, window: &mut Window, pinned_items: &[Item], pos: usize, w: usize) {
+        while self.entering < self.pinned.len() && self.pinned[self.entering].position < pos + w {
+            if self.pinned[self.entering].position > pos {
+                window.ahead(pinned_items[self.entering], true);
+                self.in_ahead[self.entering] = true;
+            }
+            self.entering += 1;
+        }
+    }
+
+    /// The pinned item at slot `pos` (its index in `pinned`), if any, taken out of the look-ahead
+    /// counts (the caller adds it to the window).
+    #[inline]
+    fn take(&mut self, window: &mut Window, pinned_items: &[Item], pos: usize) -> Option<usize> {
+        let pi = self.next;
+        if pi >= self.pinned.len() || self.pinned[pi].position != pos {
+            return None;
+        }
+        self.next += 1;
+        if self.in_ahead[pi] {
+            window.ahead(pinned_items[pi], false);
+        }
+        Some(pi)
+    }
+}
+
+/// The rules candidate `it` would break in the current window, plus the fresh floor when the
+/// slot is `forced` to a fresh item and `it` is not fresh.
+#[inline]
+fn violations(win: &Window, it: Item, cap_limits: &[(u32, bool)], forced: bool) -> u8 {
+    let mut m = win.violations(it, cap_limits);
+    if forced && !it.fresh {
+        m |= Rule::FreshFloor.bit();
+    }
+    m
+}
+
+/// Picks the best admissible candidate under `mode`'s objective.
+#[inline]
+fn pick_by_mode(
+    mode: Mode,
+    queue: &mut Queue,
+    dpp: &mut DppState,
+    mmr: &mut MmrState,
+    scores: &[f32],
+    emb: &[f32],
+    lvl: impl Fn(usize) -> Option<usize>,
+) -> Option<Picked> {
+    match mode {
+        Mode::Score => queue.pick(&mut ScoreGain(scores), lvl),
+        Mode::Mmr => queue.pick(
+            &mut MmrGain {
+                state: mmr,
+                emb,
+                scores,
+            },
+            lvl,
+        ),
+        Mode::Dpp => queue.pick(&mut DppGain { state: dpp, emb }, lvl),
+    }
+}
+
+/// The DPP fallback: re-queues the remaining candidates (and the rejected pick `i`) by score and
+/// picks the best admissible one; `hint` is the number of slots left.
+fn fall_back_to_score(
+    queue: &mut Queue,
+    scores: &[f32],
+    i: usize,
+    hint: usize,
+    lvl: impl Fn(usize) -> Option<usize>,
+) -> Option<Picked> {
+    let rest: Vec<usize> = queue.indices().chain([i]).collect();
+    queue.build(scores, rest.into_iter(), |i| scores[i] as f64, hint);
+    queue.pick(&mut ScoreGain(scores), lvl)
+}
+
+/// Counts the relaxable window caps that the mask `m` of a placed candidate breaks.
+#[inline]
+fn count_relaxed(relaxed: &mut [u32; 4], m: u8) {
+    for r in [Rule::MaxTopicShare, Rule::CategoryCaps, Rule::MaxPerCreator] {
+        if m & r.bit() != 0 {
+            relaxed[r as usize] += 1;
+        }
+    }
+}
+
+/// Final stage: counts the fresh-floor shortfall of the first window, drops the pinned items
+/// from the placements and assembles the outcome.
+fn outcome(
+    p: &Policy,
+    n: usize,
+    k: usize,
+    mut placed: Vec<usize>,
+    items: &[Item],
+    mut relaxed: [u32; 4],
+    diversity_fallback: Option<usize>,
+) -> RerankOutcome {
+    let first = p.window.min(placed.len());
     let target = p.fresh_floor.min(first);
     let fresh_shown = placed[..first].iter().filter(|&&j| items[j].fresh).count();
     relaxed[Rule::FreshFloor as usize] = target.saturating_sub(fresh_shown) as u32;
     let shortfall = k - placed.len();
     placed.retain(|&j| j < n);
-    Ok(RerankOutcome {
+    RerankOutcome {
         shortfall,
         indices: placed,
         relaxed: Relaxed(relaxed),
         diversity_fallback,
-    })
+    }
 }

@@ -135,6 +135,53 @@ fn audit(p: &Policy, c: &Candidates<'_>, out: &[usize]) -> [u32; 4] {
     breaches
 }
 
+/// The naive rules candidate `i` breaks with `win` placed before it: (violated relaxable rules,
+/// safety violated).
+fn naive_rules(
+    p: &Policy,
+    c: &Candidates<'_>,
+    cats: &[u64],
+    win: &[usize],
+    forced: bool,
+    i: usize,
+) -> (Vec<Rule>, bool) {
+    let w = p.window;
+    let mut v = Vec::new();
+    let mut safety = false;
+    if forced && !c.is_fresh.unwrap()[i] {
+        v.push(Rule::FreshFloor);
+    }
+    if let Some(s) = p.max_topic_share {
+        if win.iter().filter(|&&j| c.topics[j] == c.topics[i]).count() + 1 > cap_count(s, w) {
+            v.push(Rule::MaxTopicShare);
+        }
+    }
+    for cap in &p.category_caps {
+        if cats[i] == cap.category
+            && win.iter().filter(|&&j| cats[j] == cap.category).count() + 1
+                > cap_count(cap.share, w)
+        {
+            if cap.safety {
+                safety = true;
+            } else {
+                v.push(Rule::CategoryCaps);
+            }
+        }
+    }
+    if let Some(m) = p.max_per_creator {
+        if win
+            .iter()
+            .filter(|&&j| c.creators[j] == c.creators[i])
+            .count()
+            + 1
+            > m
+        {
+            v.push(Rule::MaxPerCreator);
+        }
+    }
+    (v, safety)
+}
+
 /// The naive re-ranker: recount every rule from the placed list for every candidate and level.
 fn naive(p: &Policy, c: &Candidates<'_>, k: usize) -> Vec<usize> {
     let n = c.scores.len();
@@ -151,44 +198,7 @@ fn naive(p: &Policy, c: &Candidates<'_>, k: usize) -> Vec<usize> {
         let fresh_so_far = out.iter().filter(|&&j| c.is_fresh.unwrap()[j]).count();
         let forced =
             pos < first_len && fresh_so_far < target && target - fresh_so_far >= first_len - pos;
-        // (violated relaxable rules, safety violated)
-        let rules = |i: usize| -> (Vec<Rule>, bool) {
-            let mut v = Vec::new();
-            let mut safety = false;
-            if forced && !c.is_fresh.unwrap()[i] {
-                v.push(Rule::FreshFloor);
-            }
-            if let Some(s) = p.max_topic_share {
-                if win.iter().filter(|&&j| c.topics[j] == c.topics[i]).count() + 1 > cap_count(s, w)
-                {
-                    v.push(Rule::MaxTopicShare);
-                }
-            }
-            for cap in &p.category_caps {
-                if cats[i] == cap.category
-                    && win.iter().filter(|&&j| cats[j] == cap.category).count() + 1
-                        > cap_count(cap.share, w)
-                {
-                    if cap.safety {
-                        safety = true;
-                    } else {
-                        v.push(Rule::CategoryCaps);
-                    }
-                }
-            }
-            if let Some(m) = p.max_per_creator {
-                if win
-                    .iter()
-                    .filter(|&&j| c.creators[j] == c.creators[i])
-                    .count()
-                    + 1
-                    > m
-                {
-                    v.push(Rule::MaxPerCreator);
-                }
-            }
-            (v, safety)
-        };
+        let rules = |i: usize| naive_rules(p, c, cats, win, forced, i);
         let mut pick = None;
         'levels: for level in 0..=Rule::ORDER.len() {
             let relaxed = &Rule::ORDER[..level];

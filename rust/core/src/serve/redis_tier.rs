@@ -475,37 +475,9 @@ impl RedisTier {
         if n_keys == 0 {
             return Ok(reqs.iter().map(|_| Vec::new()).collect());
         }
-        // Field order per key: for each window, cur kinds 0..K then prev kinds 0..K. The
-        // commands are encoded by hand (RESP arrays of bulk strings): the fields are the same
-        // for every key, so they are encoded once; redis-rs' builder took ~1 ms for 1000 keys.
         let n_fields = widths.len() * 2 * K;
-        let mut buckets: Vec<i64> = Vec::with_capacity(widths.len());
-        let mut tail: Vec<u8> = Vec::with_capacity(n_fields * 24);
-        let mut f = String::new();
-        for &width in widths {
-            let b = bucket_of(now, width);
-            buckets.push(b);
-            for bucket in [b, b.saturating_sub(1)] {
-                for k in 0..K {
-                    field_name(&mut f, width, bucket, k);
-                    resp_bulk(&mut tail, f.as_bytes());
-                }
-            }
-        }
-        let mut head = Vec::with_capacity(16);
-        resp_array(&mut head, 2 + n_fields);
-        resp_bulk(&mut head, b"HMGET");
-        let mut packed: Vec<u8> = Vec::with_capacity(n_keys * (head.len() + 64 + tail.len()));
-        let mut rkey = String::with_capacity(self.prefix.len() + 38);
-        for (family, keys) in reqs {
-            for key in *keys {
-                rkey.clear();
-                push_fmt(&mut rkey, format_args!("{}{family}:{key}", self.prefix));
-                packed.extend_from_slice(&head);
-                resp_bulk(&mut packed, rkey.as_bytes());
-                packed.extend_from_slice(&tail);
-            }
-        }
+        let (buckets, tail) = window_fields::<K>(now, widths);
+        let packed = self.hmget_commands(reqs, n_keys, n_fields, &tail);
         let replies = self.run(Op::Read, "read_windows", |con| {
             self.exchange(con, &packed, n_keys, true)
         })?;
@@ -520,33 +492,72 @@ impl RedisTier {
         for (family, keys) in reqs {
             let mut out = Vec::with_capacity(keys.len());
             for (reply, key) in replies.by_ref().take(keys.len()).zip(*keys) {
-                let vals = match reply {
-                    Value::Array(v) if v.len() == n_fields => v,
-                    other => {
-                        return Err(self.corrupt(format!(
-                            "HMGET of {n_fields} fields of {family}:{key} returned {other:?}"
-                        )))
-                    }
-                };
-                let mut wins = Vec::with_capacity(widths.len());
-                for (w, &bucket) in buckets.iter().enumerate() {
-                    let mut win = Window::<K> {
-                        bucket,
-                        cur: [0; K],
-                        prev: [0; K],
-                    };
-                    let base = w * 2 * K;
-                    for k in 0..K {
-                        win.cur[k] = self.count(&vals[base + k], family, *key)?;
-                        win.prev[k] = self.count(&vals[base + K + k], family, *key)?;
-                    }
-                    wins.push(win);
-                }
-                out.push(wins);
+                out.push(self.decode_windows::<K>(reply, family, *key, &buckets, n_fields)?);
             }
             all.push(out);
         }
         Ok(all)
+    }
+
+    /// Encodes one `HMGET` per key of `reqs` (RESP, by hand), each followed by the shared
+    /// encoded field list `tail` (`n_fields` fields).
+    fn hmget_commands(
+        &self,
+        reqs: &[(&str, &[u64])],
+        n_keys: usize,
+        n_fields: usize,
+        tail: &[u8],
+    ) -> Vec<u8> {
+        let mut head = Vec::with_capacity(16);
+        resp_array(&mut head, 2 + n_fields);
+        resp_bulk(&mut head, b"HMGET");
+        let mut packed: Vec<u8> = Vec::with_capacity(n_keys * (head.len() + 64 + tail.len()));
+        let mut rkey = String::with_capacity(self.prefix.len() + 38);
+        for (family, keys) in reqs {
+            for key in *keys {
+                rkey.clear();
+                push_fmt(&mut rkey, format_args!("{}{family}:{key}", self.prefix));
+                packed.extend_from_slice(&head);
+                resp_bulk(&mut packed, rkey.as_bytes());
+                packed.extend_from_slice(tail);
+            }
+        }
+        packed
+    }
+
+    /// One key's windows (one per bucket of `buckets`) from its `HMGET` reply.
+    #[inline]
+    fn decode_windows<const K: usize>(
+        &self,
+        reply: &Value,
+        family: &str,
+        key: u64,
+        buckets: &[i64],
+        n_fields: usize,
+    ) -> Result<Vec<Window<K>>> {
+        let vals = match reply {
+            Value::Array(v) if v.len() == n_fields => v,
+            other => {
+                return Err(self.corrupt(format!(
+                    "HMGET of {n_fields} fields of {family}:{key} returned {other:?}"
+                )))
+            }
+        };
+        let mut wins = Vec::with_capacity(buckets.len());
+        for (w, &bucket) in buckets.iter().enumerate() {
+            let mut win = Window::<K> {
+                bucket,
+                cur: [0; K],
+                prev: [0; K],
+            };
+            let base = w * 2 * K;
+            for k in 0..K {
+                win.cur[k] = self.count(&vals[base + k], family, key)?;
+                win.prev[k] = self.count(&vals[base + K + k], family, key)?;
+            }
+            wins.push(win);
+        }
+        Ok(wins)
     }
 
     /// Deletes every key of this namespace (tests, and resetting a deployment). Not for the
@@ -770,6 +781,28 @@ fn resp_array(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// The current bucket of each width at `now`, and the RESP-encoded `HMGET` field list shared by
+/// every key. Field order: for each window, cur kinds 0..K then prev kinds 0..K. The commands
+/// are encoded by hand (RESP arrays of bulk strings): the fields are the same for every key, so
+/// they are encoded once; redis-rs' builder took ~1 ms for 1000 keys.
+fn window_fields<const K: usize>(now: f64, widths: &[f64]) -> (Vec<i64>, Vec<u8>) {
+    let n_fields = widths.len() * 2 * K;
+    let mut buckets: Vec<i64> = Vec::with_capacity(widths.len());
+    let mut tail: Vec<u8> = Vec::with_capacity(n_fields * 24);
+    let mut f = String::new();
+    for &width in widths {
+        let b = bucket_of(now, width);
+        buckets.push(b);
+        for bucket in [b, b.saturating_sub(1)] {
+            for k in 0..K {
+                field_name(&mut f, width, bucket, k);
+                resp_bulk(&mut tail, f.as_bytes());
+            }
+        }
+    }
+    (buckets, tail)
 }
 
 fn resp_bulk(out: &mut Vec<u8>, b: &[u8]) {

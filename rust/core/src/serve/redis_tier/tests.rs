@@ -204,14 +204,9 @@ fn interaction_encoding_round_trips_and_rejects_garbage() {
     assert_eq!(decode_interaction(&bad), None);
 }
 
-#[test]
-fn options_are_validated_with_clear_messages() {
-    let base = RedisOptions {
-        url: "redis://127.0.0.1:1/".into(),
-        ..RedisOptions::default()
-    };
-    assert!(base.validate().is_ok());
-    let cases: Vec<(RedisOptions, &str)> = vec![
+/// Options that each break one rule, with the field the error must name.
+fn bad_option_cases(base: &RedisOptions) -> Vec<(RedisOptions, &'static str)> {
+    vec![
         (
             RedisOptions {
                 namespace: "".into(),
@@ -261,13 +256,11 @@ fn options_are_validated_with_clear_messages() {
             },
             "history_ttl_s",
         ),
-    ];
-    for (opts, field) in cases {
-        match RedisTier::connect(opts) {
-            Err(Error::InvalidArgument(m)) => assert!(m.contains(field), "{m}"),
-            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
-        }
-    }
+    ]
+}
+
+/// Malformed or non-redis URLs are refused without echoing the password.
+fn assert_bad_urls_are_refused(base: &RedisOptions) {
     for url in [
         "http://127.0.0.1:6379/",
         "not a url",
@@ -285,6 +278,10 @@ fn options_are_validated_with_clear_messages() {
             other => panic!("{url}: expected InvalidArgument, got {other:?}"),
         }
     }
+}
+
+/// Passwords are masked in `redact` and in the options' `Debug`.
+fn assert_passwords_are_redacted(base: &RedisOptions) {
     assert_eq!(redact("redis://user:pw@h:1/0"), "redis://user:***@h:1/0");
     assert_eq!(redact("redis://:pw@h:1/0"), "redis://:***@h:1/0");
     assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
@@ -293,6 +290,24 @@ fn options_are_validated_with_clear_messages() {
         ..base.clone()
     };
     assert!(!format!("{secret:?}").contains("hunter2"));
+}
+
+#[test]
+fn options_are_validated_with_clear_messages() {
+    let base = RedisOptions {
+        url: "redis://127.0.0.1:1/".into(),
+        ..RedisOptions::default()
+    };
+    assert!(base.validate().is_ok());
+    let cases = bad_option_cases(&base);
+    for (opts, field) in cases {
+        match RedisTier::connect(opts) {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains(field), "{m}"),
+            other => panic!("{field}: expected InvalidArgument, got {other:?}"),
+        }
+    }
+    assert_bad_urls_are_refused(&base);
+    assert_passwords_are_redacted(&base);
 }
 
 #[test]
