@@ -226,11 +226,29 @@ def log_rows(log, lo: int, hi: int, acked: list, mem: set) -> None:
             mem.add(f"imp-{i}")
 
 
+def _copy_if_present(src: str, dst: str) -> None:
+    """copy2, skipping a file the running writer removed between the listing and the copy: a
+    Parquet ``.tmp`` renamed to its final name (readers ignore ``.tmp`` files, and the WAL,
+    copied first, still held those rows) or a WAL segment deleted once its rows were durable
+    in a final Parquet file (copied after the WAL). Any other missing file is an error."""
+    try:
+        shutil.copy2(src, dst)
+    except FileNotFoundError:
+        if not (src.endswith(".tmp") or f"{os.sep}_wal{os.sep}" in src):
+            raise
+
+
 def crash_copy(root: str, dst: str) -> Counter:
-    shutil.copytree(os.path.join(root, "_wal"), os.path.join(dst, "_wal"))
+    shutil.copytree(
+        os.path.join(root, "_wal"), os.path.join(dst, "_wal"), copy_function=_copy_if_present
+    )
     for name in os.listdir(root):
         if name != "_wal":
-            shutil.copytree(os.path.join(root, name), os.path.join(dst, name))
+            shutil.copytree(
+                os.path.join(root, name),
+                os.path.join(dst, name),
+                copy_function=_copy_if_present,
+            )
     return recover(dst)
 
 
