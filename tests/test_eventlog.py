@@ -67,9 +67,8 @@ def impressions(log: EventLog, n_req: int, slots: int, explore_every: int = 0, t
     )
 
 
-def test_round_trip_all_tables_schema_and_metadata(tmp_path):
-    root = str(tmp_path)
-    feats = ["f0", "f1", "f2"]
+def _write_every_table(root: str, feats: list[str]) -> np.ndarray:
+    """One small batch into each of the six tables; returns the logged predictions."""
     with EventLog(root, feature_names=feats) as log:
         assert impressions(log, 3, 4, explore_every=2) == 12
         log.log_engagements(
@@ -92,6 +91,11 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
         )
         log.log_request("req0", TOK, [5, 6, 7], [0.5, 0.25, 0.125], [7, 5], ts=T0)
         log.log_served_features("req0", [5, 6], np.ones((2, 3)), "fs1", ts=T0)
+    return preds
+
+
+def _check_impressions_and_engagements(root: str) -> None:
+    """Types and values of the impressions and engagements written above."""
     imp = read(root, "impressions").sort_by("impression_id")
     assert imp.num_rows == 12
     assert imp.schema.field("ts").type == pa.timestamp("us", tz="UTC")
@@ -105,6 +109,10 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
     assert eng.column("completed").to_pylist() == [True, False]
     assert eng.column("liked").to_pylist() == [True, True]
     assert eng.column("shared").to_pylist() == [False, False]
+
+
+def _check_scores_requests_features(root: str, preds: np.ndarray) -> None:
+    """Columns, join key and values of ranker_scores, requests and served_features."""
     sc = read(root, "ranker_scores").sort_by("impression_id")
     assert sc.column_names == [
         "impression_id",
@@ -139,6 +147,10 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
     assert req.column("served_item_ids").to_pylist() == [[7, 5]]
     sf = read(root, "served_features")
     assert sf.column("features").to_pylist() == [[1.0] * 3] * 2
+
+
+def _check_files_and_metadata(root: str, feats: list[str]) -> None:
+    """Partitions, file metadata, compression and declared schema of every table."""
     # partitions and metadata per docs/eventlog_schema.md
     for table in [
         "impressions",
@@ -161,6 +173,15 @@ def test_round_trip_all_tables_schema_and_metadata(tmp_path):
             assert pq.read_schema(f).remove_metadata().equals(eventlog.schema(table)), table
     kv = pq.ParquetFile(files(root, "served_features")[0]).metadata.metadata
     assert json.loads(kv[b"fyp.feature_names"]) == feats
+
+
+def test_round_trip_all_tables_schema_and_metadata(tmp_path):
+    root = str(tmp_path)
+    feats = ["f0", "f1", "f2"]
+    preds = _write_every_table(root, feats)
+    _check_impressions_and_engagements(root)
+    _check_scores_requests_features(root, preds)
+    _check_files_and_metadata(root, feats)
     # nothing left in the write-ahead directory after close
     assert not [f for f in os.listdir(os.path.join(root, "_wal", "w0")) if f.endswith(".log")]
 

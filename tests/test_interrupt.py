@@ -26,21 +26,28 @@ sys.exit(1)
 """
 
 
-def test_sigint_interrupts_a_detached_call():
+def _sigint_child(src: str, after: float, timeout: float) -> tuple[str, str, int, float]:
+    """Run ``src`` in a fresh interpreter, send SIGINT ``after`` seconds past its "ready" line;
+    returns its stdout, stderr, exit code and the seconds it ran past the signal."""
     p = subprocess.Popen(
-        [sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", src], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.3)
+        time.sleep(after)
         sent = time.perf_counter()
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=20)
+        out, err = p.communicate(timeout=timeout)
         took = time.perf_counter() - sent
     finally:
         p.kill()
-    assert p.returncode == 0, (out, err)
+    return out, err, p.returncode, took
+
+
+def test_sigint_interrupts_a_detached_call():
+    out, err, rc, took = _sigint_child(CHILD, 0.3, 20)
+    assert rc == 0, (out, err)
     assert out.startswith("interrupted"), out
     assert took < 3.0, f"the call ran {took:.1f} s past Ctrl-C"
 
@@ -82,23 +89,8 @@ sys.exit(1)
 
 
 def test_sigint_interrupts_a_bulk_hnsw_add_and_keeps_what_was_inserted():
-    p = subprocess.Popen(
-        [sys.executable, "-c", ADD_CHILD],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "ready"
-        time.sleep(1.0)
-        sent = time.perf_counter()
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-        took = time.perf_counter() - sent
-    finally:
-        p.kill()
-    assert p.returncode == 0, (out, err)
+    out, err, rc, took = _sigint_child(ADD_CHILD, 1.0, 60)
+    assert rc == 0, (out, err)
     word, _, have, found = out.split()
     assert word == "interrupted", out
     assert 0 < int(have) < 200_000, out

@@ -215,15 +215,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0)
-                    - 0.5
-            })
-            .collect()
-    }
+    use crate::ann::distance::tests::data;
 
     #[test]
     fn kernels_match_float64_reference_for_every_length() {
