@@ -1,6 +1,6 @@
 //! Candidate generation: the HNSW index (DESIGN.md §3, `fyp_core.HnswIndex`).
 //!
-//! `index` is the public API; `graph` the algorithm; `store` the never-moving node storage;
+//! `index` is the public API; `graph` the algorithm; `store` the never-moving node storage (`pages` its buffers);
 //! `distance` the SIMD kernels; `quant` and `f16` the traversal codes; `scratch` per-thread
 //! visited sets; `persist` the file format.
 
@@ -12,6 +12,7 @@ mod f16;
 mod graph;
 mod ids;
 mod index;
+mod pages;
 mod persist;
 mod pool;
 mod quant;

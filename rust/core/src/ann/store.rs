@@ -7,9 +7,10 @@
 //! the one thread that allocated the slot, before any link to the node is stored (links are
 //! stored with `Release` and loaded with `Acquire`), so every node a reader can reach is complete.
 
+use super::pages::PageBuf;
 use super::quant::Quantize;
 use parking_lot::Mutex;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc_zeroed, Layout};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 pub const MAX_SEGMENTS: usize = 40;
@@ -20,29 +21,6 @@ pub const FLAG_REPAIRED: u8 = 2;
 /// Set on a tombstone whose slot is on the free list (unreachable, waiting for reuse).
 pub const FLAG_FREE: u8 = 4;
 
-/// A zeroed, 64-byte aligned float buffer written through raw pointers (see the publication rule).
-struct FloatBuf {
-    ptr: *mut f32,
-    layout: Layout,
-}
-
-impl FloatBuf {
-    /// A zeroed buffer, or an error when the allocator refuses (never an abort).
-    fn new(len: usize) -> crate::Result<Self> {
-        let layout = len
-            .max(1)
-            .checked_mul(4)
-            .and_then(|b| Layout::from_size_align(b, 64).ok())
-            .ok_or_else(|| crate::invalid!("a vector segment of {len} floats is too large"))?;
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) } as *mut f32;
-        if ptr.is_null() {
-            return Err(out_of_memory(layout.size(), "vectors"));
-        }
-        Ok(FloatBuf { ptr, layout })
-    }
-}
-
 /// The error for a refused allocation (maps to `ValueError` in Python; the index is unchanged).
 pub fn out_of_memory(bytes: usize, what: &str) -> crate::Error {
     crate::invalid!(
@@ -51,18 +29,13 @@ pub fn out_of_memory(bytes: usize, what: &str) -> crate::Error {
     )
 }
 
-impl Drop for FloatBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr as *mut u8, self.layout) }
-    }
-}
-
 pub struct Segment {
-    vectors: FloatBuf,
+    /// `stride` floats per node.
+    vectors: PageBuf,
     /// Traversal codes, `code_bytes` per node (see `quant.rs`; empty when off).
-    codes: FloatBuf,
-    links0: Box<[AtomicU32]>,
+    codes: PageBuf,
+    /// `l0_width` u32 atomics per node (a zeroed `AtomicU32` is 0).
+    links0: PageBuf,
     labels: Box<[AtomicU64]>,
     flags: Box<[AtomicU8]>,
     levels: Box<[AtomicU8]>,
@@ -108,6 +81,12 @@ fn zeroed<T: Zeroable>(n: usize) -> crate::Result<Box<[T]>> {
         }
         Ok(Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)))
     }
+}
+
+/// Bytes of `n` nodes at `per` bytes each.
+fn bytes(n: usize, per: usize) -> crate::Result<usize> {
+    n.checked_mul(per)
+        .ok_or_else(|| crate::invalid!("a segment of {n} nodes x {per} bytes is too large"))
 }
 
 fn unreachable_zero<T>() -> T {
@@ -197,14 +176,9 @@ impl Store {
         }
         let n = self.seg_len(s);
         let seg = Box::new(Segment {
-            vectors: FloatBuf::new(n.checked_mul(self.stride).ok_or_else(|| {
-                crate::invalid!(
-                    "a segment of {n} nodes x {} floats is too large",
-                    self.stride
-                )
-            })?)?,
-            codes: FloatBuf::new(n.saturating_mul(self.code_bytes) / 4)?,
-            links0: zeroed(n.saturating_mul(self.l0_width))?,
+            vectors: PageBuf::zeroed(bytes(n, self.stride * 4)?, "vectors")?,
+            codes: PageBuf::zeroed(bytes(n, self.code_bytes)?, "codes")?,
+            links0: PageBuf::zeroed(bytes(n, self.l0_width * 4)?, "links")?,
             labels: zeroed(n)?,
             flags: zeroed(n)?,
             levels: zeroed(n)?,
@@ -228,14 +202,19 @@ impl Store {
     pub fn vector(&self, i: u32) -> &[f32] {
         let (seg, o) = self.seg(i);
         // SAFETY: in bounds of the segment; content is immutable once the node is published.
-        unsafe { std::slice::from_raw_parts(seg.vectors.ptr.add(o * self.stride), self.stride) }
+        unsafe {
+            std::slice::from_raw_parts(
+                (seg.vectors.ptr() as *mut f32).add(o * self.stride),
+                self.stride,
+            )
+        }
     }
 
     #[inline(always)]
     pub fn vector_ptr(&self, i: u32) -> *const f32 {
         let (seg, o) = self.seg(i);
         // SAFETY: in bounds of the segment.
-        unsafe { seg.vectors.ptr.add(o * self.stride) }
+        unsafe { (seg.vectors.ptr() as *mut f32).add(o * self.stride) }
     }
 
     #[inline(always)]
@@ -245,7 +224,7 @@ impl Store {
         // published (see `write_code`).
         unsafe {
             std::slice::from_raw_parts(
-                (seg.codes.ptr as *const u8).add(o * self.code_bytes),
+                (seg.codes.ptr() as *const u8).add(o * self.code_bytes),
                 self.code_bytes,
             )
         }
@@ -255,7 +234,7 @@ impl Store {
     pub fn code_ptr(&self, i: u32) -> *const f32 {
         let (seg, o) = self.seg(i);
         // SAFETY: in bounds of the segment.
-        unsafe { (seg.codes.ptr as *const u8).add(o * self.code_bytes) as *const f32 }
+        unsafe { (seg.codes.ptr() as *const u8).add(o * self.code_bytes) as *const f32 }
     }
 
     /// Fill the code of slot `i`. The caller either owns the unpublished slot, or calibrates
@@ -266,7 +245,7 @@ impl Store {
         // SAFETY: in bounds; exclusive by the caller's contract above.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(
-                (seg.codes.ptr as *mut u8).add(o * self.code_bytes),
+                seg.codes.ptr().add(o * self.code_bytes),
                 self.code_bytes,
             )
         };
@@ -279,7 +258,7 @@ impl Store {
         let n = v.len().min(self.stride);
         // SAFETY: the caller owns slot `i` exclusively until it links it (publication rule).
         unsafe {
-            let dst = seg.vectors.ptr.add(o * self.stride);
+            let dst = (seg.vectors.ptr() as *mut f32).add(o * self.stride);
             std::ptr::copy_nonoverlapping(v.as_ptr(), dst, n);
             std::ptr::write_bytes(dst.add(n), 0, self.stride - n);
         }
@@ -289,7 +268,14 @@ impl Store {
     pub fn links(&self, i: u32, level: usize) -> &[AtomicU32] {
         let (seg, o) = self.seg(i);
         if level == 0 {
-            &seg.links0[o * self.l0_width..(o + 1) * self.l0_width]
+            // SAFETY: in bounds (`l0_width` per node); zeroed memory is a valid AtomicU32 array
+            // and every access to it is atomic.
+            unsafe {
+                std::slice::from_raw_parts(
+                    (seg.links0.ptr() as *const AtomicU32).add(o * self.l0_width),
+                    self.l0_width,
+                )
+            }
         } else {
             let p = seg.upper[o].load(Ordering::Acquire);
             let lv = seg.levels[o].load(Ordering::Acquire) as usize;
