@@ -6,7 +6,7 @@
 use super::distance::{prefetch, DistFn, Metric};
 use super::epoch::Epochs;
 use super::ids::IdMap;
-use super::quant::{Codec, Quant, Quantize};
+use super::quant::{Codec, Quant, Quantize, QueryCode};
 use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
@@ -455,15 +455,38 @@ impl Graph {
         self.store.set_flag(d, FLAG_REPAIRED);
     }
 
-    fn greedy(&self, q: &[f32], mut cur: Cand, l: usize) -> Cand {
+    /// Greedy descent on level `l` with the float rows (the insert path).
+    fn greedy(&self, q: &[f32], cur: Cand, l: usize) -> Cand {
+        let lines = (self.store.stride * 4).div_ceil(64);
+        self.greedy_by(
+            cur,
+            l,
+            |n| (self.dist)(q, self.store.vector(n)),
+            (|n| prefetch(self.store.vector_ptr(n), lines), ahead(lines)),
+        )
+    }
+
+    /// Greedy descent on level `l` with any node distance, prefetching `ahead` neighbours'
+    /// rows before they are scored (as in `search_layer_by`).
+    fn greedy_by<D: Fn(u32) -> f32, P: Fn(u32)>(
+        &self,
+        mut cur: Cand,
+        l: usize,
+        dist: D,
+        (pf, ahead): (P, usize),
+    ) -> Cand {
         let mut buf = [0u32; BUF];
         loop {
             let mut changed = false;
             let cnt = read_links(self.store.links(cur.id, l), &mut buf);
-            for &n in &buf[..cnt] {
-                let d = (self.dist)(q, self.store.vector(n));
+            buf[..cnt.min(ahead)].iter().for_each(|&n| pf(n));
+            for j in 0..cnt {
+                if j + ahead < cnt {
+                    pf(buf[j + ahead]);
+                }
+                let d = dist(buf[j]);
                 if d < cur.d {
-                    cur = Cand { d, id: n };
+                    cur = Cand { d, id: buf[j] };
                     changed = true;
                 }
             }
@@ -587,15 +610,15 @@ impl Graph {
             return Vec::new();
         }
         let (ep, maxl) = unpack(e);
+        if let Some(codec) = self.codec.get() {
+            return self.knn_codes(&codec.query(self.metric, q), q, (ep, maxl), (k, ef), accept);
+        }
         let mut cur = Cand {
             d: (self.dist)(q, self.store.vector(ep)),
             id: ep,
         };
         for l in (1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
-        }
-        if let Some(codec) = self.codec.get() {
-            return self.knn_codes(codec, q, cur, k, ef.max(k), accept);
         }
         with_scratch(|sc| {
             self.search_layer(sc, q, &[cur], ef.max(k), 0, accept);
@@ -605,32 +628,30 @@ impl Graph {
         })
     }
 
-    /// Level 0 on the codes (half (fp16) or a quarter (sq8) of the memory traffic of the float
-    /// vectors), then the `ef` best re-ranked with the float vectors.
+    /// The whole search on the codes (half (fp16) or a quarter (sq8) of the memory traffic of
+    /// the float rows): greedy descent from the entry `(ep, maxl)`, level 0, then the best
+    /// re-ranked with the float rows (`rerank`).
     fn knn_codes<F: Fn(u32) -> bool>(
         &self,
-        codec: &Codec,
+        qc: &QueryCode,
         q: &[f32],
-        cur: Cand,
-        k: usize,
-        ef: usize,
+        (ep, maxl): (u32, usize),
+        (k, ef): (usize, usize),
         accept: F,
     ) -> Vec<Cand> {
-        let qc = codec.query(self.metric, q);
+        let ef = ef.max(k);
         let lines = self.store.code_bytes.div_ceil(64);
-        let start = Cand {
-            d: qc.dist(self.store.code(cur.id)),
-            id: cur.id,
+        let dist = |n| qc.dist(self.store.code(n));
+        let pf = |n| prefetch(self.store.code_ptr(n), lines);
+        let mut cur = Cand {
+            d: dist(ep),
+            id: ep,
         };
+        for l in (1..=maxl).rev() {
+            cur = self.greedy_by(cur, l, dist, (pf, ahead(lines)));
+        }
         let mut r = with_scratch(|sc| {
-            self.search_layer_by(
-                sc,
-                &[start],
-                (ef, 0),
-                &accept,
-                |n| qc.dist(self.store.code(n)),
-                (|n| prefetch(self.store.code_ptr(n), lines), ahead(lines)),
-            );
+            self.search_layer_by(sc, &[cur], (ef, 0), &accept, dist, (pf, ahead(lines)));
             let mut r = drain_sorted(sc);
             // Re-rank slack: the nearest scored candidates just outside the beam (left in the
             // candidate heap, all farther than the beam's last by code distance) join the
@@ -648,15 +669,24 @@ impl Graph {
             }
             r
         });
-        let vl = (self.store.stride * 4).div_ceil(64);
-        r.iter()
-            .for_each(|c| prefetch(self.store.vector_ptr(c.id), vl));
-        for c in r.iter_mut() {
-            c.d = (self.dist)(q, self.store.vector(c.id));
-        }
-        r.sort_unstable();
+        self.rerank(q, &mut r);
         r.truncate(k);
         r
+    }
+
+    /// Exact float distances for `r`, sorted (rows prefetched `ahead` of the arithmetic).
+    fn rerank(&self, q: &[f32], r: &mut [Cand]) {
+        let lines = (self.store.stride * 4).div_ceil(64);
+        let ahead = ahead(lines);
+        let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
+        r.iter().take(ahead).for_each(pf);
+        for j in 0..r.len() {
+            if let Some(c) = r.get(j + ahead) {
+                pf(c);
+            }
+            r[j].d = (self.dist)(q, self.store.vector(r[j].id));
+        }
+        r.sort_unstable();
     }
 
     /// Fit the 8-bit quantiser on the live items and encode every node (sq8 only: fp16 codes
