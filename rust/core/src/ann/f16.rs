@@ -67,6 +67,33 @@ pub fn encode(v: &[f32], out: &mut [u8]) {
     }
 }
 
+/// An upper bound on |code distance - float distance| for the f32 query `q` (padded row) and
+/// any stored row of Euclidean norm at most `max_norm`: `1 - q.h` vs `1 - q.v` (`l2` false) or
+/// `|q - h|^2` vs `|q - v|^2`. Each half is within `2^-11 |v_i|` of its value (normal range)
+/// or `2^-25` (subnormal), so `|q.(h - v)| <= 2^-11 |q| |v| + 2^-25 |q|_1`; for l2,
+/// `|q - h|^2 - |q - v|^2 = e.(e - 2(q - v))` with `|e| <= E = 2^-11 |v| + 2^-25 sqrt(n)`, so
+/// at most `2E(|q| + |v|) + E^2`. Both kernels accumulate in f32 (`n 2^-24` relative each),
+/// and the total is doubled for margin. Infinite when a value may have been clipped (a norm
+/// beyond the half range): then no bound holds and the caller re-ranks everything.
+pub fn error_bound(q: &[f32], l2: bool, max_norm: f32) -> f32 {
+    if max_norm.is_nan() || max_norm > 65504.0 {
+        return f32::INFINITY;
+    }
+    let (rel, sub) = (2f32.powi(-11), 2f32.powi(-25));
+    let n = q.len() as f32;
+    let acc = n * 2f32.powi(-23);
+    let qn = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let b = if l2 {
+        let e = rel * max_norm + sub * n.sqrt();
+        let span = qn + max_norm;
+        2.0 * e * span + e * e + acc * span * span
+    } else {
+        let q1 = q.iter().map(|x| x.abs()).sum::<f32>();
+        rel * qn * max_norm + sub * q1 + acc * qn * max_norm
+    };
+    2.0 * b
+}
+
 /// AVX2, FMA and F16C present (std caches the CPUID result).
 pub fn has_f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -305,5 +332,67 @@ mod tests {
                 assert_eq!(from_f16(hw[j]).to_bits(), back[j].to_bits());
             }
         }
+    }
+
+    #[test]
+    fn error_bound_holds_on_random_rows() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for (n, scale) in [(50usize, 1.0f32), (96, 0.01), (96, 300.0), (7, 1e-6)] {
+            let stride = n.div_ceil(16) * 16;
+            let mut q = vec![0f32; stride];
+            q[..n].iter_mut().for_each(|x| *x = next() * scale);
+            for l2 in [false, true] {
+                let mut worst = 0f32;
+                let mut max_norm = 0f32;
+                let rows: Vec<Vec<f32>> = (0..300)
+                    .map(|_| {
+                        let mut v = vec![0f32; stride];
+                        v[..n].iter_mut().for_each(|x| *x = next() * scale);
+                        max_norm = max_norm.max(v.iter().map(|x| x * x).sum::<f32>().sqrt());
+                        v
+                    })
+                    .collect();
+                for v in &rows {
+                    let mut code = vec![0u8; stride * 2];
+                    encode(v, &mut code);
+                    let h: Vec<f64> = (0..stride)
+                        .map(|j| {
+                            from_f16(u16::from_le_bytes([code[2 * j], code[2 * j + 1]])) as f64
+                        })
+                        .collect();
+                    let (cd, fd) = if l2 {
+                        let c: f64 = q.iter().zip(&h).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+                        let f: f64 = q
+                            .iter()
+                            .zip(v)
+                            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                            .sum();
+                        (c, f)
+                    } else {
+                        let c: f64 = q.iter().zip(&h).map(|(a, b)| *a as f64 * b).sum();
+                        let f: f64 = q.iter().zip(v).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        (c, f)
+                    };
+                    worst = worst.max((cd - fd).abs() as f32);
+                }
+                let b = error_bound(&q, l2, max_norm);
+                assert!(
+                    worst <= b,
+                    "n {n} scale {scale} l2 {l2}: error {worst} > bound {b}"
+                );
+                // Not uselessly loose: within 200x of the worst error seen.
+                assert!(
+                    b < 200.0 * worst.max(1e-30) || b < 1e-9,
+                    "bound {b} vs {worst}"
+                );
+            }
+        }
+        assert!(error_bound(&[1.0; 16], false, 1e6).is_infinite());
     }
 }

@@ -74,6 +74,9 @@ pub struct Graph {
     /// Tombstones not yet freed; while 0, searches skip the per-node flag check (one cache miss
     /// per candidate saved). Freed slots are unreachable, so they need no check.
     pub(crate) tombstones: AtomicUsize,
+    /// Bits of the largest Euclidean norm of any row written (a non-negative f32, so the bit
+    /// order is the value order); bounds the code error in the re-rank (`rerank`).
+    max_norm: AtomicU32,
 }
 
 impl Graph {
@@ -112,6 +115,7 @@ impl Graph {
             ids: IdMap::new(),
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
+            max_norm: AtomicU32::new(0),
         }
     }
 
@@ -147,6 +151,9 @@ impl Graph {
             self.store.clear_flags(slot);
         }
         self.store.write_vector(slot, v);
+        // Before the node is published, so a search that reaches it also sees this bound.
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        self.max_norm.fetch_max(norm.to_bits(), Ordering::Release);
         if let Some(codec) = self.codec.get() {
             self.store.write_code(slot, |c| codec.encode(v, c));
         }
@@ -669,24 +676,40 @@ impl Graph {
             }
             r
         });
-        self.rerank(q, &mut r);
-        r.truncate(k);
+        // Read after the traversal: every node it reached was written before this load.
+        let max_norm = f32::from_bits(self.max_norm.load(Ordering::Acquire));
+        self.rerank(q, &mut r, k, qc.error_bound(max_norm));
         r
     }
 
-    /// Exact float distances for `r`, sorted (rows prefetched `ahead` of the arithmetic).
-    fn rerank(&self, q: &[f32], r: &mut [Cand]) {
+    /// The `k` nearest of `r` (sorted by code distance, each within `bound` of its float
+    /// distance) by float distance, sorted. Rows are scored in code order, prefetched `ahead`
+    /// of the arithmetic, and the scan stops at the first whose code distance is more than
+    /// `bound` beyond the k-th float distance so far: neither it nor any later one can be
+    /// among the k, so the result is the one a re-rank of all of `r` gives, for a fraction of
+    /// the float rows (about k + a few when the k-th is clear of its followers).
+    pub(crate) fn rerank(&self, q: &[f32], r: &mut Vec<Cand>, k: usize, bound: f32) {
         let lines = (self.store.stride * 4).div_ceil(64);
         let ahead = ahead(lines);
         let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
         r.iter().take(ahead).for_each(pf);
+        let mut best = std::collections::BinaryHeap::with_capacity(k + 1);
         for j in 0..r.len() {
+            if best.len() >= k && best.peek().is_some_and(|w: &Cand| r[j].d - bound > w.d) {
+                r.truncate(j);
+                break;
+            }
             if let Some(c) = r.get(j + ahead) {
                 pf(c);
             }
             r[j].d = (self.dist)(q, self.store.vector(r[j].id));
+            best.push(r[j]);
+            if best.len() > k {
+                best.pop();
+            }
         }
         r.sort_unstable();
+        r.truncate(k);
     }
 
     /// Fit the 8-bit quantiser on the live items and encode every node (sq8 only: fp16 codes

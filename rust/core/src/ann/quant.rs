@@ -121,6 +121,16 @@ impl QueryCode {
             QueryCode::Fp16 { q, l2: false, simd } => 1.0 - f16::dot(q, code, *simd),
         }
     }
+
+    /// How far a code distance can be from the float distance, for stored rows of norm at most
+    /// `max_norm` (`f16::error_bound`); infinite for 8-bit codes (clipping to the fitted range
+    /// has no bound), so those are always re-ranked in full.
+    pub fn error_bound(&self, max_norm: f32) -> f32 {
+        match self {
+            QueryCode::Sq8(_) => f32::INFINITY,
+            QueryCode::Fp16 { q, l2, .. } => f16::error_bound(q, *l2, max_norm),
+        }
+    }
 }
 
 /// Fitted per-dimension ranges; codes are `stride` bytes (zero in the padding).

@@ -287,3 +287,53 @@ fn save_load_round_trip_and_corruption() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The bounded re-rank (stops once no later code distance can beat the k-th float distance)
+/// returns what re-ranking every candidate returns, on near-duplicates where the fp16 rounding
+/// reorders neighbours.
+#[test]
+fn bounded_rerank_equals_full_rerank() {
+    use super::graph::Graph;
+    use super::scratch::Cand;
+    let (dim, n) = (24usize, 2000usize);
+    let mut r = rng(5);
+    for metric in [Metric::Ip, Metric::L2] {
+        let g = Graph::new(dim, metric, 8, 64, n, 1, Quantize::Fp16);
+        let centers: Vec<f32> = (0..4 * dim).map(|_| r()).collect();
+        let rows: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                (0..dim)
+                    .map(|j| centers[(i % 4) * dim + j] + r() * 1e-3)
+                    .collect()
+            })
+            .collect();
+        for (i, v) in rows.iter().enumerate() {
+            g.insert(i as u64, v).unwrap();
+        }
+        let codec = g.codec.get().unwrap();
+        let max_norm = rows
+            .iter()
+            .map(|v| v.iter().map(|x| x * x).sum::<f32>().sqrt())
+            .fold(0f32, f32::max);
+        for t in 0..20 {
+            let mut q = rows[t * 37].clone();
+            q.iter_mut().for_each(|x| *x += r() * 1e-3);
+            q.resize(g.store.stride, 0.0);
+            let qc = codec.query(metric, &q);
+            let mut cands: Vec<Cand> = (0..n as u32)
+                .map(|id| Cand {
+                    d: qc.dist(g.store.code(id)),
+                    id,
+                })
+                .collect();
+            cands.sort_unstable();
+            cands.truncate(300);
+            for k in [1, 10, 100] {
+                let (mut a, mut b) = (cands.clone(), cands.clone());
+                g.rerank(&q, &mut a, k, qc.error_bound(max_norm));
+                g.rerank(&q, &mut b, k, f32::INFINITY);
+                assert_eq!(a, b, "{metric:?} query {t} k {k}");
+            }
+        }
+    }
+}
