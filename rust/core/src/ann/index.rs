@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 
 /// Largest `k` a search accepts (the feed asks for 1000; rows are padded to `k`).
@@ -97,8 +97,14 @@ pub struct HnswIndex {
     metric: Metric,
     params: HnswParams,
     graph: RwLock<Arc<Graph>>,
+    /// The graph `graph` holds, for writers to check without the lock or a reference count
+    /// (it can only change under `graph`'s write lock, by a rebuild's swap).
+    live_graph: AtomicPtr<Graph>,
     /// Writes made while a rebuild runs, replayed into the new graph before the swap.
     log: Mutex<Option<Vec<Op>>>,
+    /// True while `log` is `Some` (set after it, cleared before it under its lock), so a write
+    /// outside a rebuild touches no lock (see `after_write`).
+    logging: AtomicBool,
     rebuilding: AtomicBool,
     /// The error of the last background rebuild (cleared when the next rebuild starts).
     rebuild_error: Mutex<Option<String>>,
@@ -159,12 +165,15 @@ impl HnswIndex {
             deterministic: false,
             quantize: g.quantize,
         };
+        let g = Arc::new(g);
         HnswIndex {
             dim: g.dim,
             metric: g.metric,
             params,
-            graph: RwLock::new(Arc::new(g)),
+            live_graph: AtomicPtr::new(Arc::as_ptr(&g) as *mut Graph),
+            graph: RwLock::new(g),
             log: Mutex::new(None),
+            logging: AtomicBool::new(false),
             rebuilding: AtomicBool::new(false),
             rebuild_error: Mutex::new(None),
             maint: Mutex::new(()),
@@ -347,7 +356,7 @@ impl HnswIndex {
             self.maybe_consolidate();
             return Ok(());
         }
-        let one = |i: usize| -> crate::Result<()> {
+        let one = |g: &mut Arc<Graph>, i: usize| -> crate::Result<()> {
             if !keep[i] {
                 return Ok(());
             }
@@ -359,13 +368,17 @@ impl HnswIndex {
                 i,
                 &mut v,
             )?;
-            self.add_prepared(ids[i], v)
+            self.add_prepared(g, ids[i], v)
         };
         if threads <= 1 || n <= 1 {
-            (0..n).try_for_each(one)?;
+            let mut g = self.current();
+            (0..n).try_for_each(|i| one(&mut g, i))?;
         } else {
             pool::install(threads, || {
-                (0..n).into_par_iter().with_min_len(4).try_for_each(one)
+                (0..n)
+                    .into_par_iter()
+                    .with_min_len(4)
+                    .try_for_each_init(|| self.current(), one)
             })??;
         }
         self.maybe_consolidate();
@@ -417,15 +430,29 @@ impl HnswIndex {
         Ok(())
     }
 
-    fn add_prepared(&self, id: u64, v: Vec<f32>) -> crate::Result<()> {
-        let g = self.current();
+    /// Insert into `g`, this writer's handle on the live graph (refreshed only when a rebuild
+    /// swapped graphs, so an insert clones no `Arc` and takes no lock of the index's own).
+    fn add_prepared(&self, g: &mut Arc<Graph>, id: u64, v: Vec<f32>) -> crate::Result<()> {
+        if !self.is_live(g) {
+            *g = self.current();
+        }
         g.insert(id, &v)?;
-        self.after_write(&g, Op::Add(id, v))
+        self.after_write(g, Op::Add(id, v))
+    }
+
+    fn is_live(&self, g: &Arc<Graph>) -> bool {
+        std::ptr::eq(self.live_graph.load(Ordering::SeqCst), Arc::as_ptr(g))
     }
 
     /// Called after a write reached graph `g`: log it for a running rebuild, or re-apply it if
-    /// a rebuild swapped graphs in between (so no write is ever lost).
+    /// a rebuild swapped graphs in between (so no write is ever lost). Outside a rebuild this
+    /// is two atomic loads: a write that reads `logging` false either finished before the
+    /// rebuild set it (then the rebuild's snapshot, taken after, holds the write) or reads it
+    /// after the swap cleared it (then it sees the new `live_graph` and re-applies itself).
     fn after_write(&self, g: &Arc<Graph>, op: Op) -> crate::Result<()> {
+        if !self.logging.load(Ordering::SeqCst) && self.is_live(g) {
+            return Ok(());
+        }
         let mut log = self.log.lock();
         if let Some(l) = log.as_mut() {
             l.push(op);
@@ -695,7 +722,9 @@ impl HnswIndex {
     fn rebuild_inner(&self, threads: usize) -> crate::Result<()> {
         let r = self.build_and_swap(threads);
         if r.is_err() {
-            *self.log.lock() = None;
+            let mut log = self.log.lock();
+            self.logging.store(false, Ordering::SeqCst);
+            *log = None;
         }
         r
     }
@@ -703,6 +732,7 @@ impl HnswIndex {
     fn build_and_swap(&self, threads: usize) -> crate::Result<()> {
         let _m = self.maint.lock();
         *self.log.lock() = Some(Vec::new());
+        self.logging.store(true, Ordering::SeqCst);
         let old = self.current();
         let items = old.ids.items();
         let g = Graph::new(
@@ -751,7 +781,13 @@ impl HnswIndex {
                 for op in batch.iter().chain(&rest) {
                     apply(&g, op)?;
                 }
-                *self.graph.write() = Arc::new(g);
+                let g = Arc::new(g);
+                let mut live = self.graph.write();
+                self.live_graph
+                    .store(Arc::as_ptr(&g) as *mut Graph, Ordering::SeqCst);
+                *live = g;
+                drop(live);
+                self.logging.store(false, Ordering::SeqCst);
                 *log = None;
                 return Ok(());
             }

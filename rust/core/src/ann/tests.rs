@@ -244,6 +244,58 @@ fn rebuild_keeps_items_and_drops_tombstones() {
     assert!(r > 0.95, "{r}");
 }
 
+/// Rebuilds back to back while two writers add (in parallel batches, whose tasks keep their own
+/// handle on the live graph) and remove: every write lands in the graph that ends up live.
+#[test]
+fn rebuilds_lose_no_concurrent_write() {
+    let dim = 8;
+    let d = data(6000, dim, 9);
+    let idx = Arc::new(HnswIndex::new(dim, Metric::L2, HnswParams::default()).unwrap());
+    let first: Vec<u64> = (0..2000).collect();
+    idx.add(&first, &d[..2000 * dim]).unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rebuilder = {
+        let (idx, done) = (Arc::clone(&idx), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || n < 3 {
+                idx.rebuild(Some(1)).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let (idx, d) = (Arc::clone(&idx), d.clone());
+            std::thread::spawn(move || {
+                for b in 0..50u64 {
+                    let lo = 2000 + w * 2000 + b * 40;
+                    let ids: Vec<u64> = (lo..lo + 40).collect();
+                    let rows = &d[lo as usize * dim..(lo as usize + 40) * dim];
+                    idx.add_with_threads(&ids, rows, Some(2)).unwrap();
+                    idx.remove(&[w * 1000 + b]).unwrap();
+                }
+            })
+        })
+        .collect();
+    writers.into_iter().for_each(|t| t.join().unwrap());
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let rebuilds = rebuilder.join().unwrap();
+    let removed: HashSet<u64> = (0..2u64)
+        .flat_map(|w| (0..50).map(move |b| w * 1000 + b))
+        .collect();
+    let want: HashSet<u64> = (0..6000).filter(|i| !removed.contains(i)).collect();
+    let got: HashSet<u64> = idx.ids().into_iter().collect();
+    assert_eq!(got, want, "after {rebuilds} rebuilds");
+    for id in [2000u64, 3999, 4000, 5999, 1500] {
+        assert_eq!(
+            idx.get_vector(id).unwrap()[..dim],
+            d[id as usize * dim..(id as usize + 1) * dim]
+        );
+    }
+}
+
 #[test]
 fn save_load_round_trip_and_corruption() {
     let dim = 12;
