@@ -279,16 +279,11 @@ impl Graph {
         let mut eps = vec![cur];
         let mut plan: Vec<(usize, Vec<Cand>)> = Vec::with_capacity(level.min(maxl) + 1);
         for l in (0..=level.min(maxl)).rev() {
-            let mut w = with_scratch(|sc| {
-                if self.has_tombstones() {
-                    self.search_layer(sc, q, &eps, self.ef_construction, l, |n| {
-                        n != s && !self.store.is_deleted(n)
-                    });
-                } else {
-                    self.search_layer(sc, q, &eps, self.ef_construction, l, |n| n != s);
-                }
-                drain_sorted(sc)
-            });
+            let mut w = if self.has_tombstones() {
+                self.candidates(q, &eps, l, |n| n != s && !self.store.is_deleted(n))
+            } else {
+                self.candidates(q, &eps, l, |n| n != s)
+            };
             if w.is_empty() {
                 // Never link to a tombstone: `consolidate` relies on no new in-links to one.
                 w = eps
@@ -303,6 +298,46 @@ impl Graph {
             plan.push((l, w));
         }
         plan
+    }
+
+    /// The `ef_construction` nearest accepted nodes to `q` on level `l`, sorted by float
+    /// distance. Level 0 of an fp16 graph is searched on the codes (half the memory traffic of
+    /// the float rows, as in `knn`) and the result re-scored with the float rows, so the
+    /// neighbour selection sees exact distances; 8-bit codes are not precise enough to build on.
+    fn candidates<F: Fn(u32) -> bool>(
+        &self,
+        q: &[f32],
+        eps: &[Cand],
+        l: usize,
+        accept: F,
+    ) -> Vec<Cand> {
+        let ef = self.ef_construction;
+        match self.codec.get() {
+            Some(codec @ Codec::Fp16) if l == 0 => {
+                let qc = codec.query(self.metric, q);
+                let lines = self.store.code_bytes.div_ceil(64);
+                let dist = |n| qc.dist(self.store.code(n));
+                let eps: Vec<Cand> = eps
+                    .iter()
+                    .map(|c| Cand {
+                        d: dist(c.id),
+                        id: c.id,
+                    })
+                    .collect();
+                let mut w = with_scratch(|sc| {
+                    let pf = |n| prefetch(self.store.code_ptr(n), lines);
+                    self.search_layer_by(sc, &eps, (ef, 0), accept, dist, (pf, ahead(lines)));
+                    drain_sorted(sc)
+                });
+                let k = w.len();
+                self.rerank(q, &mut w, k, f32::INFINITY);
+                w
+            }
+            _ => with_scratch(|sc| {
+                self.search_layer(sc, q, eps, ef, l, accept);
+                drain_sorted(sc)
+            }),
+        }
     }
 
     /// The writing half: select neighbours from the plan, write `s`'s own lists, then link it
@@ -693,9 +728,14 @@ impl Graph {
         let ahead = ahead(lines);
         let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
         r.iter().take(ahead).for_each(pf);
-        let mut best = std::collections::BinaryHeap::with_capacity(k + 1);
+        // Without a bound (8-bit codes, or building) every row is scored: no heap needed.
+        let bounded = bound.is_finite();
+        let mut best = std::collections::BinaryHeap::with_capacity(if bounded { k + 1 } else { 0 });
         for j in 0..r.len() {
-            if best.len() >= k && best.peek().is_some_and(|w: &Cand| r[j].d - bound > w.d) {
+            if bounded
+                && best.len() >= k
+                && best.peek().is_some_and(|w: &Cand| r[j].d - bound > w.d)
+            {
                 r.truncate(j);
                 break;
             }
@@ -703,9 +743,11 @@ impl Graph {
                 pf(c);
             }
             r[j].d = (self.dist)(q, self.store.vector(r[j].id));
-            best.push(r[j]);
-            if best.len() > k {
-                best.pop();
+            if bounded {
+                best.push(r[j]);
+                if best.len() > k {
+                    best.pop();
+                }
             }
         }
         r.sort_unstable();
