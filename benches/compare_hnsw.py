@@ -1,20 +1,26 @@
-"""Side-by-side HNSW comparison: fyp_core.HnswIndex vs hnswlib, FAISS IndexHNSWFlat, USearch.
+"""Side-by-side HNSW comparison: fyp_core.HnswIndex vs hnswlib, glass, FAISS IndexHNSWFlat, USearch.
 
 Same data, same parameters (M=16, ef_construction=200, inner product on L2-normalised vectors),
-one process. Data: a deterministic anisotropic Gaussian mixture with clusters of very different
-sizes (Zipf weights), L2-normalised; held-out queries from the same mixture; exact ground truth
-by numpy brute force.
+one process. Data (`--data`): `synthetic` (the default) is a deterministic anisotropic Gaussian
+mixture with clusters of very different sizes (Zipf weights), L2-normalised, held-out queries
+from the same mixture; `glove50` (400k GloVe word vectors, 50-d) and `minilm` (all-MiniLM-L6-v2
+sentence embeddings of docstring sentences, 384-d) are real embedding sets, see hnsw_data.py
+for their sources and how to install them. Exact ground truth by numpy brute force.
 
-    python benches/compare_hnsw.py --quick      # CI: 20k x 64, seconds
-    python benches/compare_hnsw.py              # RESULTS.md: 400k x 96 (builds 4 indexes)
+    python benches/compare_hnsw.py --quick      # CI: 20k x 64 synthetic, seconds
+    python benches/compare_hnsw.py              # RESULTS.md: 400k x 96 (builds 5 indexes)
     python benches/compare_hnsw.py --interleaved --libs fyp_core_f32,fyp_core_fp16,hnswlib
+    python benches/compare_hnsw.py --data glove50 --interleaved
 
 Our variants: `fyp_core` (the default, fp16 traversal codes), `fyp_core_fp16`, `fyp_core_sq8`
-(8-bit codes) and `fyp_core_f32` (`quantize="off"`: traversal on the float32 rows).
+(8-bit codes) and `fyp_core_f32` (`quantize="off"`: traversal on the float32 rows). glass
+variants: `glass` (8-bit codes, float32 re-rank), `glass_sq4` (glass's README rule of thumb:
+4-bit search codes) and `glass_fp32` (no quantisation); see the `Glass` class.
 
 `--interleaved` builds every contender first, then times the query batches round-robin (each
 ef: one batch per library in turn, `--rounds` times) and reports medians, so machine load hits
-every library alike; ratios are against hnswlib measured in the same rounds.
+every library alike; ratios are against hnswlib measured in the same rounds. The concurrent
+insert test then runs for each library in turn.
 
 Reports: build time (all cores, wall clock), single-thread recall@10 vs QPS for ef 16..512
 (QPS from the calling thread's CPU time, median of repetitions), K=1000 latency
@@ -25,6 +31,7 @@ during concurrent use, memory per vector (RSS growth during the build).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -94,6 +101,7 @@ class Ours:
 
     name = "fyp_core"
     quantize: bool | str | None = None
+    concurrent_skip: str | None = None
 
     def __init__(self, dim: int) -> None:
         import fyp_core
@@ -135,6 +143,7 @@ class OursF32(Ours):
 
 class Hnswlib:
     name = "hnswlib"
+    concurrent_skip: str | None = None
 
     def __init__(self, dim: int) -> None:
         import hnswlib
@@ -156,6 +165,7 @@ class Hnswlib:
 
 class Faiss:
     name = "faiss"
+    concurrent_skip = "IndexHNSWFlat segfaults when searched during add"
 
     def __init__(self, dim: int) -> None:
         import faiss
@@ -179,6 +189,7 @@ class Faiss:
 
 class USearch:
     name = "usearch"
+    concurrent_skip: str | None = None
 
     def __init__(self, dim: int) -> None:
         from usearch.index import Index
@@ -202,6 +213,81 @@ class USearch:
 
     def add_one(self, i, v):
         self.ix.add(np.uint64(i), v, threads=1)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence a C library's printf progress lines (file descriptor 1) for the duration."""
+    import ctypes
+
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(null)
+        os.close(saved)
+
+
+class Glass:
+    """glass (PyPI `pyglass-portable`, the AVX2 build of zilliztech's pyglass; import `glass`).
+
+    Graph: glass's HNSW builder on 8-bit uniform scalar codes (`SQ8U`, which glass's README
+    recommends for indexing), R=32 with L=200: glass passes R/2 to its hnswlib-derived builder,
+    so this is M=16 (up to 32 links at level 0, as hnswlib) and ef_construction=200. Search:
+    the level-0 graph traversed on SQ8U codes, then the best 1.5k re-ranked on float32
+    (`refine_quant`); prefetch depths tuned by `Searcher.optimize()` on one thread, counted in
+    the build time, as glass's ann-benchmarks wrapper does. The README's rule of thumb searches
+    on 4-bit codes (`SQ4U`) instead, and its example config re-ranks on FP16: that is
+    `glass_sq4`. The re-rank only sees 1.5k candidates, so what the first pass misorders stays
+    lost: the 4-bit pass capped recall@10 at 0.91 on GloVe (50k rows, ef 256), the 8-bit one
+    did not (0.998); on the clustered synthetic set both cap (8-bit: 0.59 at 200k x 96).
+    `glass_fp32`: graph and search on float32, no re-rank (the same distances as hnswlib).
+    No insert after the build: the concurrent test is skipped. Ids are row positions.
+    """
+
+    name = "glass"
+    build_quant, search_quant, refine_quant = "SQ8U", "SQ8U", "FP32"
+    concurrent_skip = "glass builds a static graph: no insert after the build"
+
+    def __init__(self, dim: int) -> None:
+        import glass
+
+        self.glass = glass
+        self.searcher = None
+
+    def build(self, data, ids, threads):
+        g = self.glass
+        with quiet_stdout():
+            g.set_num_threads(threads)
+            graph = g.Index("HNSW", "IP", self.build_quant, R=2 * M, L=EF_CONSTRUCTION).build(data)
+            g.set_num_threads(1)
+            self.searcher = g.Searcher(graph, data, "IP", self.search_quant, self.refine_quant)
+            self.searcher.optimize(1)
+
+    def search(self, q, k, ef, threads):
+        self.searcher.set_ef(ef)
+        return self.searcher.batch_search(q, k, num_threads=threads)[0].astype(np.int64)
+
+    def add_one(self, i, v):
+        raise NotImplementedError(self.concurrent_skip)
+
+
+class GlassSq4(Glass):
+    """glass as its README's rule of thumb says: SQ8U graph, SQ4U search, FP16 re-rank."""
+
+    name = "glass_sq4"
+    build_quant, search_quant, refine_quant = "SQ8U", "SQ4U", "FP16"
+
+
+class GlassFp32(Glass):
+    """glass without quantisation: graph built and searched on float32, no re-rank."""
+
+    name = "glass_fp32"
+    build_quant, search_quant, refine_quant = "FP32", "FP32", ""
 
 
 def median_time(fn, reps: int) -> float:
@@ -268,18 +354,72 @@ def concurrent_inserts(lib, data, start: int, count: int, queries, seconds_cap: 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from hnsw_data import DATASETS
+
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="small set for CI (20k x 64)")
-    ap.add_argument("--n", type=int, default=None)
-    ap.add_argument("--dim", type=int, default=None)
+    ap.add_argument(
+        "--data",
+        default="synthetic",
+        choices=["synthetic", *DATASETS],
+        help="synthetic clustered data (default) or a real embedding set (see hnsw_data.py)",
+    )
+    ap.add_argument("--n", type=int, default=None, help="data rows (real sets: a cap)")
+    ap.add_argument("--dim", type=int, default=None, help="synthetic data only")
     ap.add_argument("--nq", type=int, default=None)
-    ap.add_argument("--libs", default="fyp_core,hnswlib,faiss,usearch")
+    ap.add_argument("--libs", default="fyp_core,hnswlib,glass,faiss,usearch")
     ap.add_argument("--json", default=None, help="write all figures to this file")
     ap.add_argument("--interleaved", action="store_true", help="round-robin timing, medians")
     ap.add_argument("--rounds", type=int, default=None, help="rounds for --interleaved")
     return ap.parse_args(argv)
+
+
+def load_data(a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
+    """(data, held-out queries, description); raises hnsw_data.DataUnavailable."""
+    nq = a.nq or (200 if a.quick else 1000)
+    if a.data == "synthetic":
+        n = a.n or (20_000 if a.quick else 400_000)
+        data, queries = make_data(n, nq, a.dim or (64 if a.quick else 96))
+        return data, queries, "synthetic clustered Gaussian mixture (make_data)"
+    if a.dim:
+        raise SystemExit("--dim applies to --data synthetic only")
+    from hnsw_data import DATASETS
+
+    return DATASETS[a.data](nq, a.n or (20_000 if a.quick else None))
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return cpu
+
+
+def setup(a: argparse.Namespace, data: np.ndarray, queries: np.ndarray) -> dict:
+    """Run parameters and ground truth shared by both modes."""
+    n = len(data)
+    n_tail = min(2000, n // 10)  # held back for the concurrent-insert test
+    base = n - n_tail  # the indexes hold data[:base]; the tail is inserted concurrently later
+    k_big = 100 if a.quick else 1000
+    qb = queries[: min(len(queries), 100 if a.quick else 200)]
+    return {
+        "base": base,
+        "n_tail": n_tail,
+        "reps": 1 if a.quick else 3,
+        "efs": [16, 32, 64, 128] if a.quick else [16, 24, 32, 48, 64, 96, 128, 256, 512],
+        "k_big": k_big,
+        "efs_big": [100, 200] if a.quick else [1000, 1250, 1500, 2000],
+        "truth10": ground_truth(data[:base], queries, 10),
+        "qb": qb,
+        "truth_big": ground_truth(data[:base], qb, k_big),
+        "cap": 10 if a.quick else 30,
+        "threads": os.cpu_count() or 1,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,69 +429,35 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
         os.execv(sys.executable, [sys.executable, *sys.argv])
     a = parse_args(argv)
-    n = a.n or (20_000 if a.quick else 400_000)
-    dim = a.dim or (64 if a.quick else 96)
-    nq = a.nq or (200 if a.quick else 1000)
-    reps = 1 if a.quick else 3
-    efs = [16, 32, 64, 128] if a.quick else [16, 24, 32, 48, 64, 96, 128, 256, 512]
-    k_big = 100 if a.quick else 1000
-    efs_big = [100, 200] if a.quick else [1000, 1250, 1500, 2000]
-    threads_all = os.cpu_count() or 1
-    n_tail = min(2000, n // 10)  # held back for the concurrent-insert test
+    from hnsw_data import DataUnavailable
 
     t0 = time.perf_counter()
-    data, queries = make_data(n, nq, dim)
-    nq_big = min(nq, 100 if a.quick else 200)
-    base = n - n_tail  # the indexes hold data[:base]; the tail is inserted concurrently later
-    truth10 = ground_truth(data[:base], queries, 10)
-    qb = queries[:nq_big]
-    truth_big = ground_truth(data[:base], qb, k_big)
-    took = time.perf_counter() - t0
-    print(f"# data {n} x {dim}, {nq} queries, generated + ground truth in {took:.1f}s")
-    cpu = platform.processor() or ""
     try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"# machine: {cpu}, {threads_all} cores; python {sys.version.split()[0]}")
+        data, queries, desc = load_data(a)
+    except DataUnavailable as e:
+        print(f"## data {a.data}: {e}", file=sys.stderr)
+        return 2
+    c = setup(a, data, queries)
+    (n, dim), nq = data.shape, len(queries)
+    took = time.perf_counter() - t0
+    print(f"# data {a.data}: {desc}")
+    print(f"# {n} x {dim}, {nq} held-out queries, loaded + ground truth in {took:.1f}s")
+    cpu = machine()
+    print(f"# machine: {cpu}, {c['threads']} cores; python {sys.version.split()[0]}")
 
     if a.interleaved:
-        return interleaved(a, data, queries, base, truth10, qb, truth_big, k_big, efs, efs_big)
-    adapters = ADAPTERS
-    results: dict = {"n": n, "dim": dim, "nq": nq, "machine": cpu, "cores": threads_all, "libs": {}}
-    ids = np.arange(n, dtype=np.int64)
+        return interleaved(a, data, queries, c)
+    results: dict = {"data": a.data, "n": n, "dim": dim, "nq": nq, "machine": cpu, "libs": {}}
+    results["cores"] = c["threads"]
     for name in a.libs.split(","):
         try:
-            lib = adapters[name](dim)
+            lib = ADAPTERS[name](dim)
         except ImportError as e:
             print(f"## {name}: not installed ({e}); skipped")
             continue
-        r: dict = {}
-        rss0 = rss_bytes()
-        t = time.perf_counter()
-        lib.build(data[:base], ids[:base], threads_all)
-        r["build_s"] = time.perf_counter() - t
-        r["bytes_per_vector"] = (rss_bytes() - rss0) / base
-        r["curve"] = []
-        for ef in efs:
-            tm = median_time(lambda ef=ef, lib=lib: lib.search(queries, 10, ef, 1), reps)
-            found = lib.search(queries, 10, ef, 1)
-            r["curve"].append({"ef": ef, "recall": recall(found, truth10), "qps": nq / tm})
-        r["k_big"] = []
-        for ef in efs_big:
-            tm = median_time(lambda ef=ef, lib=lib, qb=qb: lib.search(qb, k_big, ef, 1), reps)
-            found = lib.search(qb, k_big, ef, 1)
-            r["k_big"].append(
-                {"ef": ef, "recall": recall(found, truth_big), "ms_per_query": tm / nq_big * 1e3}
-            )
-        if name == "faiss":
-            r["concurrent"] = {"skipped": "IndexHNSWFlat segfaults when searched during add"}
-        else:
-            cap = 10 if a.quick else 30
-            r["concurrent"] = concurrent_inserts(lib, data, base, n_tail, queries, cap)
+        r = measure_one(lib, data, queries, c)
         results["libs"][name] = r
-        print_lib(name, r, k_big)
+        print_lib(name, r, c["k_big"])
         del lib
     print_summary(results)
     if a.json:
@@ -360,72 +466,119 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def build_measured(lib, data: np.ndarray, c: dict) -> dict:
+    """Build on data[:base] with all cores: wall time and RSS growth per vector."""
+    ids = np.arange(c["base"], dtype=np.int64)
+    rss0 = rss_bytes()
+    t = time.perf_counter()
+    lib.build(data[: c["base"]], ids, c["threads"])
+    return {
+        "build_s": time.perf_counter() - t,
+        "bytes_per_vector": (rss_bytes() - rss0) / c["base"],
+    }
+
+
+def concurrent(lib, data: np.ndarray, queries: np.ndarray, c: dict) -> dict:
+    if lib.concurrent_skip:
+        return {"skipped": lib.concurrent_skip}
+    return concurrent_inserts(lib, data, c["base"], c["n_tail"], queries, c["cap"])
+
+
+def measure_one(lib, data: np.ndarray, queries: np.ndarray, c: dict) -> dict:
+    """One library alone: build, recall/QPS curve, K=big latency, concurrent inserts."""
+    r = build_measured(lib, data, c)
+    r["curve"], r["k_big"] = [], []
+    qb, k_big = c["qb"], c["k_big"]
+    for ef in c["efs"]:
+        tm = median_time(lambda ef=ef: lib.search(queries, 10, ef, 1), c["reps"])
+        found = lib.search(queries, 10, ef, 1)
+        r["curve"].append(
+            {"ef": ef, "recall": recall(found, c["truth10"]), "qps": len(queries) / tm}
+        )
+    for ef in c["efs_big"]:
+        tm = median_time(lambda ef=ef: lib.search(qb, k_big, ef, 1), c["reps"])
+        found = lib.search(qb, k_big, ef, 1)
+        ms = tm / len(qb) * 1e3
+        r["k_big"].append({"ef": ef, "recall": recall(found, c["truth_big"]), "ms_per_query": ms})
+    r["concurrent"] = concurrent(lib, data, queries, c)
+    return r
+
+
 ADAPTERS = {
     "fyp_core": Ours,
     "fyp_core_sq8": OursSq8,
     "fyp_core_fp16": OursFp16,
     "fyp_core_f32": OursF32,
     "hnswlib": Hnswlib,
+    "glass": Glass,
+    "glass_sq4": GlassSq4,
+    "glass_fp32": GlassFp32,
     "faiss": Faiss,
     "usearch": USearch,
 }
 
 
-def interleaved(a, data, queries, base, truth10, qb, truth_big, k_big, efs, efs_big) -> int:
-    """Build every library, then time query batches round-robin; report medians and ratios."""
-    threads_all = os.cpu_count() or 1
+def interleaved(a, data: np.ndarray, queries: np.ndarray, c: dict) -> int:
+    """Build every library, then time query batches round-robin; report medians and ratios.
+    The concurrent-insert test runs last, one library at a time."""
     rounds = a.rounds or (3 if a.quick else 7)
     libs: dict = {}
-    ids = np.arange(len(data), dtype=np.int64)
+    res: dict = {}
     for name in a.libs.split(","):
         try:
-            lib = ADAPTERS[name](data.shape[1])
+            libs[name] = ADAPTERS[name](data.shape[1])
         except ImportError as e:
             print(f"## {name}: not installed ({e}); skipped")
             continue
-        t = time.perf_counter()
-        lib.build(data[:base], ids[:base], threads_all)
-        libs[name] = (lib, time.perf_counter() - t)
-        print(f"# built {name} in {libs[name][1]:.1f}s")
-    res: dict = {name: {"build_s": b, "curve": [], "k_big": []} for name, (_, b) in libs.items()}
+        res[name] = {**build_measured(libs[name], data, c), "curve": [], "k_big": []}
+        print(f"# built {name} in {res[name]['build_s']:.1f}s", flush=True)
 
     def rr(q, k, ef):
         times: dict = {name: [] for name in libs}
         for _ in range(rounds):
-            for name, (lib, _) in libs.items():
+            for name, lib in libs.items():
                 t = time.thread_time()
                 lib.search(q, k, ef, 1)
                 times[name].append(time.thread_time() - t)
         return {name: float(np.median(ts)) for name, ts in times.items()}
 
-    for ef in efs:
+    for ef in c["efs"]:
         med = rr(queries, 10, ef)
-        for name, (lib, _) in libs.items():
-            rc = recall(lib.search(queries, 10, ef, 1), truth10)
+        for name, lib in libs.items():
+            rc = recall(lib.search(queries, 10, ef, 1), c["truth10"])
             res[name]["curve"].append({"ef": ef, "recall": rc, "qps": len(queries) / med[name]})
-    for ef in efs_big:
-        med = rr(qb, k_big, ef)
-        for name, (lib, _) in libs.items():
-            rc = recall(lib.search(qb, k_big, ef, 1), truth_big)
-            ms = med[name] / len(qb) * 1e3
+    for ef in c["efs_big"]:
+        med = rr(c["qb"], c["k_big"], ef)
+        for name, lib in libs.items():
+            rc = recall(lib.search(c["qb"], c["k_big"], ef, 1), c["truth_big"])
+            ms = med[name] / len(c["qb"]) * 1e3
             res[name]["k_big"].append({"ef": ef, "recall": rc, "ms_per_query": ms})
-    print_interleaved(res, k_big, rounds)
+    for name, lib in libs.items():
+        res[name]["concurrent"] = concurrent(lib, data, queries, c)
+    print_interleaved(res, c["k_big"], rounds)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
+            json.dump(
+                {"data": a.data, "n": len(data), "dim": data.shape[1], "libs": res}, f, indent=1
+            )
     return 0
 
 
 def print_interleaved(res: dict, k_big: int, rounds: int) -> None:
     print(f"\n## interleaved, medians of {rounds} round-robin rounds, 1 query thread")
-    print("| library | build s | QPS@0.90 | QPS@0.95 | QPS@0.99 | vs hnswlib @0.95 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    ref = qps_at(res["hnswlib"]["curve"], 0.95) if "hnswlib" in res else None
+    head = "| library | build s | B/vector | QPS@0.90 | QPS@0.95 | QPS@0.99 |"
+    print(head + " vs hnswlib @0.90 / 0.95 / 0.99 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    targets = (0.90, 0.95, 0.99)
+    ref = [qps_at(res["hnswlib"]["curve"], t) if "hnswlib" in res else None for t in targets]
     for name, r in res.items():
-        qs = [qps_at(r["curve"], t) for t in (0.90, 0.95, 0.99)]
+        qs = [qps_at(r["curve"], t) for t in targets]
         cells = [f"{q:.0f}" if q else "-" for q in qs]
-        ratio = f"{qs[1] / ref:.2f}x" if (qs[1] and ref) else "-"
-        print(f"| {name} | {r['build_s']:.1f} | {' | '.join(cells)} | {ratio} |")
+        ratios = " / ".join(f"{q / f:.2f}x" if (q and f) else "-" for q, f in zip(qs, ref))
+        print(
+            f"| {name} | {r['build_s']:.1f} | {r['bytes_per_vector']:.0f} | {' | '.join(cells)}"
+            f" | {ratios} |"
+        )
     for name, r in res.items():
         pts = ", ".join(f"ef {p['ef']}: {p['recall']:.3f} @ {p['qps']:.0f}" for p in r["curve"])
         big = ", ".join(
@@ -433,6 +586,18 @@ def print_interleaved(res: dict, k_big: int, rounds: int) -> None:
             for p in r["k_big"]
         )
         print(f"- {name}: {pts}\n  K={k_big}: {big}")
+    print(
+        "\n| library | insert p50 / p90 / p99 ms (reader running) | search p50 / p99 ms | errors |"
+    )
+    print("|---|---:|---:|---|")
+    for name, r in res.items():
+        cr = r["concurrent"]
+        if "skipped" in cr:
+            print(f"| {name} | - | - | not run: {cr['skipped']} |")
+            continue
+        ins = f"{cr['insert_p50_ms']:.2f} / {cr['insert_p90_ms']:.2f} / {cr['insert_p99_ms']:.2f}"
+        srch = f"{cr['search_p50_ms']:.2f} / {cr['search_p99_ms']:.2f}"
+        print(f"| {name} | {ins} ({cr['inserts']}) | {srch} ({cr['searches']}) | {cr['errors']} |")
 
 
 def print_lib(name: str, r: dict, k_big: int) -> None:
