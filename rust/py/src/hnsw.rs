@@ -11,6 +11,10 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Batches of up to this many rows are inserted on the calling thread without watching for
+/// Ctrl-C meanwhile (a few ms at most; a Ctrl-C raises when they return).
+const SMALL_ADD: usize = 32;
+
 /// `(ids uint64[nq, k], distances float32[nq, k])`.
 type SearchOut<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>);
 
@@ -247,7 +251,8 @@ impl PyHnswIndex {
     /// ValueError. `threads=None` uses every core, 1 the calling thread. Releases the GIL.
     /// Ctrl-C raises KeyboardInterrupt within milliseconds: the rows inserted before it stay
     /// (whole and searchable; `len` counts them), the rest are not inserted (an index built
-    /// with `deterministic=True` finishes its batch first).
+    /// with `deterministic=True` finishes its batch first). A batch of up to 32 rows (the
+    /// online insert) runs to its end first, without the thread that watches for Ctrl-C.
     #[pyo3(signature = (ids, vectors, threads=None))]
     fn add(
         &self,
@@ -271,6 +276,12 @@ impl PyHnswIndex {
         }
         let (ids, v) = (ids.as_slice()?, v.as_slice()?);
         let inner = &self.inner;
+        if rows <= SMALL_ADD {
+            // The online insert of a serving process: on this thread, no signal-watching
+            // thread to start and hand over to (a thread start per call, and two threads to
+            // schedule, in every insert's latency).
+            return run_detached(py, || inner.add_with_threads(ids, v, threads));
+        }
         run_interruptible(py, |cancel| inner.add_cancellable(ids, v, threads, cancel))
     }
 
