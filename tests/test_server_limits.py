@@ -40,6 +40,32 @@ def _partial_body_socket(port: int) -> socket.socket:
     return s
 
 
+def _read_response(s: socket.socket) -> bytes:
+    """One whole HTTP response: the head and its Content-Length body may arrive in separate
+    segments (the host sets TCP_NODELAY), so one recv can return the head alone."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            return buf
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_slow_bodies_hold_no_slot_and_time_out(pipe) -> None:
     limits = HostLimits(max_inflight=4, body_timeout_s=1.5)
     with ThreadServer(create_app(pipe, limits=limits, close_on_shutdown=False)) as srv:
@@ -56,7 +82,7 @@ def test_slow_bodies_hold_no_slot_and_time_out(pipe) -> None:
         assert codes == [200] * 10
         assert ready.status_code == 200 and ready.json()["status"] == "ok"
         slow[0].settimeout(5)
-        head = slow[0].recv(4096)
+        head = _read_response(slow[0])
         assert head.startswith(b"HTTP/1.1 408"), head[:100]
         assert b"not received within" in head
         for s in slow:
