@@ -315,7 +315,7 @@ impl Graph {
         match self.codec.get() {
             Some(codec @ Codec::Fp16) if l == 0 => {
                 let qc = codec.query(self.metric, q);
-                let lines = self.store.code_bytes.div_ceil(64);
+                let lines = self.store.code_lines();
                 let dist = |n| qc.dist(self.store.code(n));
                 let eps: Vec<Cand> = eps
                     .iter()
@@ -499,7 +499,7 @@ impl Graph {
 
     /// Greedy descent on level `l` with the float rows (the insert path).
     fn greedy(&self, q: &[f32], cur: Cand, l: usize) -> Cand {
-        let lines = (self.store.stride * 4).div_ceil(64);
+        let lines = self.store.vector_lines();
         self.greedy_by(
             cur,
             l,
@@ -550,7 +550,7 @@ impl Graph {
         level: usize,
         accept: F,
     ) {
-        let lines = (self.store.stride * 4).div_ceil(64);
+        let lines = self.store.vector_lines();
         self.search_layer_by(
             sc,
             eps,
@@ -682,7 +682,7 @@ impl Graph {
         accept: F,
     ) -> Vec<Cand> {
         let ef = ef.max(k);
-        let lines = self.store.code_bytes.div_ceil(64);
+        let lines = self.store.code_lines();
         let dist = |n| qc.dist(self.store.code(n));
         let pf = |n| prefetch(self.store.code_ptr(n), lines);
         let mut cur = Cand {
@@ -724,13 +724,31 @@ impl Graph {
     /// among the k, so the result is the one a re-rank of all of `r` gives, for a fraction of
     /// the float rows (about k + a few when the k-th is clear of its followers).
     pub(crate) fn rerank(&self, q: &[f32], r: &mut Vec<Cand>, k: usize, bound: f32) {
-        let lines = (self.store.stride * 4).div_ceil(64);
+        // The k best float distances so far: this thread's results heap (free again once the
+        // traversal's results are drained), so no allocation per query.
+        with_scratch(|sc| {
+            sc.results.clear();
+            self.rerank_scan(q, r, k, bound, &mut sc.results)
+        });
+        r.sort_unstable();
+        r.truncate(k);
+    }
+
+    /// `rerank`'s scan in code order, with `best` the heap of the k best float distances.
+    fn rerank_scan(
+        &self,
+        q: &[f32],
+        r: &mut Vec<Cand>,
+        k: usize,
+        bound: f32,
+        best: &mut std::collections::BinaryHeap<Cand>,
+    ) {
+        let lines = self.store.vector_lines();
         let ahead = ahead(lines);
         let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
         r.iter().take(ahead).for_each(pf);
-        // Without a bound (8-bit codes, or building) every row is scored: no heap needed.
+        // Without a bound (8-bit codes, or building) every row is scored: the heap stays empty.
         let bounded = bound.is_finite();
-        let mut best = std::collections::BinaryHeap::with_capacity(if bounded { k + 1 } else { 0 });
         for j in 0..r.len() {
             if bounded
                 && best.len() >= k
@@ -750,8 +768,6 @@ impl Graph {
                 }
             }
         }
-        r.sort_unstable();
-        r.truncate(k);
     }
 
     /// Fit the 8-bit quantiser on the live items and encode every node (sq8 only: fp16 codes

@@ -9,7 +9,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
 /// Buffers from this size up are mapped (and huge-page advised) rather than allocated.
-const MAP_FROM: usize = 1 << 21;
+const MAP_FROM: usize = HUGE;
 const HUGE: usize = 1 << 21;
 
 pub struct PageBuf {

@@ -230,6 +230,16 @@ impl Store {
         }
     }
 
+    /// Cache lines of one float row (what a prefetch of a row covers).
+    pub fn vector_lines(&self) -> usize {
+        (self.stride * 4).div_ceil(64)
+    }
+
+    /// Cache lines of one traversal code.
+    pub fn code_lines(&self) -> usize {
+        self.code_bytes.div_ceil(64)
+    }
+
     #[inline(always)]
     pub fn code_ptr(&self, i: u32) -> *const f32 {
         let (seg, o) = self.seg(i);
