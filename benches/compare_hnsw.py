@@ -12,10 +12,11 @@ for their sources and how to install them. Exact ground truth by numpy brute for
     python benches/compare_hnsw.py --interleaved --libs fyp_core_f32,fyp_core_fp16,hnswlib
     python benches/compare_hnsw.py --data glove50 --interleaved
 
-Our variants: `fyp_core` (the default, fp16 traversal codes), `fyp_core_fp16`, `fyp_core_sq8`
-(8-bit codes) and `fyp_core_f32` (`quantize="off"`: traversal on the float32 rows). glass
-variants: `glass` (8-bit codes, float32 re-rank), `glass_sq4` (glass's README rule of thumb:
-4-bit search codes) and `glass_fp32` (no quantisation); see the `Glass` class.
+Our variants: `fyp_core` (the default, `quantize="auto"`: 8-bit or fp16 traversal codes chosen
+from the data), `fyp_core_fp16`, `fyp_core_sq8` (8-bit codes) and `fyp_core_f32`
+(`quantize="off"`: traversal on the float32 rows). glass variants: `glass` (8-bit codes,
+float32 re-rank), `glass_sq4` (glass's README rule of thumb: 4-bit search codes) and
+`glass_fp32` (no quantisation); see the `Glass` class.
 
 `--interleaved` builds every contender first, then times the query batches round-robin (each
 ef: one batch per library in turn, `--rounds` times) and reports medians, so machine load hits
@@ -99,7 +100,7 @@ def rss_bytes() -> int:
 
 
 class Ours:
-    """Ours with the library default (`quantize=None`: fp16 traversal codes)."""
+    """Ours with the library default (`quantize=None`: "auto", 8-bit or fp16 codes)."""
 
     name = "fyp_core"
     quantize: bool | str | None = None
@@ -549,7 +550,9 @@ def interleaved(a, data: np.ndarray, queries: np.ndarray, c: dict) -> int:
             print(f"## {name}: not installed ({e}); skipped")
             continue
         res[name] = {**build_measured(libs[name], data, c), "curve": [], "k_big": []}
-        print(f"# built {name} in {res[name]['build_s']:.1f}s", flush=True)
+        codes = getattr(getattr(libs[name], "ix", None), "codes", None)
+        chose = f" (traversal codes: {codes})" if codes else ""
+        print(f"# built {name} in {res[name]['build_s']:.1f}s{chose}", flush=True)
 
     def rr(q, k, ef):
         times: dict = {name: [] for name in libs}

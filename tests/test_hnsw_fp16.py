@@ -1,6 +1,7 @@
-"""fyp_core.HnswIndex with half-precision traversal codes (`quantize="fp16"`, the default):
-recall against brute force on clustered data (where the 8-bit codes lose it), exact returned
-distances, the `quantize` argument, save/load of the mode, and inserts racing searches."""
+"""fyp_core.HnswIndex traversal codes: half precision (`quantize="fp16"`) recall against brute
+force on clustered data (where the 8-bit codes lose it), the default `"auto"` choosing between
+8-bit and fp16 codes from the data, exact returned distances, the `quantize` argument,
+save/load of the mode, and inserts racing searches."""
 
 from __future__ import annotations
 
@@ -62,14 +63,42 @@ def test_fp16_recall_matches_float_traversal_on_clustered_data(metric, xq):
 
 
 def test_quantize_argument():
-    assert HnswIndex(8).quantize == "fp16" and HnswIndex(8).quantized
-    assert HnswIndex(8, quantize=None).quantize == "fp16"
+    assert HnswIndex(8).quantize == "auto" and HnswIndex(8, quantize=None).quantize == "auto"
+    assert not HnswIndex(8).quantized and HnswIndex(8).codes is None  # chosen at 1000 items
+    assert HnswIndex(8, quantize="fp16").quantized and HnswIndex(8, quantize="fp16").codes == "fp16"
     assert HnswIndex(8, quantize=True).quantize == "sq8"
     assert not HnswIndex(8, quantize=True).quantized  # fitted at 1000 items
-    assert HnswIndex(8, quantize=False).quantize == "off"
-    for bad in ("fp32", "FP16", 1, 0, 2.0, b"fp16"):
+    assert (
+        HnswIndex(8, quantize=False).quantize == "off"
+        and HnswIndex(8, quantize=False).codes is None
+    )
+    for bad in ("fp32", "FP16", "AUTO", 1, 0, 2.0, b"fp16"):
         with pytest.raises(ValueError, match="quantize"):
             HnswIndex(8, quantize=bad)  # type: ignore[arg-type]
+
+
+def test_auto_chooses_8bit_codes_only_where_they_keep_recall():
+    # Random directions: 8-bit codes keep the neighbours. Tight clusters (spread 0.05): they do
+    # not, and "auto" takes fp16, whose recall at equal ef stays that of an fp16 index.
+    rng = np.random.default_rng(3)
+    flat = rng.standard_normal((6100, 50)).astype(np.float32)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    tight = tight_clusters(6100, 50, seed=2, spread=0.05)
+    for x, want in ((flat, "sq8"), (tight, "fp16")):
+        base, q = x[:6000], x[6000:]
+        truth = np.argsort(-(q.astype(np.float64) @ base.T.astype(np.float64)), axis=1)[:, :10]
+        got = {}
+        for mode in ("auto", want):
+            ix = HnswIndex(50, ef_construction=100, seed=5, quantize=mode)
+            ix.add(np.arange(600), base[:600])
+            assert ix.codes == ("fp16" if mode == "fp16" else None)  # 8-bit: fitted at 1000
+            ix.add(np.arange(600, 6000), base[600:])  # crosses 1000 items: chooses, then builds
+            assert ix.codes == want and ix.quantized
+            ids, d = ix.search(q, 10, ef=64)
+            got[mode] = recall(ids.astype(np.int64), truth)
+            exact = 1 - np.sum(base[ids[:, 0].astype(np.int64)] * q, axis=1)
+            np.testing.assert_allclose(d[:, 0], exact, atol=2e-5)
+        assert got["auto"] >= 0.9 and got["auto"] >= got[want] - 0.02, (want, got)
 
 
 def test_fp16_values_beyond_half_range_still_search_exactly():
@@ -83,7 +112,7 @@ def test_fp16_values_beyond_half_range_still_search_exactly():
     np.testing.assert_array_equal(d[:, 0], 0.0)
 
 
-@pytest.mark.parametrize("mode", ["fp16", "sq8", "off"])
+@pytest.mark.parametrize("mode", ["auto", "fp16", "sq8", "off"])
 def test_save_load_keeps_mode_and_answers(tmp_path, xq, mode):
     x, q = xq
     ix = HnswIndex(50, ef_construction=64, seed=3, quantize=mode)
@@ -93,9 +122,9 @@ def test_save_load_keeps_mode_and_answers(tmp_path, xq, mode):
     for back in (HnswIndex.load(tmp_path / "i.hnsw"), HnswIndex.load(str(tmp_path / "i.hnsw"))):
         assert back.quantize == mode and back.quantized == (mode != "off")
         a, b = ix.search(q, 10, ef=40), back.search(q, 10, ef=40)
-        if mode != "sq8":  # sq8 re-fits its ranges on load (on all items, not the first 1000)
-            np.testing.assert_array_equal(a[0], b[0])
-            np.testing.assert_array_equal(a[1], b[1])
+        assert back.codes == ix.codes
+        np.testing.assert_array_equal(a[0], b[0])  # the saved codes and 8-bit ranges
+        np.testing.assert_array_equal(a[1], b[1])
         back.add([1], x[5000:5001])  # inserts after load are encoded too
         assert back.search(x[5000:5001], 1)[0][0, 0] == 1
 

@@ -26,8 +26,10 @@ type SearchOut<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>);
 /// "l2" (squared Euclidean). `m` links per node, `ef_construction` the build beam; `capacity`
 /// is a sizing hint (the index grows by itself, at most 2**31). `deterministic=True`: the same
 /// seed and data give the same graph and results at any thread count. `quantize`: the codes
-/// level-0 search traverses before re-ranking with the floats: "fp16" (half precision, the
-/// default, also `None`), "sq8" (8-bit codes, also `True`) or "off" (also `False`: float rows).
+/// level-0 search traverses before re-ranking with the floats: "auto" (the default, also `None`:
+/// 8-bit codes if a sample's neighbours survive them once the index holds 1000 items, else
+/// half precision; `codes` says which), "fp16" (half precision), "sq8" (8-bit codes, also
+/// `True`) or "off" (also `False`: float rows).
 /// Bad sizes or a metric it does not know raise ValueError; docs/hnsw.md has the details.
 #[pyclass(name = "HnswIndex", module = "fyp_core", frozen)]
 pub struct PyHnswIndex {
@@ -58,7 +60,7 @@ fn ef_arg(ef: Option<i64>) -> PyResult<Option<usize>> {
     }
 }
 
-/// `quantize`: "fp16", "sq8", "off"; `True` is "sq8" (its meaning before fp16 existed),
+/// `quantize`: "auto", "fp16", "sq8", "off"; `True` is "sq8" (its meaning before fp16 existed),
 /// `False` is "off", `None` the default.
 fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
@@ -77,8 +79,8 @@ fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
         }
     }
     Err(PyValueError::new_err(format!(
-        "quantize must be \"fp16\", \"sq8\", \"off\", True (sq8), False (off) or None \
-         (the default, fp16), got {}",
+        "quantize must be \"auto\", \"fp16\", \"sq8\", \"off\", True (sq8), False (off) or \
+         None (the default, auto), got {}",
         obj.repr()?
     )))
 }
@@ -209,12 +211,18 @@ impl PyHnswIndex {
     fn deterministic(&self) -> bool {
         self.inner.params().deterministic
     }
-    /// True once level-0 search runs on codes (fp16: from the start; sq8: once fitted).
+    /// True once level-0 search runs on codes (fp16: from the start; sq8, auto: once fitted).
     #[getter]
     fn quantized(&self) -> bool {
         self.inner.is_quantized()
     }
-    /// Traversal codes: "fp16", "sq8" or "off" (see `docs/hnsw.md`).
+    /// The codes searches traverse now: "fp16", "sq8", or None (float rows: quantize "off", or
+    /// "sq8"/"auto" before the index held 1000 items).
+    #[getter]
+    fn codes(&self) -> Option<&'static str> {
+        self.inner.codes()
+    }
+    /// The mode asked for: "auto", "fp16", "sq8" or "off" (see `docs/hnsw.md`).
     #[getter]
     fn quantize(&self) -> &'static str {
         self.inner.params().quantize.name()

@@ -6,7 +6,7 @@
 use super::distance::{prefetch, DistFn, Metric};
 use super::epoch::Epochs;
 use super::ids::IdMap;
-use super::quant::{Codec, Quant, Quantize, QueryCode};
+use super::quant::{Codec, Pending, Quant, Quantize, QueryCode, Ranges, SQ8_MIN_AGREEMENT};
 use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
@@ -301,9 +301,11 @@ impl Graph {
     }
 
     /// The `ef_construction` nearest accepted nodes to `q` on level `l`, sorted by float
-    /// distance. Level 0 of an fp16 graph is searched on the codes (half the memory traffic of
+    /// distance. Level 0 is searched on the codes (a half or a quarter of the memory traffic of
     /// the float rows, as in `knn`) and the result re-scored with the float rows, so the
-    /// neighbour selection sees exact distances; 8-bit codes are not precise enough to build on.
+    /// neighbour selection sees exact distances. Not in an `Sq8` index: its 8-bit codes are
+    /// fitted whatever the data, and may not order neighbours well enough to build on (an
+    /// `Auto` index keeps them only where they do).
     fn candidates<F: Fn(u32) -> bool>(
         &self,
         q: &[f32],
@@ -313,9 +315,9 @@ impl Graph {
     ) -> Vec<Cand> {
         let ef = self.ef_construction;
         match self.codec.get() {
-            Some(codec @ Codec::Fp16) if l == 0 => {
+            Some(codec) if l == 0 && self.quantize != Quantize::Sq8 => {
                 let qc = codec.query(self.metric, q);
-                let lines = self.store.code_lines();
+                let lines = qc.code_lines();
                 let dist = |n| qc.dist(self.store.code(n));
                 let eps: Vec<Cand> = eps
                     .iter()
@@ -682,7 +684,7 @@ impl Graph {
         accept: F,
     ) -> Vec<Cand> {
         let ef = ef.max(k);
-        let lines = self.store.code_lines();
+        let lines = qc.code_lines();
         let dist = |n| qc.dist(self.store.code(n));
         let pf = |n| prefetch(self.store.code_ptr(n), lines);
         let mut cur = Cand {
@@ -770,27 +772,70 @@ impl Graph {
         }
     }
 
-    /// Fit the 8-bit quantiser on the live items and encode every node (sq8 only: fp16 codes
-    /// need no fit). The caller ensures no writer runs (searches may: they read no code until
-    /// `codec` is set).
-    pub(crate) fn calibrate(&self) {
-        if self.quantize != Quantize::Sq8 {
+    /// Fit the 8-bit quantiser on the live items and encode every node (sq8 and auto; fp16 codes
+    /// need no fit). `Auto` keeps the 8-bit codes only when they keep neighbours
+    /// (`Quant::agreement`), and encodes fp16 otherwise. `pending` are rows about to be inserted
+    /// (the rest of a batch): the ranges and the check cover them too. The caller ensures no
+    /// writer runs (searches may: they read no code until `codec` is set).
+    pub(crate) fn calibrate(&self, pending: Option<&Pending<'_>>) {
+        if !self.quantize.calibrated() {
             return;
         }
         let _pin = self.epochs.pin();
         self.codec.get_or_init(|| {
             let items = self.ids.items();
-            let qz = Quant::fit(
-                items.iter().map(|&(_, s)| self.store.vector(s)),
-                self.dim,
-                self.store.stride,
-            );
-            for i in 0..self.slots() as u32 {
-                let v = self.store.vector(i);
-                self.store.write_code(i, |c| qz.encode(v, c));
+            let mut ranges = Ranges::new(self.dim);
+            items
+                .iter()
+                .for_each(|&(_, s)| ranges.add(self.store.vector(s)));
+            if let Some(p) = pending {
+                ranges.merge(&p.ranges);
             }
-            Codec::Sq8(qz)
+            let qz = Quant::from_ranges(&ranges, self.store.stride);
+            let codec = if self.quantize == Quantize::Auto
+                && self.agreement(&qz, &items, pending) < SQ8_MIN_AGREEMENT
+            {
+                Codec::Fp16
+            } else {
+                Codec::Sq8(qz)
+            };
+            self.encode_all(&codec);
+            codec
         });
+    }
+
+    /// Use `codec` from now on (a loaded index's saved choice), encoding every node; a no-op
+    /// if codes are set already. The caller ensures no writer runs.
+    pub(crate) fn set_codec(&self, codec: Codec) {
+        let _pin = self.epochs.pin();
+        self.codec.get_or_init(|| {
+            self.encode_all(&codec);
+            codec
+        });
+    }
+
+    fn encode_all(&self, codec: &Codec) {
+        for i in 0..self.slots() as u32 {
+            let v = self.store.vector(i);
+            self.store.write_code(i, |c| codec.encode(v, c));
+        }
+    }
+
+    /// `qz.agreement` over the live items followed by the pending rows.
+    fn agreement(&self, qz: &Quant, items: &[(u64, u32)], pending: Option<&Pending<'_>>) -> f64 {
+        let n = items.len() + pending.map_or(0, |p| p.len);
+        let row = |i: usize, buf: &mut Vec<f32>| match items.get(i) {
+            Some(&(_, s)) => {
+                buf.clear();
+                buf.extend_from_slice(self.store.vector(s));
+            }
+            None => {
+                if let Some(p) = pending {
+                    (p.row)(i - items.len(), buf);
+                }
+            }
+        };
+        qz.agreement(n, row, self.metric, self.dist)
     }
 
     /// Exact k nearest live nodes (brute force over the id map), for `recall_probe` and tests.

@@ -6,7 +6,7 @@ use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
 use super::ids::IdHasher;
 use super::pool;
-use super::quant::Quantize;
+use super::quant::{Pending, Quantize, Ranges};
 use crate::cancel::Cancel;
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
@@ -213,9 +213,24 @@ impl HnswIndex {
         self.current().vector_of(id)
     }
 
-    /// True once searches traverse the codes (fp16: always; sq8: once fitted).
+    /// True once searches traverse the codes (fp16: always; sq8 and auto: once fitted).
     pub fn is_quantized(&self) -> bool {
         self.current().codec.get().is_some()
+    }
+
+    /// Whether the 8-bit codes in use clip `v` (None: no 8-bit codes).
+    #[cfg(test)]
+    pub(crate) fn codes_clip(&self, v: &[f32]) -> Option<bool> {
+        match self.current().codec.get() {
+            Some(super::quant::Codec::Sq8(q)) => Some(q.clips(v)),
+            _ => None,
+        }
+    }
+
+    /// The codes searches traverse: `"fp16"`, `"sq8"`, or `None` (floats: quantize off, or
+    /// sq8/auto not calibrated yet).
+    pub fn codes(&self) -> Option<&'static str> {
+        self.current().codec.get().map(|c| c.name())
     }
 
     pub fn is_rebuilding(&self) -> bool {
@@ -239,30 +254,32 @@ impl HnswIndex {
     /// Validate one row (finite; non-zero for cosine) and write its prepared form into `out`
     /// (normalised for cosine, zero-padded to the storage stride).
     fn prepare(&self, row: &[f32], what: &str, i: usize, out: &mut Vec<f32>) -> crate::Result<()> {
-        let mut norm = 0f64;
-        for (j, &x) in row.iter().enumerate() {
-            if !x.is_finite() {
-                return Err(crate::invalid!(
-                    "{what} row {i} has a non-finite value ({x}) at column {j}; NaN and Inf are not allowed"
-                ));
-            }
-            norm += x as f64 * x as f64;
+        if let Some(j) = row.iter().position(|x| !x.is_finite()) {
+            return Err(crate::invalid!(
+                "{what} row {i} has a non-finite value ({}) at column {j}; NaN and Inf are not allowed",
+                row[j]
+            ));
         }
+        if self.metric == Metric::Cosine && row.iter().all(|&x| x == 0.0) {
+            return Err(crate::invalid!(
+                "{what} row {i} has zero norm; metric \"cosine\" needs non-zero vectors"
+            ));
+        }
+        self.prepare_valid(row, out);
+        Ok(())
+    }
+
+    /// `prepare` for a row it accepted: normalised for "cosine", zero-padded to the stride.
+    fn prepare_valid(&self, row: &[f32], out: &mut Vec<f32>) {
         out.clear();
         if self.metric == Metric::Cosine {
-            let n = norm.sqrt();
-            if n == 0.0 || !n.is_finite() {
-                return Err(crate::invalid!(
-                    "{what} row {i} has zero norm; metric \"cosine\" needs non-zero vectors"
-                ));
-            }
+            let n = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
             out.extend(row.iter().map(|&x| (x as f64 / n) as f32));
         } else {
             out.extend_from_slice(row);
         }
         let stride = self.dim.div_ceil(16) * 16;
         out.resize(stride, 0.0);
-        Ok(())
     }
 
     fn check_rows(&self, data: &[f32], what: &str) -> crate::Result<usize> {
@@ -301,29 +318,65 @@ impl HnswIndex {
         threads: Option<usize>,
         cancel: &Cancel,
     ) -> crate::Result<()> {
-        self.add_inner(ids, vectors, threads, cancel)?;
+        let pending = self.calibration_pending(ids.len());
+        let mut ranges = pending.map(|_| Ranges::new(self.dim));
+        let rows = self.validate(ids, vectors, ranges.as_mut())?;
+        match (pending, ranges) {
+            (Some(need), Some(ranges)) if rows.len() > need => {
+                // An auto index about to choose its codes: insert the rows it needs, choose
+                // (seeing the whole batch), then build the rest on the codes.
+                let (head, rest) = rows.split_at(need);
+                self.add_rows(ids, vectors, head, threads, cancel)?;
+                let row = |j: usize, buf: &mut Vec<f32>| {
+                    let i = rest[j];
+                    self.prepare_valid(&vectors[i * self.dim..(i + 1) * self.dim], buf);
+                };
+                let p = Pending {
+                    ranges,
+                    len: rest.len(),
+                    row: &row,
+                };
+                self.calibrate_with(Some(&p));
+                self.add_rows(ids, vectors, rest, threads, cancel)?;
+            }
+            _ => self.add_rows(ids, vectors, &rows, threads, cancel)?,
+        }
         self.maybe_calibrate();
         Ok(())
+    }
+
+    /// Rows an `auto` index still needs before it chooses its codes, when this batch of `n`
+    /// would cross that point (`None`: nothing to choose, or the batch does not reach it).
+    fn calibration_pending(&self, n: usize) -> Option<usize> {
+        let g = self.current();
+        let need = CALIBRATE_AT.saturating_sub(g.len());
+        (g.quantize == Quantize::Auto && g.codec.get().is_none() && need < n).then_some(need)
     }
 
     /// Fit the quantiser once the index is big enough, with writers held off for the time it
     /// takes to encode the items (searches continue on the float path meanwhile).
     fn maybe_calibrate(&self) {
+        self.calibrate_with(None);
+    }
+
+    /// `maybe_calibrate` also seeing `pending` rows (not inserted yet).
+    fn calibrate_with(&self, pending: Option<&Pending<'_>>) {
         let g = self.current();
-        if g.quantize == Quantize::Sq8 && g.codec.get().is_none() && g.len() >= CALIBRATE_AT {
+        if g.quantize.calibrated() && g.codec.get().is_none() && g.len() >= CALIBRATE_AT {
             let _x = self.gate.write();
-            g.calibrate();
+            g.calibrate(pending);
         }
     }
 
-    fn add_inner(
+    /// Check a batch in full (a bad row adds nothing): the rows to insert, in order, with
+    /// duplicate ids dropped (the last row of an id wins, as if added one after another).
+    /// `ranges` is widened over the prepared rows.
+    fn validate(
         &self,
         ids: &[u64],
         vectors: &[f32],
-        threads: Option<usize>,
-        cancel: &Cancel,
-    ) -> crate::Result<()> {
-        let threads = pool::resolve(threads)?;
+        mut ranges: Option<&mut Ranges>,
+    ) -> crate::Result<Vec<usize>> {
         let n = self.check_rows(vectors, "vectors")?;
         if n != ids.len() {
             return Err(crate::invalid!(
@@ -339,27 +392,34 @@ impl HnswIndex {
         let mut scratch = Vec::new();
         for (i, row) in vectors.chunks_exact(self.dim).enumerate() {
             self.prepare(row, "vectors", i, &mut scratch)?;
-        }
-        // Duplicate ids in one batch: the last row wins, as if added one after another.
-        let mut keep = vec![true; n];
-        {
-            let mut seen = IdSet::default();
-            for i in (0..n).rev() {
-                if !seen.insert(ids[i]) {
-                    keep[i] = false;
-                }
+            if let Some(r) = ranges.as_deref_mut() {
+                r.add(&scratch);
             }
         }
+        let mut seen = IdSet::default();
+        let mut rows: Vec<usize> = (0..n).rev().filter(|&i| seen.insert(ids[i])).collect();
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Insert rows `rows` of a validated batch.
+    fn add_rows(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        rows: &[usize],
+        threads: Option<usize>,
+        cancel: &Cancel,
+    ) -> crate::Result<()> {
+        let threads = pool::resolve(threads)?;
+        let n = rows.len();
         let _w = self.gate.read();
         if self.params.deterministic {
-            self.add_deterministic(ids, vectors, &keep, threads)?;
+            self.add_deterministic(ids, vectors, rows, threads)?;
             self.maybe_consolidate();
             return Ok(());
         }
-        let one = |g: &mut Arc<Graph>, i: usize| -> crate::Result<()> {
-            if !keep[i] {
-                return Ok(());
-            }
+        let one = |g: &mut Arc<Graph>, &i: &usize| -> crate::Result<()> {
             cancel.check("HnswIndex.add")?;
             let mut v = Vec::with_capacity(self.dim + 16);
             self.prepare(
@@ -372,11 +432,10 @@ impl HnswIndex {
         };
         if threads <= 1 || n <= 1 {
             let mut g = self.current();
-            (0..n).try_for_each(|i| one(&mut g, i))?;
+            rows.iter().try_for_each(|i| one(&mut g, i))?;
         } else {
             pool::install(threads, || {
-                (0..n)
-                    .into_par_iter()
+                rows.par_iter()
                     .with_min_len(4)
                     .try_for_each_init(|| self.current(), one)
             })??;
@@ -410,21 +469,25 @@ impl HnswIndex {
         &self,
         ids: &[u64],
         vectors: &[f32],
-        keep: &[bool],
+        rows: &[usize],
         threads: usize,
     ) -> crate::Result<()> {
-        let mut rows = Vec::with_capacity(ids.len());
-        for (i, row) in vectors.chunks_exact(self.dim).enumerate() {
-            if keep[i] {
-                let mut v = Vec::with_capacity(self.dim + 16);
-                self.prepare(row, "vectors", i, &mut v)?;
-                rows.push((ids[i], v));
-            }
+        let mut prepared = Vec::with_capacity(rows.len());
+        for &i in rows {
+            let mut v = Vec::with_capacity(self.dim + 16);
+            self.prepare(
+                &vectors[i * self.dim..(i + 1) * self.dim],
+                "vectors",
+                i,
+                &mut v,
+            )?;
+            prepared.push((ids[i], v));
         }
-        let items: Vec<(u64, &[f32])> = rows.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+        let items: Vec<(u64, &[f32])> =
+            prepared.iter().map(|(id, v)| (*id, v.as_slice())).collect();
         let g = self.current();
         g.insert_deterministic(&items, threads)?;
-        for (id, v) in rows {
+        for (id, v) in prepared {
             self.after_write(&g, Op::Add(id, v))?;
         }
         Ok(())
@@ -765,7 +828,7 @@ impl HnswIndex {
         }
         if g.len() >= CALIBRATE_AT {
             // Re-fitted on today's items: a rebuild is where drifted ranges are corrected.
-            g.calibrate();
+            g.calibrate(None);
         }
         // Catch up outside the lock until the backlog is small, then finish under it and swap.
         loop {

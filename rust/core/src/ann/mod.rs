@@ -21,6 +21,8 @@ mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_codes;
+#[cfg(test)]
 mod tests_robust;
 
 pub use distance::{simd_level, Metric};

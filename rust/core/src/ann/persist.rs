@@ -3,15 +3,19 @@
 //! directory) so a crash never leaves a half-written index under the final name. Tombstones are
 //! saved too, so a loaded index answers exactly like the saved one.
 //!
-//! Layout v1: magic "FYPHNSW\0", u32 version, u32 dim, u8 metric, u8 quantize mode (0 off,
-//! 1 sq8, 2 fp16; older writers left it 0 and older readers skip it), 2 pad bytes, u32 m,
+//! Layout v2: magic "FYPHNSW\0", u32 version, u32 dim, u8 metric, u8 quantize mode (0 off,
+//! 1 sq8, 2 fp16, 3 auto; older writers left it 0 and older readers skip it), 2 pad bytes, u32 m,
 //! u32 ef_construction, u64 seed, u64 slots, u32 entry node (u32::MAX = empty), u32 entry level;
 //! then per slot: u64 label, u8 flags, u8 level, dim x f32 vector, and for each level 0..=level
-//! a u32 count followed by that many u32 links; then the u64 checksum of everything before it.
+//! a u32 count followed by that many u32 links; then the codes in use: u8 (0 none yet, 1 8-bit,
+//! 2 fp16), for 8-bit followed by dim x f32 offsets and dim x f32 scales (so a loaded index
+//! traverses the codes the saved one did and answers identically); then the u64 checksum of
+//! everything before it. Version 1 files (no codes section) are read too: their codes are
+//! fitted again on load.
 
 use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
-use super::quant::Quantize;
+use super::quant::{Codec, Quant, Quantize};
 use super::store::{read_links, write_links, FLAG_DELETED, FLAG_REPAIRED, MAX_LEVEL};
 use crate::Error;
 use std::io::{BufWriter, Write};
@@ -20,7 +24,7 @@ use std::sync::atomic::Ordering;
 use xxhash_rust::xxh3::Xxh3;
 
 const MAGIC: &[u8; 8] = b"FYPHNSW\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 4 + 4 + 4 + 4 + 8 + 8 + 4 + 4;
 
 struct HashWriter<W: Write> {
@@ -144,10 +148,63 @@ fn encode<W: Write>(
         }
         w.write_all(&rec)?;
     }
+    w.write_all(&codes_section(g))?;
     let sum = w.h.digest();
     let mut inner = w.inner;
     inner.write_all(&sum.to_le_bytes())?;
     Ok(inner)
+}
+
+/// The codes section: which codes the graph traverses, and the 8-bit ranges.
+fn codes_section(g: &Graph) -> Vec<u8> {
+    match g.codec.get() {
+        None => vec![0],
+        Some(Codec::Fp16) => vec![2],
+        Some(Codec::Sq8(q)) => {
+            let (offset, scale) = q.parts();
+            let mut b = vec![1];
+            for x in offset.iter().chain(scale) {
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            b
+        }
+    }
+}
+
+/// Set the saved codes on the loaded `g` (version 2 files).
+fn read_codes(g: &Graph, r: &mut Reader<'_>) -> crate::Result<()> {
+    let codec = match r.u8()? {
+        0 => return Ok(()),
+        2 => Codec::Fp16,
+        1 => {
+            let mut f = || -> crate::Result<Vec<f32>> {
+                (0..g.dim)
+                    .map(|_| {
+                        Ok(f32::from_le_bytes(
+                            r.take(4)?.try_into().unwrap_or_default(),
+                        ))
+                    })
+                    .collect()
+            };
+            let (offset, scale) = (f()?, f()?);
+            Codec::Sq8(
+                Quant::from_parts(&offset, &scale, g.store.stride)
+                    .ok_or_else(|| corrupt("bad 8-bit code ranges"))?,
+            )
+        }
+        c => return Err(corrupt(format!("unknown codes kind {c}"))),
+    };
+    let fits = match g.quantize {
+        Quantize::Off => false,
+        Quantize::Fp16 => matches!(codec, Codec::Fp16),
+        Quantize::Sq8 => matches!(codec, Codec::Sq8(_)),
+        Quantize::Auto => true,
+    };
+    if !fits {
+        return Err(corrupt("codes section does not match the quantize mode"));
+    }
+    g.set_codec(codec);
+    Ok(())
 }
 
 struct Reader<'a> {
@@ -199,9 +256,10 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Graph> {
         return Err(Error::Corrupt("HNSW index file is truncated".into()));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(Error::Corrupt(format!(
-            "HNSW index file has format version {version}; this build reads version {VERSION}"
+            "HNSW index file has format version {version}; this build reads versions 1 to \
+             {VERSION}"
         )));
     }
     let (body, tail) = bytes.split_at(bytes.len() - 8);
@@ -236,6 +294,9 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Graph> {
     let slots = slots as usize;
     let g = Graph::new(dim, metric, m, efc, slots.max(64), seed, quantize);
     read_nodes(&g, &mut r, slots)?;
+    if version >= 2 {
+        read_codes(&g, &mut r)?;
+    }
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes after the last node"));
     }

@@ -5,8 +5,10 @@
 //! codes (per-dimension offset and scale fitted once from the items present at calibration, with a
 //! margin, then fixed, so the code of an inserted vector is computed on the fly, clipped to the
 //! range; a rebuild re-fits). Both are asymmetric: the float query meets the stored codes.
+//! `Quantize::Auto` (the default) fits the 8-bit ranges at calibration and keeps them only if a
+//! sample's nearest neighbours survive them (`Quant::agreement`), otherwise it takes fp16.
 
-use super::distance::Metric;
+use super::distance::{DistFn, Metric};
 use super::f16;
 
 /// Which traversal codes an index keeps (`HnswParams::quantize`).
@@ -17,17 +19,31 @@ pub enum Quantize {
     /// 8-bit scalar codes, fitted once the index holds `CALIBRATE_AT` items.
     Sq8,
     /// IEEE half-precision codes from the first insert on.
-    #[default]
     Fp16,
+    /// Chosen from the data once the index holds `CALIBRATE_AT` items: 8-bit codes when they
+    /// keep a sample's nearest neighbours (`SQ8_MIN_AGREEMENT`), fp16 otherwise.
+    #[default]
+    Auto,
 }
 
+/// Share of the 10 nearest neighbours of sample rows the 8-bit codes must also rank in their 10
+/// nearest for `Auto` to keep them (`Quant::agreement`).
+pub const SQ8_MIN_AGREEMENT: f64 = 0.97;
+
+/// The `agreement` check: this many query rows, each against up to `AGREEMENT_BASE` rows
+/// (all of them when there are fewer: neighbours at the density the index will search).
+const AGREEMENT_QUERIES: usize = 50;
+const AGREEMENT_BASE: usize = 50_000;
+const AGREEMENT_K: usize = 10;
+
 impl Quantize {
-    /// `"fp16"`, `"sq8"`, or `"off"`.
+    /// `"auto"`, `"fp16"`, `"sq8"`, or `"off"`.
     pub fn name(self) -> &'static str {
         match self {
             Quantize::Off => "off",
             Quantize::Sq8 => "sq8",
             Quantize::Fp16 => "fp16",
+            Quantize::Auto => "auto",
         }
     }
 
@@ -36,10 +52,16 @@ impl Quantize {
             "off" => Ok(Quantize::Off),
             "sq8" => Ok(Quantize::Sq8),
             "fp16" => Ok(Quantize::Fp16),
+            "auto" => Ok(Quantize::Auto),
             _ => Err(crate::invalid!(
-                "quantize must be one of \"fp16\", \"sq8\", \"off\", got {s:?}"
+                "quantize must be one of \"auto\", \"fp16\", \"sq8\", \"off\", got {s:?}"
             )),
         }
+    }
+
+    /// Whether the codec is fitted on the items at calibration (not set at construction).
+    pub(crate) fn calibrated(self) -> bool {
+        matches!(self, Quantize::Sq8 | Quantize::Auto)
     }
 
     /// Stored in the file header (0 = off, so files from before the modes read as off).
@@ -48,22 +70,24 @@ impl Quantize {
             Quantize::Off => 0,
             Quantize::Sq8 => 1,
             Quantize::Fp16 => 2,
+            Quantize::Auto => 3,
         }
     }
 
     pub(crate) fn from_code(c: u8) -> Option<Self> {
-        [Quantize::Off, Quantize::Sq8, Quantize::Fp16]
+        [Quantize::Off, Quantize::Sq8, Quantize::Fp16, Quantize::Auto]
             .into_iter()
             .find(|q| q.code() == c)
     }
 
     /// Bytes of code per node for rows of `stride` floats: whole cache lines from 64 bytes up
-    /// (so a row never straddles one line more than it needs), 0 when off.
+    /// (so a row never straddles one line more than it needs), 0 when off. `Auto` reserves room
+    /// for the larger code (fp16) since the choice is made after the storage exists.
     pub(crate) fn code_bytes(self, stride: usize) -> usize {
         let raw = match self {
             Quantize::Off => return 0,
             Quantize::Sq8 => stride,
-            Quantize::Fp16 => 2 * stride,
+            Quantize::Fp16 | Quantize::Auto => 2 * stride,
         };
         if raw <= 32 {
             raw
@@ -85,6 +109,14 @@ impl Codec {
         match self {
             Codec::Sq8(q) => q.encode(v, out),
             Codec::Fp16 => f16::encode(v, out),
+        }
+    }
+
+    /// `"sq8"` or `"fp16"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Codec::Sq8(_) => "sq8",
+            Codec::Fp16 => "fp16",
         }
     }
 
@@ -113,6 +145,14 @@ pub enum QueryCode {
 }
 
 impl QueryCode {
+    /// Cache lines of one code (what a search prefetches per node).
+    pub fn code_lines(&self) -> usize {
+        match self {
+            QueryCode::Sq8(s) => s.a.len().div_ceil(64),
+            QueryCode::Fp16 { q, .. } => (2 * q.len()).div_ceil(64),
+        }
+    }
+
     #[inline(always)]
     pub fn dist(&self, code: &[u8]) -> f32 {
         match self {
@@ -131,6 +171,48 @@ impl QueryCode {
             QueryCode::Fp16 { q, l2, .. } => f16::error_bound(q, *l2, max_norm),
         }
     }
+}
+
+/// Per-dimension minimum and maximum of the rows seen (what `Quant` is fitted on).
+#[derive(Debug, Clone)]
+pub struct Ranges {
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+}
+
+impl Ranges {
+    pub fn new(dim: usize) -> Self {
+        Ranges {
+            lo: vec![f32::INFINITY; dim],
+            hi: vec![f32::NEG_INFINITY; dim],
+        }
+    }
+
+    /// Widen to cover `v` (at least `dim` long).
+    pub fn add(&mut self, v: &[f32]) {
+        for ((lo, hi), &x) in self.lo.iter_mut().zip(&mut self.hi).zip(v) {
+            *lo = lo.min(x);
+            *hi = hi.max(x);
+        }
+    }
+
+    /// Widen to cover `other` as well.
+    pub fn merge(&mut self, other: &Ranges) {
+        for (a, &b) in self.lo.iter_mut().zip(&other.lo) {
+            *a = a.min(b);
+        }
+        for (a, &b) in self.hi.iter_mut().zip(&other.hi) {
+            *a = a.max(b);
+        }
+    }
+}
+
+/// Rows about to be inserted (the rest of a batch), as the calibration sees them: their ranges,
+/// and `row(j, buf)` writing prepared row `j` (of `len`) into `buf`.
+pub struct Pending<'a> {
+    pub ranges: Ranges,
+    pub len: usize,
+    pub row: &'a dyn Fn(usize, &mut Vec<f32>),
 }
 
 /// Fitted per-dimension ranges; codes are `stride` bytes (zero in the padding).
@@ -161,26 +243,28 @@ fn has_avx2() -> bool {
 }
 
 impl Quant {
-    /// Fit on `rows` (each at least `dim` long). Ranges get a 2% margin on each side so
-    /// later inserts from the same distribution rarely clip.
+    /// Fit on `rows` (each at least `dim` long).
+    #[cfg(test)]
     pub fn fit<'a>(rows: impl Iterator<Item = &'a [f32]>, dim: usize, stride: usize) -> Self {
-        let mut lo = vec![f32::INFINITY; dim];
-        let mut hi = vec![f32::NEG_INFINITY; dim];
-        for r in rows {
-            for j in 0..dim {
-                lo[j] = lo[j].min(r[j]);
-                hi[j] = hi[j].max(r[j]);
-            }
-        }
+        let mut r = Ranges::new(dim);
+        rows.for_each(|v| r.add(v));
+        Self::from_ranges(&r, stride)
+    }
+
+    /// Codes over the ranges `r`, each with a 2% margin on either side so later inserts from
+    /// the same distribution rarely clip.
+    pub fn from_ranges(r: &Ranges, stride: usize) -> Self {
+        let dim = r.lo.len();
         let mut offset = vec![0f32; stride];
         let mut scale = vec![0f32; stride];
         for j in 0..dim {
-            if !lo[j].is_finite() {
+            let (lo, hi) = (r.lo[j], r.hi[j]);
+            if !lo.is_finite() {
                 continue;
             }
-            let m = 0.02 * (hi[j] - lo[j]);
-            offset[j] = lo[j] - m;
-            scale[j] = (hi[j] - lo[j] + 2.0 * m) / 255.0;
+            let m = 0.02 * (hi - lo);
+            offset[j] = lo - m;
+            scale[j] = (hi - lo + 2.0 * m) / 255.0;
         }
         Quant {
             offset,
@@ -188,6 +272,42 @@ impl Quant {
             dim,
             stride,
         }
+    }
+
+    /// The fitted ranges, for the index file: (offset, scale), `dim` each.
+    pub fn parts(&self) -> (&[f32], &[f32]) {
+        (&self.offset[..self.dim], &self.scale[..self.dim])
+    }
+
+    /// Codes from saved `parts` (`None` unless both have `dim` finite values, scales >= 0).
+    pub fn from_parts(offset: &[f32], scale: &[f32], stride: usize) -> Option<Self> {
+        let dim = offset.len();
+        let ok = scale.len() == dim
+            && dim <= stride
+            && offset.iter().all(|x| x.is_finite())
+            && scale.iter().all(|x| x.is_finite() && *x >= 0.0);
+        ok.then(|| {
+            let pad = |v: &[f32]| {
+                let mut v = v.to_vec();
+                v.resize(stride, 0.0);
+                v
+            };
+            Quant {
+                offset: pad(offset),
+                scale: pad(scale),
+                dim,
+                stride,
+            }
+        })
+    }
+
+    /// Whether encoding `v` clips a value to the fitted range.
+    #[cfg(test)]
+    pub fn clips(&self, v: &[f32]) -> bool {
+        (0..self.dim).any(|j| {
+            let t = (v[j] - self.offset[j]) / self.scale[j];
+            self.scale[j] > 0.0 && !(-0.5..=255.5).contains(&t)
+        })
     }
 
     pub fn encode(&self, v: &[f32], out: &mut [u8]) {
@@ -200,6 +320,56 @@ impl Quant {
                 0
             };
         }
+    }
+
+    /// Share of the `AGREEMENT_K` nearest neighbours (by `dist`) of `AGREEMENT_QUERIES` rows,
+    /// picked evenly from `n`, that the codes also rank in their `AGREEMENT_K` nearest, among
+    /// every `n / AGREEMENT_BASE`-th row (all rows up to that many). `row(i, buf)` writes row
+    /// `i` into `buf`. One pass over the rows, one row and one code in memory at a time.
+    /// 1.0 with too few rows to judge.
+    pub fn agreement(
+        &self,
+        n: usize,
+        mut row: impl FnMut(usize, &mut Vec<f32>),
+        metric: Metric,
+        dist: DistFn,
+    ) -> f64 {
+        let nq = AGREEMENT_QUERIES.min(n / (4 * AGREEMENT_K));
+        if nq == 0 {
+            return 1.0;
+        }
+        let queries: Vec<(usize, Vec<f32>, Sq8Query)> = (0..nq)
+            .map(|j| {
+                let (i, mut v) = (j * n / nq + n / (2 * nq), Vec::new());
+                row(i, &mut v);
+                let qc = self.query(metric, &v);
+                (i, v, qc)
+            })
+            .collect();
+        let mut exact = vec![Nearest::default(); nq];
+        let mut coded = vec![Nearest::default(); nq];
+        let (mut v, mut code) = (Vec::new(), vec![0u8; self.stride]);
+        for i in (0..n).step_by(n.div_ceil(AGREEMENT_BASE)) {
+            row(i, &mut v);
+            self.encode(&v, &mut code);
+            for (j, (qi, q, qc)) in queries.iter().enumerate() {
+                if *qi != i {
+                    exact[j].offer(dist(q, &v), i);
+                    coded[j].offer(qc.dist(&code), i);
+                }
+            }
+        }
+        let hits: usize = exact
+            .iter()
+            .zip(&coded)
+            .map(|(e, c)| {
+                e.0.iter()
+                    .filter(|x| c.0.iter().any(|y| y.1 == x.1))
+                    .count()
+            })
+            .sum();
+        let total: usize = exact.iter().map(|e| e.0.len()).sum();
+        hits as f64 / total.max(1) as f64
     }
 
     /// The query terms for `metric` (see `Sq8Query`).
@@ -234,6 +404,23 @@ impl Quant {
             l2,
             simd: has_avx2(),
         }
+    }
+}
+
+/// The `AGREEMENT_K` smallest (distance, row) offered, sorted.
+#[derive(Clone, Default)]
+struct Nearest(Vec<(f32, usize)>);
+
+impl Nearest {
+    fn offer(&mut self, d: f32, i: usize) {
+        if self.0.len() == AGREEMENT_K {
+            if d >= self.0[AGREEMENT_K - 1].0 {
+                return;
+            }
+            self.0.pop();
+        }
+        let at = self.0.partition_point(|x| x.0 <= d);
+        self.0.insert(at, (d, i));
     }
 }
 
@@ -333,6 +520,21 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_merge_and_ignore_empty() {
+        let mut a = Ranges::new(2);
+        a.add(&[1.0, -2.0]);
+        a.merge(&Ranges::new(2));
+        assert_eq!(
+            (a.lo.clone(), a.hi.clone()),
+            (vec![1.0, -2.0], vec![1.0, -2.0])
+        );
+        let mut b = Ranges::new(2);
+        b.add(&[3.0, -5.0]);
+        a.merge(&b);
+        assert_eq!((a.lo, a.hi), (vec![1.0, -5.0], vec![3.0, -2.0]));
+    }
 
     #[test]
     fn code_distances_track_float_distances() {

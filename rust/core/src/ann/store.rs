@@ -235,11 +235,6 @@ impl Store {
         (self.stride * 4).div_ceil(64)
     }
 
-    /// Cache lines of one traversal code.
-    pub fn code_lines(&self) -> usize {
-        self.code_bytes.div_ceil(64)
-    }
-
     #[inline(always)]
     pub fn code_ptr(&self, i: u32) -> *const f32 {
         let (seg, o) = self.seg(i);
