@@ -620,9 +620,15 @@ impl Graph {
                     nf += 1;
                 }
             }
+            if nf == 0 {
+                self.prefetch_next(sc, level, ahead, &pf);
+            }
             for (j, &n) in fresh[..nf].iter().enumerate() {
                 if j + ahead < nf {
                     pf(fresh[j + ahead]);
+                } else if j + ahead == nf.max(ahead) {
+                    // This node's last rows are in flight: start on the next node's first.
+                    self.prefetch_next(sc, level, ahead, &pf);
                 }
                 let d = dist(n);
                 if d < lower || sc.results.len() < ef {
@@ -644,6 +650,22 @@ impl Graph {
                 }
             }
         }
+    }
+
+    /// Prefetch the first `ahead` unvisited neighbours of the candidate expanded next (the
+    /// nearest in the heap), so its first distances do not wait the full memory latency.
+    #[inline(always)]
+    fn prefetch_next<P: Fn(u32)>(&self, sc: &Scratch, level: usize, ahead: usize, pf: &P) {
+        let Some(Near(Reverse(top))) = sc.cands.peek() else {
+            return;
+        };
+        let mut buf = [0u32; BUF];
+        let cnt = read_links(self.store.links(top.id, level), &mut buf);
+        buf[..cnt]
+            .iter()
+            .filter(|&&n| !sc.visited.contains(n))
+            .take(ahead)
+            .for_each(|&n| pf(n));
     }
 
     /// k nearest accepted nodes to the prepared query `q` (length = store stride, zero-padded).

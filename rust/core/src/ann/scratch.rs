@@ -55,6 +55,14 @@ impl Visited {
         }
     }
 
+    /// Whether `i` was visited in this query (no mark).
+    #[inline(always)]
+    pub fn contains(&self, i: u32) -> bool {
+        self.bits
+            .get((i >> 6) as usize)
+            .is_some_and(|x| x & (1u64 << (i & 63)) != 0)
+    }
+
     /// Marks `i`; returns true if it was already visited in this query.
     #[inline(always)]
     pub fn check_and_mark(&mut self, i: u32) -> bool {
