@@ -11,7 +11,7 @@ use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
 use std::cmp::Reverse;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 pub(crate) const EMPTY: u64 = u64::MAX;
@@ -77,6 +77,8 @@ pub struct Graph {
     /// Bits of the largest Euclidean norm of any row written (a non-negative f32, so the bit
     /// order is the value order); bounds the code error in the re-rank (`rerank`).
     max_norm: AtomicU32,
+    /// Set once any 8-bit code clipped its row (then no code error bound holds: full re-rank).
+    clipped: AtomicBool,
 }
 
 impl Graph {
@@ -116,6 +118,7 @@ impl Graph {
             live: AtomicUsize::new(0),
             tombstones: AtomicUsize::new(0),
             max_norm: AtomicU32::new(0),
+            clipped: AtomicBool::new(false),
         }
     }
 
@@ -155,7 +158,7 @@ impl Graph {
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         self.max_norm.fetch_max(norm.to_bits(), Ordering::Release);
         if let Some(codec) = self.codec.get() {
-            self.store.write_code(slot, |c| codec.encode(v, c));
+            self.write_code(codec, slot, v);
         }
         self.store.set_label(slot, label);
         self.store
@@ -737,7 +740,8 @@ impl Graph {
         });
         // Read after the traversal: every node it reached was written before this load.
         let max_norm = f32::from_bits(self.max_norm.load(Ordering::Acquire));
-        self.rerank(q, &mut r, k, qc.error_bound(max_norm));
+        let clipped = self.clipped.load(Ordering::Acquire);
+        self.rerank(q, &mut r, k, qc.error_bound(max_norm, clipped));
         r
     }
 
@@ -771,7 +775,8 @@ impl Graph {
         let ahead = ahead(lines);
         let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
         r.iter().take(ahead).for_each(pf);
-        // Without a bound (8-bit codes, or building) every row is scored: the heap stays empty.
+        // Without a bound (clipped 8-bit codes, or building) every row is scored: the heap
+        // stays empty.
         let bounded = bound.is_finite();
         for j in 0..r.len() {
             if bounded
@@ -838,8 +843,17 @@ impl Graph {
 
     fn encode_all(&self, codec: &Codec) {
         for i in 0..self.slots() as u32 {
-            let v = self.store.vector(i);
-            self.store.write_code(i, |c| codec.encode(v, c));
+            self.write_code(codec, i, self.store.vector(i));
+        }
+    }
+
+    /// Encode `v` into slot `i`'s code, noting a clipped 8-bit value (before the node is
+    /// published, so a search that reaches it also sees the flag, as with `max_norm`).
+    fn write_code(&self, codec: &Codec, i: u32, v: &[f32]) {
+        let mut clipped = false;
+        self.store.write_code(i, |c| clipped = codec.encode(v, c));
+        if clipped {
+            self.clipped.store(true, Ordering::Release);
         }
     }
 

@@ -104,11 +104,15 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// The code of `v` (a stored, padded row) into `out`.
-    pub fn encode(&self, v: &[f32], out: &mut [u8]) {
+    /// The code of `v` (a stored, padded row) into `out`; true if an 8-bit value was clipped
+    /// to the fitted range (fp16 clipping is caught by the norm instead, `f16::error_bound`).
+    pub fn encode(&self, v: &[f32], out: &mut [u8]) -> bool {
         match self {
             Codec::Sq8(q) => q.encode(v, out),
-            Codec::Fp16 => f16::encode(v, out),
+            Codec::Fp16 => {
+                f16::encode(v, out);
+                false
+            }
         }
     }
 
@@ -163,11 +167,12 @@ impl QueryCode {
     }
 
     /// How far a code distance can be from the float distance, for stored rows of norm at most
-    /// `max_norm` (`f16::error_bound`); infinite for 8-bit codes (clipping to the fitted range
-    /// has no bound), so those are always re-ranked in full.
-    pub fn error_bound(&self, max_norm: f32) -> f32 {
+    /// `max_norm` (`f16::error_bound`, `Sq8Query::error_bound`); infinite for 8-bit codes once
+    /// any value was clipped (`clipped`), so then those are re-ranked in full.
+    pub fn error_bound(&self, max_norm: f32, clipped: bool) -> f32 {
         match self {
-            QueryCode::Sq8(_) => f32::INFINITY,
+            QueryCode::Sq8(_) if clipped => f32::INFINITY,
+            QueryCode::Sq8(s) => s.error_bound(max_norm),
             QueryCode::Fp16 { q, l2, .. } => f16::error_bound(q, *l2, max_norm),
         }
     }
@@ -231,6 +236,12 @@ pub struct Sq8Query {
     pub l2: bool,
     /// AVX2+FMA present (checked once per query, not per distance).
     simd: bool,
+    /// The code rounding's share of the error bound (`Quant::query`).
+    rounding: f32,
+    /// Sum of the absolute terms the ip kernel accumulates (f32 rounding of the sum).
+    magnitude: f32,
+    /// |q|.
+    qn: f32,
 }
 
 fn has_avx2() -> bool {
@@ -310,16 +321,21 @@ impl Quant {
         })
     }
 
-    pub fn encode(&self, v: &[f32], out: &mut [u8]) {
+    /// The code of `v`; true if a value lay beyond half a step outside the fitted range (or
+    /// differed from a constant dimension's value), i.e. was clipped.
+    pub fn encode(&self, v: &[f32], out: &mut [u8]) -> bool {
+        let mut clipped = false;
         for j in 0..self.stride {
             out[j] = if j < self.dim && self.scale[j] > 0.0 {
-                ((v[j] - self.offset[j]) / self.scale[j])
-                    .round()
-                    .clamp(0.0, 255.0) as u8
+                let t = (v[j] - self.offset[j]) / self.scale[j];
+                clipped |= !(-0.5..=255.5).contains(&t);
+                t.round().clamp(0.0, 255.0) as u8
             } else {
+                clipped |= j < self.dim && v[j] != self.offset[j];
                 0
             };
         }
+        clipped
     }
 
     /// Share of the `AGREEMENT_K` nearest neighbours (by `dist`) of `AGREEMENT_QUERIES` rows,
@@ -372,14 +388,19 @@ impl Quant {
         hits as f64 / total.max(1) as f64
     }
 
-    /// The query terms for `metric` (see `Sq8Query`).
+    /// The query terms for `metric` (see `Sq8Query`), and its error bound's terms: an
+    /// unclipped value is within half a step `s_j / 2` of its code's value, so for ip
+    /// `|q.(v - c)| <= sum |q_j| s_j / 2`, and for l2 the error vector's norm is at most
+    /// `E = sqrt(sum s_j^2) / 2`; `magnitude` sums the absolute terms the ip kernel
+    /// accumulates (for the f32 rounding of the sum). One pass over the dimensions.
     pub fn query(&self, metric: Metric, q: &[f32]) -> Sq8Query {
         let n = self.stride;
         let (mut a, mut w) = (vec![0f32; n], vec![0f32; n]);
-        let mut bias = 0f32;
+        let (mut bias, mut qq, mut rounding, mut magnitude) = (0f32, 0f32, 0f32, 1f32);
         let l2 = metric == Metric::L2;
         for j in 0..self.dim {
             let (o, s) = (self.offset[j], self.scale[j]);
+            qq += q[j] * q[j];
             if l2 {
                 // (q - o - s c)^2 = s^2 (t - c)^2 with t = (q - o) / s
                 if s > 0.0 {
@@ -388,13 +409,18 @@ impl Quant {
                 } else {
                     bias += (q[j] - o) * (q[j] - o);
                 }
+                rounding += s * s;
             } else {
                 // 1 - q.(o + s c) = (1 - q.o) - sum (q s) c
                 a[j] = -q[j] * s;
                 bias -= q[j] * o;
+                rounding += 0.5 * q[j].abs() * s;
+                magnitude += q[j].abs() * (o.abs() + 256.0 * s);
             }
         }
-        if !l2 {
+        if l2 {
+            rounding = 0.5 * rounding.sqrt();
+        } else {
             bias += 1.0;
         }
         Sq8Query {
@@ -403,6 +429,9 @@ impl Quant {
             bias,
             l2,
             simd: has_avx2(),
+            rounding,
+            magnitude,
+            qn: qq.sqrt(),
         }
     }
 }
@@ -425,6 +454,26 @@ impl Nearest {
 }
 
 impl Sq8Query {
+    /// An upper bound on |code distance - float distance| for unclipped stored rows of norm at
+    /// most `max_norm`: ip `R + n 2^-23 (M + |q| max_norm)` with `R = sum |q_j| s_j / 2` and
+    /// `M` the kernel's absolute terms; l2 `|q - c|^2 - |q - v|^2 = e.(e - 2(q - v))` with
+    /// `|e| <= E`, so at most `2E(|q| + max_norm) + E^2`, plus `4 n 2^-23 (|q| + max_norm +
+    /// E)^2` for the f32 sums. Doubled for margin, as `f16::error_bound`.
+    pub fn error_bound(&self, max_norm: f32) -> f32 {
+        let acc = self.a.len() as f32 * 2f32.powi(-23);
+        let b = if self.l2 {
+            let (e, span) = (self.rounding, self.qn + max_norm);
+            2.0 * e * span + e * e + 4.0 * acc * (span + e) * (span + e)
+        } else {
+            self.rounding + acc * (self.magnitude + self.qn * max_norm)
+        };
+        if b.is_finite() {
+            2.0 * b
+        } else {
+            f32::INFINITY
+        }
+    }
+
     #[inline(always)]
     pub fn dist(&self, code: &[u8]) -> f32 {
         if self.l2 {
@@ -520,6 +569,65 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sq8_error_bound_holds_and_clipping_is_reported() {
+        let (dim, stride) = (50, 64);
+        let mut x = 0x2545_f491u32;
+        let mut r = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        let pad = |mut v: Vec<f32>| {
+            v.resize(stride, 0.0);
+            v
+        };
+        let rows: Vec<Vec<f32>> = (0..300)
+            .map(|_| pad((0..dim).map(|_| r()).collect()))
+            .collect();
+        let qz = Quant::fit(rows.iter().map(|v| v.as_slice()), dim, stride);
+        let max_norm = rows
+            .iter()
+            .map(|v| v.iter().map(|x| x * x).sum::<f32>().sqrt())
+            .fold(0f32, f32::max);
+        let mut code = vec![0u8; stride];
+        let mut worst = 0f64;
+        for metric in [Metric::Ip, Metric::L2] {
+            for q in rows.iter().step_by(7) {
+                let mut q = q.clone();
+                q.iter_mut().for_each(|x| *x *= 1.3);
+                let qc = qz.query(metric, &q);
+                let b = qc.error_bound(max_norm) as f64;
+                for v in &rows {
+                    assert!(!qz.encode(v, &mut code), "fitted rows never clip");
+                    let exact: f64 = if metric == Metric::L2 {
+                        q.iter()
+                            .zip(v)
+                            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                            .sum()
+                    } else {
+                        1.0 - q
+                            .iter()
+                            .zip(v)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                    };
+                    let err = (qc.dist(&code) as f64 - exact).abs();
+                    assert!(err <= b, "{metric:?}: error {err} beyond the bound {b}");
+                    worst = worst.max(err / b);
+                }
+            }
+        }
+        assert!(
+            worst > 0.01,
+            "the bound is not vacuous: worst error / bound {worst}"
+        );
+        let mut far = rows[0].clone();
+        far[3] = 5.0;
+        assert!(qz.encode(&far, &mut code), "a value beyond the range clips");
+    }
 
     #[test]
     fn ranges_merge_and_ignore_empty() {

@@ -341,16 +341,20 @@ fn save_load_round_trip_and_corruption() {
 }
 
 /// The bounded re-rank (stops once no later code distance can beat the k-th float distance)
-/// returns what re-ranking every candidate returns, on near-duplicates where the fp16 rounding
-/// reorders neighbours.
+/// returns what re-ranking every candidate returns, on near-duplicates where the fp16 and the
+/// 8-bit rounding reorder neighbours (with a bound of 0 it fails).
 #[test]
 fn bounded_rerank_equals_full_rerank() {
     use super::graph::Graph;
     use super::scratch::Cand;
     let (dim, n) = (24usize, 2000usize);
     let mut r = rng(5);
-    for metric in [Metric::Ip, Metric::L2] {
-        let g = Graph::new(dim, metric, 8, 64, n, 1, Quantize::Fp16);
+    let modes = [Quantize::Fp16, Quantize::Sq8];
+    for (metric, mode) in [Metric::Ip, Metric::L2]
+        .into_iter()
+        .flat_map(|m| modes.map(|q| (m, q)))
+    {
+        let g = Graph::new(dim, metric, 8, 64, n, 1, mode);
         let centers: Vec<f32> = (0..4 * dim).map(|_| r()).collect();
         let rows: Vec<Vec<f32>> = (0..n)
             .map(|i| {
@@ -362,6 +366,7 @@ fn bounded_rerank_equals_full_rerank() {
         for (i, v) in rows.iter().enumerate() {
             g.insert(i as u64, v).unwrap();
         }
+        g.calibrate(None);
         let codec = g.codec.get().unwrap();
         let max_norm = rows
             .iter()
@@ -382,9 +387,9 @@ fn bounded_rerank_equals_full_rerank() {
             cands.truncate(300);
             for k in [1, 10, 100] {
                 let (mut a, mut b) = (cands.clone(), cands.clone());
-                g.rerank(&q, &mut a, k, qc.error_bound(max_norm));
+                g.rerank(&q, &mut a, k, qc.error_bound(max_norm, false));
                 g.rerank(&q, &mut b, k, f32::INFINITY);
-                assert_eq!(a, b, "{metric:?} query {t} k {k}");
+                assert_eq!(a, b, "{metric:?} {mode:?} query {t} k {k}");
             }
         }
     }
