@@ -19,6 +19,8 @@ pub(crate) const EMPTY: u64 = u64::MAX;
 pub const MAX_M: usize = 128;
 pub(crate) const BUF: usize = 2 * MAX_M;
 const PF_LINKS: bool = true;
+/// Largest k whose bounded re-rank keeps a heap of the k best (see `rerank_scan`).
+const RERANK_HEAP_K: usize = 64;
 /// A code search re-ranks `ef / RERANK_SLACK + 2` scored candidates beyond its beam.
 const RERANK_SLACK: usize = 8;
 /// Cache lines a search keeps in flight for the neighbours it is about to score (the core's
@@ -583,25 +585,7 @@ impl Graph {
         D: Fn(u32) -> f32,
         P: Fn(u32),
     {
-        sc.visited.reset(self.slots());
-        sc.cands.clear();
-        sc.results.clear();
-        for &e in eps {
-            if sc.visited.check_and_mark(e.id) {
-                continue;
-            }
-            sc.cands.push(Near(Reverse(e)));
-            if accept(e.id) {
-                sc.results.push(e);
-                if sc.results.len() > ef {
-                    sc.results.pop();
-                }
-            }
-        }
-        let mut lower = match sc.results.peek() {
-            Some(w) if sc.results.len() >= ef => w.d,
-            _ => f32::INFINITY,
-        };
+        let mut lower = self.seed(sc, eps, ef, &accept);
         let mut buf = [0u32; BUF];
         let mut fresh = [0u32; BUF];
         while let Some(Near(Reverse(c))) = sc.cands.pop() {
@@ -652,6 +636,36 @@ impl Graph {
                     }
                 }
             }
+        }
+    }
+
+    /// Start a beam search from `eps`: fresh visited set, candidate and result heaps; returns
+    /// the distance a candidate must beat to enter the results (infinite until `ef` are in).
+    fn seed<F: Fn(u32) -> bool>(
+        &self,
+        sc: &mut Scratch,
+        eps: &[Cand],
+        ef: usize,
+        accept: &F,
+    ) -> f32 {
+        sc.visited.reset(self.slots());
+        sc.cands.clear();
+        sc.results.clear();
+        for &e in eps {
+            if sc.visited.check_and_mark(e.id) {
+                continue;
+            }
+            sc.cands.push(Near(Reverse(e)));
+            if accept(e.id) {
+                sc.results.push(e);
+                if sc.results.len() > ef {
+                    sc.results.pop();
+                }
+            }
+        }
+        match sc.results.peek() {
+            Some(w) if sc.results.len() >= ef => w.d,
+            _ => f32::INFINITY,
         }
     }
 
@@ -775,26 +789,36 @@ impl Graph {
         let ahead = ahead(lines);
         let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
         r.iter().take(ahead).for_each(pf);
-        // Without a bound (clipped 8-bit codes, or building) every row is scored: the heap
-        // stays empty.
+        // Without a bound (clipped 8-bit codes, or building) every row is scored. The k-th
+        // best float distance so far comes from a heap for small k; for large k (K=1000, where
+        // a heap operation per row cost more than the rows the bound skips) an upper bound on
+        // it is used instead: the largest of the first k float distances.
         let bounded = bound.is_finite();
+        let heap = k <= RERANK_HEAP_K;
+        let mut first_k_max = f32::NEG_INFINITY;
         for j in 0..r.len() {
-            if bounded
-                && best.len() >= k
-                && best.peek().is_some_and(|w: &Cand| r[j].d - bound > w.d)
-            {
-                r.truncate(j);
-                break;
+            if bounded {
+                let kth = if heap {
+                    best.peek().filter(|_| best.len() >= k).map(|w| w.d)
+                } else {
+                    (j >= k).then_some(first_k_max)
+                };
+                if kth.is_some_and(|kth| r[j].d - bound > kth) {
+                    r.truncate(j);
+                    break;
+                }
             }
             if let Some(c) = r.get(j + ahead) {
                 pf(c);
             }
             r[j].d = (self.dist)(q, self.store.vector(r[j].id));
-            if bounded {
+            if bounded && heap {
                 best.push(r[j]);
                 if best.len() > k {
                     best.pop();
                 }
+            } else if j < k {
+                first_k_max = first_k_max.max(r[j].d);
             }
         }
     }
