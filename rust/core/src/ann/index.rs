@@ -269,6 +269,18 @@ impl HnswIndex {
         Ok(())
     }
 
+    /// Row `i` of a batch, prepared into its own vector (it becomes the write log's copy).
+    fn row_of(&self, vectors: &[f32], i: usize) -> crate::Result<Vec<f32>> {
+        let mut v = Vec::with_capacity(self.dim + 16);
+        self.prepare(
+            &vectors[i * self.dim..(i + 1) * self.dim],
+            "vectors",
+            i,
+            &mut v,
+        )?;
+        Ok(v)
+    }
+
     /// `prepare` for a row it accepted: normalised for "cosine", zero-padded to the stride.
     fn prepare_valid(&self, row: &[f32], out: &mut Vec<f32>) {
         out.clear();
@@ -421,14 +433,7 @@ impl HnswIndex {
         }
         let one = |g: &mut Arc<Graph>, &i: &usize| -> crate::Result<()> {
             cancel.check("HnswIndex.add")?;
-            let mut v = Vec::with_capacity(self.dim + 16);
-            self.prepare(
-                &vectors[i * self.dim..(i + 1) * self.dim],
-                "vectors",
-                i,
-                &mut v,
-            )?;
-            self.add_prepared(g, ids[i], v)
+            self.add_prepared(g, ids[i], self.row_of(vectors, i)?)
         };
         if threads <= 1 || n <= 1 {
             let mut g = self.current();
@@ -474,14 +479,7 @@ impl HnswIndex {
     ) -> crate::Result<()> {
         let mut prepared = Vec::with_capacity(rows.len());
         for &i in rows {
-            let mut v = Vec::with_capacity(self.dim + 16);
-            self.prepare(
-                &vectors[i * self.dim..(i + 1) * self.dim],
-                "vectors",
-                i,
-                &mut v,
-            )?;
-            prepared.push((ids[i], v));
+            prepared.push((ids[i], self.row_of(vectors, i)?));
         }
         let items: Vec<(u64, &[f32])> =
             prepared.iter().map(|(id, v)| (*id, v.as_slice())).collect();

@@ -4,7 +4,7 @@ use super::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-fn rng(seed: u64) -> impl FnMut() -> f32 {
+pub(super) fn rng(seed: u64) -> impl FnMut() -> f32 {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     move || {
         x ^= x << 13;

@@ -1,19 +1,9 @@
 //! The traversal codes an `auto` index chooses, and how a batch that crosses the calibration
 //! point is inserted.
 
-use super::tests::exact;
+use super::tests::{exact, rng};
 use super::*;
 use std::collections::HashSet;
-
-fn rng(seed: u64) -> impl FnMut() -> f32 {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-    }
-}
 
 /// `n x dim` rows around 64 centres spread `spread` apart, each row within +-`width`/2.
 fn clusters(n: usize, dim: usize, spread: f32, width: f32, seed: u64) -> Vec<f32> {
