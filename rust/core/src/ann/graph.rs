@@ -817,7 +817,7 @@ impl Graph {
                 if best.len() > k {
                     best.pop();
                 }
-            } else if j < k {
+            } else if bounded && j < k {
                 first_k_max = first_k_max.max(r[j].d);
             }
         }
