@@ -100,9 +100,12 @@ impl Graph {
         quantize: Quantize,
     ) -> Self {
         let codec = OnceLock::new();
+        let mut code_bytes = 0;
         if quantize == Quantize::Fp16 {
             // Nothing to fit: every node is encoded as it is written.
-            let _ = codec.set(Codec::Fp16);
+            code_bytes = codec
+                .get_or_init(|| Codec::Fp16)
+                .code_bytes(Store::stride_of(dim));
         }
         Graph {
             dim,
@@ -113,7 +116,7 @@ impl Graph {
             seed,
             level_mult: 1.0 / (m as f64).ln(),
             dist: super::distance::select(metric),
-            store: Store::new(dim, m, capacity, quantize),
+            store: Store::new(dim, m, capacity, code_bytes),
             next: AtomicU32::new(0),
             entry: AtomicU64::new(EMPTY),
             entry_lock: Mutex::new(()),
@@ -838,42 +841,44 @@ impl Graph {
     /// need no fit). `Auto` keeps the 8-bit codes only when they keep neighbours
     /// (`Quant::agreement`), and encodes fp16 otherwise. `pending` are rows about to be inserted
     /// (the rest of a batch): the ranges and the check cover them too. The caller ensures no
-    /// writer runs (searches may: they read no code until `codec` is set).
-    pub(crate) fn calibrate(&self, pending: Option<&Pending<'_>>) {
-        if !self.quantize.calibrated() {
-            return;
+    /// writer runs (searches may: they read no code until `codec` is set). An error (the code
+    /// storage refused) leaves the graph on its float rows; the next call tries again.
+    pub(crate) fn calibrate(&self, pending: Option<&Pending<'_>>) -> crate::Result<()> {
+        if !self.quantize.calibrated() || self.codec.get().is_some() {
+            return Ok(());
         }
         let _pin = self.epochs.pin();
-        self.codec.get_or_init(|| {
-            let items = self.ids.items();
-            let mut ranges = Ranges::new(self.dim);
-            items
-                .iter()
-                .for_each(|&(_, s)| ranges.add(self.store.vector(s)));
-            if let Some(p) = pending {
-                ranges.merge(&p.ranges);
-            }
-            let qz = Quant::from_ranges(&ranges, self.store.stride);
-            let codec = if self.quantize == Quantize::Auto
-                && self.agreement(&qz, &items, pending) < SQ8_MIN_AGREEMENT
-            {
-                Codec::Fp16
-            } else {
-                Codec::Sq8(qz)
-            };
-            self.encode_all(&codec);
-            codec
-        });
+        let items = self.ids.items();
+        let mut ranges = Ranges::new(self.dim);
+        items
+            .iter()
+            .for_each(|&(_, s)| ranges.add(self.store.vector(s)));
+        if let Some(p) = pending {
+            ranges.merge(&p.ranges);
+        }
+        let qz = Quant::from_ranges(&ranges, self.store.stride);
+        let codec = if self.quantize == Quantize::Auto
+            && self.agreement(&qz, &items, pending) < SQ8_MIN_AGREEMENT
+        {
+            Codec::Fp16
+        } else {
+            Codec::Sq8(qz)
+        };
+        self.set_codec(codec)
     }
 
-    /// Use `codec` from now on (a loaded index's saved choice), encoding every node; a no-op
-    /// if codes are set already. The caller ensures no writer runs.
-    pub(crate) fn set_codec(&self, codec: Codec) {
+    /// Use `codec` from now on (chosen by `calibrate`, or a loaded index's saved choice): its
+    /// code storage, then every node encoded, then the codes published; a no-op if codes are
+    /// set already. The caller ensures no writer runs.
+    pub(crate) fn set_codec(&self, codec: Codec) -> crate::Result<()> {
+        if self.codec.get().is_some() {
+            return Ok(());
+        }
         let _pin = self.epochs.pin();
-        self.codec.get_or_init(|| {
-            self.encode_all(&codec);
-            codec
-        });
+        self.store.init_codes(codec.code_bytes(self.store.stride))?;
+        self.encode_all(&codec);
+        self.codec.get_or_init(|| codec);
+        Ok(())
     }
 
     fn encode_all(&self, codec: &Codec) {

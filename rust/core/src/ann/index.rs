@@ -348,13 +348,12 @@ impl HnswIndex {
                     len: rest.len(),
                     row: &row,
                 };
-                self.calibrate_with(Some(&p));
+                self.calibrate_with(Some(&p))?;
                 self.add_rows(ids, vectors, rest, threads, cancel)?;
             }
             _ => self.add_rows(ids, vectors, &rows, threads, cancel)?,
         }
-        self.maybe_calibrate();
-        Ok(())
+        self.maybe_calibrate()
     }
 
     /// Rows an `auto` index still needs before it chooses its codes, when this batch of `n`
@@ -366,18 +365,20 @@ impl HnswIndex {
     }
 
     /// Fit the quantiser once the index is big enough, with writers held off for the time it
-    /// takes to encode the items (searches continue on the float path meanwhile).
-    fn maybe_calibrate(&self) {
-        self.calibrate_with(None);
+    /// takes to encode the items (searches continue on the float path meanwhile). An error
+    /// (the code storage refused) leaves the index on its float rows until a later write.
+    fn maybe_calibrate(&self) -> crate::Result<()> {
+        self.calibrate_with(None)
     }
 
     /// `maybe_calibrate` also seeing `pending` rows (not inserted yet).
-    fn calibrate_with(&self, pending: Option<&Pending<'_>>) {
+    fn calibrate_with(&self, pending: Option<&Pending<'_>>) -> crate::Result<()> {
         let g = self.current();
         if g.quantize.calibrated() && g.codec.get().is_none() && g.len() >= CALIBRATE_AT {
             let _x = self.gate.write();
-            g.calibrate(pending);
+            g.calibrate(pending)?;
         }
+        Ok(())
     }
 
     /// Check a batch in full (a bad row adds nothing): the rows to insert, in order, with
@@ -826,7 +827,7 @@ impl HnswIndex {
         }
         if g.len() >= CALIBRATE_AT {
             // Re-fitted on today's items: a rebuild is where drifted ranges are corrected.
-            g.calibrate(None);
+            g.calibrate(None)?;
         }
         // Catch up outside the lock until the backlog is small, then finish under it and swap.
         loop {
@@ -871,7 +872,7 @@ impl HnswIndex {
         let cap = g.slots().max(1024);
         let me = Self::from_graph(g, cap);
         // Saved files hold the mode, not the 8-bit ranges: re-fit them (fp16 needs nothing).
-        me.maybe_calibrate();
+        me.maybe_calibrate()?;
         Ok(me)
     }
 
@@ -910,7 +911,7 @@ impl HnswIndex {
         let g = super::persist::from_bytes(bytes, name)?;
         let cap = g.slots().max(1024);
         let me = Self::from_graph(g, cap);
-        me.maybe_calibrate();
+        me.maybe_calibrate()?;
         Ok(me)
     }
 }

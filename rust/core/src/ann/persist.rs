@@ -203,8 +203,7 @@ fn read_codes(g: &Graph, r: &mut Reader<'_>) -> crate::Result<()> {
     if !fits {
         return Err(corrupt("codes section does not match the quantize mode"));
     }
-    g.set_codec(codec);
-    Ok(())
+    g.set_codec(codec)
 }
 
 struct Reader<'a> {

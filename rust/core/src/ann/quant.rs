@@ -79,22 +79,6 @@ impl Quantize {
             .into_iter()
             .find(|q| q.code() == c)
     }
-
-    /// Bytes of code per node for rows of `stride` floats: whole cache lines from 64 bytes up
-    /// (so a row never straddles one line more than it needs), 0 when off. `Auto` reserves room
-    /// for the larger code (fp16) since the choice is made after the storage exists.
-    pub(crate) fn code_bytes(self, stride: usize) -> usize {
-        let raw = match self {
-            Quantize::Off => return 0,
-            Quantize::Sq8 => stride,
-            Quantize::Fp16 | Quantize::Auto => 2 * stride,
-        };
-        if raw <= 32 {
-            raw
-        } else {
-            raw.div_ceil(64) * 64
-        }
-    }
 }
 
 /// The codes in use by a graph (set once; from then on every node has a code).
@@ -113,6 +97,20 @@ impl Codec {
                 f16::encode(v, out);
                 false
             }
+        }
+    }
+
+    /// Bytes of code per node for rows of `stride` floats: whole cache lines from 64 bytes up
+    /// (so a row never straddles one line more than it needs).
+    pub fn code_bytes(&self, stride: usize) -> usize {
+        let raw = match self {
+            Codec::Sq8(_) => stride,
+            Codec::Fp16 => 2 * stride,
+        };
+        if raw <= 32 {
+            raw
+        } else {
+            raw.div_ceil(64) * 64
         }
     }
 

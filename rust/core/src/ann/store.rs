@@ -8,10 +8,10 @@
 //! stored with `Release` and loaded with `Acquire`), so every node a reader can reach is complete.
 
 use super::pages::PageBuf;
-use super::quant::Quantize;
 use parking_lot::Mutex;
 use std::alloc::{alloc_zeroed, Layout};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 pub const MAX_SEGMENTS: usize = 40;
 pub const MAX_LEVEL: usize = 15;
@@ -32,8 +32,9 @@ pub fn out_of_memory(bytes: usize, what: &str) -> crate::Error {
 pub struct Segment {
     /// `stride` floats per node.
     vectors: PageBuf,
-    /// Traversal codes, `code_bytes` per node (see `quant.rs`; empty when off).
-    codes: PageBuf,
+    /// Traversal codes, `code_bytes` per node (see `quant.rs`): allocated with the segment once
+    /// the graph's codes are chosen, and for the segments that exist then by `init_codes`.
+    codes: OnceLock<PageBuf>,
     /// `l0_width` u32 atomics per node (a zeroed `AtomicU32` is 0).
     links0: PageBuf,
     labels: Box<[AtomicU64]>,
@@ -96,8 +97,9 @@ fn unreachable_zero<T>() -> T {
 /// Everything a reader needs to address one node.
 pub struct Store {
     pub stride: usize,
-    /// Bytes of traversal code per node (`Quantize::code_bytes`; 0 = no codes).
-    pub code_bytes: usize,
+    /// Bytes of traversal code per node (`Codec::code_bytes`); 0 until the codes are chosen.
+    /// Only read for a code of a graph whose codes are set, so every segment has its buffer.
+    code_bytes: AtomicUsize,
     /// `M0 + 1` u32 per node: count, then the links.
     pub l0_width: usize,
     /// `M + 1` u32 per upper level.
@@ -131,12 +133,17 @@ impl Drop for Store {
 }
 
 impl Store {
-    pub fn new(dim: usize, m: usize, capacity: usize, quantize: Quantize) -> Self {
+    /// Floats per stored row for `dim`: zero-padded to a multiple of 16 (no kernel tail loop).
+    pub fn stride_of(dim: usize) -> usize {
+        dim.div_ceil(16) * 16
+    }
+
+    /// A store with `code_bytes` of traversal code per node (0: none until `init_codes`).
+    pub fn new(dim: usize, m: usize, capacity: usize, code_bytes: usize) -> Self {
         let base = capacity.clamp(64, 1 << 24).next_power_of_two();
-        let stride = dim.div_ceil(16) * 16;
         Store {
-            stride,
-            code_bytes: quantize.code_bytes(stride),
+            stride: Self::stride_of(dim),
+            code_bytes: AtomicUsize::new(code_bytes),
             l0_width: 2 * m + 1,
             up_width: m + 1,
             base_shift: base.trailing_zeros(),
@@ -175,9 +182,15 @@ impl Store {
             return Ok(());
         }
         let n = self.seg_len(s);
+        let codes = OnceLock::new();
+        let cb = self.code_bytes.load(Ordering::Acquire);
+        if cb > 0 {
+            let buf = PageBuf::zeroed(bytes(n, cb)?, "codes")?;
+            codes.get_or_init(|| buf);
+        }
         let seg = Box::new(Segment {
             vectors: PageBuf::zeroed(bytes(n, self.stride * 4)?, "vectors")?,
-            codes: PageBuf::zeroed(bytes(n, self.code_bytes)?, "codes")?,
+            codes,
             links0: PageBuf::zeroed(bytes(n, self.l0_width * 4)?, "links")?,
             labels: zeroed(n)?,
             flags: zeroed(n)?,
@@ -217,17 +230,25 @@ impl Store {
         unsafe { (seg.vectors.ptr() as *mut f32).add(o * self.stride) }
     }
 
+    /// Slot `i`'s code buffer and length. Only called once the graph's codes are set: by then
+    /// every segment has its buffer (`init_codes`, `ensure`).
+    #[inline(always)]
+    fn code_at(&self, i: u32) -> (*mut u8, usize) {
+        let (seg, o) = self.seg(i);
+        let cb = self.code_bytes.load(Ordering::Relaxed);
+        let buf = seg
+            .codes
+            .get()
+            .expect("a code is read only once the codes exist");
+        // SAFETY: `o` is in the segment, whose buffer holds `cb` bytes per node.
+        (unsafe { buf.ptr().add(o * cb) }, cb)
+    }
+
     #[inline(always)]
     pub fn code(&self, i: u32) -> &[u8] {
-        let (seg, o) = self.seg(i);
-        // SAFETY: in bounds (`code_bytes` per node); written only before the codes are
-        // published (see `write_code`).
-        unsafe {
-            std::slice::from_raw_parts(
-                (seg.codes.ptr() as *const u8).add(o * self.code_bytes),
-                self.code_bytes,
-            )
-        }
+        let (p, cb) = self.code_at(i);
+        // SAFETY: in bounds; written only before the codes are published (see `write_code`).
+        unsafe { std::slice::from_raw_parts(p, cb) }
     }
 
     /// Cache lines of one float row (what a prefetch of a row covers).
@@ -237,24 +258,41 @@ impl Store {
 
     #[inline(always)]
     pub fn code_ptr(&self, i: u32) -> *const f32 {
-        let (seg, o) = self.seg(i);
-        // SAFETY: in bounds of the segment.
-        unsafe { (seg.codes.ptr() as *const u8).add(o * self.code_bytes) as *const f32 }
+        self.code_at(i).0 as *const f32
     }
 
     /// Fill the code of slot `i`. The caller either owns the unpublished slot, or calibrates
     /// while no writer runs and before the graph's codes are published (readers never read a
     /// code before `Graph::quant` is set).
     pub fn write_code(&self, i: u32, f: impl FnOnce(&mut [u8])) {
-        let (seg, o) = self.seg(i);
+        let (p, cb) = self.code_at(i);
         // SAFETY: in bounds; exclusive by the caller's contract above.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(
-                seg.codes.ptr().add(o * self.code_bytes),
-                self.code_bytes,
-            )
-        };
-        f(dst);
+        f(unsafe { std::slice::from_raw_parts_mut(p, cb) });
+    }
+
+    /// Give every node `code_bytes` of code from now on: a buffer for each existing segment
+    /// (all allocated before any is installed, so a refused allocation changes nothing) and
+    /// for every later one. Called once, when the graph's codes are chosen, while no writer
+    /// runs; a no-op when the size is set already.
+    pub fn init_codes(&self, code_bytes: usize) -> crate::Result<()> {
+        let _g = self.grow.lock();
+        if self.code_bytes.load(Ordering::Acquire) != 0 {
+            return Ok(());
+        }
+        let mut fresh = Vec::new();
+        for (s, p) in self.segments.iter().enumerate() {
+            let p = p.load(Ordering::Acquire);
+            if !p.is_null() {
+                let n = self.seg_len(s);
+                fresh.push((p, PageBuf::zeroed(bytes(n, code_bytes)?, "codes")?));
+            }
+        }
+        for (p, buf) in fresh {
+            // SAFETY: a published segment, alive as long as the store.
+            unsafe { &*p }.codes.get_or_init(|| buf);
+        }
+        self.code_bytes.store(code_bytes, Ordering::Release);
+        Ok(())
     }
 
     /// Write the vector of a slot the caller owns and has not published yet.
@@ -385,7 +423,14 @@ impl Store {
         for (s, p) in self.segments.iter().enumerate() {
             if !p.load(Ordering::Acquire).is_null() {
                 total += self.seg_len(s)
-                    * (self.stride * 4 + self.code_bytes + self.l0_width * 4 + 8 + 1 + 1 + 8 + 1);
+                    * (self.stride * 4
+                        + self.code_bytes.load(Ordering::Relaxed)
+                        + self.l0_width * 4
+                        + 8
+                        + 1
+                        + 1
+                        + 8
+                        + 1);
             }
         }
         total
@@ -422,7 +467,7 @@ mod tests {
 
     #[test]
     fn locate_is_contiguous_across_segments() {
-        let st = Store::new(3, 4, 64, Quantize::Off);
+        let st = Store::new(3, 4, 64, 0);
         let mut prev = (0usize, 0usize);
         for i in 0..10_000u32 {
             let (s, o) = st.locate(i);
@@ -440,7 +485,7 @@ mod tests {
 
     #[test]
     fn vectors_survive_growth() {
-        let st = Store::new(5, 4, 64, Quantize::Fp16);
+        let st = Store::new(5, 4, 64, 32);
         for i in 0..1000u32 {
             st.ensure(i).unwrap();
             st.write_vector(i, &[i as f32; 5]);

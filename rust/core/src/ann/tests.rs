@@ -366,7 +366,7 @@ fn bounded_rerank_equals_full_rerank() {
         for (i, v) in rows.iter().enumerate() {
             g.insert(i as u64, v).unwrap();
         }
-        g.calibrate(None);
+        g.calibrate(None).unwrap();
         let codec = g.codec.get().unwrap();
         let max_norm = rows
             .iter()

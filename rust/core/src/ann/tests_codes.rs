@@ -125,3 +125,41 @@ fn auto_choice_survives_save_load_and_rebuild() {
     idx.rebuild(None).unwrap();
     assert_eq!(idx.codes(), Some("sq8"));
 }
+
+#[test]
+fn the_chosen_codes_size_the_storage() {
+    // Memory of an auto index after its choice = an index built with that choice from the
+    // start: the code storage is allocated for the codes chosen, not for the larger fp16.
+    let dim = 64;
+    for (spread, width, want, explicit) in [
+        (1.0, 1.0, "sq8", Quantize::Sq8),
+        (4.0, 0.02, "fp16", Quantize::Fp16),
+    ] {
+        let d = clusters(3000, dim, spread, width, 8);
+        let ids: Vec<u64> = (0..3000).collect();
+        let auto = l2_index(dim);
+        auto.add(&ids[..700], &d[..700 * dim]).unwrap();
+        let before = auto.stats().memory_bytes;
+        auto.add(&ids[700..], &d[700 * dim..]).unwrap();
+        assert_eq!(auto.codes(), Some(want));
+        let p = HnswParams {
+            ef_construction: 100,
+            quantize: explicit,
+            ..HnswParams::default()
+        };
+        let fixed = HnswIndex::new(dim, Metric::L2, p).unwrap();
+        fixed.add(&ids, &d).unwrap();
+        let (a, f) = (auto.stats(), fixed.stats());
+        assert_eq!(a.slots, f.slots);
+        // Levels follow (seed, slot), so the upper lists match too; allow a little for the id
+        // maps. The old fp16-sized reservation was 64 bytes per slot over (sq8 at 64-d).
+        let diff = (a.memory_bytes as i64 - f.memory_bytes as i64).abs();
+        assert!(
+            diff < (a.slots * 8) as i64,
+            "{want}: auto {} vs {explicit:?} {}",
+            a.memory_bytes,
+            f.memory_bytes
+        );
+        assert!(before < a.memory_bytes, "codes allocated at the choice");
+    }
+}
