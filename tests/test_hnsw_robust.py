@@ -187,3 +187,26 @@ def test_quantised_traversal_keeps_recall_and_exact_distances():
         want = 1 - np.sum(x[ids[:, 0].astype(np.int64)] * q, axis=1)
         np.testing.assert_allclose(dist[:, 0], want, atol=2e-5)
     assert got[True] >= 0.95 and got[True] >= got[False] - 0.02, got
+
+
+def test_ids_as_int_list_tuple_or_array_are_the_same():
+    """Short int lists, tuples and bare ints skip numpy; long lists and odd values take the
+    numpy path; both give the same ids and the same errors."""
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((80, 8)).astype(np.float32)
+    a, b = (HnswIndex(8, seed=1, deterministic=True) for _ in range(2))
+    a.add(np.arange(80, dtype=np.uint64), rows)
+    b.add(0, rows[:1])
+    b.add([1, 2], rows[1:3])
+    b.add((3,), rows[3:4])
+    b.add(list(range(4, 80)), rows[4:])  # longer than the fast path: numpy
+    assert np.array_equal(a.search(rows, 5)[0], b.search(rows, 5)[0])
+    b.add([2**64 - 2], rows[:1])  # above int64: numpy converts it to uint64
+    assert 2**64 - 2 in b
+    with pytest.raises(ValueError, match="non-negative"):
+        b.add([-1], rows[:1])
+    with pytest.raises(TypeError, match="integers"):
+        b.add([1.5], rows[:1])
+    with pytest.raises(ValueError, match="1-D"):
+        b.add([[1]], rows[:1])
+    assert len(b) == 81
