@@ -23,12 +23,6 @@ const PF_LINKS: bool = true;
 const RERANK_HEAP_K: usize = 64;
 /// A code search re-ranks `ef / RERANK_SLACK + 2` scored candidates beyond its beam.
 const RERANK_SLACK: usize = 8;
-/// An insert searches the levels above 0 with `ef_construction / UPPER_EF_DIVISOR` (at least
-/// `M`). Those levels only route a query's one-path greedy descent; paired deterministic builds
-/// (MiniLM 49k x 384, synthetic 200k x 96) give the same recall curve with a quarter of the beam
-/// there, while the 1 insert in M that also links a level 1 costs a quarter less (the insert
-/// p99) and a build 14% less time. `docs/hnsw.md`, "The insert tail".
-const UPPER_EF_DIVISOR: usize = 4;
 /// Cache lines a search keeps in flight for the neighbours it is about to score (the core's
 /// outstanding-miss slots, ~24 on current x86); see `ahead`.
 const LINES_IN_FLIGHT: usize = 24;
@@ -314,11 +308,10 @@ impl Graph {
         plan
     }
 
-    /// The `ef_construction` nearest accepted nodes to `q` on level `l` (a quarter of that
-    /// above level 0, see `UPPER_EF_DIVISOR`), sorted by float distance. Every level is searched
-    /// on the codes (a half or a quarter of the memory traffic of the float rows, as in `knn`)
-    /// and the result re-scored with the float rows, so the neighbour selection sees exact
-    /// distances. Not in an `Sq8` index: its 8-bit codes are
+    /// The `ef_construction` nearest accepted nodes to `q` on level `l`, sorted by float
+    /// distance. Every level is searched on the codes (a half or a quarter of the memory
+    /// traffic of the float rows, as in `knn`) and the result re-scored with the float rows, so
+    /// the neighbour selection sees exact distances. Not in an `Sq8` index: its 8-bit codes are
     /// fitted whatever the data, and may not order neighbours well enough to build on (an
     /// `Auto` index keeps them only where they do).
     fn candidates<F: Fn(u32) -> bool>(
@@ -328,11 +321,7 @@ impl Graph {
         l: usize,
         accept: F,
     ) -> Vec<Cand> {
-        let ef = if l == 0 {
-            self.ef_construction
-        } else {
-            (self.ef_construction / UPPER_EF_DIVISOR).max(self.m)
-        };
+        let ef = self.ef_construction;
         match self.codec.get() {
             Some(codec) if self.quantize != Quantize::Sq8 => {
                 let qc = codec.query(self.metric, q);
