@@ -871,7 +871,8 @@ impl HnswIndex {
         let g = super::persist::load(path)?;
         let cap = g.slots().max(1024);
         let me = Self::from_graph(g, cap);
-        // Saved files hold the mode, not the 8-bit ranges: re-fit them (fp16 needs nothing).
+        // A version-1 file holds the mode, not the 8-bit ranges: re-fit them (a version-2 file
+        // has its codes set by `persist`; fp16 needs nothing).
         me.maybe_calibrate()?;
         Ok(me)
     }
