@@ -95,6 +95,47 @@ def test_huge_k_and_capacity_raise_instead_of_aborting():
     assert got == ["ValueError"] * 4, got
 
 
+_CODES_LIMITED = """
+import resource
+import numpy as np
+from fyp_core import HnswIndex
+x = np.random.default_rng(2).standard_normal((1001, 256)).astype(np.float32)
+ix = HnswIndex(256, capacity=2**20)  # the codes of one segment: 256 MiB at 8 bits
+ix.add(np.arange(999), x[:999])
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/statm") as f:
+    vm = int(f.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20), hard))
+try:
+    ix.add([999], x[999:1000])  # the 1000th item: the codes are chosen and allocated here
+    out = "accepted"
+except (MemoryError, ValueError) as e:
+    out = type(e).__name__ + (" codes" if "codes" in str(e) else " " + str(e))
+found, _ = ix.search(x[:20], 1)
+hits = int((found[:, 0] == np.arange(20)).sum())
+print(out, len(ix), ix.codes, hits)
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+ix.add([1000], x[1000:])
+found, _ = ix.search(x[:20], 1)
+print(ix.codes, len(ix), int((found[:, 0] == np.arange(20)).sum()))
+"""
+
+
+def test_refused_code_storage_leaves_the_index_on_floats():
+    """The code storage is allocated when the codes are chosen (the 1000th item); refused,
+    the add raises, its row stays, the index answers on its floats, and a later add chooses."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _CODES_LIMITED], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    refused, after = r.stdout.strip().splitlines()
+    assert refused == "ValueError codes 1000 None 20", refused
+    assert after == "sq8 1001 20", after
+
+
 _REBUILD_LIMITED = """
 import resource
 import numpy as np
