@@ -567,17 +567,13 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ann::tests::rng;
 
     #[test]
     fn sq8_error_bound_holds_and_clipping_is_reported() {
         let (dim, stride) = (50, 64);
-        let mut x = 0x2545_f491u32;
-        let mut r = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
-        };
+        let mut half = rng(11);
+        let mut r = || 2.0 * half();
         let pad = |mut v: Vec<f32>| {
             v.resize(stride, 0.0);
             v
@@ -645,13 +641,7 @@ mod tests {
     #[test]
     fn code_distances_track_float_distances() {
         let (dim, stride) = (50, 64);
-        let mut x = 0x1234_5678u32;
-        let mut r = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32) - 0.5
-        };
+        let mut r = rng(12);
         let rows: Vec<Vec<f32>> = (0..200)
             .map(|_| {
                 let mut v: Vec<f32> = (0..dim).map(|_| r()).collect();
