@@ -837,7 +837,11 @@ impl Graph {
             return Ok(());
         }
         let _pin = self.epochs.pin();
-        let items = self.ids.items();
+        // In id order, not slot order: the check samples rows by position, and the slots a
+        // multi-threaded `add` hands out depend on scheduling; the same rows must choose the
+        // same codes however they were inserted.
+        let mut items = self.ids.items();
+        items.sort_unstable_by_key(|&(label, _)| label);
         let mut ranges = Ranges::new(self.dim);
         items
             .iter()
