@@ -238,7 +238,8 @@ impl PyHnswIndex {
         self.inner.is_rebuilding()
     }
 
-    /// `{"live", "slots", "tombstones", "free_slots", "memory_bytes"}`.
+    /// `{"live", "slots", "tombstones", "free_slots", "memory_bytes", "deferred"}`; `deferred`:
+    /// one-row inserts whose upper levels are still being linked in the background.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);
@@ -247,6 +248,7 @@ impl PyHnswIndex {
         d.set_item("tombstones", s.tombstones)?;
         d.set_item("free_slots", s.free_slots)?;
         d.set_item("memory_bytes", s.memory_bytes)?;
+        d.set_item("deferred", s.deferred)?;
         Ok(d)
     }
 

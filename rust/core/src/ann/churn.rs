@@ -32,6 +32,8 @@ impl Graph {
         // once it has ended, nothing adds a link to a tombstone (searches never select one).
         self.epochs.synchronize();
         let is_doomed = |x: u32| doomed.get(x as usize).copied().unwrap_or(false);
+        // A queued node about to be freed must not be linked once its slot is reused.
+        self.deferred.lock().retain(|&s| !is_doomed(s));
         for u in 0..n as u32 {
             if is_doomed(u) || self.store.flags(u) & FLAG_FREE != 0 {
                 continue;

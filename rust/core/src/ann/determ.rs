@@ -32,10 +32,16 @@ impl Graph {
             let plans: Vec<Plan> = if e == EMPTY {
                 vec![Vec::new(); b]
             } else if threads <= 1 {
-                slots.iter().map(|&s| self.plan(s, e)).collect()
+                slots
+                    .iter()
+                    .map(|&s| self.plan(s, e, (self.store.level(s), 0)))
+                    .collect()
             } else {
                 pool::install(threads, || {
-                    slots.par_iter().map(|&s| self.plan(s, e)).collect()
+                    slots
+                        .par_iter()
+                        .map(|&s| self.plan(s, e, (self.store.level(s), 0)))
+                        .collect()
                 })?
             };
             for (j, (&s, mut plan)) in slots.iter().zip(plans).enumerate() {

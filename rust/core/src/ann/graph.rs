@@ -11,6 +11,7 @@ use super::scratch::{with_scratch, Cand, Near, Scratch};
 use super::store::{read_links, write_links, Store, FLAG_REPAIRED, MAX_LEVEL};
 use parking_lot::Mutex;
 use std::cmp::Reverse;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -81,6 +82,10 @@ pub struct Graph {
     max_norm: AtomicU32,
     /// Set once any 8-bit code clipped its row (then no code error bound holds: full re-rank).
     clipped: AtomicBool,
+    /// Nodes linked on level 0 whose upper levels wait for `link_deferred` (see `upper`).
+    pub(crate) deferred: Mutex<VecDeque<u32>>,
+    /// Held by `link_deferred` for each node it links, so `save` can wait for the one in flight.
+    pub(crate) linker: Mutex<()>,
 }
 
 impl Graph {
@@ -124,6 +129,8 @@ impl Graph {
             tombstones: AtomicUsize::new(0),
             max_norm: AtomicU32::new(0),
             clipped: AtomicBool::new(false),
+            deferred: Mutex::new(VecDeque::new()),
+            linker: Mutex::new(()),
         }
     }
 
@@ -194,6 +201,12 @@ impl Graph {
 
     /// Insert or replace `label` with the prepared (validated, normalised) vector `v`.
     pub fn insert(&self, label: u64, v: &[f32]) -> crate::Result<()> {
+        self.insert_linking(label, v, false).map(|_| ())
+    }
+
+    /// `insert`, leaving the upper levels of a node above level 0 to `link_deferred` when
+    /// `defer` is set (see `upper`); returns whether it did.
+    pub(crate) fn insert_linking(&self, label: u64, v: &[f32], defer: bool) -> crate::Result<bool> {
         let _pin = self.epochs.pin();
         let slot = self.alloc(label, v, None)?;
         // The old version disappears from results before the new one is linked: a search never
@@ -207,11 +220,16 @@ impl Graph {
                 self.live.fetch_add(1, Ordering::AcqRel);
             }
         }
-        self.link(slot);
+        let deferred = if defer {
+            self.link_deferring(slot)
+        } else {
+            self.link(slot);
+            false
+        };
         if let Some(o) = old {
             self.repair(o);
         }
-        Ok(())
+        Ok(deferred)
     }
 
     /// Tombstone `label` and repair its neighbours' links. Returns false when absent.
@@ -250,43 +268,54 @@ impl Graph {
     }
 
     fn link(&self, s: u32) {
+        self.link_levels(s, self.store.level(s), 0);
+    }
+
+    /// Link `s` on levels `lo..=top` (`top` at most its level); it becomes the entry when
+    /// `top` is its level and above the graph's.
+    pub(crate) fn link_levels(&self, s: u32, top: usize, lo: usize) {
         let level = self.store.level(s);
         let mut guard = None;
         let mut e = self.entry.load(Ordering::Acquire);
-        if e == EMPTY || level > unpack(e).1 {
+        if e == EMPTY || top > unpack(e).1 {
             guard = Some(self.entry_lock.lock());
             e = self.entry.load(Ordering::Acquire);
             if e == EMPTY {
                 self.entry.store(pack(s, level), Ordering::Release);
                 return;
             }
-            if level <= unpack(e).1 {
+            if top <= unpack(e).1 {
                 guard = None;
             }
         }
-        let plan = self.plan(s, e);
+        let plan = self.plan(s, e, (top, lo));
         self.commit(s, &plan);
         if guard.is_some() {
             self.entry.store(pack(s, level), Ordering::Release);
         }
     }
 
-    /// The read-only half of an insert: candidates for `s` on every level it shares with the
-    /// graph whose entry is `e` (sorted by distance, tombstones and `s` excluded).
-    pub(crate) fn plan(&self, s: u32, e: u64) -> Vec<(usize, Vec<Cand>)> {
-        let level = self.store.level(s);
+    /// The read-only half of an insert: candidates for `s` on levels `lo..=top` that it
+    /// shares with the graph whose entry is `e` (sorted by distance, tombstones and `s`
+    /// excluded), after a greedy descent through the levels above `top`.
+    pub(crate) fn plan(
+        &self,
+        s: u32,
+        e: u64,
+        (top, lo): (usize, usize),
+    ) -> Vec<(usize, Vec<Cand>)> {
         let q = self.store.vector(s);
         let (ep, maxl) = unpack(e);
         let mut cur = Cand {
             d: (self.dist)(q, self.store.vector(ep)),
             id: ep,
         };
-        for l in (level + 1..=maxl).rev() {
+        for l in (top + 1..=maxl).rev() {
             cur = self.greedy(q, cur, l);
         }
         let mut eps = vec![cur];
-        let mut plan: Vec<(usize, Vec<Cand>)> = Vec::with_capacity(level.min(maxl) + 1);
-        for l in (0..=level.min(maxl)).rev() {
+        let mut plan: Vec<(usize, Vec<Cand>)> = Vec::with_capacity(top.min(maxl) + 1);
+        for l in (lo..=top.min(maxl)).rev() {
             let mut w = if self.has_tombstones() {
                 self.candidates(q, &eps, l, |n| n != s && !self.store.is_deleted(n))
             } else {

@@ -85,6 +85,8 @@ pub struct HnswStats {
     /// Slots freed by consolidation, reused by the next inserts.
     pub free_slots: usize,
     pub memory_bytes: usize,
+    /// One-row inserts whose upper levels are still being linked in the background.
+    pub deferred: usize,
 }
 
 enum Op {
@@ -191,7 +193,7 @@ impl HnswIndex {
         self.params
     }
 
-    fn current(&self) -> Arc<Graph> {
+    pub(crate) fn current(&self) -> Arc<Graph> {
         self.graph.read().clone()
     }
 
@@ -248,6 +250,7 @@ impl HnswIndex {
             tombstones: slots.saturating_sub(live + free_slots),
             free_slots,
             memory_bytes: g.store.allocated_bytes() + g.ids.heap_bytes(),
+            deferred: g.deferred_len(),
         }
     }
 
@@ -432,9 +435,11 @@ impl HnswIndex {
             self.maybe_consolidate();
             return Ok(());
         }
+        // One row: its upper levels (if any) are linked after the call returns (`upper`).
+        let defer = n == 1;
         let one = |g: &mut Arc<Graph>, &i: &usize| -> crate::Result<()> {
             cancel.check("HnswIndex.add")?;
-            self.add_prepared(g, ids[i], self.row_of(vectors, i)?)
+            self.add_prepared(g, ids[i], self.row_of(vectors, i)?, defer)
         };
         if threads <= 1 || n <= 1 {
             let mut g = self.current();
@@ -494,11 +499,21 @@ impl HnswIndex {
 
     /// Insert into `g`, this writer's handle on the live graph (refreshed only when a rebuild
     /// swapped graphs, so an insert clones no `Arc` and takes no lock of the index's own).
-    fn add_prepared(&self, g: &mut Arc<Graph>, id: u64, v: Vec<f32>) -> crate::Result<()> {
+    /// With `defer`, upper levels are left to a task on the rayon pool.
+    fn add_prepared(
+        &self,
+        g: &mut Arc<Graph>,
+        id: u64,
+        v: Vec<f32>,
+        defer: bool,
+    ) -> crate::Result<()> {
         if !self.is_live(g) {
             *g = self.current();
         }
-        g.insert(id, &v)?;
+        if g.insert_linking(id, &v, defer)? {
+            let g = Arc::clone(g);
+            rayon::spawn(move || g.link_deferred());
+        }
         self.after_write(g, Op::Add(id, v))
     }
 
@@ -864,6 +879,7 @@ impl HnswIndex {
     pub fn save(&self, path: &Path) -> crate::Result<()> {
         let _x = self.gate.write();
         let g = self.current();
+        g.link_deferred();
         super::persist::save(&g, path)
     }
 
@@ -882,6 +898,7 @@ impl HnswIndex {
     pub fn to_bytes(&self) -> Vec<u8> {
         let _x = self.gate.write();
         let g = self.current();
+        g.link_deferred();
         super::persist::to_bytes(&g)
     }
 
@@ -892,6 +909,7 @@ impl HnswIndex {
     pub fn cut(&self) -> IndexCut {
         let _x = self.gate.write();
         let g = self.current();
+        g.link_deferred();
         let (slots, entry) = (g.slots(), g.entry());
         g.cuts.fetch_add(1, Ordering::AcqRel);
         IndexCut { g, slots, entry }

@@ -24,6 +24,7 @@ mod tests;
 mod tests_codes;
 #[cfg(test)]
 mod tests_robust;
+mod upper;
 
 pub use distance::{simd_level, Metric};
 pub use index::{

@@ -225,3 +225,141 @@ fn deterministic_build_is_identical_at_any_thread_count() {
         hit as f64 / 3000.0
     );
 }
+
+/// Slot `s`'s links on level `l`.
+fn links_of(g: &graph::Graph, s: u32, l: usize) -> Vec<u32> {
+    let mut buf = [0u32; graph::BUF];
+    let n = store::read_links(g.store.links(s, l), &mut buf);
+    buf[..n].to_vec()
+}
+
+/// A deferred insert is linked on level 0 at once (found by its own vector) with its upper
+/// levels queued; `link_deferred` then links every queued node on its levels and makes the
+/// highest node the entry, and the graph searches as well as one linked in full at insert.
+#[test]
+fn deferred_upper_levels_are_queued_then_linked() {
+    let (dim, n) = (16, 3000);
+    let d = unit(data(n, dim, 21), dim);
+    let queries = unit(data(200, dim, 22), dim);
+    let (deferred, full) = (
+        graph::Graph::new(dim, Metric::Cosine, 8, 64, n, 1, Quantize::Off),
+        graph::Graph::new(dim, Metric::Cosine, 8, 64, n, 1, Quantize::Off),
+    );
+    let pad = |v: &[f32]| {
+        let mut p = v.to_vec();
+        p.resize(deferred.store.stride, 0.0);
+        p
+    };
+    let (mut queued, mut found) = (0, 0);
+    for (i, v) in d.chunks_exact(dim).enumerate() {
+        queued += deferred.insert_linking(i as u64, v, true).unwrap() as usize;
+        full.insert(i as u64, v).unwrap();
+        found += (deferred.knn(&pad(v), 1, 64, |_| true)[0].id == i as u32) as usize;
+    }
+    let upper: Vec<u32> = (0..n as u32)
+        .filter(|&s| deferred.store.level(s) > 0)
+        .collect();
+    assert!(
+        found * 100 >= n * 99,
+        "found by their own vectors at once: {found} of {n}"
+    );
+    assert_eq!(
+        (queued, deferred.deferred_len()),
+        (upper.len(), upper.len())
+    );
+    assert!(upper.iter().all(|&s| links_of(&deferred, s, 1).is_empty()));
+    deferred.link_deferred();
+    assert_eq!(deferred.deferred_len(), 0);
+    assert!(upper.iter().all(|&s| !links_of(&deferred, s, 1).is_empty()));
+    let top = upper
+        .iter()
+        .map(|&s| deferred.store.level(s))
+        .max()
+        .unwrap();
+    assert_eq!(deferred.entry().unwrap().1, top);
+    let recall = |g: &graph::Graph| {
+        let hits: usize = queries
+            .chunks_exact(dim)
+            .map(|q| {
+                let truth = exact(
+                    &d,
+                    &(0..n as u64).collect::<Vec<_>>(),
+                    q,
+                    10,
+                    Metric::Cosine,
+                );
+                let got = g.knn(&pad(q), 10, 32, |_| true);
+                got.iter()
+                    .filter(|c| truth.contains(&(c.id as u64)))
+                    .count()
+            })
+            .sum();
+        hits as f64 / (10 * queries.len() / dim) as f64
+    };
+    let (a, b) = (recall(&deferred), recall(&full));
+    assert!(
+        a >= b - 0.01,
+        "recall@10 at ef 32: deferred {a}, linked at insert {b}"
+    );
+}
+
+/// One-row adds (upper levels linked on the rayon pool) racing removes, consolidation and a
+/// searcher: no removed id is returned, `save` drains the queue and its file holds every level
+/// (each node above level 0 linked there, the highest node the entry), and the live items are
+/// found by their own vectors.
+#[test]
+fn one_row_adds_with_deferred_levels_survive_churn_and_save() {
+    let (dim, n) = (16, 4000usize);
+    let d = unit(data(n, dim, 23), dim);
+    let row = |i: usize| &d[i * dim..(i + 1) * dim];
+    let idx = HnswIndex::new(dim, Metric::Cosine, params(8, 64)).unwrap();
+    let removed = |i: usize| i + 100 < n && i.is_multiple_of(3);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut i = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                idx.search_one(row(i % n), 10, Some(32), None).unwrap();
+                i += 7;
+            }
+        });
+        for i in 0..n {
+            idx.add(&[i as u64], row(i)).unwrap();
+            if i >= 100 && removed(i - 100) {
+                assert_eq!(idx.remove(&[(i - 100) as u64]).unwrap(), 1);
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert!(idx.stats().free_slots + idx.stats().tombstones > 0);
+    let path = std::env::temp_dir().join(format!("fyp_hnsw_deferred_{}", std::process::id()));
+    idx.save(&path).unwrap();
+    assert_eq!(
+        idx.stats().deferred,
+        0,
+        "save links the queued levels first"
+    );
+    let back = HnswIndex::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let g = back.current();
+    let live: Vec<u32> = g.ids.items().iter().map(|x| x.1).collect();
+    let top = live.iter().map(|&s| g.store.level(s)).max().unwrap();
+    assert_eq!(g.entry().unwrap().1, top);
+    assert!(live
+        .iter()
+        .all(|&s| g.store.level(s) == 0 || !links_of(&g, s, 1).is_empty()));
+    let mut found = 0;
+    for i in (0..n).filter(|&i| !removed(i)) {
+        let got = back.search_one(row(i), 10, Some(64), None).unwrap();
+        assert!(
+            got.iter().all(|x| !removed(x.0 as usize)),
+            "a removed id came back"
+        );
+        found += (got[0].0 == i as u64) as usize;
+    }
+    let want = (0..n).filter(|&i| !removed(i)).count();
+    assert!(
+        found * 100 >= want * 99,
+        "{found} of {want} found by their own vectors"
+    );
+}
