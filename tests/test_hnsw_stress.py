@@ -46,7 +46,9 @@ def test_concurrent_add_search_remove():
             while time.perf_counter() < deadline:
                 op = rng.random()
                 if op < 0.4:
-                    n = int(rng.integers(1, 20))
+                    # Half the adds are one row (the online insert: upper levels linked after
+                    # the call, on the rayon pool), half small batches.
+                    n = 1 if rng.random() < 0.5 else int(rng.integers(2, 20))
                     ids = list(range(next_id, next_id + n))
                     next_id += n
                     vs = np.stack([vec(i) for i in ids])
@@ -93,6 +95,11 @@ def test_concurrent_add_search_remove():
     assert not errors, errors[:5]
     assert min(counts.values()) > 0, counts
     assert len(ix) == len(live)
+    # The queued upper levels of the last one-row adds drain by themselves.
+    drained = time.perf_counter() + 10
+    while ix.stats()["deferred"] and time.perf_counter() < drained:
+        time.sleep(0.01)
+    assert ix.stats()["deferred"] == 0, ix.stats()
     ids = np.fromiter(live.keys(), dtype=np.uint64)
     vs = np.stack([live[int(i)] for i in ids])
     found, dist = ix.search(vs, 1, ef=400)

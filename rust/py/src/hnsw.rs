@@ -263,6 +263,8 @@ impl PyHnswIndex {
     /// (whole and searchable; `len` counts them), the rest are not inserted (an index built
     /// with `deterministic=True` finishes its batch first). A batch of up to 32 rows (the
     /// online insert) runs to its end first, without the thread that watches for Ctrl-C.
+    /// One row returns as soon as it is searchable: if it drew an upper level (1 in `m`), that
+    /// level is linked right after on a pool thread (`stats()["deferred"]`; `save` waits).
     #[pyo3(signature = (ids, vectors, threads=None))]
     fn add(
         &self,
