@@ -195,7 +195,9 @@ def test_rebuild_in_background_loses_no_insert(data):
     def writer():
         try:
             for i in range(3000, 4000, 50):
-                ix.add(np.arange(i, i + 50), data[i : i + 50])
+                ix.add(np.arange(i, i + 45), data[i : i + 45])
+                for j in range(i + 45, i + 50):  # one row: upper levels linked after the call
+                    ix.add([j], data[j : j + 1])
             ix.remove([1, 2])
         except Exception as e:  # noqa: BLE001
             errors.append(e)
@@ -212,6 +214,8 @@ def test_rebuild_in_background_loses_no_insert(data):
     assert all(i in ix for i in (4, 3999, 3500)) and 1 not in ix and 2 not in ix
     ids, dist = ix.search(data[3999:4000], 1, ef=64)
     assert ids[0, 0] == 3999 and dist[0, 0] < 1e-5
+    found, _ = ix.search(data[3000:4000], 1, ef=64)
+    assert (found[:, 0] == np.arange(3000, 4000)).mean() >= 0.99
 
 
 def test_save_load_round_trip(tmp_path, data, queries):
