@@ -189,10 +189,16 @@ impl Graph {
         }
         let _g = self.entry_lock.lock();
         // A node with links is linked (its lists are written before anyone links to it); an
-        // insert still in flight has none yet and must not become the entry.
+        // insert still in flight has none yet and must not become the entry. Nor a node above
+        // level 0 with no links there: a one-row add whose upper levels are still queued
+        // (`upper`), which as the entry would route every search straight down.
+        let linked = |i: u32, l: usize| {
+            let list = self.store.links(i, l);
+            !list.is_empty() && list[0].load(Ordering::Acquire) > 0
+        };
         let best = (0..n as u32)
-            .filter(|&i| !self.store.is_deleted(i) && !self.store.links(i, 0).is_empty())
-            .filter(|&i| self.store.links(i, 0)[0].load(Ordering::Acquire) > 0)
+            .filter(|&i| !self.store.is_deleted(i) && linked(i, 0))
+            .filter(|&i| self.store.level(i) == 0 || linked(i, 1))
             .max_by_key(|&i| (self.store.level(i), std::cmp::Reverse(i)));
         if let Some(b) = best {
             self.set_entry(b, self.store.level(b));

@@ -256,18 +256,26 @@ fn deferred_upper_levels_are_queued_then_linked() {
         full.insert(i as u64, v).unwrap();
         found += (deferred.knn(&pad(v), 1, 64, |_| true)[0].id == i as u32) as usize;
     }
-    let upper: Vec<u32> = (0..n as u32)
+    let upper: Vec<u32> = (1..n as u32)
         .filter(|&s| deferred.store.level(s) > 0)
         .collect();
     assert!(
         found * 100 >= n * 99,
         "found by their own vectors at once: {found} of {n}"
     );
-    assert_eq!(
-        (queued, deferred.deferred_len()),
-        (upper.len(), upper.len())
-    );
+    let first = (deferred.store.level(0) > 0) as usize;
+    assert_eq!(queued, upper.len() + first);
+    assert_eq!(deferred.deferred_len(), queued);
     assert!(upper.iter().all(|&s| links_of(&deferred, s, 1).is_empty()));
+    // The entry (the first node) removed while the others' upper levels are queued: the entry
+    // moves to a node linked on its levels, never to a queued one.
+    assert_eq!(deferred.entry().unwrap().0, 0);
+    for g in [&deferred, &full] {
+        assert!(g.remove(0));
+        assert!(g.consolidate() >= 1);
+    }
+    let (e, _) = deferred.entry().unwrap();
+    assert!(!upper.contains(&e), "a queued node became the entry");
     deferred.link_deferred();
     assert_eq!(deferred.deferred_len(), 0);
     assert!(upper.iter().all(|&s| !links_of(&deferred, s, 1).is_empty()));
@@ -282,8 +290,8 @@ fn deferred_upper_levels_are_queued_then_linked() {
             .chunks_exact(dim)
             .map(|q| {
                 let truth = exact(
-                    &d,
-                    &(0..n as u64).collect::<Vec<_>>(),
+                    &d[dim..],
+                    &(1..n as u64).collect::<Vec<_>>(),
                     q,
                     10,
                     Metric::Cosine,
