@@ -99,7 +99,7 @@ def test_concurrent_add_search_remove():
     drained = time.perf_counter() + 10
     while ix.stats()["deferred"] and time.perf_counter() < drained:
         time.sleep(0.01)
-    assert ix.stats()["deferred"] == 0, ix.stats()
+    assert ix.stats()["deferred"] == 0 and ix.stats()["deferred_failed"] == 0, ix.stats()
     ids = np.fromiter(live.keys(), dtype=np.uint64)
     vs = np.stack([live[int(i)] for i in ids])
     found, dist = ix.search(vs, 1, ef=400)

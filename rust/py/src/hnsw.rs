@@ -238,8 +238,9 @@ impl PyHnswIndex {
         self.inner.is_rebuilding()
     }
 
-    /// `{"live", "slots", "tombstones", "free_slots", "memory_bytes", "deferred"}`; `deferred`:
-    /// one-row inserts whose upper levels are still being linked in the background.
+    /// `{"live", "slots", "tombstones", "free_slots", "memory_bytes", "deferred",
+    /// "deferred_failed"}`; `deferred`: one-row inserts whose upper levels are still being
+    /// linked in the background; `deferred_failed`: such linking runs that panicked (a bug).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let d = PyDict::new(py);
@@ -249,6 +250,7 @@ impl PyHnswIndex {
         d.set_item("free_slots", s.free_slots)?;
         d.set_item("memory_bytes", s.memory_bytes)?;
         d.set_item("deferred", s.deferred)?;
+        d.set_item("deferred_failed", s.deferred_failed)?;
         Ok(d)
     }
 

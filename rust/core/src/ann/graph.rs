@@ -86,6 +86,8 @@ pub struct Graph {
     pub(crate) deferred: Mutex<VecDeque<u32>>,
     /// Held by `link_deferred` for each node it links, so `save` can wait for the one in flight.
     pub(crate) linker: Mutex<()>,
+    /// Background `link_deferred` runs that panicked (caught: see `upper`).
+    pub(crate) deferred_failed: AtomicUsize,
 }
 
 impl Graph {
@@ -131,6 +133,7 @@ impl Graph {
             clipped: AtomicBool::new(false),
             deferred: Mutex::new(VecDeque::new()),
             linker: Mutex::new(()),
+            deferred_failed: AtomicUsize::new(0),
         }
     }
 

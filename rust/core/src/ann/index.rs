@@ -87,6 +87,8 @@ pub struct HnswStats {
     pub memory_bytes: usize,
     /// One-row inserts whose upper levels are still being linked in the background.
     pub deferred: usize,
+    /// Background linking runs that panicked (a bug; 0 expected).
+    pub deferred_failed: usize,
 }
 
 enum Op {
@@ -251,6 +253,7 @@ impl HnswIndex {
             free_slots,
             memory_bytes: g.store.allocated_bytes() + g.ids.heap_bytes(),
             deferred: g.deferred_len(),
+            deferred_failed: g.deferred_failed.load(Ordering::Relaxed),
         }
     }
 
@@ -511,8 +514,7 @@ impl HnswIndex {
             *g = self.current();
         }
         if g.insert_linking(id, &v, defer)? {
-            let g = Arc::clone(g);
-            rayon::spawn(move || g.link_deferred());
+            Arc::clone(g).link_deferred_in_background();
         }
         self.after_write(g, Op::Add(id, v))
     }

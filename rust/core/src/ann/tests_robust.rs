@@ -347,6 +347,7 @@ fn one_row_adds_with_deferred_levels_survive_churn_and_save() {
         0,
         "save links the queued levels first"
     );
+    assert_eq!(idx.stats().deferred_failed, 0);
     let back = HnswIndex::load(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let g = back.current();

@@ -17,6 +17,9 @@
 //! the index's write gate), so a file holds every level.
 
 use super::graph::Graph;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 impl Graph {
     /// Link `s` on level 0 now and queue its upper levels; returns whether it has any.
@@ -42,6 +45,17 @@ impl Graph {
                 self.link_levels(s, self.store.level(s), 1);
             }
         }
+    }
+
+    /// `link_deferred` on the rayon pool. A panic there would abort the process, so it is caught
+    /// and counted (`HnswStats::deferred_failed`); the node being linked keeps its level-0 links
+    /// (searchable, only not on its upper levels).
+    pub(crate) fn link_deferred_in_background(self: Arc<Self>) {
+        rayon::spawn(move || {
+            if catch_unwind(AssertUnwindSafe(|| self.link_deferred())).is_err() {
+                self.deferred_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 
     /// Nodes whose upper levels are still queued.
