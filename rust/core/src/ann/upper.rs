@@ -14,7 +14,8 @@
 //! Ordering: the queue is drained with a pin held per node, so `consolidate`'s grace period waits
 //! for a node in flight, and `consolidate` drops queued nodes it is about to free (a removed node
 //! is skipped anyway); `save`, `to_bytes` and `cut` drain the queue first (`link_deferred` under
-//! the index's write gate), so a file holds every level.
+//! the index's write gate), so a file holds every level. A tombstoned entry is never handed to a
+//! queued node (`move_entry_off_tombstone` asks for a level-1 link of a node above level 0).
 
 use super::graph::Graph;
 use std::panic::{catch_unwind, AssertUnwindSafe};
