@@ -267,3 +267,39 @@ def test_ids_as_int_list_tuple_or_array_are_the_same():
     with pytest.raises(ValueError, match="1-D"):
         b.add([[1]], rows[:1])
     assert len(b) == 81
+
+
+_FORKED = """
+import os, time
+import numpy as np
+from fyp_core import HnswIndex
+x = np.random.default_rng(4).standard_normal((3000, 16)).astype(np.float32)
+ix = HnswIndex(16, metric="l2")
+ix.add(np.arange(2000), x[:2000])
+for i in range(2000, 2300):  # the background worker starts here, in the parent
+    ix.add([i], x[i : i + 1])
+pid = os.fork()
+if pid == 0:
+    for i in range(2300, 2700):  # in the child: the parent's worker thread does not exist
+        ix.add([i], x[i : i + 1])
+    t = time.perf_counter() + 10
+    while ix.stats()["deferred"] and time.perf_counter() < t:
+        time.sleep(0.01)
+    found, _ = ix.search(x[2300:2700], 1, ef=64)
+    print(ix.stats()["deferred"], int((found[:, 0] == np.arange(2300, 2700)).sum()), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_one_row_adds_link_their_upper_levels_in_a_forked_worker():
+    """A one-row add leaves its upper levels to a background thread; a forked serving worker
+    (gunicorn/uvicorn) has none of its parent's threads, so the worker must be its own."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FORKED], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    deferred, found = map(int, r.stdout.split())
+    assert deferred == 0, f"{deferred} queued upper levels never linked in the forked child"
+    assert found >= 396, found

@@ -47,7 +47,7 @@ def test_concurrent_add_search_remove():
                 op = rng.random()
                 if op < 0.4:
                     # Half the adds are one row (the online insert: upper levels linked after
-                    # the call, on the rayon pool), half small batches.
+                    # the call, on the background worker), half small batches.
                     n = 1 if rng.random() < 0.5 else int(rng.integers(2, 20))
                     ids = list(range(next_id, next_id + n))
                     next_id += n

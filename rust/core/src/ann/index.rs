@@ -502,7 +502,7 @@ impl HnswIndex {
 
     /// Insert into `g`, this writer's handle on the live graph (refreshed only when a rebuild
     /// swapped graphs, so an insert clones no `Arc` and takes no lock of the index's own).
-    /// With `defer`, upper levels are left to a task on the rayon pool.
+    /// With `defer`, upper levels are left to the background worker (`upper`).
     fn add_prepared(
         &self,
         g: &mut Arc<Graph>,

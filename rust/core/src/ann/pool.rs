@@ -1,7 +1,8 @@
 //! Rayon pools for batch add/search, one per requested thread count, built lazily and cached.
 //! We never use rayon's global pool: a pool created before `fork()` has no threads in the
 //! child (gunicorn/uvicorn workers fork), so pools are keyed by process id and rebuilt after a
-//! fork. `threads == 1` runs on the calling thread, no pool at all.
+//! fork. `threads == 1` runs on the calling thread, no pool at all; the one-thread pool is the
+//! background worker (`spawn`).
 
 use parking_lot::Mutex;
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -39,6 +40,18 @@ pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> crate::
     if threads <= 1 {
         return Ok(f());
     }
+    Ok(pool(threads)?.install(f))
+}
+
+/// Runs `f` later on this process's background worker (one thread, also rebuilt after a fork);
+/// `Err` when the thread cannot be started.
+pub fn spawn(f: impl FnOnce() + Send + 'static) -> crate::Result<()> {
+    pool(1)?.spawn(f);
+    Ok(())
+}
+
+/// This process's pool of `threads` workers.
+fn pool(threads: usize) -> crate::Result<Arc<ThreadPool>> {
     let pool = {
         let mut g = pools().lock();
         let pid = std::process::id();
@@ -66,5 +79,5 @@ pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> crate::
             }
         }
     };
-    Ok(pool.install(f))
+    Ok(pool)
 }

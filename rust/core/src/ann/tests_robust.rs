@@ -311,7 +311,7 @@ fn deferred_upper_levels_are_queued_then_linked() {
     );
 }
 
-/// One-row adds (upper levels linked on the rayon pool) racing removes, consolidation and a
+/// One-row adds (upper levels linked on the background worker) racing removes, consolidation and a
 /// searcher: no removed id is returned, `save` drains the queue and its file holds every level
 /// (each node above level 0 linked there, the highest node the entry), and the live items are
 /// found by their own vectors.

@@ -4,8 +4,8 @@
 //! a beam search (`ef_construction`) and a commit per extra level: twice the work of a level-0
 //! insert, in one call of every 16 at `m = 16`, which is the whole p99 of one-row inserts. An
 //! `add` of one row therefore links the node on level 0 only (it is searchable when the call
-//! returns: every search ends on level 0) and queues it; `link_deferred`, run on the rayon pool
-//! right after, links its upper levels (a greedy descent to its level, then the usual search and
+//! returns: every search ends on level 0) and queues it; `link_deferred`, run on the
+//! background worker (`pool::spawn`, fork-safe like every pool of ours) right after, links its upper levels (a greedy descent to its level, then the usual search and
 //! commit per level) and makes it the entry when it is the highest node. Until then the node is
 //! reached through its level-0 links, as any node below its level; the upper levels only route
 //! searches to level 0 faster. Batches (whose p99 is not a call's) and deterministic builds link
@@ -18,6 +18,7 @@
 //! queued node (`move_entry_off_tombstone` asks for a level-1 link of a node above level 0).
 
 use super::graph::Graph;
+use super::pool;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,15 +49,20 @@ impl Graph {
         }
     }
 
-    /// `link_deferred` on the rayon pool. A panic there would abort the process, so it is caught
-    /// and counted (`HnswStats::deferred_failed`); the node being linked keeps its level-0 links
-    /// (searchable, only not on its upper levels).
+    /// `link_deferred` on the background worker. A panic there would abort the process, so it
+    /// is caught and counted (`HnswStats::deferred_failed`); the node being linked keeps its
+    /// level-0 links (searchable, only not on its upper levels). Without a worker (its thread
+    /// refused) the caller links them itself.
     pub(crate) fn link_deferred_in_background(self: Arc<Self>) {
-        rayon::spawn(move || {
-            if catch_unwind(AssertUnwindSafe(|| self.link_deferred())).is_err() {
-                self.deferred_failed.fetch_add(1, Ordering::Relaxed);
+        let g = Arc::clone(&self);
+        let task = move || {
+            if catch_unwind(AssertUnwindSafe(|| g.link_deferred())).is_err() {
+                g.deferred_failed.fetch_add(1, Ordering::Relaxed);
             }
-        });
+        };
+        if pool::spawn(task).is_err() {
+            self.link_deferred();
+        }
     }
 
     /// Nodes whose upper levels are still queued.
