@@ -105,6 +105,17 @@ def test_shadow_ope_card(good):
         assert f"<td>{v}</td>" in table
 
 
+def test_source_date_epoch_fixes_the_generated_stamp(good, monkeypatch):
+    """Two runs over one log write the same bytes when SOURCE_DATE_EPOCH is set (reproducible
+    builds' convention); a value that is not whole seconds is refused with the fix."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767571200")
+    page = build_report(good.root)
+    assert "generated 2026-01-05 00:00 UTC" in page
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ValueError, match="SOURCE_DATE_EPOCH must be a whole number"):
+        build_report(good.root)
+
+
 def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.html")]) == 2
     assert "fyp-core report" in capsys.readouterr().err

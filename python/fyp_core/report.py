@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -842,6 +843,19 @@ def _shadow_ope_tile(rows: List[dict]) -> Tile:
     )
 
 
+def _generated_at() -> _dt.datetime:
+    """The report's "generated" stamp: now, or ``SOURCE_DATE_EPOCH`` (seconds since the epoch, the
+    reproducible-builds convention) when set, so two runs over one log write identical files."""
+    fixed = os.environ.get("SOURCE_DATE_EPOCH")
+    if fixed is None:
+        return _dt.datetime.now(_dt.timezone.utc)
+    if not fixed.strip().isdigit():
+        raise ValueError(
+            f"SOURCE_DATE_EPOCH must be a whole number of seconds since 1970-01-01, got {fixed!r}"
+        )
+    return _dt.datetime.fromtimestamp(int(fixed), _dt.timezone.utc)
+
+
 def _page(
     title: str,
     root: str,
@@ -867,7 +881,7 @@ def _page(
         f"<h1>{html.escape(title)}</h1>",
         f'<div class="meta">{html.escape(root)} · {span} · {rows:,} impressions logged '
         f"({slots:,.0f} slots after sampling reweight) · generated "
-        f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC</div>",
+        f"{_generated_at():%Y-%m-%d %H:%M} UTC</div>",
         f'<div class="tiles">{tile_html}</div>',
         "<h2>Plots</h2>",
         f'<div class="figs">{"".join(figs)}</div>',
