@@ -211,6 +211,26 @@ def test_replace_reuses_slots():
     assert (found[:, 0] == np.arange(500)).mean() >= 0.99
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_an_emptied_index_finds_the_items_added_after(deterministic):
+    """Every item removed (a fresh-item pool that drained), or the only id replaced, then new
+    items added: each is found by its own vector (they were linked from the dead entry, to
+    nothing, and no search found them)."""
+    x = unit_rows(30, 8, 4)
+    ix = HnswIndex(8, m=8, ef_construction=64, deterministic=deterministic)
+    ix.add([1], x[:1])
+    ix.remove([1])
+    ix.add([2], x[1:2])
+    assert ix.search(x[1:2], 1)[0][0, 0] == 2
+    ix.add([2], x[2:3])  # replaces the only item
+    assert ix.search(x[2:3], 1)[0][0, 0] == 2
+    ix.remove([2])
+    for i in range(10, 30):  # one-row adds, as a fresh-item pool receives them
+        ix.add([i], x[i : i + 1])
+    found, _ = ix.search(x[10:30], 1, ef=32)
+    assert (found[:, 0] == np.arange(10, 30)).all()
+
+
 def test_deterministic_build_same_at_any_thread_count():
     x = unit_rows(3000, 24, 4)
     q = unit_rows(200, 24, 5)

@@ -182,12 +182,20 @@ impl Graph {
 
     /// A tombstoned entry node would be kept for ever and, once its neighbours are freed,
     /// could leave searches nowhere to go: hand the entry to a live node of the highest level.
-    fn move_entry_off_tombstone(&self, n: usize) {
+    pub(crate) fn move_entry_off_tombstone(&self, n: usize) {
+        if self.entry().is_some_and(|(e, _)| self.store.is_deleted(e)) {
+            let _g = self.entry_lock.lock();
+            self.hand_on_dead_entry(n);
+        }
+    }
+
+    /// `move_entry_off_tombstone` for a caller that holds `entry_lock` (the entry is read
+    /// again under it: an insert may have made a new one meanwhile).
+    pub(crate) fn hand_on_dead_entry(&self, n: usize) {
         let Some((e, _)) = self.entry() else { return };
         if !self.store.is_deleted(e) {
             return;
         }
-        let _g = self.entry_lock.lock();
         // A node with links is linked (its lists are written before anyone links to it); an
         // insert still in flight has none yet and must not become the entry. Nor a node above
         // level 0 with no links there: a one-row add whose upper levels are still queued

@@ -28,7 +28,7 @@ impl Graph {
             let b = (self.len() / 4).clamp(1, 256).min(items.len() - i);
             let batch = &items[i..i + b];
             let slots = self.alloc_batch(batch)?;
-            let e = self.entry.load(Ordering::Acquire);
+            let e = self.entry_to_link_from();
             let plans: Vec<Plan> = if e == EMPTY {
                 vec![Vec::new(); b]
             } else if threads <= 1 {
@@ -116,7 +116,8 @@ impl Graph {
             }
         }
         let level = self.store.level(s);
-        match self.entry() {
+        // No entry, or a dead one with no live node to hand it to (`entry_to_link_from`).
+        match self.entry().filter(|&(x, _)| !self.store.is_deleted(x)) {
             None => self.set_entry(s, level),
             Some((_, top)) => {
                 self.commit(s, plan);

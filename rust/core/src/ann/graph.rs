@@ -235,7 +235,9 @@ impl Graph {
         Ok(deferred)
     }
 
-    /// Tombstone `label` and repair its neighbours' links. Returns false when absent.
+    /// Tombstone `label` and repair its neighbours' links. Returns false when absent. A removed
+    /// entry stays the entry (a waypoint, as any tombstone) until the next insert or
+    /// `consolidate` hands it on (`entry_to_link_from`).
     pub fn remove(&self, label: u64) -> bool {
         let _pin = self.epochs.pin();
         let Some(slot) = self.ids.remove(label) else {
@@ -274,16 +276,38 @@ impl Graph {
         self.link_levels(s, self.store.level(s), 0);
     }
 
+    /// The entry an insert links from: the current one, handed to a live linked node first
+    /// if it is a tombstone (`move_entry_off_tombstone`, one pass over the slots, once per
+    /// removed entry), or `EMPTY` when no live node is linked (every item removed or
+    /// replaced): the next node starts the graph afresh. Inserts never link to a tombstone, so
+    /// a node linked from a dead entry with no live neighbours on its levels got no links
+    /// there: after removing every item, new ones were found by no search, and one-row adds
+    /// whose upper levels were linked while the (dead) entry had no upper links yet got none.
+    pub(crate) fn entry_to_link_from(&self) -> u64 {
+        let e = self.entry.load(Ordering::Acquire);
+        if e == EMPTY || !self.store.is_deleted(unpack(e).0) {
+            return e;
+        }
+        self.move_entry_off_tombstone(self.slots());
+        let e = self.entry.load(Ordering::Acquire);
+        if self.store.is_deleted(unpack(e).0) {
+            EMPTY
+        } else {
+            e
+        }
+    }
+
     /// Link `s` on levels `lo..=top` (`top` at most its level); it becomes the entry when
     /// `top` is its level and above the graph's.
     pub(crate) fn link_levels(&self, s: u32, top: usize, lo: usize) {
         let level = self.store.level(s);
         let mut guard = None;
-        let mut e = self.entry.load(Ordering::Acquire);
+        let mut e = self.entry_to_link_from();
         if e == EMPTY || top > unpack(e).1 {
             guard = Some(self.entry_lock.lock());
+            self.hand_on_dead_entry(self.slots()); // removed since `entry_to_link_from`?
             e = self.entry.load(Ordering::Acquire);
-            if e == EMPTY {
+            if e == EMPTY || self.store.is_deleted(unpack(e).0) {
                 self.entry.store(pack(s, level), Ordering::Release);
                 return;
             }
