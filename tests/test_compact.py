@@ -65,6 +65,38 @@ def _resplit(root: str, tables=("impressions", "engagements"), k: int = 3) -> No
                 shutil.rmtree(new.parent)
 
 
+def test_a_read_slower_than_the_gaps_between_passes_still_ends(logdir):
+    """Passes back to back (split, compact, split...) and a read that lists its files, then takes
+    0.3 s before opening them: every optimistic attempt loses the race, the last one (holding the
+    compaction locks shared) ends with the whole table (it raised after 8 attempts before)."""
+    want = analytics.read_table(logdir, "impressions").num_rows
+    stop, passes, tries = threading.Event(), [0], [0]
+
+    def passes_back_to_back() -> None:
+        while not stop.is_set():
+            compact(logdir, table="impressions", older_than_hours=2, now=NOW)
+            _resplit(logdir, tables=("impressions",))
+            passes[0] += 1
+
+    def slow_read() -> int:
+        tries[0] += 1
+        files = analytics.table_files(logdir, "impressions")
+        time.sleep(0.3)
+        return sum(pq.read_metadata(f).num_rows for f in files)
+
+    t = threading.Thread(target=passes_back_to_back)
+    t.start()
+    try:
+        while passes[0] < 2:
+            time.sleep(0.01)
+        got = analytics._retrying(slow_read, logdir)
+    finally:
+        stop.set()
+        t.join()
+    assert got == want
+    assert tries[0] >= 2, "no attempt lost the race: the test did not race"
+
+
 def test_concurrent_readers_see_all_old_or_all_new(logdir):
     want = _answers(logdir)
     n_imp = analytics.read_table(logdir, "impressions").num_rows

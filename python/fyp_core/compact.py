@@ -38,7 +38,14 @@ import pyarrow.parquet as pq
 from fyp_core import eventlog
 from fyp_core.analytics.sqlsource import TABLES
 
-__all__ = ["CompactResult", "compact", "compact_partition", "exchange_dirs", "wait_for_compactions"]
+__all__ = [
+    "CompactResult",
+    "compact",
+    "compact_partition",
+    "compactions_held",
+    "exchange_dirs",
+    "wait_for_compactions",
+]
 
 STAGING = ".compact"
 _AT_FDCWD = -100
@@ -157,6 +164,17 @@ def wait_for_compactions(root: str) -> None:
     for lock in sorted((Path(root) / STAGING).glob("*.lock")):
         with _table_lock(root, lock.stem, fcntl.LOCK_SH):
             pass
+
+
+@contextlib.contextmanager
+def compactions_held(root: str) -> Iterator[None]:
+    """Hold every table's compaction lock shared until the block ends: no pass swaps a partition
+    meanwhile (a reader's last attempt, after its query lost the race to passes running back to
+    back, whose gaps were shorter than the query)."""
+    with contextlib.ExitStack() as stack:
+        for lock in sorted((Path(root) / STAGING).glob("*.lock")):
+            stack.enter_context(_table_lock(root, lock.stem, fcntl.LOCK_SH))
+        yield
 
 
 def _closed_partition(

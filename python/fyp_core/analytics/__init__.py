@@ -26,7 +26,7 @@ ENGINES = ("duckdb", "spark")
 _FILE_VANISHED = re.compile(
     r"No such file|FileNotFound|FILE_NOT_EXIST|PATH_NOT_FOUND|No files found that match"
 )
-_ATTEMPTS = 8
+_ATTEMPTS = 4  # the last one under the compaction locks (`_retrying`)
 T = TypeVar("T")
 
 __all__ = [
@@ -92,17 +92,22 @@ def read_table(root: str, table: str, columns: Optional[List[str]] = None) -> pa
 
 def _retrying(fn: Callable[[], T], root: str) -> T:
     """``fn()``, rerun when a file it listed vanished before it was read: a compaction swapped
-    its partition (``fyp_core.compact``); wait for that pass to end, then list afresh."""
+    its partition (``fyp_core.compact``); wait for that pass to end, then list afresh. The last
+    attempt holds the compaction locks shared (``compactions_held``), so a query slower than the
+    gaps between passes still ends (under load, 8 optimistic attempts in a row lost the race)."""
+    from fyp_core.compact import compactions_held, wait_for_compactions
+
     for attempt in range(_ATTEMPTS):
         try:
-            return fn()
+            if attempt + 1 < _ATTEMPTS:
+                return fn()
+            with compactions_held(root):
+                return fn()
         except ValueError:
             raise
         except Exception as e:  # both engines' and Arrow's I/O errors
             if attempt + 1 == _ATTEMPTS or not _FILE_VANISHED.search(str(e)):
                 raise
-            from fyp_core.compact import wait_for_compactions
-
             wait_for_compactions(root)
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
