@@ -15,7 +15,7 @@ Real faults, through the Python API:
 - read_only_dir: a writer subprocess (as root: without CAP_DAC_OVERRIDE, so file modes bind)
   finds its log and write-ahead directories made read-only (chmod a-w) at a random point; flush
   must raise; the directories become writable again; kill -9 copy; flush; count.
-Injected faults (`cargo test --workspace --lib fault_figures -- --ignored`, the fault-injection
+Injected faults (`cargo test -p fyp-core --lib fault_figures -- --ignored`, the fault-injection
 layer of rust/core/src/eventlog/fsio.rs): ENOSPC mid-frame, EIO, fsync failure, rename failure,
 segment create failure, read-only file system; each round also takes a kill -9 copy.
 """
@@ -367,14 +367,16 @@ def run_real(name: str, fn, rounds: int, seed: int) -> dict:
 
 def run_injected(rounds: int) -> list[dict]:
     env = dict(os.environ, FYP_FAULT_ROUNDS=str(rounds))
-    # --workspace selects the same packages (and features) as CI's `cargo test --workspace`,
-    # so its build is reused
+    # the same package and targets as CI's `cargo test -p fyp-core --lib --tests`, so its build
+    # is reused (CI exports its CARGO_TARGET_DIR for the benchmarks)
     cmd = [
         "cargo",
         "test",
         "-q",
-        "--workspace",
+        "-p",
+        "fyp-core",
         "--lib",
+        "--tests",
         "fault_figures",
         "--",
         "--ignored",
