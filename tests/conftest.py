@@ -4,14 +4,28 @@ instead of a copy per test module."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import signal
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
+import pytest
 
 from fyp_core import EventLog, FeedPipeline, HnswIndex, MlpRanker, Reranker, TrafficSplit
 from fyp_core import features as fs
 from fyp_core.catalog import Catalogue, apply_catalogue
 from fyp_core.synth import TASKS, demo_ranker_weights
+
+
+@pytest.fixture(autouse=True)
+def _sigint_as_a_shell_leaves_it() -> Iterator[None]:
+    """Every test starts with Python's own SIGINT handler, as a process started from a shell:
+    the Ctrl-C tests' children inherit an ignored SIGINT otherwise. Under two pytest-xdist
+    workers a worker was found with SIGINT and SIGQUIT ignored (C ``system()``'s pattern) after
+    other modules had run in it; nothing of ours ignores either."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
 
 DEFAULT_POLICY = {"window": 20, "max_topic_share": 0.4, "max_per_creator": 2}
 

@@ -54,12 +54,13 @@ def test_busy_port_fails_in_one_line_before_the_build() -> None:
     assert took < 20
 
 
-def test_ctrl_c_stops_the_build_promptly() -> None:
+def test_ctrl_c_stops_the_build_promptly(tmp_path) -> None:
     proc = subprocess.Popen(
         cli("demo", "--items", "400000", "--users", "1000", "--ef-construction", "32"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,  # the demo's log directory goes there, not into the checkout
     )
     time.sleep(4)  # inside the world build or the index build
     assert proc.poll() is None
