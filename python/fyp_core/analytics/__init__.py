@@ -95,12 +95,12 @@ def _retrying(fn: Callable[[], T], root: str) -> T:
     its partition (``fyp_core.compact``); wait for that pass to end, then list afresh. The last
     attempt holds the compaction locks shared (``compactions_held``), so a query slower than the
     gaps between passes still ends (under load, 8 optimistic attempts in a row lost the race)."""
-    from fyp_core.compact import compactions_held, wait_for_compactions
-
     for attempt in range(_ATTEMPTS):
         try:
             if attempt + 1 < _ATTEMPTS:
                 return fn()
+            from fyp_core.compact import compactions_held  # imported only when needed (fcntl)
+
             with compactions_held(root):
                 return fn()
         except ValueError:
@@ -108,6 +108,8 @@ def _retrying(fn: Callable[[], T], root: str) -> T:
         except Exception as e:  # both engines' and Arrow's I/O errors
             if attempt + 1 == _ATTEMPTS or not _FILE_VANISHED.search(str(e)):
                 raise
+            from fyp_core.compact import wait_for_compactions
+
             wait_for_compactions(root)
             time.sleep(0.05 * 2**attempt)
     raise AssertionError("unreachable")
