@@ -368,7 +368,7 @@ def run_real(name: str, fn, rounds: int, seed: int) -> dict:
 def run_injected(rounds: int) -> list[dict]:
     env = dict(os.environ, FYP_FAULT_ROUNDS=str(rounds))
     # the same package and targets as CI's `cargo test -p fyp-core --lib --tests`, so its build
-    # is reused (CI exports its CARGO_TARGET_DIR for the benchmarks)
+    # is reused
     cmd = [
         "cargo",
         "test",

@@ -161,9 +161,8 @@ def _table_lock(root: str, table: str, mode: int = fcntl.LOCK_EX) -> Iterator[Pa
 def wait_for_compactions(root: str) -> None:
     """Block until no compaction pass is running on any table of ``root`` (readers call this
     before rerunning a query whose files were swapped away)."""
-    for lock in sorted((Path(root) / STAGING).glob("*.lock")):
-        with _table_lock(root, lock.stem, fcntl.LOCK_SH):
-            pass
+    with compactions_held(root):
+        pass
 
 
 @contextlib.contextmanager

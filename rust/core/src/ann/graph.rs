@@ -284,13 +284,9 @@ impl Graph {
     /// there: after removing every item, new ones were found by no search, and one-row adds
     /// whose upper levels were linked while the (dead) entry had no upper links yet got none.
     pub(crate) fn entry_to_link_from(&self) -> u64 {
-        let e = self.entry.load(Ordering::Acquire);
-        if e == EMPTY || !self.store.is_deleted(unpack(e).0) {
-            return e;
-        }
         self.move_entry_off_tombstone(self.slots());
         let e = self.entry.load(Ordering::Acquire);
-        if self.store.is_deleted(unpack(e).0) {
+        if e != EMPTY && self.store.is_deleted(unpack(e).0) {
             EMPTY
         } else {
             e

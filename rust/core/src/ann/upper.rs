@@ -4,9 +4,10 @@
 //! a beam search (`ef_construction`) and a commit per extra level: twice the work of a level-0
 //! insert, in one call of every 16 at `m = 16`, which is the whole p99 of one-row inserts. An
 //! `add` of one row therefore links the node on level 0 only (it is searchable when the call
-//! returns: every search ends on level 0) and queues it; `link_deferred`, run on the
-//! background worker (`pool::spawn`, fork-safe like every pool of ours) right after, links its upper levels (a greedy descent to its level, then the usual search and
-//! commit per level) and makes it the entry when it is the highest node. Until then the node is
+//! returns: every search ends on level 0) and queues it; `link_deferred`, run on the background
+//! worker (`pool::spawn`, fork-safe like every pool of ours) right after, links its upper levels
+//! (a greedy descent to its level, then the usual search and commit per level) and makes it the
+//! entry when it is the highest node. Until then the node is
 //! reached through its level-0 links, as any node below its level; the upper levels only route
 //! searches to level 0 faster. Batches (whose p99 is not a call's) and deterministic builds link
 //! every level in the call.
