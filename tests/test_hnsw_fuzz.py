@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -44,6 +44,8 @@ floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
     k=st.integers(-3, 40),
     ef=st.one_of(st.none(), st.integers(-5, 100)),
 )
+# finite, but its squared l2 distance to anything (2^128) overflows float32: refused
+@example(arr=np.array([2.0**64, 0, 0, 0, 0, 0], np.float32), k=1, ef=None)
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # hypothesis casting to float16
 def test_search_never_crashes(arr, k, ef):
     try:

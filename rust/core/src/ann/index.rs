@@ -21,6 +21,12 @@ pub const MAX_K: usize = 1 << 20;
 /// Largest `capacity` hint (slots are u32).
 pub const MAX_CAPACITY: usize = 1 << 31;
 
+/// Largest squared norm of a row for metrics "l2" and "ip" (`f32::MAX / 8`, norms up to about
+/// 6.5e18): a distance between two such rows is at most `(|a| + |b|)^2`, half of `f32::MAX`,
+/// so it stays finite in float32 with room for the rounding of the SIMD partial sums. A larger
+/// row would give infinite distances, which order nothing. ("cosine" normalises rows in f64.)
+pub const MAX_SQ_NORM: f64 = f32::MAX as f64 / 8.0;
+
 /// Id used to pad result rows that have fewer than k reachable items (`2**64 - 1`).
 pub const PAD_ID: u64 = u64::MAX;
 
@@ -270,6 +276,16 @@ impl HnswIndex {
             return Err(crate::invalid!(
                 "{what} row {i} has zero norm; metric \"cosine\" needs non-zero vectors"
             ));
+        }
+        if self.metric != Metric::Cosine {
+            let n2: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
+            if n2 > MAX_SQ_NORM {
+                return Err(crate::invalid!(
+                    "{what} row {i} has squared norm {n2:.3e}, above {MAX_SQ_NORM:.3e}: its \
+                     {} distances would overflow float32; scale the vectors down",
+                    self.metric.name()
+                ));
+            }
         }
         self.prepare_valid(row, out);
         Ok(())

@@ -156,6 +156,27 @@ fn k_and_capacity_are_bounded() {
 }
 
 #[test]
+fn rows_whose_distances_would_overflow_are_refused() {
+    // 2^64 in one column: finite, but its squared L2 distance to anything is 2^128 > f32::MAX.
+    let huge = [1.8446744e19f32, 0.0, 0.0, 0.0];
+    for metric in [Metric::L2, Metric::Ip] {
+        let idx = HnswIndex::new(4, metric, HnswParams::default()).unwrap();
+        idx.add(&[1, 2], &[0.0, 0.0, 0.0, 1.0, 1e18, 0.0, 0.0, 0.0])
+            .unwrap();
+        let e = idx.add(&[3], &huge).unwrap_err();
+        assert!(e.to_string().contains("scale the vectors down"), "{e}");
+        assert_eq!(idx.len(), 2);
+        let e = idx.search_one(&huge, 1, None, None).unwrap_err();
+        assert!(e.to_string().contains("squared norm 3.403e38"), "{e}");
+        // the largest accepted rows still give finite distances
+        let r = idx.search(&[1e18, 0.0, 0.0, 0.0], 2, None, Some(1), &Exclude::None);
+        assert!(r.unwrap().distances.iter().all(|d| d.is_finite()));
+    }
+    let cos = HnswIndex::new(4, Metric::Cosine, HnswParams::default()).unwrap();
+    cos.add(&[1], &huge).unwrap(); // normalised in f64: any finite non-zero row
+}
+
+#[test]
 fn background_rebuild_is_visible_at_once_and_exclusive() {
     let (dim, n) = (8, 3000);
     let idx = Arc::new(HnswIndex::new(dim, Metric::L2, params(8, 64)).unwrap());
