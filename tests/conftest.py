@@ -39,10 +39,11 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _sigint_as_a_shell_leaves_it() -> Iterator[None]:
-    """Every test starts with Python's own SIGINT handler, as a process started from a shell:
-    the Ctrl-C tests' children inherit an ignored SIGINT otherwise. Under two pytest-xdist
-    workers a worker was found with SIGINT and SIGQUIT ignored (C ``system()``'s pattern) after
-    other modules had run in it; nothing of ours ignores either."""
+    """Every test starts with Python's own SIGINT handler, as a process started from an
+    interactive shell: the Ctrl-C tests' children inherit an ignored SIGINT otherwise. A test
+    run started as a background job of a non-interactive shell (``sh -c 'pytest ... &'``, a CI
+    script's ``&``) has SIGINT and SIGQUIT ignored, as POSIX says for asynchronous commands
+    without job control, and Python then installs no SIGINT handler of its own."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
