@@ -125,6 +125,67 @@ def round_robin(
     )
 
 
+def check_batch(ranker: MlpRanker, live: dict[str, Callable], x: np.ndarray) -> None:
+    """Every peer and the request form agree with `MlpRanker.predict` on batch `x`."""
+    ref = ranker.predict(x)
+    for k, f in live.items():
+        got = np.asarray(f(x))
+        assert np.abs(got - ref).max() <= 1e-4, f"{k} disagrees with MlpRanker"
+    n, user, items = len(x), x[0, :USER].copy(), np.ascontiguousarray(x[:, USER:])
+    np.testing.assert_allclose(
+        ranker.predict_request(user, items),
+        ranker.predict(np.hstack([np.broadcast_to(user, (n, USER)), items])),
+        rtol=1e-5,
+    )
+
+
+def contenders(
+    ranker: MlpRanker, live: dict[str, Callable], x: np.ndarray, avx2_too: bool
+) -> dict[str, Callable[[], object]]:
+    """The timed calls on batch `x`: dense (one row per candidate) and request forms (the
+    user's features once, the items' per candidate; peers see the concatenation)."""
+    n, user, items = len(x), x[0, :USER].copy(), np.ascontiguousarray(x[:, USER:])
+
+    def concat(u=user, it=items, n=n):
+        return np.hstack([np.broadcast_to(u, (n, USER)), it])
+
+    fns: dict[str, Callable[[], object]] = {"fyp_core predict": lambda: ranker.predict(x)}
+    fns.update({k: (lambda f=f: f(x)) for k, f in live.items()})
+    split = numpy_split(ranker.weights(), ranker.biases())
+    fns["fyp_core predict_request"] = lambda: ranker.predict_request(user, items)
+    fns["numpy split layer 0 (request)"] = lambda: split(user, items)
+    fns.update({f"{k} on concat (request)": (lambda f=f: f(concat())) for k, f in live.items()})
+    if avx2_too:
+        r2 = ranker.with_kernel("avx2")
+        fns["fyp_core predict [avx2 kernel]"] = lambda: r2.predict(x)
+    return fns
+
+
+def print_batch(n: int, t: dict[str, float], best: dict[str, float], flops: int, peak: float):
+    """One batch's table (ms, GFLOP/s, share of peak, ratio to ORT) and the targets line."""
+    print(f"\nbatch {n}")
+    print(
+        f"  {'implementation':46s} {'ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs ORT':>7s}"
+        f" {'best ms':>8s}"
+    )
+    ort_dense = t.get("onnxruntime (1 thread)")
+    ort_req = t.get("onnxruntime (1 thread) on concat (request)")
+    for k, v in t.items():
+        g = flops * n / v / 1e9
+        base = ort_req if "request" in k else ort_dense
+        ratio = f"{base / v:6.2f}x" if base else "   n/a"
+        print(f"  {k:46s} {v * 1e3:8.3f} {g:8.1f} {g / peak:8.0%} {ratio:>7s} {best[k] * 1e3:8.3f}")
+    if ort_dense and ort_req:
+        dense = ort_dense / t["fyp_core predict"]
+        req = ort_req / t["fyp_core predict_request"]
+        bd = best["onnxruntime (1 thread)"] / best["fyp_core predict"]
+        br = best["onnxruntime (1 thread) on concat (request)"] / best["fyp_core predict_request"]
+        print(
+            f"  targets (medians): dense {dense:.2f}x ORT (>= 1.0x) | "
+            f"shared-prefix {req:.2f}x ORT (>= 1.5x);  best-of: {bd:.2f}x | {br:.2f}x"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -157,59 +218,13 @@ def main() -> None:
                 + (" (multi-GB download)" if "pytorch" in name else "")
             )
     live = {k: f for k, f in peers.items() if f is not None}
-    ort_run = peers["onnxruntime (1 thread)"]
+    avx2_too = not a.quick and "avx2" in info["available"] and ranker.kernel != "avx2"
     rng = np.random.default_rng(1)
     for n in batches:
         x = rng.standard_normal((n, DIMS[0])).astype(np.float32)
-        user, items = x[0, :USER].copy(), np.ascontiguousarray(x[:, USER:])
-        ref = ranker.predict(x)
-        for k, f in live.items():
-            got = np.asarray(f(x))
-            assert np.abs(got - ref).max() <= 1e-4, f"{k} disagrees with MlpRanker"
-        np.testing.assert_allclose(
-            ranker.predict_request(user, items),
-            ranker.predict(np.hstack([np.broadcast_to(user, (n, USER)), items])),
-            rtol=1e-5,
-        )
-
-        def concat(u=user, it=items, n=n):
-            return np.hstack([np.broadcast_to(u, (n, USER)), it])
-
-        fns: dict[str, Callable[[], object]] = {"fyp_core predict": lambda x=x: ranker.predict(x)}
-        fns.update({k: (lambda f=f, x=x: f(x)) for k, f in live.items()})
-        split = numpy_split(ws, bs)
-        fns["fyp_core predict_request"] = lambda u=user, it=items: ranker.predict_request(u, it)
-        fns["numpy split layer 0 (request)"] = lambda u=user, it=items, sp=split: sp(u, it)
-        fns.update({f"{k} on concat (request)": (lambda f=f: f(concat())) for k, f in live.items()})
-        if not a.quick and "avx2" in info["available"] and ranker.kernel != "avx2":
-            r2 = ranker.with_kernel("avx2")
-            fns["fyp_core predict [avx2 kernel]"] = lambda x=x, r2=r2: r2.predict(x)
-        t, best = round_robin(fns, reps)
-        print(f"\nbatch {n}")
-        print(
-            f"  {'implementation':46s} {'ms':>8s} {'GFLOP/s':>8s} {'of peak':>8s} {'vs ORT':>7s}"
-            f" {'best ms':>8s}"
-        )
-        ort_dense = t.get("onnxruntime (1 thread)")
-        ort_req = t.get("onnxruntime (1 thread) on concat (request)")
-        for k, v in t.items():
-            g = flops * n / v / 1e9
-            base = ort_req if "request" in k else ort_dense
-            ratio = f"{base / v:6.2f}x" if base else "   n/a"
-            print(
-                f"  {k:46s} {v * 1e3:8.3f} {g:8.1f} {g / peak:8.0%} {ratio:>7s}"
-                f" {best[k] * 1e3:8.3f}"
-            )
-        if ort_run is not None and ort_dense and ort_req:
-            dense = ort_dense / t["fyp_core predict"]
-            req = ort_req / t["fyp_core predict_request"]
-            bd = best["onnxruntime (1 thread)"] / best["fyp_core predict"]
-            br = best["onnxruntime (1 thread) on concat (request)"]
-            br /= best["fyp_core predict_request"]
-            print(
-                f"  targets (medians): dense {dense:.2f}x ORT (>= 1.0x) | "
-                f"shared-prefix {req:.2f}x ORT (>= 1.5x);  best-of: {bd:.2f}x | {br:.2f}x"
-            )
+        check_batch(ranker, live, x)
+        t, best = round_robin(contenders(ranker, live, x, avx2_too), reps)
+        print_batch(n, t, best, flops, peak)
 
 
 if __name__ == "__main__":
