@@ -266,26 +266,26 @@ impl HnswIndex {
     /// Validate one row (finite; non-zero for cosine) and write its prepared form into `out`
     /// (normalised for cosine, zero-padded to the storage stride).
     fn prepare(&self, row: &[f32], what: &str, i: usize, out: &mut Vec<f32>) -> crate::Result<()> {
-        if let Some(j) = row.iter().position(|x| !x.is_finite()) {
+        // One pass: in f64 a finite row's squared norm is finite, and NaN/Inf make it non-finite.
+        let n2: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
+        if !n2.is_finite() {
+            let j = row.iter().position(|x| !x.is_finite()).unwrap_or(0);
             return Err(crate::invalid!(
                 "{what} row {i} has a non-finite value ({}) at column {j}; NaN and Inf are not allowed",
                 row[j]
             ));
         }
-        if self.metric == Metric::Cosine && row.iter().all(|&x| x == 0.0) {
+        if self.metric == Metric::Cosine && n2 == 0.0 {
             return Err(crate::invalid!(
                 "{what} row {i} has zero norm; metric \"cosine\" needs non-zero vectors"
             ));
         }
-        if self.metric != Metric::Cosine {
-            let n2: f64 = row.iter().map(|&x| x as f64 * x as f64).sum();
-            if n2 > MAX_SQ_NORM {
-                return Err(crate::invalid!(
-                    "{what} row {i} has squared norm {n2:.3e}, above {MAX_SQ_NORM:.3e}: its \
-                     {} distances would overflow float32; scale the vectors down",
-                    self.metric.name()
-                ));
-            }
+        if self.metric != Metric::Cosine && n2 > MAX_SQ_NORM {
+            return Err(crate::invalid!(
+                "{what} row {i} has squared norm {n2:.3e}, above {MAX_SQ_NORM:.3e}: its {} \
+                 distances would overflow float32; scale the vectors down",
+                self.metric.name()
+            ));
         }
         self.prepare_valid(row, out);
         Ok(())
