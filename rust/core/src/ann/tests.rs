@@ -394,3 +394,33 @@ fn bounded_rerank_equals_full_rerank() {
         }
     }
 }
+
+#[test]
+fn keep_best_is_push_then_pop() {
+    use super::graph::keep_best;
+    use super::scratch::Cand;
+    use std::collections::BinaryHeap;
+    let mut r = rng(11);
+    for ef in [1usize, 2, 7, 64] {
+        let (mut a, mut b) = (BinaryHeap::new(), BinaryHeap::new());
+        for id in 0..2000u32 {
+            // Coarse distances, so ties (broken by node) occur.
+            let c = Cand {
+                d: (r() * 50.0).round(),
+                id,
+            };
+            let lower = keep_best(&mut a, c, ef);
+            b.push(c);
+            if b.len() > ef {
+                b.pop();
+            }
+            let want = if b.len() >= ef {
+                b.peek().unwrap().d
+            } else {
+                f32::INFINITY
+            };
+            assert_eq!(lower, want, "ef {ef}, offer {id}");
+            assert_eq!(a.clone().into_sorted_vec(), b.clone().into_sorted_vec());
+        }
+    }
+}
