@@ -700,22 +700,17 @@ impl Graph {
         sc.visited.reset(self.slots());
         sc.cands.clear();
         sc.results.clear();
+        let mut lower = f32::INFINITY;
         for &e in eps {
             if sc.visited.check_and_mark(e.id) {
                 continue;
             }
             sc.cands.push(Near(Reverse(e)));
             if accept(e.id) {
-                sc.results.push(e);
-                if sc.results.len() > ef {
-                    sc.results.pop();
-                }
+                lower = keep_best(&mut sc.results, e, ef);
             }
         }
-        match sc.results.peek() {
-            Some(w) if sc.results.len() >= ef => w.d,
-            _ => f32::INFINITY,
-        }
+        lower
     }
 
     /// Prefetch the first `ahead` unvisited neighbours of the candidate expanded next (the
@@ -985,7 +980,7 @@ impl Graph {
 /// candidate must beat from now on (infinite until `ef` are in). A full beam replaces its
 /// farthest in place (one sift down) instead of a push and a pop (QPS +2-4% at k=10 and
 /// K=1000 on GloVe, `benches/RESULTS.md`). The same heap as push-then-pop: a `c` that does not
-/// beat the farthest leaves it unchanged.
+/// beat the farthest leaves it unchanged (so `seed` offers its entry points unfiltered).
 #[inline(always)]
 pub(crate) fn keep_best(results: &mut BinaryHeap<Cand>, c: Cand, ef: usize) -> f32 {
     if results.len() < ef {
