@@ -229,6 +229,9 @@ pub struct Quant {
 /// A query prepared for one metric: `dist(code) = bias + kernel(a, w, code)`.
 pub struct Sq8Query {
     pub a: Vec<f32>,
+    /// `a` (ip only) in 16-bit integers, `a_j ~ a_scale * a_int_j`, for the integer kernel.
+    a_int: Vec<i16>,
+    a_scale: f32,
     pub w: Vec<f32>,
     pub bias: f32,
     pub l2: bool,
@@ -388,9 +391,9 @@ impl Quant {
 
     /// The query terms for `metric` (see `Sq8Query`), and its error bound's terms: an
     /// unclipped value is within half a step `s_j / 2` of its code's value, so for ip
-    /// `|q.(v - c)| <= sum |q_j| s_j / 2`, and for l2 the error vector's norm is at most
-    /// `E = sqrt(sum s_j^2) / 2`; `magnitude` sums the absolute terms the ip kernel
-    /// accumulates (for the f32 rounding of the sum). One pass over the dimensions.
+    /// `|q.(v - c)| <= sum |q_j| s_j / 2` (plus the 16-bit query's own rounding, `to_i16`),
+    /// and for l2 the error vector's norm is at most `E = sqrt(sum s_j^2) / 2`; `magnitude`
+    /// sums the absolute terms the ip kernel accumulates (for the f32 rounding of the sum).
     pub fn query(&self, metric: Metric, q: &[f32]) -> Sq8Query {
         let n = self.stride;
         let (mut a, mut w) = (vec![0f32; n], vec![0f32; n]);
@@ -416,13 +419,24 @@ impl Quant {
                 magnitude += q[j].abs() * (o.abs() + 256.0 * s);
             }
         }
-        if l2 {
+        let (a_int, a_scale) = if l2 {
             rounding = 0.5 * rounding.sqrt();
+            (Vec::new(), 0.0)
         } else {
             bias += 1.0;
-        }
+            let (a_int, a_scale) = to_i16(&a);
+            // The integer query's own rounding: |sum (a_j - scale a_int_j) c_j| <= 255 sum |.|.
+            rounding += a
+                .iter()
+                .zip(&a_int)
+                .map(|(x, &y)| 255.0 * (x - a_scale * y as f32).abs())
+                .sum::<f32>();
+            (a_int, a_scale)
+        };
         Sq8Query {
             a,
+            a_int,
+            a_scale,
             w,
             bias,
             l2,
@@ -477,9 +491,32 @@ impl Sq8Query {
         if self.l2 {
             self.bias + wl2_u8(&self.a, &self.w, code, self.simd)
         } else {
+            #[cfg(target_arch = "x86_64")]
+            if self.simd {
+                // SAFETY: AVX2 detected for this query (`simd`); lengths checked inside.
+                return self.bias
+                    + self.a_scale * unsafe { x86::dot_u8_i16(&self.a_int, code) } as f32;
+            }
             self.bias + dot_u8(&self.a, code, self.simd)
         }
     }
+}
+
+/// `a` as 16-bit integers and their scale (`a_j ~ scale * out_j`), as large as keeps
+/// `sum out_j c_j` over 8-bit codes within an `i32`: `|out_j| <= (2^31 - 1) / (255 n)`, at most
+/// 32767 (16 bits up to n = 256, 14 at 384).
+fn to_i16(a: &[f32]) -> (Vec<i16>, f32) {
+    let top = ((i32::MAX as usize) / (255 * a.len().max(1))).min(i16::MAX as usize) as f32;
+    let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 || !max.is_finite() {
+        return (vec![0; a.len()], 0.0);
+    }
+    let scale = max / top;
+    let out = a
+        .iter()
+        .map(|x| (x / scale).round().clamp(-top, top) as i16)
+        .collect();
+    (out, scale)
 }
 
 /// `sum a_j c_j` over `a.len()` (a multiple of 16; `code` at least as long).
@@ -544,6 +581,33 @@ mod x86 {
             i += 16;
         }
         hsum(_mm256_add_ps(s0, s1))
+    }
+
+    /// `sum a_j c_j` in integers over `a.len()` (a multiple of 16). Sixteen codes widened to
+    /// 16 bits meet sixteen query values in one multiply-add of pairs (`vpmaddwd`), where the
+    /// float kernel widens to 32 bits, converts and multiplies eight at a time.
+    /// Safety: AVX2 is available.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dot_u8_i16(a: &[i16], code: &[u8]) -> i32 {
+        let n = a.len().min(code.len()) / 16 * 16;
+        let (pa, pc) = (a.as_ptr(), code.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let codes16 = |i: usize| _mm256_cvtepu8_epi16(_mm_loadu_si128(pc.add(i) as *const __m128i));
+        let query16 = |i: usize| _mm256_loadu_si256(pa.add(i) as *const __m256i);
+        let mut i = 0;
+        while i + 32 <= n {
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(codes16(i), query16(i)));
+            s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(codes16(i + 16), query16(i + 16)));
+            i += 32;
+        }
+        if i < n {
+            s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(codes16(i), query16(i)));
+        }
+        let s = _mm256_add_epi32(s0, s1);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
     }
 
     /// Safety: AVX2 and FMA are available.
@@ -621,6 +685,48 @@ mod tests {
         let mut far = rows[0].clone();
         far[3] = 5.0;
         assert!(qz.encode(&far, &mut code), "a value beyond the range clips");
+    }
+
+    /// The integer ip kernel equals the exact integer sum (no i32 overflow) at every width up
+    /// to 4096, with the largest codes and query values (all of one sign), and the 16-bit query
+    /// stays within half a step of the float one.
+    #[test]
+    fn integer_kernel_is_exact_and_cannot_overflow() {
+        let mut r = rng(13);
+        for n in [16usize, 48, 64, 384, 1024, 4096] {
+            for extreme in [false, true] {
+                let a: Vec<f32> = (0..n)
+                    .map(|_| match (extreme, n % 3) {
+                        // One sign throughout: the largest sum the scale must allow.
+                        (true, 0) => -3.0,
+                        (true, _) => 3.0,
+                        _ => r() * 0.2,
+                    })
+                    .collect();
+                let (ai, scale) = to_i16(&a);
+                for (x, &y) in a.iter().zip(&ai) {
+                    assert!((x - scale * y as f32).abs() <= 0.5 * scale * 1.0001);
+                }
+                let codes: Vec<u8> = (0..n)
+                    .map(|j| if extreme { 255 } else { (j * 37 % 256) as u8 })
+                    .collect();
+                let exact: i64 = ai
+                    .iter()
+                    .zip(&codes)
+                    .map(|(&x, &c)| x as i64 * c as i64)
+                    .sum();
+                assert!(
+                    exact.abs() < i32::MAX as i64,
+                    "n {n}: the scale keeps the sum in i32"
+                );
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    // SAFETY: AVX2 detected.
+                    let got = unsafe { x86::dot_u8_i16(&ai, &codes) };
+                    assert_eq!(got as i64, exact, "n {n} extreme {extreme}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -53,6 +53,32 @@ impl Visited {
         if self.bits.len() < words {
             self.bits.resize((words + words / 4).max(16), 0);
         }
+        self.dirty.reserve(self.bits.len() + 1);
+    }
+
+    /// Marks `i`; returns true if it was not visited before in this query. Branch-free (a
+    /// search's visited tests are coin flips to the branch predictor).
+    #[inline(always)]
+    pub fn mark(&mut self, i: u32) -> bool {
+        let w = (i >> 6) as usize;
+        if w >= self.bits.len() {
+            // A node inserted after this query started: grow (rare).
+            self.bits.resize(w + 16, 0);
+            self.dirty.reserve(self.bits.len() + 1);
+        }
+        // SAFETY: bounds ensured just above.
+        let x = unsafe { self.bits.get_unchecked_mut(w) };
+        let (old, b) = (*x, 1u64 << (i & 63));
+        *x = old | b;
+        // Record the word as dirty when it was clean: written unconditionally one past the
+        // end, kept by the length. SAFETY: at most `bits.len()` words are ever recorded, and
+        // the capacity is at least one more.
+        let n = self.dirty.len();
+        unsafe {
+            *self.dirty.as_mut_ptr().add(n) = w as u32;
+            self.dirty.set_len(n + (old == 0) as usize);
+        }
+        old & b == 0
     }
 
     /// Whether `i` was visited in this query (no mark).
@@ -61,27 +87,6 @@ impl Visited {
         self.bits
             .get((i >> 6) as usize)
             .is_some_and(|x| x & (1u64 << (i & 63)) != 0)
-    }
-
-    /// Marks `i`; returns true if it was already visited in this query.
-    #[inline(always)]
-    pub fn check_and_mark(&mut self, i: u32) -> bool {
-        let w = (i >> 6) as usize;
-        if w >= self.bits.len() {
-            // A node inserted after this query started: grow (rare).
-            self.bits.resize(w + 16, 0);
-        }
-        // SAFETY: bounds ensured just above.
-        let x = unsafe { self.bits.get_unchecked_mut(w) };
-        let b = 1u64 << (i & 63);
-        if *x & b != 0 {
-            return true;
-        }
-        if *x == 0 {
-            self.dirty.push(w as u32);
-        }
-        *x |= b;
-        false
     }
 }
 
@@ -130,22 +135,19 @@ mod tests {
             v.reset(n);
             let ids: Vec<u32> = (0..n as u32).filter(|i| (i * 7 + round) % 3 == 0).collect();
             for &i in &ids {
-                assert!(
-                    !v.check_and_mark(i),
-                    "round {round}: {i} seen before its mark"
-                );
+                assert!(v.mark(i), "round {round}: {i} seen before its mark");
             }
             for &i in &ids {
-                assert!(v.check_and_mark(i), "round {round}: {i} lost its mark");
+                assert!(!v.mark(i), "round {round}: {i} lost its mark");
             }
             // Beyond the sized range (a node inserted during the search) grows the set.
-            assert!(!v.check_and_mark(n as u32 + 1000));
-            assert!(v.check_and_mark(n as u32 + 1000));
+            assert!(v.mark(n as u32 + 1000));
+            assert!(!v.mark(n as u32 + 1000));
         }
         // A reset after a mostly-dirty round clears everything.
         v.reset(70_000);
-        assert!((0..70_000u32).all(|i| !v.check_and_mark(i)));
+        assert!((0..70_000u32).all(|i| v.mark(i)));
         v.reset(70_000);
-        assert!(!v.check_and_mark(69_999));
+        assert!(v.mark(69_999));
     }
 }
