@@ -44,6 +44,14 @@ pub(crate) fn unpack(e: u64) -> (u32, usize) {
     (e as u32, (e >> 32) as usize)
 }
 
+/// The rows a beam search scores: a node's row address, the distance of the row at an address,
+/// and the cache lines of a row (what a prefetch covers).
+pub(crate) struct Rows<A, D> {
+    pub addr: A,
+    pub dist: D,
+    pub lines: usize,
+}
+
 pub struct Graph {
     pub dim: usize,
     pub metric: Metric,
@@ -377,7 +385,6 @@ impl Graph {
         match self.codec.get() {
             Some(codec) if self.quantize != Quantize::Sq8 => {
                 let qc = codec.query(self.metric, q);
-                let lines = qc.code_lines();
                 let dist = |n| qc.dist(self.store.code(n));
                 let eps: Vec<Cand> = eps
                     .iter()
@@ -387,8 +394,7 @@ impl Graph {
                     })
                     .collect();
                 let mut w = with_scratch(|sc| {
-                    let pf = |n| prefetch(self.store.code_ptr(n), lines);
-                    self.search_layer_by(sc, &eps, (ef, l), accept, dist, (pf, ahead(lines)));
+                    self.search_layer_by(sc, &eps, (ef, l), accept, self.code_rows(&qc));
                     drain_sorted(sc)
                 });
                 let k = w.len();
@@ -612,37 +618,41 @@ impl Graph {
         level: usize,
         accept: F,
     ) {
-        let lines = self.store.vector_lines();
-        self.search_layer_by(
-            sc,
-            eps,
-            (ef, level),
-            accept,
-            |n| (self.dist)(q, self.store.vector(n)),
-            (|n| prefetch(self.store.vector_ptr(n), lines), ahead(lines)),
-        );
+        let (lines, stride) = (self.store.vector_lines(), self.store.stride);
+        let row = Rows {
+            addr: |n| self.store.vector_ptr(n) as *const u8,
+            // SAFETY: `p` is a row's address (`addr`), `stride` floats.
+            dist: |p: *const u8| {
+                (self.dist)(q, unsafe {
+                    std::slice::from_raw_parts(p as *const f32, stride)
+                })
+            },
+            lines,
+        };
+        self.search_layer_by(sc, eps, (ef, level), accept, row);
     }
 
-    /// `search_layer` with any node distance `dist` (float vectors or codes) and the matching
-    /// prefetch `pf` of one node's row, issued `ahead` unvisited neighbours before it is scored:
-    /// the distances are bound by memory latency, so the misses of the next rows overlap the
-    /// arithmetic on this one.
-    pub(crate) fn search_layer_by<F, D, P>(
+    /// `search_layer` over any rows `row` (float vectors or codes): each fresh neighbour's row
+    /// is prefetched `ahead` unvisited neighbours before it is scored, so the misses of the next
+    /// rows overlap the arithmetic on this one; a row's address is computed once for both.
+    pub(crate) fn search_layer_by<F, A, D>(
         &self,
         sc: &mut Scratch,
         eps: &[Cand],
         (ef, level): (usize, usize),
         accept: F,
-        dist: D,
-        (pf, ahead): (P, usize),
+        row: Rows<A, D>,
     ) where
         F: Fn(u32) -> bool,
-        D: Fn(u32) -> f32,
-        P: Fn(u32),
+        A: Fn(u32) -> *const u8,
+        D: Fn(*const u8) -> f32,
     {
+        let (ahead, lines) = (ahead(row.lines), row.lines);
+        let pf = |p: *const u8| prefetch(p as *const f32, lines);
         let mut lower = self.seed(sc, eps, ef, &accept);
         let mut buf = [0u32; BUF];
         let mut fresh = [0u32; BUF];
+        let mut at = [std::ptr::null::<u8>(); BUF];
         while let Some(Near(Reverse(c))) = sc.cands.pop() {
             if c.d > lower {
                 break;
@@ -657,18 +667,21 @@ impl Graph {
                 fresh[nf] = n;
                 nf += sc.visited.mark(n) as usize;
             }
-            fresh[..nf.min(ahead)].iter().for_each(|&n| pf(n));
-            if nf == 0 {
-                self.prefetch_next(sc, level, ahead, &pf);
+            for j in 0..nf {
+                at[j] = (row.addr)(fresh[j]);
             }
-            for (j, &n) in fresh[..nf].iter().enumerate() {
+            at[..nf.min(ahead)].iter().for_each(|&p| pf(p));
+            if nf == 0 {
+                self.prefetch_next(sc, level, ahead, &row.addr, &pf);
+            }
+            for j in 0..nf {
                 if j + ahead < nf {
-                    pf(fresh[j + ahead]);
+                    pf(at[j + ahead]);
                 } else if j + ahead == nf.max(ahead) {
                     // This node's last rows are in flight: start on the next node's first.
-                    self.prefetch_next(sc, level, ahead, &pf);
+                    self.prefetch_next(sc, level, ahead, &row.addr, &pf);
                 }
-                let d = dist(n);
+                let (n, d) = (fresh[j], (row.dist)(at[j]));
                 if d < lower || sc.results.len() < ef {
                     sc.cands.push(Near(Reverse(Cand { d, id: n })));
                     if PF_LINKS {
@@ -712,7 +725,14 @@ impl Graph {
     /// Prefetch the first `ahead` unvisited neighbours of the candidate expanded next (the
     /// nearest in the heap), so its first distances do not wait the full memory latency.
     #[inline(always)]
-    fn prefetch_next<P: Fn(u32)>(&self, sc: &Scratch, level: usize, ahead: usize, pf: &P) {
+    fn prefetch_next<A: Fn(u32) -> *const u8, P: Fn(*const u8)>(
+        &self,
+        sc: &Scratch,
+        level: usize,
+        ahead: usize,
+        addr: &A,
+        pf: &P,
+    ) {
         let Some(Near(Reverse(top))) = sc.cands.peek() else {
             return;
         };
@@ -725,7 +745,21 @@ impl Graph {
             buf[nf] = n;
             nf += !sc.visited.contains(n) as usize;
         }
-        buf[..nf.min(ahead)].iter().for_each(|&n| pf(n));
+        buf[..nf.min(ahead)].iter().for_each(|&n| pf(addr(n)));
+    }
+
+    /// The codes as the rows of a beam search for the prepared query `qc`.
+    fn code_rows<'a>(
+        &'a self,
+        qc: &'a QueryCode,
+    ) -> Rows<impl Fn(u32) -> *const u8 + 'a, impl Fn(*const u8) -> f32 + 'a> {
+        let cb = self.store.code_len();
+        Rows {
+            addr: |n| self.store.code_ptr(n) as *const u8,
+            // SAFETY: `p` is a code's address (`addr`), `cb` bytes.
+            dist: move |p| qc.dist(unsafe { std::slice::from_raw_parts(p, cb) }),
+            lines: qc.code_lines(),
+        }
     }
 
     /// k nearest accepted nodes to the prepared query `q` (length = store stride, zero-padded).
@@ -777,7 +811,7 @@ impl Graph {
             cur = self.greedy_by(cur, l, dist, (pf, ahead(lines)));
         }
         let mut r = with_scratch(|sc| {
-            self.search_layer_by(sc, &[cur], (ef, 0), &accept, dist, (pf, ahead(lines)));
+            self.search_layer_by(sc, &[cur], (ef, 0), &accept, self.code_rows(qc));
             let mut r = drain_sorted(sc);
             // Re-rank slack: the nearest scored candidates just outside the beam (left in the
             // candidate heap, all farther than the beam's last by code distance) join the

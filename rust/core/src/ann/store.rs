@@ -244,6 +244,12 @@ impl Store {
         (unsafe { buf.ptr().add(o * cb) }, cb)
     }
 
+    /// Bytes of traversal code per node (0 until the codes are chosen).
+    #[inline(always)]
+    pub fn code_len(&self) -> usize {
+        self.code_bytes.load(Ordering::Relaxed)
+    }
+
     #[inline(always)]
     pub fn code(&self, i: u32) -> &[u8] {
         let (p, cb) = self.code_at(i);
