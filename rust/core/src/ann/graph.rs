@@ -44,12 +44,29 @@ pub(crate) fn unpack(e: u64) -> (u32, usize) {
     (e as u32, (e >> 32) as usize)
 }
 
-/// The rows a beam search scores: a node's row address, the distance of the row at an address,
-/// and the cache lines of a row (what a prefetch covers).
+/// The rows a search scores (float vectors or codes): a node's row address, the distance of
+/// the row at an address, and the cache lines of a row (what a prefetch covers). The greedy
+/// descent and the beam search take the same rows; `Copy` (closures over references), passed
+/// by value.
+#[derive(Clone, Copy)]
 pub(crate) struct Rows<A, D> {
     pub addr: A,
     pub dist: D,
     pub lines: usize,
+}
+
+impl<A: Fn(u32) -> *const u8, D: Fn(*const u8) -> f32> Rows<A, D> {
+    /// The distance of node `n`'s row.
+    #[inline(always)]
+    fn score(&self, n: u32) -> f32 {
+        (self.dist)((self.addr)(n))
+    }
+
+    /// Prefetch node `n`'s row.
+    #[inline(always)]
+    fn prefetch(&self, n: u32) {
+        prefetch((self.addr)(n) as *const f32, self.lines);
+    }
 }
 
 pub struct Graph {
@@ -385,16 +402,16 @@ impl Graph {
         match self.codec.get() {
             Some(codec) if self.quantize != Quantize::Sq8 => {
                 let qc = codec.query(self.metric, q);
-                let dist = |n| qc.dist(self.store.code(n));
+                let rows = self.code_rows(&qc);
                 let eps: Vec<Cand> = eps
                     .iter()
                     .map(|c| Cand {
-                        d: dist(c.id),
+                        d: rows.score(c.id),
                         id: c.id,
                     })
                     .collect();
                 let mut w = with_scratch(|sc| {
-                    self.search_layer_by(sc, &eps, (ef, l), accept, self.code_rows(&qc));
+                    self.search_layer_by(sc, &eps, (ef, l), accept, rows);
                     drain_sorted(sc)
                 });
                 let k = w.len();
@@ -567,34 +584,27 @@ impl Graph {
 
     /// Greedy descent on level `l` with the float rows (the insert path).
     fn greedy(&self, q: &[f32], cur: Cand, l: usize) -> Cand {
-        let lines = self.store.vector_lines();
-        self.greedy_by(
-            cur,
-            l,
-            |n| (self.dist)(q, self.store.vector(n)),
-            (|n| prefetch(self.store.vector_ptr(n), lines), ahead(lines)),
-        )
+        self.greedy_by(cur, l, self.float_rows(q))
     }
 
-    /// Greedy descent on level `l` with any node distance, prefetching `ahead` neighbours'
-    /// rows before they are scored (as in `search_layer_by`).
-    fn greedy_by<D: Fn(u32) -> f32, P: Fn(u32)>(
-        &self,
-        mut cur: Cand,
-        l: usize,
-        dist: D,
-        (pf, ahead): (P, usize),
-    ) -> Cand {
+    /// Greedy descent on level `l` over any rows, prefetching `ahead` neighbours' rows before
+    /// they are scored (as in `search_layer_by`).
+    fn greedy_by<A, D>(&self, mut cur: Cand, l: usize, rows: Rows<A, D>) -> Cand
+    where
+        A: Fn(u32) -> *const u8,
+        D: Fn(*const u8) -> f32,
+    {
+        let ahead = ahead(rows.lines);
         let mut buf = [0u32; BUF];
         loop {
             let mut changed = false;
             let cnt = read_links(self.store.links(cur.id, l), &mut buf);
-            buf[..cnt.min(ahead)].iter().for_each(|&n| pf(n));
+            buf[..cnt.min(ahead)].iter().for_each(|&n| rows.prefetch(n));
             for j in 0..cnt {
                 if j + ahead < cnt {
-                    pf(buf[j + ahead]);
+                    rows.prefetch(buf[j + ahead]);
                 }
-                let d = dist(buf[j]);
+                let d = rows.score(buf[j]);
                 if d < cur.d {
                     cur = Cand { d, id: buf[j] };
                     changed = true;
@@ -618,18 +628,7 @@ impl Graph {
         level: usize,
         accept: F,
     ) {
-        let (lines, stride) = (self.store.vector_lines(), self.store.stride);
-        let row = Rows {
-            addr: |n| self.store.vector_ptr(n) as *const u8,
-            // SAFETY: `p` is a row's address (`addr`), `stride` floats.
-            dist: |p: *const u8| {
-                (self.dist)(q, unsafe {
-                    std::slice::from_raw_parts(p as *const f32, stride)
-                })
-            },
-            lines,
-        };
-        self.search_layer_by(sc, eps, (ef, level), accept, row);
+        self.search_layer_by(sc, eps, (ef, level), accept, self.float_rows(q));
     }
 
     /// `search_layer` over any rows `row` (float vectors or codes): each fresh neighbour's row
@@ -672,14 +671,14 @@ impl Graph {
             }
             at[..nf.min(ahead)].iter().for_each(|&p| pf(p));
             if nf == 0 {
-                self.prefetch_next(sc, level, ahead, &row.addr, &pf);
+                self.prefetch_next(sc, level, ahead, &row);
             }
             for j in 0..nf {
                 if j + ahead < nf {
                     pf(at[j + ahead]);
                 } else if j + ahead == nf.max(ahead) {
                     // This node's last rows are in flight: start on the next node's first.
-                    self.prefetch_next(sc, level, ahead, &row.addr, &pf);
+                    self.prefetch_next(sc, level, ahead, &row);
                 }
                 let (n, d) = (fresh[j], (row.dist)(at[j]));
                 if d < lower || sc.results.len() < ef {
@@ -725,14 +724,11 @@ impl Graph {
     /// Prefetch the first `ahead` unvisited neighbours of the candidate expanded next (the
     /// nearest in the heap), so its first distances do not wait the full memory latency.
     #[inline(always)]
-    fn prefetch_next<A: Fn(u32) -> *const u8, P: Fn(*const u8)>(
-        &self,
-        sc: &Scratch,
-        level: usize,
-        ahead: usize,
-        addr: &A,
-        pf: &P,
-    ) {
+    fn prefetch_next<A, D>(&self, sc: &Scratch, level: usize, ahead: usize, row: &Rows<A, D>)
+    where
+        A: Fn(u32) -> *const u8,
+        D: Fn(*const u8) -> f32,
+    {
         let Some(Near(Reverse(top))) = sc.cands.peek() else {
             return;
         };
@@ -745,14 +741,32 @@ impl Graph {
             buf[nf] = n;
             nf += !sc.visited.contains(n) as usize;
         }
-        buf[..nf.min(ahead)].iter().for_each(|&n| pf(addr(n)));
+        buf[..nf.min(ahead)].iter().for_each(|&n| row.prefetch(n));
     }
 
-    /// The codes as the rows of a beam search for the prepared query `qc`.
+    /// The float rows as the rows of a search for the prepared query `q`.
+    fn float_rows<'a>(
+        &'a self,
+        q: &'a [f32],
+    ) -> Rows<impl Fn(u32) -> *const u8 + Copy + 'a, impl Fn(*const u8) -> f32 + Copy + 'a> {
+        let stride = self.store.stride;
+        Rows {
+            addr: |n| self.store.vector_ptr(n) as *const u8,
+            // SAFETY: `p` is a row's address (`addr`), `stride` floats.
+            dist: move |p| {
+                (self.dist)(q, unsafe {
+                    std::slice::from_raw_parts(p as *const f32, stride)
+                })
+            },
+            lines: self.store.vector_lines(),
+        }
+    }
+
+    /// The codes as the rows of a search for the prepared query `qc`.
     fn code_rows<'a>(
         &'a self,
         qc: &'a QueryCode,
-    ) -> Rows<impl Fn(u32) -> *const u8 + 'a, impl Fn(*const u8) -> f32 + 'a> {
+    ) -> Rows<impl Fn(u32) -> *const u8 + Copy + 'a, impl Fn(*const u8) -> f32 + Copy + 'a> {
         let cb = self.store.code_len();
         Rows {
             addr: |n| self.store.code_ptr(n) as *const u8,
@@ -800,18 +814,16 @@ impl Graph {
         accept: F,
     ) -> Vec<Cand> {
         let ef = ef.max(k);
-        let lines = qc.code_lines();
-        let dist = |n| qc.dist(self.store.code(n));
-        let pf = |n| prefetch(self.store.code_ptr(n), lines);
+        let rows = self.code_rows(qc);
         let mut cur = Cand {
-            d: dist(ep),
+            d: rows.score(ep),
             id: ep,
         };
         for l in (1..=maxl).rev() {
-            cur = self.greedy_by(cur, l, dist, (pf, ahead(lines)));
+            cur = self.greedy_by(cur, l, rows);
         }
         let mut r = with_scratch(|sc| {
-            self.search_layer_by(sc, &[cur], (ef, 0), &accept, self.code_rows(qc));
+            self.search_layer_by(sc, &[cur], (ef, 0), &accept, rows);
             let mut r = drain_sorted(sc);
             // Re-rank slack: the nearest scored candidates just outside the beam (left in the
             // candidate heap, all farther than the beam's last by code distance) join the

@@ -250,7 +250,8 @@ impl Store {
         self.code_bytes.load(Ordering::Relaxed)
     }
 
-    #[inline(always)]
+    /// The code of slot `i` (searches go through `code_ptr` and `code_len`).
+    #[cfg(test)]
     pub fn code(&self, i: u32) -> &[u8] {
         let (p, cb) = self.code_at(i);
         // SAFETY: in bounds; written only before the codes are published (see `write_code`).
