@@ -83,7 +83,9 @@ def build_pipeline(
             cat.upload_ts,
             categories=cat.categories,
         )
-    index = HnswIndex(cat.dim, metric="ip", ef_construction=64, capacity=cat.n_items + 1000)
+    index = HnswIndex(
+        cat.dim, metric="ip", ef_construction=64, capacity=cat.n_items + 1000, deterministic=True
+    )
     index.add(cat.item_ids, cat.item_embeddings)
     log = None
     if log_dir is not None:
