@@ -13,7 +13,8 @@ for their sources and how to install them. Exact ground truth by numpy brute for
     python benches/compare_hnsw.py --data glove50 --interleaved
 
 Our variants: `fyp_core` (the default, `quantize="auto"`: 8-bit or fp16 traversal codes chosen
-from the data), `fyp_core_fp16`, `fyp_core_sq8` (8-bit codes) and `fyp_core_f32`
+from the data), `fyp_core_fp16`, `fyp_core_sq8` (8-bit codes), `fyp_core_sq4` (4-bit codes,
+for high-dimensional embeddings) and `fyp_core_f32`
 (`quantize="off"`: traversal on the float32 rows). glass variants: `glass` (8-bit codes,
 float32 re-rank), `glass_sq4` (glass's README rule of thumb: 4-bit search codes) and
 `glass_fp32` (no quantisation); see the `Glass` class.
@@ -128,6 +129,13 @@ class OursSq8(Ours):
 
     name = "fyp_core_sq8"
     quantize = "sq8"
+
+
+class OursSq4(Ours):
+    """Ours with 4-bit traversal codes (`quantize="sq4"`; float32 re-rank of the candidates)."""
+
+    name = "fyp_core_sq4"
+    quantize = "sq4"
 
 
 class OursFp16(Ours):
@@ -526,6 +534,7 @@ def measure_one(lib, data: np.ndarray, queries: np.ndarray, c: dict) -> dict:
 ADAPTERS = {
     "fyp_core": Ours,
     "fyp_core_sq8": OursSq8,
+    "fyp_core_sq4": OursSq4,
     "fyp_core_fp16": OursFp16,
     "fyp_core_f32": OursF32,
     "hnswlib": Hnswlib,

@@ -29,7 +29,8 @@ type SearchOut<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>);
 /// level-0 search traverses before re-ranking with the floats: "auto" (the default, also `None`:
 /// 8-bit codes if a sample's neighbours survive them once the index holds 1000 items, else
 /// half precision; `codes` says which), "fp16" (half precision), "sq8" (8-bit codes, also
-/// `True`) or "off" (also `False`: float rows).
+/// `True`), "sq4" (4-bit codes: half the bytes of sq8, for high-dimensional embeddings; "ip" and
+/// "cosine" only) or "off" (also `False`: float rows).
 /// Bad sizes or a metric it does not know raise ValueError; docs/hnsw.md has the details.
 #[pyclass(name = "HnswIndex", module = "fyp_core", frozen)]
 pub struct PyHnswIndex {
@@ -60,7 +61,7 @@ fn ef_arg(ef: Option<i64>) -> PyResult<Option<usize>> {
     }
 }
 
-/// `quantize`: "auto", "fp16", "sq8", "off"; `True` is "sq8" (its meaning before fp16 existed),
+/// `quantize`: "auto", "fp16", "sq8", "sq4", "off"; `True` is "sq8" (its meaning before fp16 existed),
 /// `False` is "off", `None` the default.
 fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
@@ -79,7 +80,7 @@ fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
         }
     }
     Err(PyValueError::new_err(format!(
-        "quantize must be \"auto\", \"fp16\", \"sq8\", \"off\", True (sq8), False (off) or \
+        "quantize must be \"auto\", \"fp16\", \"sq8\", \"sq4\", \"off\", True (sq8), False (off) or \
          None (the default, auto), got {}",
         obj.repr()?
     )))
@@ -211,18 +212,18 @@ impl PyHnswIndex {
     fn deterministic(&self) -> bool {
         self.inner.params().deterministic
     }
-    /// True once level-0 search runs on codes (fp16: from the start; sq8, auto: once fitted).
+    /// True once level-0 search runs on codes (fp16: from the start; sq8, sq4, auto: once fitted).
     #[getter]
     fn quantized(&self) -> bool {
         self.inner.is_quantized()
     }
-    /// The codes searches traverse now: "fp16", "sq8", or None (float rows: quantize "off", or
-    /// "sq8"/"auto" before the index held 1000 items).
+    /// The codes searches traverse now: "fp16", "sq8", "sq4", or None (float rows: quantize
+    /// "off", or "sq8"/"sq4"/"auto" before the index held 1000 items).
     #[getter]
     fn codes(&self) -> Option<&'static str> {
         self.inner.codes()
     }
-    /// The mode asked for: "auto", "fp16", "sq8" or "off" (see `docs/hnsw.md`).
+    /// The mode asked for: "auto", "fp16", "sq8", "sq4" or "off" (see `docs/hnsw.md`).
     #[getter]
     fn quantize(&self) -> &'static str {
         self.inner.params().quantize.name()

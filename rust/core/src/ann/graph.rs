@@ -22,8 +22,6 @@ pub(crate) const BUF: usize = 2 * MAX_M;
 const PF_LINKS: bool = true;
 /// Largest k whose bounded re-rank keeps a heap of the k best (see `rerank_scan`).
 const RERANK_HEAP_K: usize = 64;
-/// A code search re-ranks `ef / RERANK_SLACK + 2` scored candidates beyond its beam.
-const RERANK_SLACK: usize = 8;
 /// Cache lines a search keeps in flight for the neighbours it is about to score (the core's
 /// outstanding-miss slots, ~24 on current x86); see `ahead`.
 const LINES_IN_FLIGHT: usize = 24;
@@ -400,7 +398,7 @@ impl Graph {
     ) -> Vec<Cand> {
         let ef = self.ef_construction;
         match self.codec.get() {
-            Some(codec) if self.quantize != Quantize::Sq8 => {
+            Some(codec) if !matches!(self.quantize, Quantize::Sq8 | Quantize::Sq4) => {
                 let qc = codec.query(self.metric, q);
                 let rows = self.code_rows(&qc);
                 let eps: Vec<Cand> = eps
@@ -829,7 +827,7 @@ impl Graph {
             // candidate heap, all farther than the beam's last by code distance) join the
             // re-rank, so nodes within the code rounding of the k-th are not lost at the
             // boundary when ef is close to k.
-            let mut extra = ef / RERANK_SLACK + 2;
+            let mut extra = ef / qc.rerank_slack() + 2;
             while extra > 0 {
                 let Some(Near(Reverse(c))) = sc.cands.pop() else {
                     break;
@@ -935,13 +933,13 @@ impl Graph {
         if let Some(p) = pending {
             ranges.merge(&p.ranges);
         }
-        let qz = Quant::from_ranges(&ranges, self.store.stride);
+        let qz = Quant::from_ranges(&ranges, self.store.stride, self.quantize.bits());
         let codec = if self.quantize == Quantize::Auto
             && self.agreement(&qz, &items, pending) < SQ8_MIN_AGREEMENT
         {
             Codec::Fp16
         } else {
-            Codec::Sq8(qz)
+            Codec::Sq(qz)
         };
         self.set_codec(codec)
     }

@@ -141,6 +141,12 @@ impl HnswIndex {
                 params.ef_construction
             ));
         }
+        if !params.quantize.supports(metric) {
+            return Err(crate::invalid!(
+                "quantize=\"sq4\" needs metric \"ip\" or \"cosine\" (there is no 4-bit l2 \
+                 kernel); use \"sq8\" or \"fp16\" with \"l2\""
+            ));
+        }
         if params.capacity > MAX_CAPACITY {
             return Err(crate::invalid!(
                 "capacity must be <= 2**31, got {} (the index grows by itself; the hint only \
@@ -232,7 +238,7 @@ impl HnswIndex {
     #[cfg(test)]
     pub(crate) fn codes_clip(&self, v: &[f32]) -> Option<bool> {
         match self.current().codec.get() {
-            Some(super::quant::Codec::Sq8(q)) => Some(q.clips(v)),
+            Some(super::quant::Codec::Sq(q)) => Some(q.clips(v)),
             _ => None,
         }
     }

@@ -4,11 +4,11 @@
 //! saved too, so a loaded index answers exactly like the saved one.
 //!
 //! Layout v2: magic "FYPHNSW\0", u32 version, u32 dim, u8 metric, u8 quantize mode (0 off,
-//! 1 sq8, 2 fp16, 3 auto; older writers left it 0 and older readers skip it), 2 pad bytes, u32 m,
+//! 1 sq8, 2 fp16, 3 auto, 4 sq4; older writers left it 0 and older readers skip it), 2 pad bytes, u32 m,
 //! u32 ef_construction, u64 seed, u64 slots, u32 entry node (u32::MAX = empty), u32 entry level;
 //! then per slot: u64 label, u8 flags, u8 level, dim x f32 vector, and for each level 0..=level
 //! a u32 count followed by that many u32 links; then the codes in use: u8 (0 none yet, 1 8-bit,
-//! 2 fp16), for 8-bit followed by dim x f32 offsets and dim x f32 scales (so a loaded index
+//! 2 fp16, 3 4-bit), for 8- and 4-bit followed by dim x f32 offsets and dim x f32 scales (so a loaded index
 //! traverses the codes the saved one did and answers identically); then the u64 checksum of
 //! everything before it. Version 1 files (no codes section) are read too: their codes are
 //! fitted again on load.
@@ -155,14 +155,14 @@ fn encode<W: Write>(
     Ok(inner)
 }
 
-/// The codes section: which codes the graph traverses, and the 8-bit ranges.
+/// The codes section: which codes the graph traverses, and the scalar codes' ranges.
 fn codes_section(g: &Graph) -> Vec<u8> {
     match g.codec.get() {
         None => vec![0],
         Some(Codec::Fp16) => vec![2],
-        Some(Codec::Sq8(q)) => {
+        Some(Codec::Sq(q)) => {
             let (offset, scale) = q.parts();
-            let mut b = vec![1];
+            let mut b = vec![if q.bits == 4 { 3 } else { 1 }];
             for x in offset.iter().chain(scale) {
                 b.extend_from_slice(&x.to_le_bytes());
             }
@@ -176,7 +176,7 @@ fn read_codes(g: &Graph, r: &mut Reader<'_>) -> crate::Result<()> {
     let codec = match r.u8()? {
         0 => return Ok(()),
         2 => Codec::Fp16,
-        1 => {
+        kind @ (1 | 3) => {
             let mut f = || -> crate::Result<Vec<f32>> {
                 (0..g.dim)
                     .map(|_| {
@@ -187,9 +187,10 @@ fn read_codes(g: &Graph, r: &mut Reader<'_>) -> crate::Result<()> {
                     .collect()
             };
             let (offset, scale) = (f()?, f()?);
-            Codec::Sq8(
-                Quant::from_parts(&offset, &scale, g.store.stride)
-                    .ok_or_else(|| corrupt("bad 8-bit code ranges"))?,
+            let bits = if kind == 3 { 4 } else { 8 };
+            Codec::Sq(
+                Quant::from_parts(&offset, &scale, g.store.stride, bits)
+                    .ok_or_else(|| corrupt("bad scalar code ranges"))?,
             )
         }
         c => return Err(corrupt(format!("unknown codes kind {c}"))),
@@ -197,8 +198,9 @@ fn read_codes(g: &Graph, r: &mut Reader<'_>) -> crate::Result<()> {
     let fits = match g.quantize {
         Quantize::Off => false,
         Quantize::Fp16 => matches!(codec, Codec::Fp16),
-        Quantize::Sq8 => matches!(codec, Codec::Sq8(_)),
-        Quantize::Auto => true,
+        Quantize::Sq8 => matches!(&codec, Codec::Sq(q) if q.bits == 8),
+        Quantize::Sq4 => matches!(&codec, Codec::Sq(q) if q.bits == 4),
+        Quantize::Auto => !matches!(&codec, Codec::Sq(q) if q.bits == 4),
     };
     if !fits {
         return Err(corrupt("codes section does not match the quantize mode"));
@@ -273,6 +275,9 @@ pub fn from_bytes(bytes: &[u8], name: &str) -> crate::Result<Graph> {
     let metric = Metric::from_code(r.u8()?).ok_or_else(|| corrupt("unknown metric"))?;
     let quantize = Quantize::from_code(r.u8()?).ok_or_else(|| corrupt("unknown quantize mode"))?;
     r.take(2)?;
+    if !quantize.supports(metric) {
+        return Err(corrupt("4-bit codes with metric l2"));
+    }
     let m = r.u32()? as usize;
     let efc = r.u32()? as usize;
     let seed = r.u64()?;

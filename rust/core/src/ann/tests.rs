@@ -341,18 +341,19 @@ fn save_load_round_trip_and_corruption() {
 }
 
 /// The bounded re-rank (stops once no later code distance can beat the k-th float distance)
-/// returns what re-ranking every candidate returns, on near-duplicates where the fp16 and the
-/// 8-bit rounding reorder neighbours (with a bound of 0 it fails).
+/// returns what re-ranking every candidate returns, on near-duplicates where the fp16, 8-bit and
+/// 4-bit rounding reorder neighbours (with a bound of 0 it fails).
 #[test]
 fn bounded_rerank_equals_full_rerank() {
     use super::graph::Graph;
     use super::scratch::Cand;
     let (dim, n) = (24usize, 2000usize);
     let mut r = rng(5);
-    let modes = [Quantize::Fp16, Quantize::Sq8];
+    let modes = [Quantize::Fp16, Quantize::Sq8, Quantize::Sq4];
     for (metric, mode) in [Metric::Ip, Metric::L2]
         .into_iter()
         .flat_map(|m| modes.map(|q| (m, q)))
+        .filter(|(m, q)| q.supports(*m))
     {
         let g = Graph::new(dim, metric, 8, 64, n, 1, mode);
         let centers: Vec<f32> = (0..4 * dim).map(|_| r()).collect();

@@ -163,3 +163,86 @@ fn the_chosen_codes_size_the_storage() {
         assert!(before < a.memory_bytes, "codes allocated at the choice");
     }
 }
+
+/// `quantize="sq4"`: 4-bit codes once the index holds `CALIBRATE_AT` items, recall at a
+/// modest beam (the float re-rank orders the candidates), the codes and ranges through save and
+/// load, and no l2 (there is no 4-bit l2 kernel): refused at construction and in a file.
+#[test]
+fn sq4_codes_search_save_and_refuse_l2() {
+    let dim = 96;
+    let unit = |mut v: Vec<f32>| {
+        for row in v.chunks_exact_mut(dim) {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|x| *x /= n);
+        }
+        v
+    };
+    let d = unit(clusters(3000, dim, 1.0, 1.0, 21));
+    let q = unit(clusters(100, dim, 1.0, 1.0, 22));
+    let ids: Vec<u64> = (0..3000).collect();
+    let p = HnswParams {
+        ef_construction: 100,
+        quantize: Quantize::Sq4,
+        ..HnswParams::default()
+    };
+    let idx = HnswIndex::new(dim, Metric::Ip, p).unwrap();
+    idx.add(&ids[..500], &d[..500 * dim]).unwrap();
+    assert_eq!(idx.codes(), None, "floats until {CALIBRATE_AT} items");
+    idx.add(&ids[500..], &d[500 * dim..]).unwrap();
+    assert_eq!(idx.codes(), Some("sq4"));
+    let recall_ip = |idx: &HnswIndex| {
+        let mut hit = 0;
+        for x in q.chunks_exact(dim) {
+            let truth: HashSet<u64> = exact(&d, &ids, x, 10, Metric::Ip).into_iter().collect();
+            let got = idx.search_one(x, 10, Some(64), None).unwrap();
+            hit += got.iter().filter(|g| truth.contains(&g.0)).count();
+            // Returned distances are exact (float re-rank), not 4-bit approximations.
+            let v = idx.get_vector(got[0].0).unwrap();
+            let dot: f32 = x.iter().zip(&v).map(|(a, b)| a * b).sum();
+            assert!((got[0].1 - (1.0 - dot)).abs() < 1e-4);
+        }
+        hit as f64 / (q.len() / dim * 10) as f64
+    };
+    let floats = HnswIndex::new(
+        dim,
+        Metric::Ip,
+        HnswParams {
+            quantize: Quantize::Off,
+            ..p
+        },
+    )
+    .unwrap();
+    floats.add(&ids, &d).unwrap();
+    let (r4, rf) = (recall_ip(&idx), recall_ip(&floats));
+    assert!(
+        r4 >= rf - 0.02,
+        "recall@10 at ef 64: 4-bit codes {r4}, float rows {rf}"
+    );
+    let back = HnswIndex::from_bytes(&idx.to_bytes(), "sq4").unwrap();
+    assert_eq!(
+        (back.params().quantize, back.codes()),
+        (Quantize::Sq4, Some("sq4"))
+    );
+    let search = |i: &HnswIndex| i.search(&q, 10, Some(16), Some(1), &Exclude::None).unwrap();
+    assert_eq!(
+        search(&back),
+        search(&idx),
+        "a loaded index answers as the saved one"
+    );
+    let err = HnswIndex::new(dim, Metric::L2, p)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sq4") && err.contains("l2"), "{err}");
+    // The same file with its metric byte set to l2 is refused, not searched with ip codes.
+    let mut bytes = idx.to_bytes();
+    bytes[16] = Metric::L2.code();
+    let n = bytes.len() - 8;
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..n]);
+    bytes[n..].copy_from_slice(&sum.to_le_bytes());
+    let err = HnswIndex::from_bytes(&bytes, "l2")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("l2"), "{err}");
+}
