@@ -398,7 +398,7 @@ impl Graph {
     ) -> Vec<Cand> {
         let ef = self.ef_construction;
         match self.codec.get() {
-            Some(codec) if !matches!(self.quantize, Quantize::Sq8 | Quantize::Sq4) => {
+            Some(codec) if self.quantize.builds_on_codes() => {
                 let qc = codec.query(self.metric, q);
                 let rows = self.code_rows(&qc);
                 let eps: Vec<Cand> = eps

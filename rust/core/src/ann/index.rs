@@ -363,8 +363,8 @@ impl HnswIndex {
         let rows = self.validate(ids, vectors, ranges.as_mut())?;
         match (pending, ranges) {
             (Some(need), Some(ranges)) if rows.len() > need => {
-                // An auto index about to choose its codes: insert the rows it needs, choose
-                // (seeing the whole batch), then build the rest on the codes.
+                // An index about to fit (auto: choose) its codes: insert the rows it needs,
+                // fit (seeing the whole batch), then build the rest on the codes.
                 let (head, rest) = rows.split_at(need);
                 self.add_rows(ids, vectors, head, threads, cancel)?;
                 let row = |j: usize, buf: &mut Vec<f32>| {
@@ -384,12 +384,14 @@ impl HnswIndex {
         self.maybe_calibrate()
     }
 
-    /// Rows an `auto` index still needs before it chooses its codes, when this batch of `n`
-    /// would cross that point (`None`: nothing to choose, or the batch does not reach it).
+    /// Rows an `auto` or `sq4` index (both build on their codes) still needs before it fits its
+    /// codes, when this batch of `n` would cross that point (`None`: nothing to fit, or the
+    /// batch does not reach it).
     fn calibration_pending(&self, n: usize) -> Option<usize> {
         let g = self.current();
         let need = CALIBRATE_AT.saturating_sub(g.len());
-        (g.quantize == Quantize::Auto && g.codec.get().is_none() && need < n).then_some(need)
+        let fitted = g.quantize.calibrated() && g.quantize.builds_on_codes();
+        (fitted && g.codec.get().is_none() && need < n).then_some(need)
     }
 
     /// Fit the quantiser once the index is big enough, with writers held off for the time it

@@ -74,6 +74,13 @@ impl Quantize {
         self != Quantize::Sq4 || metric != Metric::L2
     }
 
+    /// Whether inserts search on the codes once they exist (re-scoring with the floats before
+    /// the neighbour selection): all but `Sq8`, whose codes are fitted whatever the data and
+    /// may not order neighbours well enough to build on (`Auto` keeps them only where they do).
+    pub(crate) fn builds_on_codes(self) -> bool {
+        self != Quantize::Sq8
+    }
+
     /// Bits per dimension of the scalar codes this mode fits (`Auto` tries 8).
     pub(crate) fn bits(self) -> u8 {
         if self == Quantize::Sq4 {
