@@ -1,10 +1,11 @@
 //! Traversal codes: a compact copy of every stored vector that level-0 search reads instead of
 //! the float row, then re-ranks its final candidates with the floats (so returned distances are
 //! exact). Two codecs share this machinery (storage in `store.rs`, publication and search in
-//! `graph.rs`): IEEE half precision (`f16.rs`; computed per insert, no fitting) and 8-bit scalar
-//! codes (per-dimension offset and scale fitted once from the items present at calibration, with a
-//! margin, then fixed, so the code of an inserted vector is computed on the fly, clipped to the
-//! range; a rebuild re-fits). Both are asymmetric: the float query meets the stored codes.
+//! `graph.rs`): IEEE half precision (`f16.rs`; computed per insert, no fitting) and 8- or 4-bit
+//! scalar codes (per-dimension offset and scale fitted once from the items present at
+//! calibration, with a margin, then fixed, so the code of an inserted vector is computed on the
+//! fly, clipped to the range; a rebuild re-fits). Both are asymmetric: the float query meets the
+//! stored codes.
 //! `Quantize::Auto` (the default) fits the 8-bit ranges at calibration and keeps them only if a
 //! sample's nearest neighbours survive them (`Quant::agreement`), otherwise it takes fp16.
 
