@@ -156,10 +156,14 @@ def test_save_load_keeps_mode_and_answers(tmp_path, xq, mode):
         assert back.search(x[5000:5001], 1)[0][0, 0] == 1
 
 
-def test_fp16_concurrent_insert_and_search(xq):
+@pytest.mark.parametrize("mode", ["auto", "sq4"])
+def test_codes_concurrent_insert_and_search(xq, mode):
+    # auto chooses 8-bit codes on these clusters (spread 0.2); sq4 is fitted by the first
+    # batch. Then two writers encode their rows while two readers search the codes.
     x, q = xq
-    ix = HnswIndex(50, ef_construction=64, seed=6)
+    ix = HnswIndex(50, ef_construction=64, seed=6, quantize=mode)
     ix.add(np.arange(2000), x[:2000])
+    assert ix.codes == ("sq8" if mode == "auto" else "sq4")
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -194,5 +198,11 @@ def test_fp16_concurrent_insert_and_search(xq):
         t.join()
     assert not errors, errors[0]
     assert len(ix) == 8000
+    ids, _ = ix.search(x[::40], 1, ef=200)
+    assert np.mean(ids[:, 0] == np.arange(0, 8000, 40)) >= 0.99
+    # A rebuild re-fits on all 8000 rows: sq4 keeps 4-bit codes (new ranges); auto decides
+    # again, and at this density 8-bit codes no longer keep the neighbours.
+    ix.rebuild()
+    assert ix.codes == ("fp16" if mode == "auto" else "sq4")
     ids, _ = ix.search(x[::40], 1, ef=200)
     assert np.mean(ids[:, 0] == np.arange(0, 8000, 40)) >= 0.99
