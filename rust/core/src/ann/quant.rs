@@ -822,14 +822,7 @@ mod tests {
     fn error_bound_holds(bits: u8) {
         let (dim, stride) = (50, 64);
         let mut half = rng(11);
-        let mut r = || 2.0 * half();
-        let pad = |mut v: Vec<f32>| {
-            v.resize(stride, 0.0);
-            v
-        };
-        let rows: Vec<Vec<f32>> = (0..300)
-            .map(|_| pad((0..dim).map(|_| r()).collect()))
-            .collect();
+        let rows = padded_rows(&mut || 2.0 * half(), 300, dim, stride);
         let qz = Quant::fit(rows.iter().map(|v| v.as_slice()), dim, stride, bits);
         let max_norm = rows
             .iter()
@@ -922,6 +915,22 @@ mod tests {
         }
     }
 
+    /// `n` rows of `dim` values from `r`, zero-padded to `stride`.
+    fn padded_rows(
+        r: &mut impl FnMut() -> f32,
+        n: usize,
+        dim: usize,
+        stride: usize,
+    ) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|_| {
+                let mut v: Vec<f32> = (0..dim).map(|_| r()).collect();
+                v.resize(stride, 0.0);
+                v
+            })
+            .collect()
+    }
+
     /// The 4-bit code of dimension `j` in `Quant`'s nibble layout.
     fn nibble(code: &[u8], j: usize) -> u8 {
         let b = code[j / 64 * 32 + j % 32];
@@ -940,13 +949,7 @@ mod tests {
     fn four_bit_codes_pack_and_the_kernels_are_exact() {
         let mut r = rng(17);
         for (dim, stride) in [(50usize, 64usize), (96, 96), (384, 384), (1000, 1008)] {
-            let rows: Vec<Vec<f32>> = (0..40)
-                .map(|_| {
-                    let mut v: Vec<f32> = (0..dim).map(|_| r()).collect();
-                    v.resize(stride, 0.0);
-                    v
-                })
-                .collect();
+            let rows = padded_rows(&mut r, 40, dim, stride);
             let q4 = Quant::fit(rows.iter().map(|v| v.as_slice()), dim, stride, 4);
             let q8 = Quant::fit(rows.iter().map(|v| v.as_slice()), dim, stride, 8);
             assert_eq!(q4.code_len(), stride.div_ceil(64) * 32);
@@ -1011,14 +1014,7 @@ mod tests {
     #[test]
     fn code_distances_track_float_distances() {
         let (dim, stride) = (50, 64);
-        let mut r = rng(12);
-        let rows: Vec<Vec<f32>> = (0..200)
-            .map(|_| {
-                let mut v: Vec<f32> = (0..dim).map(|_| r()).collect();
-                v.resize(stride, 0.0);
-                v
-            })
-            .collect();
+        let rows = padded_rows(&mut rng(12), 200, dim, stride);
         let qz = Quant::fit(rows.iter().map(|v| v.as_slice()), dim, stride, 8);
         let mut code = vec![0u8; stride];
         for metric in [Metric::Ip, Metric::L2] {
