@@ -515,22 +515,12 @@ impl Quant {
             rounding = 0.5 * rounding.sqrt();
         } else {
             bias += 1.0;
-            // The integer query's own rounding: |sum (a_j - scale a_int_j) c_j| <= top sum |.|.
-            let err = |x: f32, y: f32, scale: f32| top * (x - scale * y).abs();
             if self.bits == 4 {
                 (a_i8, a_scale) = to_i8(&a);
-                rounding += a
-                    .iter()
-                    .zip(&a_i8)
-                    .map(|(&x, &y)| err(x, y as f32, a_scale))
-                    .sum::<f32>();
+                rounding += top * int_rounding(&a, &a_i8, a_scale);
             } else {
                 (a_int, a_scale) = to_i16(&a);
-                rounding += a
-                    .iter()
-                    .zip(&a_int)
-                    .map(|(&x, &y)| err(x, y as f32, a_scale))
-                    .sum::<f32>();
+                rounding += top * int_rounding(&a, &a_int, a_scale);
             }
         }
         SqQuery {
@@ -612,6 +602,15 @@ impl SqQuery {
             self.bias + dot_u8(&self.a, code, self.simd)
         }
     }
+}
+
+/// `sum |a_j - scale ai_j|`: with codes at most `top`, the integer query's own rounding moves
+/// a code distance by at most `top` times this.
+fn int_rounding<T: Copy + Into<f32>>(a: &[f32], ai: &[T], scale: f32) -> f32 {
+    a.iter()
+        .zip(ai)
+        .map(|(&x, &y)| (x - scale * y.into()).abs())
+        .sum()
 }
 
 /// The largest code of `bits`-bit codes (255 or 15).
