@@ -61,8 +61,8 @@ fn ef_arg(ef: Option<i64>) -> PyResult<Option<usize>> {
     }
 }
 
-/// `quantize`: "auto", "fp16", "sq8", "sq4", "off"; `True` is "sq8" (its meaning before fp16 existed),
-/// `False` is "off", `None` the default.
+/// `quantize`: "auto", "fp16", "sq8", "sq4", "off"; `True` is "sq8" (its meaning before fp16
+/// existed), `False` is "off", `None` the default.
 fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(Quantize::default());
@@ -80,8 +80,8 @@ fn quantize_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Quantize> {
         }
     }
     Err(PyValueError::new_err(format!(
-        "quantize must be \"auto\", \"fp16\", \"sq8\", \"sq4\", \"off\", True (sq8), False (off) or \
-         None (the default, auto), got {}",
+        "quantize must be \"auto\", \"fp16\", \"sq8\", \"sq4\", \"off\", True (sq8), False (off) \
+         or None (the default, auto), got {}",
         obj.repr()?
     )))
 }
@@ -212,7 +212,8 @@ impl PyHnswIndex {
     fn deterministic(&self) -> bool {
         self.inner.params().deterministic
     }
-    /// True once level-0 search runs on codes (fp16: from the start; sq8, sq4, auto: once fitted).
+    /// True once level-0 search runs on codes (fp16: from the start; sq8, sq4, auto: once
+    /// fitted).
     #[getter]
     fn quantized(&self) -> bool {
         self.inner.is_quantized()

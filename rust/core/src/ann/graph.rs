@@ -800,8 +800,8 @@ impl Graph {
         })
     }
 
-    /// The whole search on the codes (half (fp16) or a quarter (sq8) of the memory traffic of
-    /// the float rows): greedy descent from the entry `(ep, maxl)`, level 0, then the best
+    /// The whole search on the codes (a half (fp16), a quarter (sq8) or an eighth (sq4) of the
+    /// memory traffic of the float rows): greedy descent from the entry `(ep, maxl)`, level 0, then the best
     /// re-ranked with the float rows (`rerank`).
     fn knn_codes<F: Fn(u32) -> bool>(
         &self,

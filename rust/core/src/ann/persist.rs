@@ -4,14 +4,14 @@
 //! saved too, so a loaded index answers exactly like the saved one.
 //!
 //! Layout v2: magic "FYPHNSW\0", u32 version, u32 dim, u8 metric, u8 quantize mode (0 off,
-//! 1 sq8, 2 fp16, 3 auto, 4 sq4; older writers left it 0 and older readers skip it), 2 pad bytes, u32 m,
-//! u32 ef_construction, u64 seed, u64 slots, u32 entry node (u32::MAX = empty), u32 entry level;
-//! then per slot: u64 label, u8 flags, u8 level, dim x f32 vector, and for each level 0..=level
-//! a u32 count followed by that many u32 links; then the codes in use: u8 (0 none yet, 1 8-bit,
-//! 2 fp16, 3 4-bit), for 8- and 4-bit followed by dim x f32 offsets and dim x f32 scales (so a loaded index
-//! traverses the codes the saved one did and answers identically); then the u64 checksum of
-//! everything before it. Version 1 files (no codes section) are read too: their codes are
-//! fitted again on load.
+//! 1 sq8, 2 fp16, 3 auto, 4 sq4; older writers left it 0 and older readers skip it), 2 pad
+//! bytes, u32 m, u32 ef_construction, u64 seed, u64 slots, u32 entry node (u32::MAX = empty),
+//! u32 entry level; then per slot: u64 label, u8 flags, u8 level, dim x f32 vector, and for
+//! each level 0..=level a u32 count followed by that many u32 links; then the codes in use: u8
+//! (0 none yet, 1 8-bit, 2 fp16, 3 4-bit), for 8- and 4-bit followed by dim x f32 offsets and
+//! dim x f32 scales (so a loaded index traverses the codes the saved one did and answers
+//! identically); then the u64 checksum of everything before it. Version 1 files (no codes
+//! section) are read too: their codes are fitted again on load.
 
 use super::distance::Metric;
 use super::graph::{Graph, MAX_M};
