@@ -244,5 +244,5 @@ fn sq4_codes_search_save_and_refuse_l2() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("l2"), "{err}");
+    assert!(err.contains("4-bit codes with metric l2"), "{err}");
 }
