@@ -63,7 +63,13 @@ impl<A: Fn(u32) -> *const u8, D: Fn(*const u8) -> f32> Rows<A, D> {
     /// Prefetch node `n`'s row.
     #[inline(always)]
     fn prefetch(&self, n: u32) {
-        prefetch((self.addr)(n) as *const f32, self.lines);
+        self.prefetch_at((self.addr)(n));
+    }
+
+    /// Prefetch the row at `p` (an address from `addr`).
+    #[inline(always)]
+    fn prefetch_at(&self, p: *const u8) {
+        prefetch(p as *const f32, self.lines);
     }
 }
 
@@ -644,8 +650,7 @@ impl Graph {
         A: Fn(u32) -> *const u8,
         D: Fn(*const u8) -> f32,
     {
-        let (ahead, lines) = (ahead(row.lines), row.lines);
-        let pf = |p: *const u8| prefetch(p as *const f32, lines);
+        let ahead = ahead(row.lines);
         let mut lower = self.seed(sc, eps, ef, &accept);
         let mut buf = [0u32; BUF];
         let mut fresh = [0u32; BUF];
@@ -667,13 +672,13 @@ impl Graph {
             for j in 0..nf {
                 at[j] = (row.addr)(fresh[j]);
             }
-            at[..nf.min(ahead)].iter().for_each(|&p| pf(p));
+            at[..nf.min(ahead)].iter().for_each(|&p| row.prefetch_at(p));
             if nf == 0 {
                 self.prefetch_next(sc, level, ahead, &row);
             }
             for j in 0..nf {
                 if j + ahead < nf {
-                    pf(at[j + ahead]);
+                    row.prefetch_at(at[j + ahead]);
                 } else if j + ahead == nf.max(ahead) {
                     // This node's last rows are in flight: start on the next node's first.
                     self.prefetch_next(sc, level, ahead, &row);
@@ -770,7 +775,7 @@ impl Graph {
             addr: |n| self.store.code_ptr(n) as *const u8,
             // SAFETY: `p` is a code's address (`addr`), `cb` bytes.
             dist: move |p| qc.dist(unsafe { std::slice::from_raw_parts(p, cb) }),
-            lines: qc.code_lines(),
+            lines: cb.div_ceil(64),
         }
     }
 
@@ -801,8 +806,8 @@ impl Graph {
     }
 
     /// The whole search on the codes (a half (fp16), a quarter (sq8) or an eighth (sq4) of the
-    /// memory traffic of the float rows): greedy descent from the entry `(ep, maxl)`, level 0, then the best
-    /// re-ranked with the float rows (`rerank`).
+    /// memory traffic of the float rows): greedy descent from the entry `(ep, maxl)`, level 0,
+    /// then the best re-ranked with the float rows (`rerank`).
     fn knn_codes<F: Fn(u32) -> bool>(
         &self,
         qc: &QueryCode,
@@ -872,10 +877,9 @@ impl Graph {
         bound: f32,
         best: &mut std::collections::BinaryHeap<Cand>,
     ) {
-        let lines = self.store.vector_lines();
-        let ahead = ahead(lines);
-        let pf = |c: &Cand| prefetch(self.store.vector_ptr(c.id), lines);
-        r.iter().take(ahead).for_each(pf);
+        let rows = self.float_rows(q);
+        let ahead = ahead(rows.lines);
+        r.iter().take(ahead).for_each(|c| rows.prefetch(c.id));
         // Without a bound (clipped 8-bit codes, or building) every row is scored. The k-th
         // best float distance so far comes from a heap for small k; for large k (K=1000, where
         // a heap operation per row cost more than the rows the bound skips) an upper bound on
@@ -896,9 +900,9 @@ impl Graph {
                 }
             }
             if let Some(c) = r.get(j + ahead) {
-                pf(c);
+                rows.prefetch(c.id);
             }
-            r[j].d = (self.dist)(q, self.store.vector(r[j].id));
+            r[j].d = rows.score(r[j].id);
             if bounded && heap {
                 best.push(r[j]);
                 if best.len() > k {

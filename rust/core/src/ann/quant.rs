@@ -183,14 +183,6 @@ pub enum QueryCode {
 }
 
 impl QueryCode {
-    /// Cache lines of one code (what a search prefetches per node).
-    pub fn code_lines(&self) -> usize {
-        match self {
-            QueryCode::Sq(s) => s.code_len.div_ceil(64),
-            QueryCode::Fp16 { q, .. } => (2 * q.len()).div_ceil(64),
-        }
-    }
-
     /// A code search re-ranks `ef / rerank_slack() + 2` scored candidates beyond its beam:
     /// an eighth, a quarter with 4-bit codes (MiniLM K=1000 at ef 1000: recall@1000 0.972 ->
     /// 0.980 at the same speed; a half or all of `ef` more found no more).
@@ -286,8 +278,6 @@ pub struct SqQuery {
     a_i8: Vec<i8>,
     a_scale: f32,
     bits: u8,
-    /// Bytes of one code.
-    code_len: usize,
     pub w: Vec<f32>,
     pub bias: f32,
     pub l2: bool,
@@ -529,7 +519,6 @@ impl Quant {
             a_i8,
             a_scale,
             bits: self.bits,
-            code_len: self.code_len(),
             w,
             bias,
             l2,
@@ -621,13 +610,20 @@ fn levels(bits: u8) -> f32 {
 /// `a` as 8-bit integers and their scale (`a_j ~ scale * out_j`, `|out_j| <= 127`): with
 /// 4-bit codes a pair of products is at most `2 * 15 * 127`, within `vpmaddubsw`'s 16 bits.
 fn to_i8(a: &[f32]) -> (Vec<i8>, f32) {
+    to_ints(a, 127.0, |x| x as i8)
+}
+
+/// `a` as integers of magnitude at most `top` (`cast` from the rounded `i32`) and their scale,
+/// `a_j ~ scale * out_j`, the largest `|a_j|` at `top`; all zero (scale 0) when `a` is zero or
+/// not finite.
+fn to_ints<T: Clone + Default>(a: &[f32], top: f32, cast: fn(i32) -> T) -> (Vec<T>, f32) {
     let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
     if max == 0.0 || !max.is_finite() {
-        return (vec![0; a.len()], 0.0);
+        return (vec![T::default(); a.len()], 0.0);
     }
-    let scale = max / 127.0;
+    let scale = max / top;
     (
-        a.iter().map(|&x| to_int(x / scale, 127.0) as i8).collect(),
+        a.iter().map(|&x| cast(to_int(x / scale, top))).collect(),
         scale,
     )
 }
@@ -658,15 +654,7 @@ pub fn dot_u4(a: &[f32], code: &[u8]) -> f32 {
 /// 32767 (16 bits up to n = 256, 14 at 384).
 fn to_i16(a: &[f32]) -> (Vec<i16>, f32) {
     let top = ((i32::MAX as usize) / (255 * a.len().max(1))).min(i16::MAX as usize) as f32;
-    let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-    if max == 0.0 || !max.is_finite() {
-        return (vec![0; a.len()], 0.0);
-    }
-    let scale = max / top;
-    (
-        a.iter().map(|&x| to_int(x / scale, top) as i16).collect(),
-        scale,
-    )
+    to_ints(a, top, |x| x as i16)
 }
 
 /// `sum a_j c_j` over `a.len()` (a multiple of 16; `code` at least as long).
